@@ -1,0 +1,140 @@
+//! Namespace storage: `ram`, `null` and `file` backends.
+//!
+//! A backend receives byte-addressed requests that the controller has already checked against
+//! the namespace size and block size. Synchronous backends (`ram`, `null`) complete inline;
+//! asynchronous ones (`file`) complete later through a reactor's [`Completions`], which wakes
+//! the reactor through its `mio::Waker` (an eventfd), so interrupt mode keeps sleeping while I/O
+//! is in flight and wakes the moment it completes.
+
+use std::sync::{Arc, Mutex};
+
+use crate::nvme::Status;
+
+/// What to do with a byte range of the namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IoKind {
+    /// Fill `buf` (already `len` bytes long) from `offset`.
+    Read,
+    /// Store `buf` at `offset`; with `fua` the data is durable before completion.
+    Write { fua: bool },
+    /// Make every completed write durable (fdatasync for files).
+    Flush,
+    /// Zero `len` bytes at `offset`; `buf` is empty.
+    WriteZeroes { fua: bool },
+    /// Deallocate (discard) these `(offset, len)` byte ranges; `buf` is empty. Reads of
+    /// deallocated ranges return zeroes.
+    Deallocate(Vec<(u64, u64)>),
+}
+
+/// One request to a backend.
+#[derive(Debug)]
+pub struct IoRequest {
+    pub kind: IoKind,
+    /// Byte offset into the namespace.
+    pub offset: u64,
+    /// Length in bytes.
+    pub len: u64,
+    /// Data to write, or the buffer to read into; handed back in [`IoDone`].
+    pub buf: Vec<u8>,
+}
+
+/// A finished request: the caller's token, the outcome and the buffer it lent.
+#[derive(Debug)]
+pub struct IoDone {
+    pub token: u64,
+    pub result: Result<(), BackendError>,
+    pub buf: Vec<u8>,
+}
+
+/// Why a backend request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("read failed")]
+    Read(#[source] std::io::Error),
+    #[error("write failed")]
+    Write(#[source] std::io::Error),
+    #[error("flush failed")]
+    Flush(#[source] std::io::Error),
+    #[error("range {offset}+{len} is beyond the end of the namespace")]
+    OutOfRange { offset: u64, len: u64 },
+    #[error("namespace is read-only")]
+    ReadOnly,
+    #[error("backend is shutting down")]
+    ShuttingDown,
+}
+
+impl BackendError {
+    /// The one place a backend failure becomes an NVMe status.
+    pub fn status(&self) -> Status {
+        match self {
+            Self::Read(_) => Status::UNRECOVERED_READ_ERROR,
+            Self::Write(_) | Self::Flush(_) => Status::WRITE_FAULT,
+            Self::OutOfRange { .. } => Status::LBA_OUT_OF_RANGE.with_dnr(),
+            Self::ReadOnly => Status::ATTEMPTED_WRITE_TO_READ_ONLY_RANGE.with_dnr(),
+            Self::ShuttingDown => Status::INTERNAL_ERROR,
+        }
+    }
+}
+
+/// Namespace storage shared by every reactor that serves the namespace.
+pub trait Backend: Send + Sync + core::fmt::Debug {
+    /// Capacity in bytes.
+    fn size(&self) -> u64;
+
+    /// Whether writes are refused.
+    fn read_only(&self) -> bool {
+        false
+    }
+
+    /// Whether this backend has a volatile write cache worth flushing (reported in Identify).
+    fn volatile_write_cache(&self) -> bool {
+        false
+    }
+
+    /// Starts `req`. Returns `Some` when it finished inline; otherwise the result arrives later
+    /// through `completions`, tagged with `token`.
+    fn submit(&self, token: u64, req: IoRequest, completions: &Completions) -> Option<IoDone>;
+}
+
+/// A reactor's queue of finished asynchronous requests, and the waker that rouses it.
+#[derive(Clone)]
+pub struct Completions {
+    queue: Arc<Mutex<Vec<IoDone>>>,
+    waker: Arc<mio::Waker>,
+}
+
+impl core::fmt::Debug for Completions {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Completions").finish_non_exhaustive()
+    }
+}
+
+impl Completions {
+    pub fn new(waker: Arc<mio::Waker>) -> Self {
+        Self {
+            queue: Arc::new(Mutex::new(Vec::new())),
+            waker,
+        }
+    }
+
+    /// Queues a finished request and wakes the reactor if the queue was empty (one wake per
+    /// batch, not per request).
+    pub fn push(&self, done: IoDone) {
+        let was_empty = {
+            let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let was_empty = queue.is_empty();
+            queue.push(done);
+            was_empty
+        };
+        if was_empty {
+            // A failed wake means the poll is gone: the reactor is shutting down.
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Moves every finished request into `out`.
+    pub fn drain_into(&self, out: &mut Vec<IoDone>) {
+        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        out.append(&mut queue);
+    }
+}

@@ -1,0 +1,1 @@
+//! The declaration: model, JSON Schema, semantic rules and diagnostics.

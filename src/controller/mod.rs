@@ -1,0 +1,1 @@
+//! NVMe controllers and subsystems as state machines with no I/O.

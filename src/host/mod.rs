@@ -1,0 +1,1 @@
+//! An NVMe/TCP host (initiator), used by tests and by `nvmf-perf`.

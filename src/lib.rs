@@ -1,0 +1,14 @@
+//! nvmf-tgt: a declarative NVMe-over-Fabrics target.
+//!
+//! Dependencies point one way (see `../shared/STYLE.md`):
+//! `nvme` (spec types) <- `controller` (no I/O) <- `transport` <- `reactor` <- `target` <- `main`;
+//! `config` parses, checks and explains the declaration; `backend` stores namespace data.
+
+pub mod backend;
+pub mod config;
+pub mod controller;
+pub mod host;
+pub mod nvme;
+pub mod reactor;
+pub mod target;
+pub mod transport;

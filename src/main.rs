@@ -1,0 +1,5 @@
+//! `nvmf-tgt`: the command line.
+
+fn main() {
+    println!("nvmf-tgt: skeleton");
+}

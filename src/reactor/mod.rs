@@ -1,0 +1,1 @@
+//! Reactor threads: mio event loops in interrupt or poll mode.

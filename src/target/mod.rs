@@ -1,0 +1,1 @@
+//! The running target: builds subsystems and listeners from the declaration.

@@ -1,0 +1,3 @@
+//! Fabrics transports.
+
+pub mod tcp;
