@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod control;
 pub mod controller;
 pub mod host;
 pub mod nvme;

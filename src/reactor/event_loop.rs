@@ -1,0 +1,558 @@
+//! One reactor: its thread, its poll, its connections and its mailbox.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use tracing::{debug, info, warn};
+
+use super::stats::ReactorStats;
+use super::timers::Timers;
+use crate::backend::{Completions, IoDone};
+use crate::controller::{Controller, ListenerAddr};
+use crate::transport::tcp::{Flow, IoCx, TcpConnection, TcpContext};
+
+const WAKER: Token = Token(usize::MAX - 1);
+const LISTENER_BASE: usize = 1 << 30;
+/// How long shutdown waits for in-flight commands before closing anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How a reactor runs.
+#[derive(Debug, Clone)]
+pub struct ReactorConfig {
+    pub index: usize,
+    /// The CPU to pin the thread to; `None` leaves it unpinned.
+    pub core: Option<usize>,
+    pub interrupt_mode: bool,
+    /// Interrupt mode keeps polling this long after the last activity before sleeping.
+    pub busy_poll: Duration,
+}
+
+/// What other threads ask of a reactor.
+#[derive(Debug)]
+pub enum ReactorMessage {
+    /// Serve a connection the acceptor took.
+    Adopt {
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        listener: ListenerAddr,
+    },
+    /// A controller went away (keep-alive expiry, disconnect, teardown): close its queues.
+    ControllerGone(Arc<Controller>),
+    /// Stop accepting, let in-flight commands finish, close everything and exit.
+    Shutdown,
+}
+
+/// The address of a reactor for other threads: its inbox, its waker and its figures.
+#[derive(Clone)]
+pub struct Mailbox {
+    inbox: Arc<Mutex<Vec<ReactorMessage>>>,
+    waker: Arc<Waker>,
+    pub stats: Arc<ReactorStats>,
+}
+
+impl Mailbox {
+    pub fn send(&self, message: ReactorMessage) {
+        self.inbox
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(message);
+        if let Err(err) = self.waker.wake() {
+            warn!(%err, "cannot wake reactor");
+        }
+    }
+}
+
+/// A running reactor seen from the thread that started it.
+pub struct ReactorHandle {
+    pub config: ReactorConfig,
+    pub mailbox: Mailbox,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ReactorHandle {
+    pub fn stats(&self) -> &Arc<ReactorStats> {
+        &self.mailbox.stats
+    }
+
+    pub fn send(&self, message: ReactorMessage) {
+        self.mailbox.send(message);
+    }
+
+    /// Waits for the thread to end.
+    pub fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                warn!(reactor = self.config.index, "reactor thread panicked");
+            }
+        }
+    }
+}
+
+struct Slot {
+    conn: TcpConnection,
+    generation: u16,
+    writable_armed: bool,
+    /// The earliest timer entry armed for this connection, if any is pending.
+    timer_armed: Option<Instant>,
+}
+
+/// A reactor before its thread starts; [`Reactor::prepare`] then [`Reactor::start`], so that
+/// every mailbox exists before any reactor runs and can hand connections to the others.
+pub struct Reactor {
+    config: ReactorConfig,
+    poll: Poll,
+    mailbox: Mailbox,
+}
+
+impl Reactor {
+    pub fn prepare(config: ReactorConfig) -> std::io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(Self {
+            config,
+            poll,
+            mailbox: Mailbox {
+                inbox: Arc::new(Mutex::new(Vec::new())),
+                waker,
+                stats: Arc::new(ReactorStats::default()),
+            },
+        })
+    }
+
+    pub fn mailbox(&self) -> Mailbox {
+        self.mailbox.clone()
+    }
+
+    /// Starts the thread. `listeners` are accepted on this reactor (the first one gets them
+    /// all); `peers` are every reactor's mailboxes, this one included, in index order.
+    pub fn start(
+        self,
+        context: Arc<TcpContext>,
+        listeners: Vec<(std::net::TcpListener, ListenerAddr)>,
+        peers: Arc<Vec<Mailbox>>,
+    ) -> std::io::Result<ReactorHandle> {
+        let config = self.config.clone();
+        let mailbox = self.mailbox.clone();
+        let name = format!("reactor_{}", config.index);
+        let thread = std::thread::Builder::new().name(name).spawn(move || {
+            let mut running = Running::new(self, context, peers);
+            running.add_listeners(listeners);
+            running.run();
+        })?;
+        Ok(ReactorHandle {
+            config,
+            mailbox,
+            thread: Some(thread),
+        })
+    }
+}
+
+struct Running {
+    config: ReactorConfig,
+    poll: Poll,
+    mailbox: Mailbox,
+    context: Arc<TcpContext>,
+    peers: Arc<Vec<Mailbox>>,
+    listeners: Vec<Option<(TcpListener, ListenerAddr)>>,
+    slots: Vec<Option<Slot>>,
+    generations: Vec<u16>,
+    free: Vec<usize>,
+    timers: Timers,
+    completions: Completions,
+    done: Vec<IoDone>,
+    next_peer: usize,
+    shutting_down: Option<Instant>,
+}
+
+impl Running {
+    fn new(reactor: Reactor, context: Arc<TcpContext>, peers: Arc<Vec<Mailbox>>) -> Self {
+        let completions = Completions::new(Arc::clone(&reactor.mailbox.waker));
+        Self {
+            config: reactor.config,
+            poll: reactor.poll,
+            mailbox: reactor.mailbox,
+            context,
+            peers,
+            listeners: Vec::new(),
+            slots: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            timers: Timers::default(),
+            completions,
+            done: Vec::new(),
+            next_peer: 0,
+            shutting_down: None,
+        }
+    }
+
+    fn add_listeners(&mut self, listeners: Vec<(std::net::TcpListener, ListenerAddr)>) {
+        for (listener, addr) in listeners {
+            let index = self.listeners.len();
+            let mut listener = TcpListener::from_std(listener);
+            match self.poll.registry().register(
+                &mut listener,
+                Token(LISTENER_BASE + index),
+                Interest::READABLE,
+            ) {
+                Ok(()) => self.listeners.push(Some((listener, addr))),
+                Err(err) => warn!(%err, traddr = %addr.traddr, "cannot watch listener"),
+            }
+        }
+    }
+
+    fn run(&mut self) {
+        let span = tracing::info_span!("reactor", core = ?self.config.core, index = self.config.index);
+        let _guard = span.enter();
+        if let Some(core) = self.config.core {
+            if let Err(err) = crate::sys::pin_current_thread(core) {
+                warn!(core, %err, "cannot pin reactor to its core");
+            }
+        }
+        info!(interrupt_mode = self.config.interrupt_mode, "reactor started");
+        let mut events = Events::with_capacity(256);
+        let mut last_activity: Option<Instant> = None;
+        let mut due = Vec::new();
+        loop {
+            let before = Instant::now();
+            let timeout = self.timeout(before, last_activity);
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    warn!(%err, "poll failed");
+                }
+                continue;
+            }
+            let after = Instant::now();
+            if timeout != Some(Duration::ZERO) {
+                self.mailbox.stats.add_wakeup();
+            }
+            let mut work = 0u64;
+            for event in &events {
+                work += 1;
+                match event.token() {
+                    WAKER => {}
+                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, after),
+                    Token(t) => self.handle_conn_event(t, event.is_readable(), event.is_writable(), after),
+                }
+            }
+            work += self.handle_inbox(after);
+            work += self.handle_completions(after);
+            self.timers.expire(after, &mut due);
+            for key in due.drain(..) {
+                self.handle_conn_timer(key, after);
+            }
+            let end = Instant::now();
+            if work > 0 {
+                self.mailbox.stats.add_idle(after - before);
+                self.mailbox.stats.add_busy(end - after);
+                self.mailbox.stats.add_events(work);
+                last_activity = Some(end);
+            } else {
+                self.mailbox.stats.add_idle(end - before);
+            }
+            if let Some(started) = self.shutting_down {
+                if self.live_connections() == 0 || end - started > SHUTDOWN_GRACE {
+                    break;
+                }
+            }
+        }
+        self.close_all();
+        info!("reactor stopped");
+    }
+
+    /// How long the next wait may sleep: zero in poll mode and inside the busy-poll window,
+    /// otherwise until the next deadline, or forever.
+    fn timeout(&self, now: Instant, last_activity: Option<Instant>) -> Option<Duration> {
+        if !self.config.interrupt_mode {
+            return Some(Duration::ZERO);
+        }
+        if let Some(last) = last_activity {
+            if now.duration_since(last) < self.config.busy_poll {
+                return Some(Duration::ZERO);
+            }
+        }
+        let mut timeout = self.timers.next().map(|at| at.saturating_duration_since(now));
+        if self.shutting_down.is_some() {
+            // Re-check the grace period even if nothing else wakes us.
+            timeout = Some(timeout.map_or(Duration::from_millis(50), |t| t.min(Duration::from_millis(50))));
+        }
+        timeout
+    }
+
+    fn live_connections(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    fn accept(&mut self, index: usize, now: Instant) {
+        loop {
+            let Some(Some((listener, addr))) = self.listeners.get(index) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    let addr = addr.clone();
+                    self.hand_off(stream, peer, addr, now);
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(err) => {
+                    // Out of descriptors and the like: leave the rest for the next event.
+                    warn!(%err, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Gives the connection to the least loaded reactor (ties go round robin).
+    fn hand_off(&mut self, stream: TcpStream, peer: SocketAddr, listener: ListenerAddr, now: Instant) {
+        let count = self.peers.len();
+        let mut best = self.next_peer % count.max(1);
+        for step in 0..count {
+            let candidate = (self.next_peer + step) % count;
+            if self.peers[candidate].stats.connections() < self.peers[best].stats.connections() {
+                best = candidate;
+            }
+        }
+        self.next_peer = (best + 1) % count.max(1);
+        if best == self.config.index {
+            self.adopt(stream, peer, listener, now);
+        } else {
+            // Count it now so a burst of accepts spreads out before the peer wakes.
+            let stats = &self.peers[best].stats;
+            stats.set_connections(usize::try_from(stats.connections() + 1).unwrap_or(usize::MAX));
+            let stream: std::net::TcpStream = stream.into();
+            self.peers[best].send(ReactorMessage::Adopt { stream, peer, listener });
+        }
+    }
+
+    fn adopt(&mut self, stream: TcpStream, peer: SocketAddr, listener: ListenerAddr, now: Instant) {
+        if self.shutting_down.is_some() {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(None);
+            self.generations.push(0);
+            self.slots.len() - 1
+        });
+        let mut conn = TcpConnection::new(stream, peer, listener, Arc::clone(&self.context), now);
+        if let Err(err) = self
+            .poll
+            .registry()
+            .register(conn.source(), Token(index), Interest::READABLE)
+        {
+            warn!(%err, %peer, "cannot watch connection");
+            self.free.push(index);
+            return;
+        }
+        debug!(%peer, slot = index, "connection adopted");
+        let timer_armed = conn.deadline();
+        if let Some(at) = timer_armed {
+            self.timers.arm(at, index);
+        }
+        self.slots[index] = Some(Slot {
+            conn,
+            generation: self.generations[index],
+            writable_armed: false,
+            timer_armed,
+        });
+        self.update_connection_count();
+    }
+
+    fn update_connection_count(&self) {
+        self.mailbox.stats.set_connections(self.live_connections());
+    }
+
+    fn handle_inbox(&mut self, now: Instant) -> u64 {
+        let messages = std::mem::take(
+            &mut *self.mailbox.inbox.lock().unwrap_or_else(PoisonError::into_inner),
+        );
+        let count = messages.len() as u64;
+        for message in messages {
+            match message {
+                ReactorMessage::Adopt { stream, peer, listener } => {
+                    if stream.set_nonblocking(true).is_ok() {
+                        self.adopt(TcpStream::from_std(stream), peer, listener, now);
+                    }
+                }
+                ReactorMessage::ControllerGone(ctrlr) => {
+                    let doomed: Vec<usize> = self
+                        .slots
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| {
+                            let conn = &s.as_ref()?.conn;
+                            conn.controller().filter(|c| Arc::ptr_eq(c, &ctrlr)).map(|_| i)
+                        })
+                        .collect();
+                    for index in doomed {
+                        self.close(index, "controller gone");
+                    }
+                }
+                ReactorMessage::Shutdown => self.begin_shutdown(now),
+            }
+        }
+        self.update_connection_count();
+        count
+    }
+
+    fn begin_shutdown(&mut self, now: Instant) {
+        if self.shutting_down.is_some() {
+            return;
+        }
+        info!("shutting down: no new connections, finishing in-flight commands");
+        self.shutting_down = Some(now);
+        for slot in &mut self.listeners {
+            if let Some((mut listener, _)) = slot.take() {
+                let _ = self.poll.registry().deregister(&mut listener);
+            }
+        }
+        let idle: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| (s.as_ref()?.conn.in_flight() == 0).then_some(i))
+            .collect();
+        for index in idle {
+            self.close(index, "target shutting down");
+        }
+    }
+
+    fn handle_completions(&mut self, now: Instant) -> u64 {
+        self.completions.drain_into(&mut self.done);
+        let done = std::mem::take(&mut self.done);
+        let count = done.len() as u64;
+        for mut io in done {
+            let (index, generation, tag) = split_token(io.token);
+            let flow = match self.slots.get_mut(index) {
+                Some(Some(slot)) if slot.generation == generation => {
+                    io.token = u64::from(tag);
+                    let mut cx = IoCx::new(&self.completions, io_token_base(index, generation));
+                    let flow = slot.conn.handle_io_done(io, &mut cx, now);
+                    self.forward_gone(cx);
+                    flow
+                }
+                // The connection closed while this I/O ran: drop the result.
+                _ => continue,
+            };
+            self.after_conn_work(index, flow);
+        }
+        count
+    }
+
+    fn handle_conn_event(&mut self, index: usize, readable: bool, writable: bool, now: Instant) {
+        let Some(Some(slot)) = self.slots.get_mut(index) else {
+            return;
+        };
+        let mut cx = IoCx::new(&self.completions, io_token_base(index, slot.generation));
+        let flow = slot.conn.handle_event(readable, writable, &mut cx, now);
+        self.forward_gone(cx);
+        self.after_conn_work(index, flow);
+    }
+
+    fn handle_conn_timer(&mut self, index: usize, now: Instant) {
+        let Some(Some(slot)) = self.slots.get_mut(index) else {
+            return;
+        };
+        let mut cx = IoCx::new(&self.completions, io_token_base(index, slot.generation));
+        // This entry fired; after_conn_work arms the connection's current deadline.
+        slot.timer_armed = None;
+        let flow = slot.conn.handle_timer(&mut cx, now);
+        self.forward_gone(cx);
+        self.after_conn_work(index, flow);
+    }
+
+    /// Tells every reactor about controllers this connection's work tore down.
+    fn forward_gone(&self, cx: IoCx<'_>) {
+        for ctrlr in cx.into_gone() {
+            for peer in self.peers.iter() {
+                peer.send(ReactorMessage::ControllerGone(Arc::clone(&ctrlr)));
+            }
+        }
+    }
+
+    fn after_conn_work(&mut self, index: usize, flow: Flow) {
+        let Some(Some(slot)) = self.slots.get_mut(index) else {
+            return;
+        };
+        if flow == Flow::Close {
+            self.close(index, "closed by protocol");
+            return;
+        }
+        if let Some(at) = slot.conn.deadline() {
+            if slot.timer_armed.is_none_or(|armed| at < armed) {
+                self.timers.arm(at, index);
+                slot.timer_armed = Some(at);
+            }
+        }
+        let wants = slot.conn.wants_writable();
+        if wants != slot.writable_armed {
+            let interest = if wants {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(err) = self
+                .poll
+                .registry()
+                .reregister(slot.conn.source(), Token(index), interest)
+            {
+                warn!(%err, "cannot change interest");
+            }
+            slot.writable_armed = wants;
+        }
+        if self.shutting_down.is_some() && slot.conn.in_flight() == 0 {
+            self.close(index, "target shutting down");
+        }
+    }
+
+    fn close(&mut self, index: usize, why: &str) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::take) else {
+            return;
+        };
+        let mut conn = slot.conn;
+        let _ = self.poll.registry().deregister(conn.source());
+        let gone = conn.close();
+        debug!(slot = index, why, "connection closed");
+        if let Some(ctrlr) = gone {
+            for peer in self.peers.iter() {
+                peer.send(ReactorMessage::ControllerGone(Arc::clone(&ctrlr)));
+            }
+        }
+        self.generations[index] = self.generations[index].wrapping_add(1);
+        self.free.push(index);
+        self.update_connection_count();
+    }
+
+    fn close_all(&mut self) {
+        for index in 0..self.slots.len() {
+            self.close(index, "reactor stopping");
+        }
+    }
+}
+
+/// Backend tokens carry the connection slot, its generation (so a completion for a closed
+/// connection whose slot was reused is recognised and dropped) and the command's tag.
+fn io_token_base(index: usize, generation: u16) -> u64 {
+    ((index as u64 & 0xFFFF) << 48) | (u64::from(generation) << 32)
+}
+
+fn split_token(token: u64) -> (usize, u16, u32) {
+    #[allow(clippy::cast_possible_truncation)]
+    let (generation, tag) = ((token >> 32) as u16, token as u32);
+    (usize::try_from(token >> 48).unwrap_or(usize::MAX), generation, tag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        let token = io_token_base(513, 7) | 42;
+        assert_eq!(split_token(token), (513, 7, 42));
+    }
+}

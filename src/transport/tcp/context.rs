@@ -1,0 +1,51 @@
+//! What every NVMe/TCP queue pair shares, and what one call into it may use.
+
+use std::sync::Arc;
+
+use crate::backend::Completions;
+use crate::controller::{Controller, Registry, TransportLimits};
+
+/// Shared by every TCP queue pair of the target.
+#[derive(Debug)]
+pub struct TcpContext {
+    pub registry: Arc<Registry>,
+    pub limits: TransportLimits,
+    /// Send C2HData with the SUCCESS flag instead of a response where the host allows it.
+    pub c2h_success: bool,
+}
+
+/// What a call into a queue pair may use of its reactor: the completion queue that async
+/// backends report to, and the prefix that makes backend tokens unique on the reactor.
+pub struct IoCx<'a> {
+    completions: &'a Completions,
+    token_base: u64,
+    gone: Vec<Arc<Controller>>,
+}
+
+impl<'a> IoCx<'a> {
+    pub fn new(completions: &'a Completions, token_base: u64) -> Self {
+        Self {
+            completions,
+            token_base,
+            gone: Vec::new(),
+        }
+    }
+
+    /// The backend token for the command with this tag.
+    pub fn token(&self, tag: u16) -> u64 {
+        self.token_base | u64::from(tag)
+    }
+
+    pub fn completions(&self) -> &Completions {
+        self.completions
+    }
+
+    /// Records a controller this call tore down, so its other queues get closed.
+    pub fn controller_gone(&mut self, ctrlr: Arc<Controller>) {
+        self.gone.push(ctrlr);
+    }
+
+    pub fn into_gone(self) -> Vec<Arc<Controller>> {
+        self.gone
+    }
+}

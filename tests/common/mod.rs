@@ -1,0 +1,194 @@
+//! Shared by the integration tests: runs the real `nvmf-tgt` binary on a config written to a
+//! temporary directory, on a free loopback port, and stops it with SIGTERM.
+
+#![allow(dead_code)]
+
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SUBNQN: &str = "nqn.2026-11.io.nvmf-tgt:test";
+pub const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:5b1d1e8e-7d0a-4c2e-9a39-3f0a6a7e0001";
+
+/// A free TCP port on 127.0.0.1 (bound then released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+pub struct TargetProcess {
+    pub child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub config_path: PathBuf,
+    pub log_path: PathBuf,
+}
+
+/// What to put in the generated config.
+pub struct TargetSpec {
+    pub interrupt_mode: bool,
+    pub extra_subsystem_keys: String,
+    pub namespaces: String,
+    pub tcp_options: String,
+}
+
+impl Default for TargetSpec {
+    fn default() -> Self {
+        Self {
+            interrupt_mode: true,
+            extra_subsystem_keys: "allow_any_host = true\n".into(),
+            namespaces: "[[subsystem.namespace]]\nnsid = 1\nram = { size = \"16MiB\" }\n".into(),
+            tcp_options: String::new(),
+        }
+    }
+}
+
+impl TargetProcess {
+    pub fn start(spec: &TargetSpec) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = format!(
+            "[target]\ninterrupt_mode = {}\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n\n\
+             [transport.tcp]\n{}\n\n\
+             [[subsystem]]\nnqn = \"{SUBNQN}\"\n{}\n\
+             [[subsystem.listener]]\ntransport = \"tcp\"\naddress = \"127.0.0.1\"\nport = {port}\n\n{}",
+            spec.interrupt_mode,
+            dir.path().join("ctl.sock").display(),
+            spec.tcp_options,
+            spec.extra_subsystem_keys,
+            spec.namespaces,
+        );
+        Self::start_with_config(dir, port, &config)
+    }
+
+    pub fn start_with_config(dir: tempfile::TempDir, port: u16, config: &str) -> Self {
+        let config_path = dir.path().join("target.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.path().join("target.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_nvmf-tgt"))
+            .args(["run", "-c"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn nvmf-tgt");
+        let mut target = Self {
+            child: Some(child),
+            dir,
+            port,
+            config_path,
+            log_path,
+        };
+        target.wait_listening();
+        target
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.path().join("ctl.sock")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn wait_listening(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("nvmf-tgt exited early with {status}:\n{}", self.log());
+            }
+            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_ok()
+                && self.control_socket().exists()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nvmf-tgt did not start listening:\n{}", self.log());
+    }
+
+    /// Sends SIGTERM and waits for the exit status (at most 10 s).
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("nvmf-tgt did not exit within 10 s of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// utime + stime of the target process, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        process_cpu_time(self.pid())
+    }
+}
+
+impl Drop for TargetProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+pub fn process_cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5) are the 12th and 13th after the comm field.
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let hz = 100; // USER_HZ is 100 on every Linux this project runs on.
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Reads whatever the peer sends until it closes the connection (or 5 s pass).
+pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+pub fn write_file(dir: &Path, name: &str, len: u64) -> PathBuf {
+    let path = dir.join(name);
+    let file = std::fs::File::create(&path).expect("create backing file");
+    file.set_len(len).expect("size backing file");
+    path
+}
