@@ -1,1 +1,77 @@
 //! NVMe controllers and subsystems as state machines with no I/O.
+//!
+//! The transport feeds commands in (`Registry::handle_connect`, `Controller::handle_admin`,
+//! `Controller::prepare_io`) and takes completions out (`AdminOutcome`,
+//! `Controller::poll_async_event`). Time is a parameter: keep-alive expiry is computed from the
+//! `Instant`s the transport passes, never from a clock read here.
+//!
+//! Locking: each controller keeps its admin state behind one `Mutex`; everything the I/O path
+//! reads (enabled, live, queues, write cache, namespaces) is atomic or an `ArcSwap`, so I/O
+//! never waits on an admin command.
+
+mod admin;
+mod ctrlr;
+mod discovery;
+mod fabrics;
+mod features;
+mod io;
+mod namespace;
+mod registry;
+mod subsystem;
+#[cfg(test)]
+mod tests;
+
+pub use ctrlr::Controller;
+pub use io::{IoOp, IoPlan, dsm_ranges};
+pub use namespace::{Namespace, NamespaceSpec};
+pub use registry::{ConnectOutcome, Registry, RegistryError};
+pub use subsystem::{AddressFamily, ListenerAddr, Subsystem, SubsystemSpec, TransportType};
+
+use crate::nvme::Cqe;
+
+/// What the transport allows; fixed for the life of the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TransportLimits {
+    /// Entries per I/O queue (CAP.MQES + 1).
+    pub max_queue_depth: u32,
+    /// Entries in the admin queue.
+    pub max_aq_depth: u32,
+    /// I/O queues per controller.
+    pub max_io_qpairs_per_ctrlr: u32,
+    /// In-capsule data accepted on I/O queues, in bytes.
+    pub in_capsule_data_size: u32,
+    /// Largest transfer of one command, in bytes (MDTS).
+    pub max_io_size: u32,
+}
+
+impl Default for TransportLimits {
+    /// SPDK's NVMe/TCP defaults.
+    fn default() -> Self {
+        Self {
+            max_queue_depth: 128,
+            max_aq_depth: 128,
+            max_io_qpairs_per_ctrlr: 127,
+            in_capsule_data_size: 4096,
+            max_io_size: 131_072,
+        }
+    }
+}
+
+/// The result of an admin queue command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminOutcome {
+    /// Send `cqe`, after `data` (controller-to-host data, at most the command's SGL length).
+    Complete { cqe: Cqe, data: Vec<u8> },
+    /// An Asynchronous Event Request was parked; it completes through
+    /// [`Controller::poll_async_event`].
+    Deferred,
+}
+
+impl AdminOutcome {
+    fn status(cid: u16, status: crate::nvme::Status) -> Self {
+        Self::Complete {
+            cqe: Cqe::new(cid, status),
+            data: Vec::new(),
+        }
+    }
+}

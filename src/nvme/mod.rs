@@ -1,10 +1,16 @@
 //! NVMe spec types shared by every layer: submission and completion queue entries, status
 //! codes and opcodes. Nothing here performs I/O or reads a clock.
 
+pub mod connect;
 pub mod cqe;
+pub mod features;
+pub mod identify;
+pub mod log;
 pub mod opcode;
+pub mod properties;
 pub mod sqe;
 pub mod status;
+mod wire;
 
 pub use cqe::Cqe;
 pub use sqe::{Sgl, Sqe};

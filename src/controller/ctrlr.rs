@@ -1,0 +1,454 @@
+//! One controller: its admin state, its I/O queues, keep-alive and asynchronous events.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use crate::nvme::connect::ConnectCmd;
+use crate::nvme::features::aec;
+use crate::nvme::log::{async_event_dw0, event_type, lid, notice};
+use crate::nvme::{Cqe, Status};
+
+use super::TransportLimits;
+use super::registry::RegistryShared;
+use super::subsystem::{ListenerAddr, Subsystem};
+
+/// Outstanding Asynchronous Event Requests allowed (AERL 3 is 0-based).
+pub(crate) const MAX_AERS: usize = 4;
+/// Events kept while no request is outstanding.
+const MAX_PENDING_EVENTS: usize = 16;
+/// A discovery controller connected with KATO 0 still gets a timeout (Linux nvmet uses the
+/// same two minutes), so an abandoned discovery association does not live forever.
+const DISCOVERY_DEFAULT_KATO_MS: u64 = 120_000;
+/// Entries in the Changed Namespace List before it overflows.
+const CHANGED_NS_MAX: usize = 1024;
+
+/// Everything `Controller::new` needs, gathered by the Connect handler.
+pub(crate) struct ControllerInit {
+    pub(crate) cntlid: u16,
+    pub(crate) subsys: Arc<Subsystem>,
+    pub(crate) registry: Weak<RegistryShared>,
+    pub(crate) hostnqn: String,
+    pub(crate) hostid: [u8; 16],
+    pub(crate) listener: ListenerAddr,
+    pub(crate) limits: TransportLimits,
+    pub(crate) cmd: ConnectCmd,
+    pub(crate) now: Instant,
+}
+
+/// State only admin commands touch, behind the controller's mutex.
+#[derive(Debug)]
+pub(crate) struct AdminState {
+    pub(crate) cc: u32,
+    pub(crate) csts: u32,
+    pub(crate) aqa: u32,
+    pub(crate) features: FeatureState,
+    /// CIDs of parked Asynchronous Event Requests, oldest first.
+    aer_cids: VecDeque<u16>,
+    /// Event completions (dword 0) waiting for a request.
+    pending_events: VecDeque<u32>,
+    /// Completed requests waiting for `poll_async_event`.
+    ready: VecDeque<Cqe>,
+    /// Event kinds (AEC bits) sent and not yet cleared by reading their log page; the same
+    /// kind is not reported again until then (NVMe Base 2.0, 5.2).
+    aen_masked: u32,
+    changed_ns: Vec<u32>,
+    changed_ns_overflow: bool,
+}
+
+/// Current values of the features that are only stored and reported.
+#[derive(Debug, Clone)]
+pub(crate) struct FeatureState {
+    pub(crate) arbitration: u32,
+    pub(crate) power_management: u32,
+    pub(crate) temp_over: u16,
+    pub(crate) temp_under: u16,
+    pub(crate) error_recovery: u32,
+    pub(crate) write_atomicity: u32,
+    pub(crate) async_event_config: u32,
+    /// Number of Queues the host asked for (0-based NSQR/NCQR granted), once set.
+    pub(crate) num_queues: Option<u32>,
+}
+
+impl FeatureState {
+    pub(crate) fn defaults(discovery: bool) -> Self {
+        Self {
+            arbitration: 0,
+            power_management: 0,
+            // 343 K (70 C): a common default composite over-temperature threshold.
+            temp_over: 0x0157,
+            temp_under: 0,
+            error_recovery: 0,
+            write_atomicity: 0,
+            async_event_config: if discovery {
+                aec::DISCOVERY_LOG_CHANGE
+            } else {
+                aec::NS_ATTRIBUTE
+            },
+            num_queues: None,
+        }
+    }
+}
+
+type Notifier = Arc<dyn Fn() + Send + Sync>;
+
+/// A controller: created by an admin-queue Connect, shared by its admin and I/O queues.
+pub struct Controller {
+    pub(crate) cntlid: u16,
+    pub(crate) subsys: Arc<Subsystem>,
+    pub(crate) registry: Weak<RegistryShared>,
+    pub(crate) hostnqn: String,
+    pub(crate) hostid: [u8; 16],
+    pub(crate) listener: ListenerAddr,
+    pub(crate) limits: TransportLimits,
+    /// Reference point for the atomic activity timestamp.
+    base: Instant,
+    last_activity_ns: AtomicU64,
+    kato_ms: AtomicU64,
+    /// CC.EN = 1 and CSTS.RDY = 1: I/O may flow.
+    pub(crate) enabled: AtomicBool,
+    live: AtomicBool,
+    /// Volatile write cache enabled (Set Features 0x06); when off, writes are sent with FUA.
+    pub(crate) write_cache: AtomicBool,
+    /// Index qid - 1: whether that I/O queue is connected.
+    io_queues: Box<[AtomicBool]>,
+    /// Index qid: whether the host disabled SQ flow control on that queue.
+    sqfc_disabled: Box<[AtomicBool]>,
+    state: Mutex<AdminState>,
+    notifier: Mutex<Option<Notifier>>,
+}
+
+impl core::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Controller")
+            .field("cntlid", &self.cntlid)
+            .field("subnqn", &self.subsys.nqn())
+            .field("hostnqn", &self.hostnqn)
+            .field("live", &self.is_live())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Controller {
+    pub(crate) fn new(init: ControllerInit) -> Self {
+        let discovery = init.subsys.is_discovery();
+        let mut kato = u64::from(init.cmd.kato);
+        if discovery && kato == 0 {
+            kato = DISCOVERY_DEFAULT_KATO_MS;
+        }
+        let io_count = if discovery {
+            0
+        } else {
+            usize::try_from(init.limits.max_io_qpairs_per_ctrlr).unwrap_or(0)
+        };
+        let sqfc: Box<[AtomicBool]> = (0..=io_count).map(|_| AtomicBool::new(false)).collect();
+        sqfc[0].store(init.cmd.sq_flow_control_disabled(), Ordering::Relaxed);
+        let sqsize = u32::from(init.cmd.sqsize);
+        Self {
+            cntlid: init.cntlid,
+            hostnqn: init.hostnqn,
+            hostid: init.hostid,
+            listener: init.listener,
+            limits: init.limits,
+            registry: init.registry,
+            base: init.now,
+            last_activity_ns: AtomicU64::new(0),
+            kato_ms: AtomicU64::new(kato),
+            enabled: AtomicBool::new(false),
+            live: AtomicBool::new(true),
+            write_cache: AtomicBool::new(true),
+            io_queues: (0..io_count).map(|_| AtomicBool::new(false)).collect(),
+            sqfc_disabled: sqfc,
+            state: Mutex::new(AdminState {
+                cc: 0,
+                csts: 0,
+                // ASQS and ACQS (0-based) as the admin Connect asked.
+                aqa: sqsize | (sqsize << 16),
+                features: FeatureState::defaults(discovery),
+                aer_cids: VecDeque::new(),
+                pending_events: VecDeque::new(),
+                ready: VecDeque::new(),
+                aen_masked: 0,
+                changed_ns: Vec::new(),
+                changed_ns_overflow: false,
+            }),
+            notifier: Mutex::new(None),
+            subsys: init.subsys,
+        }
+    }
+
+    pub fn cntlid(&self) -> u16 {
+        self.cntlid
+    }
+
+    pub fn subnqn(&self) -> &str {
+        self.subsys.nqn()
+    }
+
+    pub fn subsystem(&self) -> &Arc<Subsystem> {
+        &self.subsys
+    }
+
+    pub fn hostnqn(&self) -> &str {
+        &self.hostnqn
+    }
+
+    pub fn hostid(&self) -> [u8; 16] {
+        self.hostid
+    }
+
+    pub fn is_discovery(&self) -> bool {
+        self.subsys.is_discovery()
+    }
+
+    /// The listener the admin queue connected through.
+    pub fn listener(&self) -> &ListenerAddr {
+        &self.listener
+    }
+
+    /// Not torn down: queues of a controller that is no longer live must close.
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// CC.EN set and CSTS.RDY reported: I/O commands are accepted.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire) && self.is_live()
+    }
+
+    /// Whether I/O queue `qid` is still attached (a controller reset or shutdown detaches
+    /// every I/O queue; the transport should close such a queue's connection).
+    pub fn is_io_queue_live(&self, qid: u16) -> bool {
+        self.is_live()
+            && usize::from(qid)
+                .checked_sub(1)
+                .and_then(|i| self.io_queues.get(i))
+                .is_some_and(|q| q.load(Ordering::Acquire))
+    }
+
+    /// Whether the host disabled SQ flow control on `qid` in its Connect (NVMe/TCP may then
+    /// use the C2HData SUCCESS flag, and SQHD need not advance).
+    pub fn sq_flow_control_disabled(&self, qid: u16) -> bool {
+        self.sqfc_disabled
+            .get(usize::from(qid))
+            .is_some_and(|b| b.load(Ordering::Relaxed))
+    }
+
+    /// The Keep Alive Timeout in force; `None` when disabled.
+    pub fn kato(&self) -> Option<Duration> {
+        match self.kato_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    pub(crate) fn set_kato_ms(&self, ms: u32) {
+        let mut ms = u64::from(ms);
+        if ms == 0 && self.is_discovery() {
+            ms = DISCOVERY_DEFAULT_KATO_MS;
+        }
+        self.kato_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the keep-alive timer expires if nothing more arrives.
+    pub fn keep_alive_deadline(&self) -> Option<Instant> {
+        let kato = self.kato()?;
+        let last = Duration::from_nanos(self.last_activity_ns.load(Ordering::Acquire));
+        Some(self.base + last + kato)
+    }
+
+    /// Any command on any of its queues restarts the keep-alive timer (CTRATT.TBKAS).
+    pub fn handle_activity(&self, now: Instant) {
+        let since = now.saturating_duration_since(self.base).as_nanos();
+        let since = u64::try_from(since).unwrap_or(u64::MAX);
+        self.last_activity_ns.fetch_max(since, Ordering::AcqRel);
+    }
+
+    /// Whether the keep-alive timer has run out at `now`.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.keep_alive_deadline().is_some_and(|d| now >= d)
+    }
+
+    /// The transport lost queue `qid`; qid 0 tears the controller down and removes it from
+    /// its subsystem.
+    pub fn handle_queue_gone(&self, qid: u16) {
+        if qid != 0 {
+            self.detach_io_queue(qid);
+            return;
+        }
+        if self.live.swap(false, Ordering::AcqRel) {
+            self.enabled.store(false, Ordering::Release);
+            for q in self.io_queues.iter() {
+                q.store(false, Ordering::Release);
+            }
+            let mut st = self.lock();
+            st.aer_cids.clear();
+            st.ready.clear();
+            drop(st);
+            self.subsys.remove_controller(self.cntlid);
+            tracing::info!(subnqn = %self.subnqn(), cntlid = self.cntlid, "controller removed");
+        }
+    }
+
+    /// Called (from any thread) when an asynchronous event completion becomes ready, so the
+    /// transport can wake the reactor that owns the admin queue.
+    pub fn set_async_event_notifier(&self, notify: Arc<dyn Fn() + Send + Sync>) {
+        *self
+            .notifier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(notify);
+    }
+
+    /// An Asynchronous Event Request completion ready to send, if any.
+    pub fn poll_async_event(&self) -> Option<Cqe> {
+        self.lock().ready.pop_front()
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, AdminState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Connects I/O queue `cmd.qid` (sqsize already checked by the caller).
+    pub(crate) fn attach_io_queue(&self, cmd: &ConnectCmd, now: Instant) -> Result<(), Status> {
+        if !self.is_enabled() {
+            // SPDK: an I/O queue Connect before CC.EN = 1 is a command sequence error.
+            return Err(Status::COMMAND_SEQUENCE_ERROR);
+        }
+        let slot = usize::from(cmd.qid)
+            .checked_sub(1)
+            .and_then(|i| self.io_queues.get(i))
+            .ok_or(Status::INVALID_QUEUE_IDENTIFIER.with_dnr())?;
+        if slot.swap(true, Ordering::AcqRel) {
+            return Err(Status::INVALID_QUEUE_IDENTIFIER.with_dnr());
+        }
+        if let Some(b) = self.sqfc_disabled.get(usize::from(cmd.qid)) {
+            b.store(cmd.sq_flow_control_disabled(), Ordering::Relaxed);
+        }
+        self.handle_activity(now);
+        Ok(())
+    }
+
+    pub(crate) fn detach_io_queue(&self, qid: u16) {
+        if let Some(q) = usize::from(qid)
+            .checked_sub(1)
+            .and_then(|i| self.io_queues.get(i))
+        {
+            q.store(false, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn connected_io_queues(&self) -> usize {
+        self.io_queues
+            .iter()
+            .filter(|q| q.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// CC.EN 1 -> 0 or a shutdown: I/O stops and every I/O queue is detached.
+    pub(crate) fn stop_io(&self) {
+        self.enabled.store(false, Ordering::Release);
+        for q in self.io_queues.iter() {
+            q.store(false, Ordering::Release);
+        }
+    }
+
+    /// Parks an Asynchronous Event Request, or completes it at once with a pending event.
+    pub(crate) fn park_aer(&self, st: &mut AdminState, cid: u16) -> Result<Option<Cqe>, Status> {
+        if let Some(dw0) = st.pending_events.pop_front() {
+            let mut cqe = Cqe::new(cid, Status::SUCCESS);
+            cqe.dw0 = dw0;
+            return Ok(Some(cqe));
+        }
+        if st.aer_cids.len() >= MAX_AERS {
+            return Err(Status::ASYNC_EVENT_REQUEST_LIMIT_EXCEEDED);
+        }
+        st.aer_cids.push_back(cid);
+        Ok(None)
+    }
+
+    /// Queues an event of kind `bit` (an AEC bit) unless the host disabled that kind or one
+    /// is already outstanding. Returns whether a completion became ready.
+    fn raise_event(st: &mut AdminState, bit: u32, dw0: u32) -> bool {
+        if st.features.async_event_config & bit == 0 || st.aen_masked & bit != 0 {
+            return false;
+        }
+        st.aen_masked |= bit;
+        if let Some(cid) = st.aer_cids.pop_front() {
+            let mut cqe = Cqe::new(cid, Status::SUCCESS);
+            cqe.dw0 = dw0;
+            st.ready.push_back(cqe);
+            return true;
+        }
+        if st.pending_events.len() < MAX_PENDING_EVENTS {
+            st.pending_events.push_back(dw0);
+        }
+        false
+    }
+
+    /// Reading a log page with RAE clear re-arms the event kind it reports.
+    pub(crate) fn clear_event(st: &mut AdminState, bit: u32) {
+        st.aen_masked &= !bit;
+    }
+
+    pub(crate) fn handle_namespaces_changed(&self, nsids: &[u32]) {
+        if !self.is_live() {
+            return;
+        }
+        let ready = {
+            let mut st = self.lock();
+            for &nsid in nsids {
+                if st.changed_ns.contains(&nsid) {
+                    continue;
+                }
+                if st.changed_ns.len() >= CHANGED_NS_MAX {
+                    st.changed_ns_overflow = true;
+                } else {
+                    st.changed_ns.push(nsid);
+                }
+            }
+            let dw0 = async_event_dw0(
+                event_type::NOTICE,
+                notice::NS_ATTRIBUTE_CHANGED,
+                lid::CHANGED_NS_LIST,
+            );
+            Self::raise_event(&mut st, aec::NS_ATTRIBUTE, dw0)
+        };
+        if ready {
+            self.notify();
+        }
+    }
+
+    pub(crate) fn handle_discovery_changed(&self) {
+        if !self.is_live() {
+            return;
+        }
+        let dw0 = async_event_dw0(
+            event_type::NOTICE,
+            notice::DISCOVERY_LOG_CHANGED,
+            lid::DISCOVERY,
+        );
+        let ready = Self::raise_event(&mut self.lock(), aec::DISCOVERY_LOG_CHANGE, dw0);
+        if ready {
+            self.notify();
+        }
+    }
+
+    /// Takes the Changed Namespace List (reading it clears it).
+    pub(crate) fn take_changed_ns(st: &mut AdminState) -> (Vec<u32>, bool) {
+        let list = std::mem::take(&mut st.changed_ns);
+        let overflow = std::mem::replace(&mut st.changed_ns_overflow, false);
+        (list, overflow)
+    }
+
+    fn notify(&self) {
+        let notifier = self
+            .notifier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(notify) = notifier {
+            notify();
+        }
+    }
+}

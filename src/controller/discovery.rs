@@ -1,0 +1,79 @@
+//! The discovery log page (NVMe-oF 1.1, 5.3): what a discovery controller shows its host.
+
+use std::sync::atomic::Ordering;
+
+use crate::nvme::DISCOVERY_NQN;
+use crate::nvme::log::{
+    DISCOVERY_ENTRY_LEN, DISCOVERY_HEADER_LEN, DiscoveryLogEntry, DiscoveryLogHeader, subtype,
+    treq,
+};
+
+use super::Controller;
+use super::subsystem::ListenerAddr;
+
+impl Controller {
+    /// The whole discovery log for this controller's host: first the discovery subsystem
+    /// itself on the listener the host used, then one entry per (subsystem the host may
+    /// access, listener of that subsystem). Port IDs number distinct listeners in the order
+    /// they first appear.
+    pub(crate) fn discovery_log(&self) -> Vec<u8> {
+        let Some(registry) = self.registry.upgrade() else {
+            return vec![0u8; DISCOVERY_HEADER_LEN];
+        };
+        let asqsz = u16::try_from(registry.limits.max_aq_depth).unwrap_or(u16::MAX);
+        let mut ports: Vec<ListenerAddr> = Vec::new();
+        let mut port_id = |l: &ListenerAddr| -> u16 {
+            let at = ports.iter().position(|p| p == l).unwrap_or_else(|| {
+                ports.push(l.clone());
+                ports.len() - 1
+            });
+            u16::try_from(at + 1).unwrap_or(u16::MAX)
+        };
+        let subsystems = registry.subsystem_list();
+        // Number ports over every subsystem so a port's ID does not depend on the host.
+        for subsys in &subsystems {
+            for l in subsys.listeners() {
+                port_id(l);
+            }
+        }
+        let entry = |l: &ListenerAddr, portid: u16, kind: u8, nqn: &str| DiscoveryLogEntry {
+            trtype: l.trtype.to_u8(),
+            adrfam: l.adrfam.to_u8(),
+            subtype: kind,
+            treq: treq::SECURE_CHANNEL_NOT_REQUIRED | treq::DISABLE_SQ_FLOW_CONTROL,
+            portid,
+            cntlid: 0xFFFF,
+            asqsz,
+            trsvcid: l.trsvcid.clone(),
+            subnqn: nqn.to_owned(),
+            traddr: l.traddr.clone(),
+            // TCP: SECTYPE 0, no security.
+            tsas: [0; 256],
+        };
+        let mut entries = vec![entry(
+            &self.listener,
+            port_id(&self.listener),
+            subtype::CURRENT_DISCOVERY,
+            DISCOVERY_NQN,
+        )];
+        for subsys in subsystems.iter().filter(|s| s.allows_host(&self.hostnqn)) {
+            for l in subsys.listeners() {
+                entries.push(entry(l, port_id(l), subtype::NVME, subsys.nqn()));
+            }
+        }
+        let mut page = vec![0u8; DISCOVERY_HEADER_LEN + entries.len() * DISCOVERY_ENTRY_LEN];
+        DiscoveryLogHeader {
+            genctr: registry.genctr.load(Ordering::Acquire),
+            numrec: u64::try_from(entries.len()).unwrap_or(u64::MAX),
+            recfmt: 0,
+        }
+        .emit(&mut page);
+        for (e, chunk) in entries
+            .iter()
+            .zip(page[DISCOVERY_HEADER_LEN..].chunks_exact_mut(DISCOVERY_ENTRY_LEN))
+        {
+            e.emit(chunk);
+        }
+        page
+    }
+}

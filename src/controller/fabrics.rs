@@ -1,0 +1,151 @@
+//! Fabrics commands after Connect: Property Get/Set with the CC/CSTS state machine, and
+//! Disconnect (NVMe-oF 1.1, 3.4 to 3.6).
+
+use std::sync::atomic::Ordering;
+
+use crate::nvme::opcode::fctype;
+use crate::nvme::properties::{Cap, PropertyCmd, PropertySize, VS_1_3, cc, csts, offset};
+use crate::nvme::{Cqe, Sqe, Status};
+
+use super::Controller;
+use super::ctrlr::AdminState;
+
+/// CAP.TO: 15 * 500 ms for CSTS.RDY to follow CC.EN (Linux nvmet's value).
+const CAP_TO: u8 = 15;
+/// I/O queue entry sizes this target uses (log2): 64-byte SQEs, 16-byte CQEs.
+const IOSQES: u32 = 6;
+const IOCQES: u32 = 4;
+
+impl Controller {
+    /// Controller Capabilities as this controller reports them.
+    pub(crate) fn cap(&self) -> u64 {
+        let mqes = self.limits.max_queue_depth.saturating_sub(1);
+        Cap {
+            mqes: u16::try_from(mqes).unwrap_or(u16::MAX),
+            cqr: true,
+            to: CAP_TO,
+            // NVM command set only.
+            css: 0x01,
+            mpsmin: 0,
+            mpsmax: 0,
+        }
+        .to_u64()
+    }
+
+    /// Fabrics commands on the admin queue.
+    pub(crate) fn handle_admin_fabrics(&self, sqe: &Sqe) -> Result<Cqe, Status> {
+        let mut cqe = Cqe::new(sqe.cid(), Status::SUCCESS);
+        match sqe.fctype() {
+            fctype::PROPERTY_GET => {
+                let value = self.property_get(&self.lock(), &PropertyCmd::parse(sqe))?;
+                let v = value.to_le_bytes();
+                cqe.dw0 = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+                cqe.dw1 = u32::from_le_bytes([v[4], v[5], v[6], v[7]]);
+            }
+            fctype::PROPERTY_SET => {
+                self.property_set(&mut self.lock(), &PropertyCmd::parse(sqe))?;
+            }
+            // The transport closes the queue once this completion is sent.
+            fctype::DISCONNECT => {}
+            fctype::CONNECT => return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
+            _ => return Err(Status::INVALID_OPCODE.with_dnr()),
+        }
+        Ok(cqe)
+    }
+
+    /// A fabrics command on I/O queue `qid`: Disconnect detaches the queue; Property Get/Set
+    /// belong on the admin queue.
+    pub fn handle_io_fabrics(&self, qid: u16, sqe: &Sqe) -> Cqe {
+        let status = match sqe.fctype() {
+            fctype::DISCONNECT => {
+                self.detach_io_queue(qid);
+                Status::SUCCESS
+            }
+            fctype::CONNECT => Status::COMMAND_SEQUENCE_ERROR.with_dnr(),
+            fctype::PROPERTY_GET | fctype::PROPERTY_SET => Status::INVALID_QUEUE_TYPE.with_dnr(),
+            _ => Status::INVALID_OPCODE.with_dnr(),
+        };
+        Cqe::new(sqe.cid(), status)
+    }
+
+    pub(crate) fn property_get(&self, st: &AdminState, cmd: &PropertyCmd) -> Result<u64, Status> {
+        let invalid = Status::INVALID_FIELD.with_dnr();
+        let read8 = |off: u32| -> Option<u64> {
+            match off {
+                offset::CAP => Some(self.cap()),
+                // The admin queue lives in the transport; the addresses mean nothing here.
+                offset::ASQ | offset::ACQ => Some(0),
+                _ => None,
+            }
+        };
+        let read4 = |off: u32| -> Option<u32> {
+            match off {
+                offset::VS => Some(VS_1_3),
+                offset::CC => Some(st.cc),
+                offset::CSTS => Some(st.csts),
+                offset::AQA => Some(st.aqa),
+                _ => None,
+            }
+        };
+        match cmd.size {
+            PropertySize::Eight => read8(cmd.offset).ok_or(invalid),
+            PropertySize::Four => {
+                if let Some(v) = read4(cmd.offset) {
+                    return Ok(u64::from(v));
+                }
+                // A 4-byte read of either half of an 8-byte property.
+                if let Some(v) = read8(cmd.offset) {
+                    return Ok(v & 0xFFFF_FFFF);
+                }
+                let low = cmd.offset.checked_sub(4).and_then(read8).ok_or(invalid)?;
+                Ok(low >> 32)
+            }
+            PropertySize::Unknown(_) => Err(invalid),
+        }
+    }
+
+    pub(crate) fn property_set(&self, st: &mut AdminState, cmd: &PropertyCmd) -> Result<(), Status> {
+        if cmd.offset != offset::CC || cmd.size != PropertySize::Four {
+            return Err(Status::INVALID_FIELD.with_dnr());
+        }
+        let new = u32::try_from(cmd.value & 0xFFFF_FFFF).unwrap_or(0);
+        let old = st.cc;
+        st.cc = new;
+        let en = |v: u32| v & cc::EN != 0;
+        if en(new) && !en(old) {
+            self.enable(st);
+        }
+        if !en(new) && en(old) {
+            // Controller reset: I/O queues stop being usable; the admin queue stays.
+            self.stop_io();
+            st.csts = 0;
+            tracing::info!(subnqn = %self.subnqn(), cntlid = self.cntlid, "controller reset");
+        }
+        if cc::shn(new) != 0 && cc::shn(old) == 0 {
+            self.stop_io();
+            st.csts = (st.csts & !(csts::RDY | csts::SHST_MASK)) | csts::SHST_COMPLETE;
+            tracing::info!(subnqn = %self.subnqn(), cntlid = self.cntlid, "controller shut down");
+        }
+        if cc::shn(new) == 0 && cc::shn(old) != 0 {
+            st.csts &= !csts::SHST_MASK;
+        }
+        Ok(())
+    }
+
+    /// CC.EN 0 -> 1: check the configuration the host chose (as Linux nvmet does); a bad one
+    /// is reported through CSTS.CFS instead of RDY.
+    fn enable(&self, st: &mut AdminState) {
+        let c = st.cc;
+        let sizes_ok =
+            self.is_discovery() || (cc::iosqes(c) == IOSQES && cc::iocqes(c) == IOCQES);
+        if cc::mps(c) != 0 || cc::ams(c) != 0 || cc::css(c) != 0 || !sizes_ok {
+            tracing::warn!(cc = c, cntlid = self.cntlid, "invalid controller configuration");
+            st.csts |= csts::CFS;
+            return;
+        }
+        st.csts = (st.csts & !csts::CFS) | csts::RDY;
+        if self.is_live() {
+            self.enabled.store(true, Ordering::Release);
+        }
+    }
+}

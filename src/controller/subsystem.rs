@@ -1,0 +1,280 @@
+//! An NVM subsystem (or the discovery subsystem): namespaces, allowed hosts, listeners, and
+//! the controllers currently associated with it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+
+use arc_swap::ArcSwap;
+
+use super::namespace::{Namespace, NamespaceSpec};
+use super::{Controller, RegistryError};
+
+/// A subsystem as declared in the configuration.
+#[derive(Clone, Debug)]
+pub struct SubsystemSpec {
+    pub nqn: String,
+    pub serial: String,
+    pub model: String,
+    pub allow_any_host: bool,
+    pub hosts: Vec<String>,
+    pub max_namespaces: u32,
+    pub namespaces: Vec<NamespaceSpec>,
+    pub listeners: Vec<ListenerAddr>,
+}
+
+/// Transport types (NVMe-oF 1.1, Figure 39 TRTYPE).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TransportType {
+    Rdma = 1,
+    Fc = 2,
+    Tcp = 3,
+    Loop = 254,
+}
+
+/// Address families (NVMe-oF 1.1, Figure 39 ADRFAM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AddressFamily {
+    Ipv4 = 1,
+    Ipv6 = 2,
+}
+
+impl TransportType {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Self::Rdma => 1,
+            Self::Fc => 2,
+            Self::Tcp => 3,
+            Self::Loop => 254,
+        }
+    }
+}
+
+impl AddressFamily {
+    pub fn to_u8(self) -> u8 {
+        match self {
+            Self::Ipv4 => 1,
+            Self::Ipv6 => 2,
+        }
+    }
+}
+
+/// A transport address a subsystem listens on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerAddr {
+    pub trtype: TransportType,
+    pub adrfam: AddressFamily,
+    pub traddr: String,
+    pub trsvcid: String,
+}
+
+/// Controller IDs handed out in the dynamic model (NVMe-oF 1.1, 4.2): 0xFFF0 and above are
+/// reserved.
+const MAX_CNTLID: u16 = 0xFFEF;
+
+#[derive(Debug, Default)]
+struct Controllers {
+    by_id: BTreeMap<u16, Weak<Controller>>,
+    /// Where the round-robin search for a free ID starts, so a torn-down ID is not reused at
+    /// once (a host could still hold it).
+    next: u16,
+}
+
+/// One subsystem, shared by every reactor.
+#[derive(Debug)]
+pub struct Subsystem {
+    nqn: String,
+    serial: String,
+    model: String,
+    allow_any_host: bool,
+    hosts: Vec<String>,
+    max_namespaces: u32,
+    listeners: Vec<ListenerAddr>,
+    is_discovery: bool,
+    namespaces: ArcSwap<BTreeMap<u32, Arc<Namespace>>>,
+    controllers: Mutex<Controllers>,
+}
+
+impl Subsystem {
+    pub(crate) fn new(spec: SubsystemSpec) -> Result<Self, RegistryError> {
+        let mut namespaces = BTreeMap::new();
+        for ns in spec.namespaces {
+            let nsid = ns.nsid;
+            if nsid > spec.max_namespaces {
+                return Err(RegistryError::BadNamespace {
+                    nqn: spec.nqn,
+                    nsid,
+                    why: "nsid is above max_namespaces",
+                });
+            }
+            let ns = Namespace::new(ns, &spec.nqn)?;
+            if namespaces.insert(nsid, Arc::new(ns)).is_some() {
+                return Err(RegistryError::BadNamespace {
+                    nqn: spec.nqn,
+                    nsid,
+                    why: "nsid declared twice",
+                });
+            }
+        }
+        Ok(Self {
+            nqn: spec.nqn,
+            serial: spec.serial,
+            model: spec.model,
+            allow_any_host: spec.allow_any_host,
+            hosts: spec.hosts,
+            max_namespaces: spec.max_namespaces,
+            listeners: spec.listeners,
+            is_discovery: false,
+            namespaces: ArcSwap::from_pointee(namespaces),
+            controllers: Mutex::default(),
+        })
+    }
+
+    /// The well-known discovery subsystem: any host, every listener, no namespaces.
+    pub(crate) fn discovery() -> Self {
+        Self {
+            nqn: crate::nvme::DISCOVERY_NQN.to_owned(),
+            serial: "nvmf-tgt-discovery".to_owned(),
+            model: "nvmf-tgt discovery".to_owned(),
+            allow_any_host: true,
+            hosts: Vec::new(),
+            max_namespaces: 0,
+            listeners: Vec::new(),
+            is_discovery: true,
+            namespaces: ArcSwap::from_pointee(BTreeMap::new()),
+            controllers: Mutex::default(),
+        }
+    }
+
+    pub fn nqn(&self) -> &str {
+        &self.nqn
+    }
+
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    pub fn max_namespaces(&self) -> u32 {
+        self.max_namespaces
+    }
+
+    pub fn listeners(&self) -> &[ListenerAddr] {
+        &self.listeners
+    }
+
+    pub fn is_discovery(&self) -> bool {
+        self.is_discovery
+    }
+
+    /// Whether `hostnqn` may connect (and see this subsystem in the discovery log).
+    pub fn allows_host(&self, hostnqn: &str) -> bool {
+        self.allow_any_host || self.hosts.iter().any(|h| h == hostnqn)
+    }
+
+    /// Whether a Connect that arrived on `listener` may reach this subsystem.
+    pub fn allows_listener(&self, listener: &ListenerAddr) -> bool {
+        self.is_discovery || self.listeners.contains(listener)
+    }
+
+    /// The namespace with `nsid`, if attached. Lock-free: the I/O path calls it per command.
+    pub fn namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
+        self.namespaces.load().get(&nsid).cloned()
+    }
+
+    /// Every attached namespace in NSID order.
+    pub fn namespaces(&self) -> Vec<Arc<Namespace>> {
+        self.namespaces.load().values().cloned().collect()
+    }
+
+    /// Attaches a namespace and tells every controller (Namespace Attribute Changed).
+    pub fn add_namespace(&self, spec: NamespaceSpec) -> Result<(), RegistryError> {
+        let nsid = spec.nsid;
+        if nsid > self.max_namespaces || self.namespace(nsid).is_some() {
+            return Err(RegistryError::BadNamespace {
+                nqn: self.nqn.clone(),
+                nsid,
+                why: "nsid is in use or above max_namespaces",
+            });
+        }
+        let ns = Arc::new(Namespace::new(spec, &self.nqn)?);
+        self.namespaces.rcu(|map| {
+            let mut map = BTreeMap::clone(map);
+            map.insert(nsid, Arc::clone(&ns));
+            map
+        });
+        self.notify_namespaces_changed(&[nsid]);
+        Ok(())
+    }
+
+    /// Detaches a namespace (commands already planned keep their `Arc`) and tells every
+    /// controller.
+    pub fn remove_namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
+        let old = self.namespace(nsid)?;
+        self.namespaces.rcu(|map| {
+            let mut map = BTreeMap::clone(map);
+            map.remove(&nsid);
+            map
+        });
+        self.notify_namespaces_changed(&[nsid]);
+        Some(old)
+    }
+
+    /// Records a namespace change in every controller's Changed Namespace List and completes
+    /// a parked Asynchronous Event Request where the host enabled the notice.
+    pub fn notify_namespaces_changed(&self, nsids: &[u32]) {
+        for ctrlr in self.controllers() {
+            ctrlr.handle_namespaces_changed(nsids);
+        }
+    }
+
+    /// Live controllers of this subsystem in controller ID order.
+    pub fn controllers(&self) -> Vec<Arc<Controller>> {
+        let ctrls = self.lock_controllers();
+        ctrls.by_id.values().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The live controller with `cntlid`.
+    pub fn controller(&self, cntlid: u16) -> Option<Arc<Controller>> {
+        let ctrls = self.lock_controllers();
+        ctrls
+            .by_id
+            .get(&cntlid)
+            .and_then(Weak::upgrade)
+            .filter(|c| c.is_live())
+    }
+
+    /// Picks a free controller ID and registers the controller `make` builds with it; `None`
+    /// when all 0xFFEF IDs are taken.
+    pub(crate) fn add_controller(
+        &self,
+        make: impl FnOnce(u16) -> Controller,
+    ) -> Option<Arc<Controller>> {
+        let mut ctrls = self.lock_controllers();
+        ctrls.by_id.retain(|_, c| c.strong_count() > 0);
+        let start = ctrls.next.clamp(1, MAX_CNTLID);
+        let mut id = start;
+        while ctrls.by_id.contains_key(&id) {
+            id = if id == MAX_CNTLID { 1 } else { id + 1 };
+            if id == start {
+                return None;
+            }
+        }
+        ctrls.next = if id == MAX_CNTLID { 1 } else { id + 1 };
+        let ctrlr = Arc::new(make(id));
+        ctrls.by_id.insert(id, Arc::downgrade(&ctrlr));
+        Some(ctrlr)
+    }
+
+    pub(crate) fn remove_controller(&self, cntlid: u16) {
+        self.lock_controllers().by_id.remove(&cntlid);
+    }
+
+    fn lock_controllers(&self) -> std::sync::MutexGuard<'_, Controllers> {
+        self.controllers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
