@@ -195,7 +195,11 @@ impl Controller {
                 if nsid >= 0xFFFF_FFFE {
                     return Err(invalid_ns);
                 }
-                let above = self.subsys.namespaces().into_iter().filter(|ns| ns.nsid() > nsid);
+                let above = self
+                    .subsys
+                    .namespaces()
+                    .into_iter()
+                    .filter(|ns| ns.nsid() > nsid);
                 for (slot, ns) in page.chunks_exact_mut(4).zip(above) {
                     slot.copy_from_slice(&ns.nsid().to_le_bytes());
                 }
@@ -276,7 +280,7 @@ impl Controller {
         }
         // Never build more than the host can receive, whatever NUMD says.
         let sgl = u64::from(sqe.sgl().length);
-        let want = usize::try_from(cmd.len().min(sgl)).map_err(|_| invalid)?;
+        let want = usize::try_from(cmd.byte_len().min(sgl)).map_err(|_| invalid)?;
         let mut out = page[offset..].to_vec();
         out.resize(want, 0);
         Ok(out)

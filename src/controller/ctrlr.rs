@@ -294,10 +294,7 @@ impl Controller {
     /// Called (from any thread) when an asynchronous event completion becomes ready, so the
     /// transport can wake the reactor that owns the admin queue.
     pub fn set_async_event_notifier(&self, notify: Arc<dyn Fn() + Send + Sync>) {
-        *self
-            .notifier
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(notify);
+        *self.notifier.lock().unwrap_or_else(PoisonError::into_inner) = Some(notify);
     }
 
     /// An Asynchronous Event Request completion ready to send, if any.

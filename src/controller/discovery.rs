@@ -4,8 +4,7 @@ use std::sync::atomic::Ordering;
 
 use crate::nvme::DISCOVERY_NQN;
 use crate::nvme::log::{
-    DISCOVERY_ENTRY_LEN, DISCOVERY_HEADER_LEN, DiscoveryLogEntry, DiscoveryLogHeader, subtype,
-    treq,
+    DISCOVERY_ENTRY_LEN, DISCOVERY_HEADER_LEN, DiscoveryLogEntry, DiscoveryLogHeader, subtype, treq,
 };
 
 use super::Controller;

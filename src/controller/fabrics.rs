@@ -104,7 +104,11 @@ impl Controller {
         }
     }
 
-    pub(crate) fn property_set(&self, st: &mut AdminState, cmd: &PropertyCmd) -> Result<(), Status> {
+    pub(crate) fn property_set(
+        &self,
+        st: &mut AdminState,
+        cmd: &PropertyCmd,
+    ) -> Result<(), Status> {
         if cmd.offset != offset::CC || cmd.size != PropertySize::Four {
             return Err(Status::INVALID_FIELD.with_dnr());
         }
@@ -136,10 +140,13 @@ impl Controller {
     /// is reported through CSTS.CFS instead of RDY.
     fn enable(&self, st: &mut AdminState) {
         let c = st.cc;
-        let sizes_ok =
-            self.is_discovery() || (cc::iosqes(c) == IOSQES && cc::iocqes(c) == IOCQES);
+        let sizes_ok = self.is_discovery() || (cc::iosqes(c) == IOSQES && cc::iocqes(c) == IOCQES);
         if cc::mps(c) != 0 || cc::ams(c) != 0 || cc::css(c) != 0 || !sizes_ok {
-            tracing::warn!(cc = c, cntlid = self.cntlid, "invalid controller configuration");
+            tracing::warn!(
+                cc = c,
+                cntlid = self.cntlid,
+                "invalid controller configuration"
+            );
             st.csts |= csts::CFS;
             return;
         }

@@ -2,9 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::nvme::features::{
-    capability, fid, get_features_fields, sel, set_features_fields,
-};
+use crate::nvme::features::{capability, fid, get_features_fields, sel, set_features_fields};
 use crate::nvme::{Sqe, Status};
 
 use super::Controller;

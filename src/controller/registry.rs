@@ -11,9 +11,9 @@ use crate::nvme::connect::{
 };
 use crate::nvme::{Cqe, DISCOVERY_NQN, Sqe, Status, opcode};
 
+use super::TransportLimits;
 use super::ctrlr::{Controller, ControllerInit};
 use super::subsystem::{ListenerAddr, Subsystem, SubsystemSpec};
-use super::TransportLimits;
 
 /// Why the registry could not be built from the declaration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -217,7 +217,9 @@ impl Registry {
         }
         let cmd = ConnectCmd::parse(sqe);
         if cmd.recfmt != 0 {
-            return Err(Refusal::status(Status::CONNECT_INCOMPATIBLE_FORMAT.with_dnr()));
+            return Err(Refusal::status(
+                Status::CONNECT_INCOMPATIBLE_FORMAT.with_dnr(),
+            ));
         }
         let data = ConnectData::parse(data).map_err(|e| Refusal::param(true, e.ipo()))?;
         let subsys = self
@@ -312,10 +314,7 @@ struct Refusal {
 
 impl Refusal {
     fn status(status: Status) -> Self {
-        Self {
-            status,
-            dw0: 0,
-        }
+        Self { status, dw0: 0 }
     }
 
     /// Connect Invalid Parameters, naming the field.
