@@ -251,6 +251,10 @@ impl Controller {
         if cmd.offset % 4 != 0 {
             return Err(invalid);
         }
+        // SPDK: asking for more than the command's buffer holds is an invalid field.
+        if cmd.byte_len() > u64::from(sqe.sgl().length) {
+            return Err(invalid);
+        }
         let page = match (self.is_discovery(), cmd.lid) {
             (_, lid::SUPPORTED_LOGS) => self.supported_logs(),
             (true, lid::DISCOVERY) => {
@@ -272,15 +276,14 @@ impl Controller {
                 page
             }
             (false, lid::COMMAND_EFFECTS) => command_effects_log(),
-            _ => return Err(Status::INVALID_LOG_PAGE.with_dnr()),
+            // SPDK and Linux nvmet answer Invalid Field for log pages they lack.
+            _ => return Err(invalid),
         };
-        let offset = usize::try_from(cmd.offset).map_err(|_| invalid)?;
-        if offset > page.len() {
-            return Err(invalid);
-        }
-        // Never build more than the host can receive, whatever NUMD says.
-        let sgl = u64::from(sqe.sgl().length);
-        let want = usize::try_from(cmd.byte_len().min(sgl)).map_err(|_| invalid)?;
+        // Bytes past the end of the page read as zeroes (as SPDK does).
+        let offset = usize::try_from(cmd.offset)
+            .unwrap_or(usize::MAX)
+            .min(page.len());
+        let want = usize::try_from(cmd.byte_len()).map_err(|_| invalid)?;
         let mut out = page[offset..].to_vec();
         out.resize(want, 0);
         Ok(out)

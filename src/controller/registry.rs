@@ -7,7 +7,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use crate::nvme::connect::{
-    ConnectCmd, ConnectData, data_offset, invalid_parameter_dw0, sqe_offset,
+    CNTLID_DYNAMIC, ConnectCmd, ConnectData, data_offset, invalid_parameter_dw0, sqe_offset,
 };
 use crate::nvme::{Cqe, DISCOVERY_NQN, Sqe, Status, opcode};
 
@@ -237,6 +237,10 @@ impl Registry {
             if cmd.sqsize == 0 || u32::from(cmd.sqsize) >= limits.max_aq_depth {
                 return Err(Refusal::param(false, sqe_offset::SQSIZE));
             }
+            // Only the dynamic controller model exists here (as in SPDK).
+            if data.cntlid != CNTLID_DYNAMIC {
+                return Err(Refusal::param(true, data_offset::CNTLID));
+            }
             let ctrlr = subsys
                 .add_controller(|cntlid| {
                     Controller::new(ControllerInit {
@@ -273,7 +277,14 @@ impl Registry {
         if cmd.sqsize == 0 || u32::from(cmd.sqsize) >= limits.max_queue_depth {
             return Err(Refusal::param(false, sqe_offset::SQSIZE));
         }
-        ctrlr.attach_io_queue(&cmd, now).map_err(Refusal::status)?;
+        ctrlr.attach_io_queue(&cmd, now).map_err(|status| {
+            if status == Status::COMMAND_SEQUENCE_ERROR {
+                // SPDK: an I/O queue Connect before CC.EN = 1 names QID as invalid.
+                Refusal::param(false, sqe_offset::QID)
+            } else {
+                Refusal::status(status)
+            }
+        })?;
         let mut cqe = Cqe::new(sqe.cid(), Status::SUCCESS);
         cqe.dw0 = u32::from(ctrlr.cntlid());
         Ok(ConnectOutcome::Io {

@@ -404,9 +404,10 @@ fn unknown_nqn_and_bad_data_name_the_field() {
 fn io_connect_checks_cntlid_host_and_limits() {
     let b = Bench::new();
     let ctrlr = b.connect_admin(SUB_A, HOST_1);
-    // Before CC.EN = 1.
+    // Before CC.EN = 1: SPDK names QID as the invalid parameter.
     let cqe = refused(b.connect_io(&ctrlr, 1, 31));
-    assert_eq!(cqe.status, Status::COMMAND_SEQUENCE_ERROR);
+    assert_eq!(cqe.status, Status::CONNECT_INVALID_PARAMETERS.with_dnr());
+    assert_eq!(cqe.dw0, 0x002A_0000);
     prop_set(&ctrlr, offset::CC, 0x0046_0001, b.now);
 
     let bad_cntlid = b.reg.handle_connect(
@@ -459,6 +460,14 @@ fn io_connect_checks_cntlid_host_and_limits() {
         b.connect_io(&ctrlr, 4, 127),
         ConnectOutcome::Io { .. }
     ));
+    // Only the dynamic model: an admin Connect must ask for controller 0xFFFF.
+    let cqe = refused(b.reg.handle_connect(
+        &connect_sqe(0, 31, 0),
+        &connect_data(SUB_A, HOST_1, 1),
+        &listener("4420"),
+        b.now,
+    ));
+    assert_eq!(cqe.dw0, 0x0010_0001);
     // Admin sqsize must stay below max_aq_depth (32).
     let cqe = refused(b.reg.handle_connect(
         &connect_sqe(0, 32, 0),
@@ -534,6 +543,22 @@ fn property_state_machine() {
         invalid
     );
     assert_eq!(prop_set(&ctrlr, offset::CSTS, 1, b.now).status, invalid);
+    assert_eq!(prop_set(&ctrlr, offset::VS, 1, b.now).status, invalid);
+    // AQA, ASQ and ACQ read back what was written (halves of ASQ too).
+    assert_eq!(
+        prop_set(&ctrlr, offset::AQA, 0x000F_0007, b.now).status,
+        Status::SUCCESS
+    );
+    assert_eq!(prop_get(&ctrlr, offset::AQA, false, b.now).dw0, 0x000F_0007);
+    assert_eq!(
+        prop_set(&ctrlr, offset::AQA, 0x0FFF_0FFF, b.now).status,
+        invalid
+    );
+    prop_set(&ctrlr, offset::ASQ, 0x1000, b.now);
+    prop_set(&ctrlr, offset::ASQ + 4, 0x2, b.now);
+    let asq = prop_get(&ctrlr, offset::ASQ, true, b.now);
+    assert_eq!((asq.dw0, asq.dw1), (0x1000, 0x2));
+    assert_eq!(prop_get(&ctrlr, offset::ACQ, true, b.now).dw0, 0);
 
     // Admin commands before enable are out of sequence.
     let (cqe, _) = identify(&ctrlr, 0x01, 0);
@@ -953,18 +978,17 @@ fn log_pages_and_offsets() {
     let (_, tail) = get_log(&ctrlr, lid::SMART, 64, 480, false);
     assert_eq!(tail.len(), 64);
     assert!(tail[32..].iter().all(|&b| b == 0));
-    // Unaligned or beyond the page: invalid.
+    // Wholly beyond the page: zeroes, as SPDK answers.
+    let (cqe, beyond) = get_log(&ctrlr, lid::SMART, 8, 1024, false);
+    assert_eq!((cqe.status, beyond), (Status::SUCCESS, vec![0; 8]));
+    // Unaligned offset: invalid.
     let invalid = Status::INVALID_FIELD.with_dnr();
     assert_eq!(get_log(&ctrlr, lid::SMART, 4, 2, false).0.status, invalid);
     assert_eq!(
-        get_log(&ctrlr, lid::SMART, 4, 1024, false).0.status,
-        invalid
-    );
-    assert_eq!(
         get_log(&ctrlr, 0x70, 16, 0, false).0.status,
-        Status::INVALID_LOG_PAGE.with_dnr()
+        Status::INVALID_FIELD.with_dnr()
     );
-    // NUMDU counts: 0x1_0000 dwords requested, capped at the SGL length (1 MiB here).
+    // NUMDU counts: 0x1_0001 dwords do not fit a 300-byte buffer.
     let mut sqe = admin_cmd(admin::GET_LOG_PAGE, 0, 0, 0, 300);
     GetLogPageCmd {
         lid: lid::COMMAND_EFFECTS,
@@ -974,7 +998,20 @@ fn log_pages_and_offsets() {
         offset: 0,
     }
     .emit(&mut sqe);
-    assert_eq!(run(&ctrlr, &sqe).1.len(), 300);
+    assert_eq!(run(&ctrlr, &sqe).0.status, invalid);
+    // NUMDU and the upper offset dword are honoured.
+    let mut sqe = admin_cmd(admin::GET_LOG_PAGE, 0, 0, 0, 1 << 20);
+    GetLogPageCmd {
+        lid: lid::COMMAND_EFFECTS,
+        lsp: 0,
+        rae: false,
+        numd: 0x0001_0000,
+        offset: 1 << 32,
+    }
+    .emit(&mut sqe);
+    let (cqe, data) = run(&ctrlr, &sqe);
+    assert_eq!((cqe.status, data.len()), (Status::SUCCESS, 0x1_0001 * 4));
+    assert!(data.iter().all(|&b| b == 0));
 }
 
 // ---- AER ----
@@ -1056,9 +1093,25 @@ fn keep_alive_deadline_follows_activity() {
     ctrlr.handle_activity(later + Duration::from_secs(1));
     ctrlr.handle_activity(later);
     assert!(!ctrlr.is_expired(later + kato));
-    // KATO 0 disables it for I/O controllers; discovery gets a default.
-    set_feature(&ctrlr, fid::KEEP_ALIVE_TIMER, 0);
-    assert_eq!(ctrlr.keep_alive_deadline(), None);
+    // Set Features cannot turn it off; values round up to whole seconds (KAS 10).
+    assert_eq!(
+        set_feature(&ctrlr, fid::KEEP_ALIVE_TIMER, 0).status,
+        Status::KEEP_ALIVE_INVALID
+    );
+    set_feature(&ctrlr, fid::KEEP_ALIVE_TIMER, 1500);
+    assert_eq!(ctrlr.kato(), Some(Duration::from_secs(2)));
+    // KATO 0 in Connect disables it for I/O controllers; discovery gets a default.
+    let out = b.reg.handle_connect(
+        &connect_sqe(0, 31, 0),
+        &connect_data(SUB_B, HOST_1, 0xFFFF),
+        &listener("4420"),
+        b.now,
+    );
+    let ConnectOutcome::Admin { ctrlr: no_ka, .. } = out else {
+        panic!("connect failed");
+    };
+    assert_eq!(no_ka.keep_alive_deadline(), None);
+    assert!(!no_ka.is_expired(b.now + Duration::from_secs(3600)));
     let out = b.reg.handle_connect(
         &connect_sqe(0, 31, 0),
         &connect_data(DISCOVERY_NQN, HOST_1, 0xFFFF),
@@ -1135,7 +1188,7 @@ fn discovery_log_lists_what_the_host_may_see() {
     );
     assert_eq!(
         get_log(&d1, lid::SMART, 512, 0, false).0.status,
-        Status::INVALID_LOG_PAGE.with_dnr()
+        Status::INVALID_FIELD.with_dnr()
     );
     assert_eq!(
         run(&d1, &admin_cmd(admin::ABORT, 0, 0, 0, 0)).0.status,
