@@ -129,6 +129,9 @@ pub struct Controller {
     sqfc_disabled: Box<[AtomicBool]>,
     state: Mutex<AdminState>,
     notifier: Mutex<Option<Notifier>>,
+    /// The local address of the admin queue's connection, for discovery entries of wildcard
+    /// listeners (0.0.0.0 or ::), as Linux nvmet substitutes it.
+    local_traddr: Mutex<Option<String>>,
 }
 
 impl core::fmt::Debug for Controller {
@@ -188,6 +191,7 @@ impl Controller {
                 changed_ns_overflow: false,
             }),
             notifier: Mutex::new(None),
+            local_traddr: Mutex::new(None),
             subsys: init.subsys,
         }
     }
@@ -306,6 +310,23 @@ impl Controller {
     /// transport can wake the reactor that owns the admin queue.
     pub fn set_async_event_notifier(&self, notify: Arc<dyn Fn() + Send + Sync>) {
         *self.notifier.lock().unwrap_or_else(PoisonError::into_inner) = Some(notify);
+    }
+
+    /// The transport tells a discovery controller the local address its host connected to, so
+    /// log entries of listeners bound to a wildcard address carry an address the host can
+    /// reach.
+    pub fn set_local_address(&self, traddr: &str) {
+        *self
+            .local_traddr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(traddr.to_owned());
+    }
+
+    pub(crate) fn local_address(&self) -> Option<String> {
+        self.local_traddr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// An Asynchronous Event Request completion ready to send, if any.

@@ -1455,3 +1455,48 @@ fn queue_gone_and_teardown() {
     assert_eq!(ctrlr.poll_async_event(), None);
     assert!(b.reg.subsystem(SUB_A).expect("a").controllers().is_empty());
 }
+
+#[test]
+fn discovery_substitutes_wildcard_listener_addresses() {
+    let any = ListenerAddr {
+        trtype: TransportType::Tcp,
+        adrfam: AddressFamily::Ipv4,
+        traddr: "0.0.0.0".into(),
+        trsvcid: "4420".into(),
+    };
+    let reg = Registry::new(
+        vec![SubsystemSpec {
+            nqn: SUB_A.into(),
+            serial: "s".into(),
+            model: "m".into(),
+            allow_any_host: true,
+            hosts: vec![],
+            max_namespaces: 1,
+            namespaces: vec![],
+            listeners: vec![any.clone()],
+        }],
+        limits(),
+    )
+    .expect("valid");
+    let now = Instant::now();
+    let out = reg.handle_connect(
+        &connect_sqe(0, 31, 0),
+        &connect_data(DISCOVERY_NQN, HOST_1, 0xFFFF),
+        &any,
+        now,
+    );
+    let ConnectOutcome::Admin { ctrlr, .. } = out else {
+        panic!("discovery connect failed");
+    };
+    prop_set(&ctrlr, offset::CC, 0x0046_0001, now);
+    let (_, page) = get_log(&ctrlr, lid::DISCOVERY, 3072, 0, false);
+    assert_eq!(discovery_entries(&page).1[1].traddr, "0.0.0.0");
+    ctrlr.set_local_address("192.0.2.7");
+    let (_, page) = get_log(&ctrlr, lid::DISCOVERY, 3072, 0, false);
+    let (_, entries) = discovery_entries(&page);
+    assert!(entries.iter().all(|e| e.traddr == "192.0.2.7"));
+    // An address of the other family is not substituted.
+    ctrlr.set_local_address("::1");
+    let (_, page) = get_log(&ctrlr, lid::DISCOVERY, 3072, 0, false);
+    assert_eq!(discovery_entries(&page).1[1].traddr, "0.0.0.0");
+}
