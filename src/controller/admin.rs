@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use crate::nvme::features::aec;
 use crate::nvme::identify::{
     self, CSI_NVM, IDENTIFY_LEN, IdentifyController, NsDescriptor, PowerState, cns, cntrltype,
 };
@@ -13,7 +14,6 @@ use crate::nvme::{Cqe, Sqe, Status};
 
 use super::ctrlr::{AdminState, MAX_AERS};
 use super::{AdminOutcome, Controller};
-use crate::nvme::features::aec;
 
 /// Error log entries minus one (ELPE); the log itself is always empty.
 const ELPE: u8 = 127;

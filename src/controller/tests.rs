@@ -1500,3 +1500,13 @@ fn discovery_substitutes_wildcard_listener_addresses() {
     let (_, page) = get_log(&ctrlr, lid::DISCOVERY, 3072, 0, false);
     assert_eq!(discovery_entries(&page).1[1].traddr, "0.0.0.0");
 }
+
+#[test]
+fn shared_types_cross_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Registry>();
+    send_sync::<Subsystem>();
+    send_sync::<Controller>();
+    send_sync::<Namespace>();
+    send_sync::<IoPlan>();
+}
