@@ -121,10 +121,7 @@ impl Completions {
     /// batch, not per request).
     pub fn push(&self, done: IoDone) {
         let was_empty = {
-            let mut queue = self
-                .queue
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let was_empty = queue.is_empty();
             queue.push(done);
             was_empty
@@ -137,10 +134,7 @@ impl Completions {
 
     /// Moves every finished request into `out`.
     pub fn drain_into(&self, out: &mut Vec<IoDone>) {
-        let mut queue = self
-            .queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         out.append(&mut queue);
     }
 }
