@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use crate::nvme::features::aec;
 use crate::nvme::identify::{
     self, CSI_NVM, IDENTIFY_LEN, IdentifyController, NsDescriptor, PowerState, cns, cntrltype,
 };
@@ -13,7 +14,6 @@ use crate::nvme::{Cqe, Sqe, Status};
 
 use super::ctrlr::{AdminState, MAX_AERS};
 use super::{AdminOutcome, Controller};
-use crate::nvme::features::aec;
 
 /// Error log entries minus one (ELPE); the log itself is always empty.
 const ELPE: u8 = 127;
@@ -195,7 +195,11 @@ impl Controller {
                 if nsid >= 0xFFFF_FFFE {
                     return Err(invalid_ns);
                 }
-                let above = self.subsys.namespaces().into_iter().filter(|ns| ns.nsid() > nsid);
+                let above = self
+                    .subsys
+                    .namespaces()
+                    .into_iter()
+                    .filter(|ns| ns.nsid() > nsid);
                 for (slot, ns) in page.chunks_exact_mut(4).zip(above) {
                     slot.copy_from_slice(&ns.nsid().to_le_bytes());
                 }
@@ -247,6 +251,10 @@ impl Controller {
         if cmd.offset % 4 != 0 {
             return Err(invalid);
         }
+        // SPDK: asking for more than the command's buffer holds is an invalid field.
+        if cmd.byte_len() > u64::from(sqe.sgl().length) {
+            return Err(invalid);
+        }
         let page = match (self.is_discovery(), cmd.lid) {
             (_, lid::SUPPORTED_LOGS) => self.supported_logs(),
             (true, lid::DISCOVERY) => {
@@ -268,15 +276,14 @@ impl Controller {
                 page
             }
             (false, lid::COMMAND_EFFECTS) => command_effects_log(),
-            _ => return Err(Status::INVALID_LOG_PAGE.with_dnr()),
+            // SPDK and Linux nvmet answer Invalid Field for log pages they lack.
+            _ => return Err(invalid),
         };
-        let offset = usize::try_from(cmd.offset).map_err(|_| invalid)?;
-        if offset > page.len() {
-            return Err(invalid);
-        }
-        // Never build more than the host can receive, whatever NUMD says.
-        let sgl = u64::from(sqe.sgl().length);
-        let want = usize::try_from(cmd.len().min(sgl)).map_err(|_| invalid)?;
+        // Bytes past the end of the page read as zeroes (as SPDK does).
+        let offset = usize::try_from(cmd.offset)
+            .unwrap_or(usize::MAX)
+            .min(page.len());
+        let want = usize::try_from(cmd.byte_len()).map_err(|_| invalid)?;
         let mut out = page[offset..].to_vec();
         out.resize(want, 0);
         Ok(out)

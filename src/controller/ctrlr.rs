@@ -24,6 +24,14 @@ const DISCOVERY_DEFAULT_KATO_MS: u64 = 120_000;
 /// Entries in the Changed Namespace List before it overflows.
 const CHANGED_NS_MAX: usize = 1024;
 
+/// Keep-alive granularity: KAS 10 (in 100 ms units) promises whole seconds, so timeouts are
+/// rounded up to them (Linux nvmet does the same).
+const KATO_GRANULARITY_MS: u64 = 1000;
+
+fn round_kato(ms: u32) -> u64 {
+    u64::from(ms).div_ceil(KATO_GRANULARITY_MS) * KATO_GRANULARITY_MS
+}
+
 /// Everything `Controller::new` needs, gathered by the Connect handler.
 pub(crate) struct ControllerInit {
     pub(crate) cntlid: u16,
@@ -43,6 +51,10 @@ pub(crate) struct AdminState {
     pub(crate) cc: u32,
     pub(crate) csts: u32,
     pub(crate) aqa: u32,
+    /// ASQ and ACQ: meaningless on fabrics (the queues live in the transport) but kept so
+    /// a host reads back what it wrote.
+    pub(crate) asq: u64,
+    pub(crate) acq: u64,
     pub(crate) features: FeatureState,
     /// CIDs of parked Asynchronous Event Requests, oldest first.
     aer_cids: VecDeque<u16>,
@@ -117,6 +129,9 @@ pub struct Controller {
     sqfc_disabled: Box<[AtomicBool]>,
     state: Mutex<AdminState>,
     notifier: Mutex<Option<Notifier>>,
+    /// The local address of the admin queue's connection, for discovery entries of wildcard
+    /// listeners (0.0.0.0 or ::), as Linux nvmet substitutes it.
+    local_traddr: Mutex<Option<String>>,
 }
 
 impl core::fmt::Debug for Controller {
@@ -133,7 +148,7 @@ impl core::fmt::Debug for Controller {
 impl Controller {
     pub(crate) fn new(init: ControllerInit) -> Self {
         let discovery = init.subsys.is_discovery();
-        let mut kato = u64::from(init.cmd.kato);
+        let mut kato = round_kato(init.cmd.kato);
         if discovery && kato == 0 {
             kato = DISCOVERY_DEFAULT_KATO_MS;
         }
@@ -165,6 +180,8 @@ impl Controller {
                 csts: 0,
                 // ASQS and ACQS (0-based) as the admin Connect asked.
                 aqa: sqsize | (sqsize << 16),
+                asq: 0,
+                acq: 0,
                 features: FeatureState::defaults(discovery),
                 aer_cids: VecDeque::new(),
                 pending_events: VecDeque::new(),
@@ -174,6 +191,7 @@ impl Controller {
                 changed_ns_overflow: false,
             }),
             notifier: Mutex::new(None),
+            local_traddr: Mutex::new(None),
             subsys: init.subsys,
         }
     }
@@ -243,12 +261,9 @@ impl Controller {
         }
     }
 
+    /// Sets a non-zero Keep Alive Timeout, rounded up to the KAS granularity.
     pub(crate) fn set_kato_ms(&self, ms: u32) {
-        let mut ms = u64::from(ms);
-        if ms == 0 && self.is_discovery() {
-            ms = DISCOVERY_DEFAULT_KATO_MS;
-        }
-        self.kato_ms.store(ms, Ordering::Relaxed);
+        self.kato_ms.store(round_kato(ms), Ordering::Relaxed);
     }
 
     /// When the keep-alive timer expires if nothing more arrives.
@@ -294,10 +309,24 @@ impl Controller {
     /// Called (from any thread) when an asynchronous event completion becomes ready, so the
     /// transport can wake the reactor that owns the admin queue.
     pub fn set_async_event_notifier(&self, notify: Arc<dyn Fn() + Send + Sync>) {
+        *self.notifier.lock().unwrap_or_else(PoisonError::into_inner) = Some(notify);
+    }
+
+    /// The transport tells a discovery controller the local address its host connected to, so
+    /// log entries of listeners bound to a wildcard address carry an address the host can
+    /// reach.
+    pub fn set_local_address(&self, traddr: &str) {
         *self
-            .notifier
+            .local_traddr
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(notify);
+            .unwrap_or_else(PoisonError::into_inner) = Some(traddr.to_owned());
+    }
+
+    pub(crate) fn local_address(&self) -> Option<String> {
+        self.local_traddr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// An Asynchronous Event Request completion ready to send, if any.
@@ -312,7 +341,6 @@ impl Controller {
     /// Connects I/O queue `cmd.qid` (sqsize already checked by the caller).
     pub(crate) fn attach_io_queue(&self, cmd: &ConnectCmd, now: Instant) -> Result<(), Status> {
         if !self.is_enabled() {
-            // SPDK: an I/O queue Connect before CC.EN = 1 is a command sequence error.
             return Err(Status::COMMAND_SEQUENCE_ERROR);
         }
         let slot = usize::from(cmd.qid)

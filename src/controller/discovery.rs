@@ -4,12 +4,24 @@ use std::sync::atomic::Ordering;
 
 use crate::nvme::DISCOVERY_NQN;
 use crate::nvme::log::{
-    DISCOVERY_ENTRY_LEN, DISCOVERY_HEADER_LEN, DiscoveryLogEntry, DiscoveryLogHeader, subtype,
-    treq,
+    DISCOVERY_ENTRY_LEN, DISCOVERY_HEADER_LEN, DiscoveryLogEntry, DiscoveryLogHeader, subtype, treq,
 };
 
 use super::Controller;
-use super::subsystem::ListenerAddr;
+use super::subsystem::{AddressFamily, ListenerAddr};
+
+fn is_wildcard(l: &ListenerAddr) -> bool {
+    l.traddr
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+}
+
+fn family_of(addr: &str) -> Option<AddressFamily> {
+    match addr.parse::<std::net::IpAddr>().ok()? {
+        std::net::IpAddr::V4(_) => Some(AddressFamily::Ipv4),
+        std::net::IpAddr::V6(_) => Some(AddressFamily::Ipv6),
+    }
+}
 
 impl Controller {
     /// The whole discovery log for this controller's host: first the discovery subsystem
@@ -36,6 +48,13 @@ impl Controller {
                 port_id(l);
             }
         }
+        let local = self.local_address();
+        let traddr = |l: &ListenerAddr| -> String {
+            match &local {
+                Some(addr) if is_wildcard(l) && family_of(addr) == Some(l.adrfam) => addr.clone(),
+                _ => l.traddr.clone(),
+            }
+        };
         let entry = |l: &ListenerAddr, portid: u16, kind: u8, nqn: &str| DiscoveryLogEntry {
             trtype: l.trtype.to_u8(),
             adrfam: l.adrfam.to_u8(),
@@ -46,7 +65,7 @@ impl Controller {
             asqsz,
             trsvcid: l.trsvcid.clone(),
             subnqn: nqn.to_owned(),
-            traddr: l.traddr.clone(),
+            traddr: traddr(l),
             // TCP: SECTYPE 0, no security.
             tsas: [0; 256],
         };

@@ -73,8 +73,8 @@ impl Controller {
         let read8 = |off: u32| -> Option<u64> {
             match off {
                 offset::CAP => Some(self.cap()),
-                // The admin queue lives in the transport; the addresses mean nothing here.
-                offset::ASQ | offset::ACQ => Some(0),
+                offset::ASQ => Some(st.asq),
+                offset::ACQ => Some(st.acq),
                 _ => None,
             }
         };
@@ -104,11 +104,54 @@ impl Controller {
         }
     }
 
-    pub(crate) fn property_set(&self, st: &mut AdminState, cmd: &PropertyCmd) -> Result<(), Status> {
-        if cmd.offset != offset::CC || cmd.size != PropertySize::Four {
-            return Err(Status::INVALID_FIELD.with_dnr());
+    pub(crate) fn property_set(
+        &self,
+        st: &mut AdminState,
+        cmd: &PropertyCmd,
+    ) -> Result<(), Status> {
+        let invalid = Status::INVALID_FIELD.with_dnr();
+        let low = u32::try_from(cmd.value & 0xFFFF_FFFF).unwrap_or(0);
+        let four = cmd.size == PropertySize::Four;
+        // ASQ and ACQ take 8-byte writes or 4-byte writes of either half.
+        let set_half = |reg: &mut u64, base: u32| -> bool {
+            match (cmd.size, cmd.offset.checked_sub(base)) {
+                (PropertySize::Eight, Some(0)) => *reg = cmd.value,
+                (PropertySize::Four, Some(0)) => *reg = (*reg & !0xFFFF_FFFF) | u64::from(low),
+                (PropertySize::Four, Some(4)) => {
+                    *reg = (*reg & 0xFFFF_FFFF) | (u64::from(low) << 32);
+                }
+                _ => return false,
+            }
+            true
+        };
+        match cmd.offset {
+            offset::CC if four => {}
+            offset::AQA if four => {
+                // ASQS and ACQS (0-based) may not exceed MQES.
+                let mqes = self.limits.max_queue_depth.saturating_sub(1);
+                if low & 0xFFF > mqes || (low >> 16) & 0xFFF > mqes {
+                    return Err(invalid);
+                }
+                st.aqa = low & 0x0FFF_0FFF;
+                return Ok(());
+            }
+            o if (offset::ASQ..offset::ASQ + 8).contains(&o) => {
+                return if set_half(&mut st.asq, offset::ASQ) {
+                    Ok(())
+                } else {
+                    Err(invalid)
+                };
+            }
+            o if (offset::ACQ..offset::ACQ + 8).contains(&o) => {
+                return if set_half(&mut st.acq, offset::ACQ) {
+                    Ok(())
+                } else {
+                    Err(invalid)
+                };
+            }
+            _ => return Err(invalid),
         }
-        let new = u32::try_from(cmd.value & 0xFFFF_FFFF).unwrap_or(0);
+        let new = low;
         let old = st.cc;
         st.cc = new;
         let en = |v: u32| v & cc::EN != 0;
@@ -136,10 +179,13 @@ impl Controller {
     /// is reported through CSTS.CFS instead of RDY.
     fn enable(&self, st: &mut AdminState) {
         let c = st.cc;
-        let sizes_ok =
-            self.is_discovery() || (cc::iosqes(c) == IOSQES && cc::iocqes(c) == IOCQES);
+        let sizes_ok = self.is_discovery() || (cc::iosqes(c) == IOSQES && cc::iocqes(c) == IOCQES);
         if cc::mps(c) != 0 || cc::ams(c) != 0 || cc::css(c) != 0 || !sizes_ok {
-            tracing::warn!(cc = c, cntlid = self.cntlid, "invalid controller configuration");
+            tracing::warn!(
+                cc = c,
+                cntlid = self.cntlid,
+                "invalid controller configuration"
+            );
             st.csts |= csts::CFS;
             return;
         }

@@ -2,9 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::nvme::features::{
-    capability, fid, get_features_fields, sel, set_features_fields,
-};
+use crate::nvme::features::{capability, fid, get_features_fields, sel, set_features_fields};
 use crate::nvme::{Sqe, Status};
 
 use super::Controller;
@@ -145,6 +143,8 @@ impl Controller {
             }
             fid::WRITE_ATOMICITY => f.write_atomicity = cdw11 & 1,
             fid::ASYNC_EVENT_CONFIG => f.async_event_config = cdw11,
+            // SPDK: turning keep-alive off through Set Features is refused.
+            fid::KEEP_ALIVE_TIMER if cdw11 == 0 => return Err(Status::KEEP_ALIVE_INVALID),
             fid::KEEP_ALIVE_TIMER => self.set_kato_ms(cdw11),
             // The host identifier comes from Connect and cannot change afterwards.
             fid::HOST_IDENTIFIER => return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr()),

@@ -27,13 +27,27 @@ pub struct IoPlan {
 /// The checked operation, in bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IoOp {
-    Read { offset: u64, len: u64 },
-    Write { offset: u64, len: u64, fua: bool },
+    Read {
+        offset: u64,
+        len: u64,
+    },
+    Write {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
     /// Read `len` bytes at `offset` and compare them with the host's data; a mismatch is
     /// `Status::COMPARE_FAILURE`.
-    Compare { offset: u64, len: u64 },
+    Compare {
+        offset: u64,
+        len: u64,
+    },
     Flush,
-    WriteZeroes { offset: u64, len: u64, fua: bool },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
     /// Dataset Management with the Deallocate attribute. Empty in the plan: the ranges come
     /// from the data (`data_len` = 16 * NR), read with [`dsm_ranges`] once it has arrived.
     Deallocate(Vec<(u64, u64)>),
@@ -59,7 +73,11 @@ impl Controller {
         }
         if !matches!(
             sqe.opcode(),
-            io::READ | io::WRITE | io::COMPARE | io::FLUSH | io::WRITE_ZEROES
+            io::READ
+                | io::WRITE
+                | io::COMPARE
+                | io::FLUSH
+                | io::WRITE_ZEROES
                 | io::DATASET_MANAGEMENT
         ) {
             return Err(Status::INVALID_OPCODE.with_dnr());

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::nvme::identify::{CSI_NVM, IdentifyNamespace, NMIC_SHARED, NSATTR_WRITE_PROTECTED};
 use crate::nvme::identify::NsDescriptor;
+use crate::nvme::identify::{CSI_NVM, IdentifyNamespace, NMIC_SHARED, NSATTR_WRITE_PROTECTED};
 
 use super::RegistryError;
 

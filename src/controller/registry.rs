@@ -7,13 +7,13 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use crate::nvme::connect::{
-    ConnectCmd, ConnectData, data_offset, invalid_parameter_dw0, sqe_offset,
+    CNTLID_DYNAMIC, ConnectCmd, ConnectData, data_offset, invalid_parameter_dw0, sqe_offset,
 };
 use crate::nvme::{Cqe, DISCOVERY_NQN, Sqe, Status, opcode};
 
+use super::TransportLimits;
 use super::ctrlr::{Controller, ControllerInit};
 use super::subsystem::{ListenerAddr, Subsystem, SubsystemSpec};
-use super::TransportLimits;
 
 /// Why the registry could not be built from the declaration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -217,7 +217,9 @@ impl Registry {
         }
         let cmd = ConnectCmd::parse(sqe);
         if cmd.recfmt != 0 {
-            return Err(Refusal::status(Status::CONNECT_INCOMPATIBLE_FORMAT.with_dnr()));
+            return Err(Refusal::status(
+                Status::CONNECT_INCOMPATIBLE_FORMAT.with_dnr(),
+            ));
         }
         let data = ConnectData::parse(data).map_err(|e| Refusal::param(true, e.ipo()))?;
         let subsys = self
@@ -234,6 +236,10 @@ impl Registry {
         if cmd.qid == 0 {
             if cmd.sqsize == 0 || u32::from(cmd.sqsize) >= limits.max_aq_depth {
                 return Err(Refusal::param(false, sqe_offset::SQSIZE));
+            }
+            // Only the dynamic controller model exists here (as in SPDK).
+            if data.cntlid != CNTLID_DYNAMIC {
+                return Err(Refusal::param(true, data_offset::CNTLID));
             }
             let ctrlr = subsys
                 .add_controller(|cntlid| {
@@ -271,7 +277,14 @@ impl Registry {
         if cmd.sqsize == 0 || u32::from(cmd.sqsize) >= limits.max_queue_depth {
             return Err(Refusal::param(false, sqe_offset::SQSIZE));
         }
-        ctrlr.attach_io_queue(&cmd, now).map_err(Refusal::status)?;
+        ctrlr.attach_io_queue(&cmd, now).map_err(|status| {
+            if status == Status::COMMAND_SEQUENCE_ERROR {
+                // SPDK: an I/O queue Connect before CC.EN = 1 names QID as invalid.
+                Refusal::param(false, sqe_offset::QID)
+            } else {
+                Refusal::status(status)
+            }
+        })?;
         let mut cqe = Cqe::new(sqe.cid(), Status::SUCCESS);
         cqe.dw0 = u32::from(ctrlr.cntlid());
         Ok(ConnectOutcome::Io {
@@ -312,10 +325,7 @@ struct Refusal {
 
 impl Refusal {
     fn status(status: Status) -> Self {
-        Self {
-            status,
-            dw0: 0,
-        }
+        Self { status, dw0: 0 }
     }
 
     /// Connect Invalid Parameters, naming the field.

@@ -55,7 +55,10 @@ mod tests {
 
     #[test]
     fn dword10_fields() {
-        assert_eq!(set_features_fields(0x8000_0007), (fid::NUMBER_OF_QUEUES, true));
+        assert_eq!(
+            set_features_fields(0x8000_0007),
+            (fid::NUMBER_OF_QUEUES, true)
+        );
         assert_eq!(
             get_features_fields(0x0000_0381),
             (fid::HOST_IDENTIFIER, sel::SUPPORTED_CAPABILITIES)

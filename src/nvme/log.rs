@@ -83,7 +83,7 @@ impl GetLogPageCmd {
     }
 
     /// Bytes asked for: (NUMD + 1) * 4.
-    pub fn len(&self) -> u64 {
+    pub fn byte_len(&self) -> u64 {
         (u64::from(self.numd) + 1) * 4
     }
 }
@@ -247,7 +247,7 @@ mod tests {
         assert_eq!(sqe.cdw(10), 0x00FF_8070);
         assert_eq!(sqe.cdw(11), 0x0001);
         assert_eq!(GetLogPageCmd::parse(&sqe), cmd);
-        assert_eq!(cmd.len(), (0x0001_00FF + 1) * 4);
+        assert_eq!(cmd.byte_len(), (0x0001_00FF + 1) * 4);
     }
 
     #[test]

@@ -37,7 +37,9 @@ pub(crate) fn put_padded(b: &mut [u8], range: core::ops::Range<usize>, text: &st
 
 /// Reads a space-padded ASCII field without its padding.
 pub(crate) fn get_padded(b: &[u8], range: core::ops::Range<usize>) -> String {
-    String::from_utf8_lossy(&b[range]).trim_end_matches([' ', '\0']).to_owned()
+    String::from_utf8_lossy(&b[range])
+        .trim_end_matches([' ', '\0'])
+        .to_owned()
 }
 
 /// NUL-padded string field (SUBNQN, TRADDR, TRSVCID): cut to leave room for one NUL.
