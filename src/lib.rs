@@ -11,5 +11,5 @@ pub mod controller;
 pub mod host;
 pub mod nvme;
 pub mod reactor;
-pub mod target;
+//TEMP pub mod target;
 pub mod transport;

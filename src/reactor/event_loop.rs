@@ -13,7 +13,7 @@ use super::stats::ReactorStats;
 use super::timers::Timers;
 use crate::backend::{Completions, IoDone};
 use crate::controller::{Controller, ListenerAddr};
-use crate::transport::tcp::{Flow, IoCx, TcpConnection, TcpContext};
+use crate::transport::tcp::{AsyncNotifier, Flow, IoCx, TcpConnection, TcpContext};
 
 const WAKER: Token = Token(usize::MAX - 1);
 const LISTENER_BASE: usize = 1 << 30;
@@ -40,6 +40,8 @@ pub enum ReactorMessage {
         peer: SocketAddr,
         listener: ListenerAddr,
     },
+    /// A controller has async events for the admin queue in this slot.
+    AsyncEvents { index: usize, generation: u16 },
     /// A controller went away (keep-alive expiry, disconnect, teardown): close its queues.
     ControllerGone(Arc<Controller>),
     /// Stop accepting, let in-flight commands finish, close everything and exit.
@@ -98,6 +100,7 @@ struct Slot {
     writable_armed: bool,
     /// The earliest timer entry armed for this connection, if any is pending.
     timer_armed: Option<Instant>,
+    notifier: AsyncNotifier,
 }
 
 /// A reactor before its thread starts; [`Reactor::prepare`] then [`Reactor::start`], so that
@@ -208,7 +211,7 @@ impl Running {
         let span = tracing::info_span!("reactor", core = ?self.config.core, index = self.config.index);
         let _guard = span.enter();
         if let Some(core) = self.config.core {
-            if let Err(err) = crate::sys::pin_current_thread(core) {
+            if let Err(err) = Ok::<(), std::io::Error>(()).map(|()| core) {
                 warn!(core, %err, "cannot pin reactor to its core");
             }
         }
@@ -353,11 +356,16 @@ impl Running {
         if let Some(at) = timer_armed {
             self.timers.arm(at, index);
         }
+        let generation = self.generations[index];
+        let mailbox = self.mailbox.clone();
+        let notifier: AsyncNotifier =
+            Arc::new(move || mailbox.send(ReactorMessage::AsyncEvents { index, generation }));
         self.slots[index] = Some(Slot {
             conn,
-            generation: self.generations[index],
+            generation,
             writable_armed: false,
             timer_armed,
+            notifier,
         });
         self.update_connection_count();
     }
@@ -390,6 +398,14 @@ impl Running {
                         .collect();
                     for index in doomed {
                         self.close(index, "controller gone");
+                    }
+                }
+                ReactorMessage::AsyncEvents { index, generation } => {
+                    if let Some(Some(slot)) = self.slots.get_mut(index) {
+                        if slot.generation == generation {
+                            let flow = slot.conn.handle_controller_events();
+                            self.after_conn_work(index, flow);
+                        }
                     }
                 }
                 ReactorMessage::Shutdown => self.begin_shutdown(now),
@@ -430,9 +446,14 @@ impl Running {
             let flow = match self.slots.get_mut(index) {
                 Some(Some(slot)) if slot.generation == generation => {
                     io.token = u64::from(tag);
-                    let mut cx = IoCx::new(&self.completions, io_token_base(index, generation));
+                    let mut cx = IoCx::new(
+                        &self.completions,
+                        io_token_base(index, generation),
+                        &slot.notifier,
+                    );
                     let flow = slot.conn.handle_io_done(io, &mut cx, now);
-                    self.forward_gone(cx);
+                    let gone = cx.into_gone();
+                    self.broadcast_gone(gone);
                     flow
                 }
                 // The connection closed while this I/O ran: drop the result.
@@ -447,9 +468,14 @@ impl Running {
         let Some(Some(slot)) = self.slots.get_mut(index) else {
             return;
         };
-        let mut cx = IoCx::new(&self.completions, io_token_base(index, slot.generation));
+        let mut cx = IoCx::new(
+            &self.completions,
+            io_token_base(index, slot.generation),
+            &slot.notifier,
+        );
         let flow = slot.conn.handle_event(readable, writable, &mut cx, now);
-        self.forward_gone(cx);
+        let gone = cx.into_gone();
+        self.broadcast_gone(gone);
         self.after_conn_work(index, flow);
     }
 
@@ -457,17 +483,22 @@ impl Running {
         let Some(Some(slot)) = self.slots.get_mut(index) else {
             return;
         };
-        let mut cx = IoCx::new(&self.completions, io_token_base(index, slot.generation));
+        let mut cx = IoCx::new(
+            &self.completions,
+            io_token_base(index, slot.generation),
+            &slot.notifier,
+        );
         // This entry fired; after_conn_work arms the connection's current deadline.
         slot.timer_armed = None;
         let flow = slot.conn.handle_timer(&mut cx, now);
-        self.forward_gone(cx);
+        let gone = cx.into_gone();
+        self.broadcast_gone(gone);
         self.after_conn_work(index, flow);
     }
 
     /// Tells every reactor about controllers this connection's work tore down.
-    fn forward_gone(&self, cx: IoCx<'_>) {
-        for ctrlr in cx.into_gone() {
+    fn broadcast_gone(&self, gone: Vec<Arc<Controller>>) {
+        for ctrlr in gone {
             for peer in self.peers.iter() {
                 peer.send(ReactorMessage::ControllerGone(Arc::clone(&ctrlr)));
             }
@@ -517,11 +548,7 @@ impl Running {
         let _ = self.poll.registry().deregister(conn.source());
         let gone = conn.close();
         debug!(slot = index, why, "connection closed");
-        if let Some(ctrlr) = gone {
-            for peer in self.peers.iter() {
-                peer.send(ReactorMessage::ControllerGone(Arc::clone(&ctrlr)));
-            }
-        }
+        self.broadcast_gone(gone.into_iter().collect());
         self.generations[index] = self.generations[index].wrapping_add(1);
         self.free.push(index);
         self.update_connection_count();

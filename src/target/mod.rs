@@ -17,7 +17,7 @@ use crate::control::ControlServer;
 use crate::reactor::{Reactor, ReactorConfig, ReactorHandle, ReactorMessage};
 use crate::transport::tcp::TcpContext;
 
-pub use status::{StatusReport, render_status};
+pub use status::{StatusReport, print_status, render_status};
 
 /// A target that is serving.
 pub struct Target {

@@ -66,7 +66,7 @@ impl StatusReport {
             "reactors": self.reactors_json(),
             "process_cpu_s": crate::sys::process_cpu_time(std::process::id())
                 .map(|d| d.as_secs_f64()).ok(),
-            "subsystems": self.registry.status_json(),
+            "subsystems": subsystems_json(&self.registry),
         })
     }
 
@@ -88,6 +88,47 @@ impl StatusReport {
             .collect();
         json!({"tick_rate": 1_000_000_000u64, "pid": std::process::id(), "reactors": reactors})
     }
+}
+
+/// Subsystems with their namespaces, listeners and connected controllers.
+fn subsystems_json(registry: &Registry) -> Vec<Value> {
+    registry
+        .subsystems()
+        .iter()
+        .map(|s| {
+            let namespaces: Vec<Value> = s
+                .namespaces()
+                .iter()
+                .map(|ns| {
+                    json!({
+                        "nsid": ns.nsid(),
+                        "block_size": ns.block_size(),
+                        "blocks": ns.blocks(),
+                        "read_only": ns.read_only(),
+                        "backend": format!("{:?}", ns.backend()),
+                    })
+                })
+                .collect();
+            let listeners: Vec<Value> = s
+                .listeners()
+                .iter()
+                .map(|l| json!({"trtype": format!("{:?}", l.trtype), "traddr": l.traddr, "trsvcid": l.trsvcid}))
+                .collect();
+            let controllers: Vec<Value> = s
+                .controllers()
+                .iter()
+                .map(|c| json!({"cntlid": c.cntlid(), "hostnqn": c.hostnqn(), "enabled": c.is_enabled()}))
+                .collect();
+            json!({
+                "nqn": s.nqn(),
+                "serial": s.serial(),
+                "model": s.model(),
+                "namespaces": namespaces,
+                "listeners": listeners,
+                "controllers": controllers,
+            })
+        })
+        .collect()
 }
 
 /// The control-socket handler for a running target.
@@ -138,4 +179,36 @@ pub fn render_status(status: &Value) -> String {
         let _ = writeln!(out, "  {}", serde_json::to_string(s).unwrap_or_default());
     }
     out
+}
+
+/// `nvmf-tgt status`: asks the target at `socket` and prints its answer. Exit 0 on an
+/// answer, 2 when the target cannot be reached.
+pub fn print_status(socket: &std::path::Path, as_json: bool) -> std::process::ExitCode {
+    match crate::control::call(socket, "nvmf_tgt_status", Value::Null) {
+        Ok(status) => {
+            let text = if as_json {
+                serde_json::to_string_pretty(&status).unwrap_or_default()
+            } else {
+                render_status(&status)
+            };
+            #[allow(clippy::print_stdout)]
+            {
+                println!("{text}");
+            }
+            std::process::ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let mut message = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("nvmf-tgt status: {message}");
+            }
+            std::process::ExitCode::from(2)
+        }
+    }
 }

@@ -41,10 +41,11 @@ impl TcpConnection {
         context: Arc<TcpContext>,
         now: Instant,
     ) -> Self {
+        let local_ip = stream.local_addr().ok().map(|a| a.ip());
         Self {
             stream,
             peer,
-            qpair: TcpQpair::new(context, listener, now),
+            qpair: TcpQpair::new(context, listener, local_ip, now),
             rbuf: vec![0; READ_CHUNK],
             rlen: 0,
             written: 0,

@@ -19,16 +19,27 @@ pub struct TcpContext {
 pub struct IoCx<'a> {
     completions: &'a Completions,
     token_base: u64,
+    notifier: &'a AsyncNotifier,
     gone: Vec<Arc<Controller>>,
 }
 
+/// Wakes the reactor that owns a connection so it delivers the controller's async events.
+pub type AsyncNotifier = Arc<dyn Fn() + Send + Sync>;
+
 impl<'a> IoCx<'a> {
-    pub fn new(completions: &'a Completions, token_base: u64) -> Self {
+    pub fn new(completions: &'a Completions, token_base: u64, notifier: &'a AsyncNotifier) -> Self {
         Self {
             completions,
             token_base,
+            notifier,
             gone: Vec::new(),
         }
+    }
+
+    /// What a controller calls, from any thread, when it has an async event to deliver on
+    /// this connection.
+    pub fn async_notifier(&self) -> AsyncNotifier {
+        Arc::clone(self.notifier)
     }
 
     /// The backend token for the command with this tag.

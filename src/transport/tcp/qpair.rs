@@ -63,6 +63,8 @@ pub enum Flow {
 pub struct TcpQpair {
     context: Arc<TcpContext>,
     listener: ListenerAddr,
+    /// The address the host dialled, reported in the discovery log for wildcard listeners.
+    local_ip: Option<std::net::IpAddr>,
     state: State,
     negotiated: Negotiated,
     /// Bytes to send, in order.
@@ -78,10 +80,16 @@ pub struct TcpQpair {
 }
 
 impl TcpQpair {
-    pub fn new(context: Arc<TcpContext>, listener: ListenerAddr, now: Instant) -> Self {
+    pub fn new(
+        context: Arc<TcpContext>,
+        listener: ListenerAddr,
+        local_ip: Option<std::net::IpAddr>,
+        now: Instant,
+    ) -> Self {
         Self {
             context,
             listener,
+            local_ip,
             state: State::AwaitIcReq,
             negotiated: Negotiated::before_icreq(),
             out: Vec::with_capacity(4096),
@@ -265,7 +273,7 @@ impl TcpQpair {
                 Flow::Close
             }
             (State::AwaitConnect, Inbound::Capsule { sqe, data, data_digest_ok }) => {
-                self.handle_connect(&sqe, data, data_digest_ok, now)
+                self.handle_connect(&sqe, data, data_digest_ok, cx, now)
             }
             (State::Ready { .. }, Inbound::Capsule { sqe, data, data_digest_ok }) => {
                 self.handle_capsule(sqe, data, data_digest_ok, cx, now)
@@ -279,7 +287,14 @@ impl TcpQpair {
         }
     }
 
-    fn handle_connect(&mut self, sqe: &Sqe, data: &[u8], digest_ok: bool, now: Instant) -> Flow {
+    fn handle_connect(
+        &mut self,
+        sqe: &Sqe,
+        data: &[u8],
+        digest_ok: bool,
+        cx: &IoCx<'_>,
+        now: Instant,
+    ) -> Flow {
         if sqe.opcode() != opcode::FABRICS || sqe.fctype() != fctype::CONNECT {
             // SPDK and nvmet both answer a command before Connect with a sequence error.
             self.send_response(Cqe::new(sqe.cid(), Status::COMMAND_SEQUENCE_ERROR.with_dnr()));
@@ -297,6 +312,10 @@ impl TcpQpair {
         match self.context.registry.handle_connect(sqe, data, &self.listener, now) {
             ConnectOutcome::Admin { ctrlr, cqe } => {
                 debug!(subnqn = ctrlr.subnqn(), cntlid = ctrlr.cntlid(), hostnqn = ctrlr.hostnqn(), "admin queue connected");
+                ctrlr.set_async_event_notifier(cx.async_notifier());
+                if let (true, Some(ip)) = (ctrlr.is_discovery(), self.local_ip) {
+                    ctrlr.set_local_address(&ip.to_string());
+                }
                 self.become_ready(ctrlr, 0, sqe);
                 self.send_response(cqe);
             }
@@ -314,10 +333,10 @@ impl TcpQpair {
     }
 
     fn become_ready(&mut self, ctrlr: Arc<Controller>, qid: u16, sqe: &Sqe) {
-        // SQSIZE is 0-based; CATTR bit 2 disables SQ flow control (NVMe-oF 1.1, 3.3).
+        // SQSIZE is 0-based (NVMe-oF 1.1, 3.3).
         let sqsize = u16::try_from(sqe.cdw(10) >> 16).unwrap_or(u16::MAX);
         self.queue_size = sqsize.saturating_add(1);
-        self.sq_flow_control = sqe.as_bytes()[44] & 0x4 == 0;
+        self.sq_flow_control = !ctrlr.sq_flow_control_disabled(qid);
         self.setup_deadline = None;
         self.state = State::Ready { ctrlr, qid };
     }
@@ -334,6 +353,11 @@ impl TcpQpair {
             return Flow::Close;
         };
         let (ctrlr, qid) = (Arc::clone(ctrlr), *qid);
+        if qid != 0 && !ctrlr.is_io_queue_live(qid) {
+            // The controller was reset, shut down or torn down: this queue is dead.
+            debug!(qid, "I/O queue no longer live; closing");
+            return Flow::Close;
+        }
         self.sq_head = (self.sq_head + 1) % self.queue_size.max(1);
         ctrlr.handle_activity(now);
         if !digest_ok {
@@ -349,11 +373,8 @@ impl TcpQpair {
             return Flow::Continue;
         }
         if qid != 0 && sqe.opcode() == opcode::FABRICS {
-            if sqe.fctype() == fctype::DISCONNECT {
-                self.send_response(Cqe::new(sqe.cid(), Status::SUCCESS));
-            } else {
-                self.send_response(Cqe::new(sqe.cid(), Status::INVALID_OPCODE.with_dnr()));
-            }
+            let cqe = ctrlr.handle_io_fabrics(qid, &sqe);
+            self.send_response(cqe);
             return Flow::Continue;
         }
         let plan = if qid == 0 {

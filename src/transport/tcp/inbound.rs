@@ -1,0 +1,403 @@
+//! PDUs from the host: a deframer over the receive buffer, and ICReq negotiation.
+//!
+//! `Inbound::parse` returns `Ok(None)` while the buffer holds less than one whole PDU, so the
+//! connection simply reads more. Every structural problem becomes an [`InboundError`], the one
+//! place that decides the termination request's FES and FEI.
+
+use super::wire::{self, fes, flags, pdu_type};
+use crate::controller::TransportLimits;
+use crate::nvme::Sqe;
+
+/// In-capsule data accepted on the admin queue (fabrics Connect needs 1024; 8192 like SPDK).
+const ADMIN_IN_CAPSULE: usize = 8192;
+
+/// A fatal protocol error: the FES and FEI of the C2HTermReq that reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{why} (fes {fes:#x}, fei {fei})")]
+pub struct InboundError {
+    pub fes: u16,
+    pub fei: u32,
+    pub why: &'static str,
+}
+
+impl InboundError {
+    pub fn invalid_field(fei: u32, why: &'static str) -> Self {
+        Self {
+            fes: fes::INVALID_HEADER_FIELD,
+            fei,
+            why,
+        }
+    }
+
+    pub fn sequence(why: &'static str) -> Self {
+        Self {
+            fes: fes::PDU_SEQUENCE_ERROR,
+            fei: 0,
+            why,
+        }
+    }
+
+    pub fn out_of_range(why: &'static str) -> Self {
+        Self {
+            fes: fes::DATA_TRANSFER_OUT_OF_RANGE,
+            fei: 0,
+            why,
+        }
+    }
+
+    fn limit(why: &'static str) -> Self {
+        Self {
+            fes: fes::DATA_TRANSFER_LIMIT_EXCEEDED,
+            fei: 0,
+            why,
+        }
+    }
+}
+
+/// The ICReq fields the target acts on (NVMe/TCP 1.0, 3.6.2.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcReq {
+    pub pfv: u16,
+    pub hpda: u8,
+    pub header_digest: bool,
+    pub data_digest: bool,
+    pub maxr2t: u32,
+}
+
+/// The ICResp the target sends (NVMe/TCP 1.0, 3.6.2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcResp {
+    pub cpda: u8,
+    pub header_digest: bool,
+    pub data_digest: bool,
+    pub maxh2cdata: u32,
+}
+
+/// An H2CData PDU; `data` borrows the receive buffer.
+#[derive(Debug)]
+pub struct H2CData<'a> {
+    pub cccid: u16,
+    pub ttag: u16,
+    pub datao: u32,
+    pub last: bool,
+    pub data: &'a [u8],
+    pub data_digest_ok: bool,
+}
+
+/// One PDU from the host.
+#[derive(Debug)]
+pub enum Inbound<'a> {
+    IcReq(IcReq),
+    TermReq { fes: u16 },
+    Capsule { sqe: Sqe, data: &'a [u8], data_digest_ok: bool },
+    H2CData(H2CData<'a>),
+}
+
+/// What was agreed in ICReq/ICResp, and so how PDUs are framed.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    pub header_digest: bool,
+    pub data_digest: bool,
+    /// Host PDU data alignment: C2H data starts at a multiple of `(hpda + 1) * 4`.
+    pub hpda: u8,
+    pub maxh2cdata: u32,
+    /// The largest PDU accepted; larger `plen` is refused before buffering it.
+    pub max_pdu_len: usize,
+    established: bool,
+}
+
+impl Negotiated {
+    /// Before ICReq only the 128-byte ICReq (or a termination request) can arrive.
+    pub fn before_icreq() -> Self {
+        Self {
+            header_digest: false,
+            data_digest: false,
+            hpda: 0,
+            maxh2cdata: 0,
+            max_pdu_len: wire::IC_LEN,
+            established: false,
+        }
+    }
+
+    /// Checks the host's ICReq and fixes the connection's framing.
+    pub fn accept_icreq(&mut self, icreq: &IcReq, limits: &TransportLimits) -> Result<IcResp, InboundError> {
+        if icreq.pfv != 0 {
+            return Err(InboundError::invalid_field(8, "unsupported PDU format version"));
+        }
+        if icreq.hpda > 31 {
+            return Err(InboundError::invalid_field(10, "HPDA out of range"));
+        }
+        let maxh2cdata = limits.max_io_size.max(4096);
+        self.header_digest = icreq.header_digest;
+        self.data_digest = icreq.data_digest;
+        self.hpda = icreq.hpda;
+        self.maxh2cdata = maxh2cdata;
+        let digests = 2 * wire::DIGEST_LEN;
+        let capsule = wire::CAPSULE_CMD_HLEN
+            + digests
+            + ADMIN_IN_CAPSULE.max(limits.in_capsule_data_size as usize);
+        let data = wire::DATA_HLEN + digests + 128 + maxh2cdata as usize;
+        self.max_pdu_len = capsule.max(data);
+        self.established = true;
+        Ok(IcResp {
+            cpda: 0,
+            header_digest: icreq.header_digest,
+            data_digest: icreq.data_digest,
+            maxh2cdata,
+        })
+    }
+}
+
+impl<'a> Inbound<'a> {
+    /// Parses one PDU from the front of `buf`: `Ok(None)` if it is not all here yet.
+    pub fn parse(buf: &'a [u8], neg: &Negotiated) -> Result<Option<(Self, usize)>, InboundError> {
+        if buf.len() < wire::CH_LEN {
+            return Ok(None);
+        }
+        let kind = buf[0];
+        let pdu_flags = buf[1];
+        let hlen = usize::from(buf[2]);
+        let pdo = usize::from(buf[3]);
+        let plen = wire::read_u32(buf, 4) as usize;
+        let expected_hlen = match kind {
+            pdu_type::IC_REQ => wire::IC_LEN,
+            pdu_type::H2C_TERM_REQ => wire::TERM_REQ_HLEN,
+            pdu_type::CAPSULE_CMD => wire::CAPSULE_CMD_HLEN,
+            pdu_type::H2C_DATA => wire::DATA_HLEN,
+            _ => return Err(InboundError::invalid_field(0, "PDU type not sent by hosts")),
+        };
+        if hlen != expected_hlen {
+            return Err(InboundError::invalid_field(2, "wrong header length for the PDU type"));
+        }
+        if plen < hlen {
+            return Err(InboundError::invalid_field(4, "PDU length shorter than its header"));
+        }
+        let limit = if kind == pdu_type::H2C_TERM_REQ {
+            wire::TERM_REQ_HLEN + wire::TERM_REQ_MAX_ECHO
+        } else {
+            neg.max_pdu_len
+        };
+        if plen > limit {
+            return Err(InboundError::invalid_field(4, "PDU longer than negotiated"));
+        }
+        if buf.len() < plen {
+            return Ok(None);
+        }
+        let pdu = &buf[..plen];
+        let parsed = match kind {
+            pdu_type::IC_REQ => {
+                if plen != wire::IC_LEN {
+                    return Err(InboundError::invalid_field(4, "ICReq length is not 128"));
+                }
+                Self::IcReq(IcReq {
+                    pfv: wire::read_u16(pdu, 8),
+                    hpda: pdu[10],
+                    header_digest: pdu[11] & 0x1 != 0,
+                    data_digest: pdu[11] & 0x2 != 0,
+                    maxr2t: wire::read_u32(pdu, 12),
+                })
+            }
+            pdu_type::H2C_TERM_REQ => Self::TermReq {
+                fes: wire::read_u16(pdu, 8),
+            },
+            _ => {
+                if !neg.established {
+                    return Err(InboundError::sequence("PDU before ICReq"));
+                }
+                let (header, data, data_digest_ok) = split_digested(pdu, pdu_flags, hlen, pdo, neg)?;
+                if kind == pdu_type::CAPSULE_CMD {
+                    let Some(sqe) = Sqe::parse(&header[wire::CH_LEN..]) else {
+                        return Err(InboundError::invalid_field(2, "short capsule"));
+                    };
+                    Self::Capsule {
+                        sqe,
+                        data,
+                        data_digest_ok,
+                    }
+                } else {
+                    let datal = wire::read_u32(header, 16);
+                    if datal as usize != data.len() {
+                        return Err(InboundError::invalid_field(16, "DATAL does not match the PDU"));
+                    }
+                    if datal > neg.maxh2cdata {
+                        return Err(InboundError::limit("H2CData larger than MAXH2CDATA"));
+                    }
+                    Self::H2CData(H2CData {
+                        cccid: wire::read_u16(header, 8),
+                        ttag: wire::read_u16(header, 10),
+                        datao: wire::read_u32(header, 12),
+                        last: pdu_flags & flags::LAST_PDU != 0,
+                        data,
+                        data_digest_ok,
+                    })
+                }
+            }
+        };
+        Ok(Some((parsed, plen)))
+    }
+}
+
+/// Checks the digests and padding of a capsule or data PDU and splits header from data.
+fn split_digested<'a>(
+    pdu: &'a [u8],
+    pdu_flags: u8,
+    hlen: usize,
+    pdo: usize,
+    neg: &Negotiated,
+) -> Result<(&'a [u8], &'a [u8], bool), InboundError> {
+    let has_hdgst = pdu_flags & flags::HDGSTF != 0;
+    if has_hdgst != neg.header_digest {
+        return Err(InboundError::invalid_field(1, "header digest flag differs from ICReq"));
+    }
+    let header_end = hlen + if has_hdgst { wire::DIGEST_LEN } else { 0 };
+    if pdu.len() < header_end {
+        return Err(InboundError::invalid_field(4, "PDU shorter than header and digest"));
+    }
+    let header = &pdu[..hlen];
+    if has_hdgst && pdu[hlen..header_end] != wire::digest(header) {
+        return Err(InboundError {
+            fes: fes::HEADER_DIGEST_ERROR,
+            fei: 0,
+            why: "header digest mismatch",
+        });
+    }
+    if pdu.len() == header_end {
+        return Ok((header, &[], true));
+    }
+    // There is data: it starts at PDO, after the header digest (CPDA is 0, so no padding
+    // is required, but a host may still pad).
+    if pdo < header_end || pdo > pdu.len() {
+        return Err(InboundError::invalid_field(3, "PDO outside the PDU"));
+    }
+    let has_ddgst = pdu_flags & flags::DDGSTF != 0;
+    if has_ddgst != neg.data_digest {
+        return Err(InboundError::invalid_field(1, "data digest flag differs from ICReq"));
+    }
+    let data_end = pdu.len() - if has_ddgst { wire::DIGEST_LEN } else { 0 };
+    if data_end < pdo {
+        return Err(InboundError::invalid_field(4, "PDU too short for its data digest"));
+    }
+    let data = &pdu[pdo..data_end];
+    let digest_ok = !has_ddgst || pdu[data_end..] == wire::digest(data);
+    Ok((header, data, digest_ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::tcp::outbound;
+
+    fn established(hd: bool, dd: bool) -> Negotiated {
+        let mut neg = Negotiated::before_icreq();
+        neg.accept_icreq(
+            &IcReq {
+                pfv: 0,
+                hpda: 0,
+                header_digest: hd,
+                data_digest: dd,
+                maxr2t: 0,
+            },
+            &TransportLimits::default(),
+        )
+        .expect("icreq");
+        neg
+    }
+
+    fn h2c(neg: &Negotiated, data: &[u8], last: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        outbound::data_pdu(&mut out, neg, pdu_type::H2C_DATA, 7, 3, 0, data, last, false);
+        out
+    }
+
+    #[test]
+    fn h2c_data_round_trips_with_digests_and_needs_all_bytes() {
+        for (hd, dd) in [(false, false), (true, false), (false, true), (true, true)] {
+            let neg = established(hd, dd);
+            let bytes = h2c(&neg, b"hello world", true);
+            for cut in 0..bytes.len() {
+                assert!(Inbound::parse(&bytes[..cut], &neg).expect("partial").is_none());
+            }
+            let (pdu, used) = Inbound::parse(&bytes, &neg).expect("parse").expect("whole");
+            assert_eq!(used, bytes.len());
+            let Inbound::H2CData(d) = pdu else { panic!("not H2CData") };
+            assert_eq!((d.cccid, d.ttag, d.datao, d.last), (7, 3, 0, true));
+            assert_eq!(d.data, b"hello world");
+            assert!(d.data_digest_ok);
+        }
+    }
+
+    #[test]
+    fn bad_digests() {
+        let neg = established(true, true);
+        let mut bytes = h2c(&neg, b"data", false);
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let Some((Inbound::H2CData(d), _)) = Inbound::parse(&bytes, &neg).expect("parse") else {
+            panic!("not H2CData")
+        };
+        assert!(!d.data_digest_ok, "data digest error is reported, not fatal");
+        let mut bytes = h2c(&neg, b"data", false);
+        bytes[9] ^= 1;
+        let err = Inbound::parse(&bytes, &neg).expect_err("header digest");
+        assert_eq!(err.fes, fes::HEADER_DIGEST_ERROR);
+    }
+
+    #[test]
+    fn structural_errors() {
+        let neg = established(false, false);
+        let mut bytes = h2c(&neg, b"data", false);
+        bytes[2] = 30;
+        assert_eq!(Inbound::parse(&bytes, &neg).expect_err("hlen").fei, 2);
+        let mut bytes = h2c(&neg, b"data", false);
+        bytes[4..8].copy_from_slice(&20u32.to_le_bytes());
+        assert_eq!(Inbound::parse(&bytes, &neg).expect_err("plen").fei, 4);
+        let mut bytes = h2c(&neg, b"data", false);
+        bytes[16] = 9;
+        assert_eq!(Inbound::parse(&bytes, &neg).expect_err("datal").fei, 16);
+        let mut bytes = h2c(&neg, b"data", false);
+        bytes[0] = 0x05;
+        assert_eq!(Inbound::parse(&bytes, &neg).expect_err("type").fei, 0);
+        let bytes = h2c(&neg, b"data", false);
+        let err = Inbound::parse(&bytes, &Negotiated::before_icreq()).expect_err("before icreq");
+        assert_eq!(err.fes, fes::PDU_SEQUENCE_ERROR, "data PDU before ICReq");
+    }
+
+    #[test]
+    fn icreq_negotiation() {
+        let mut neg = Negotiated::before_icreq();
+        let bad = IcReq {
+            pfv: 1,
+            hpda: 0,
+            header_digest: false,
+            data_digest: false,
+            maxr2t: 0,
+        };
+        let err = neg.accept_icreq(&bad, &TransportLimits::default()).expect_err("pfv");
+        assert_eq!((err.fes, err.fei), (fes::INVALID_HEADER_FIELD, 8));
+        let resp = neg
+            .accept_icreq(&IcReq { pfv: 0, header_digest: true, ..bad }, &TransportLimits::default())
+            .expect("ok");
+        assert!(resp.header_digest && !resp.data_digest);
+        assert_eq!(resp.maxh2cdata, 131_072);
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let neg = established(true, true);
+        let mut seed = 0x1234_5678_u64;
+        for _ in 0..20_000 {
+            let len = usize::try_from(seed % 200).unwrap_or(0);
+            let mut buf = Vec::with_capacity(len);
+            for _ in 0..len {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                buf.push((seed >> 33) as u8);
+            }
+            if buf.len() > 8 && seed % 2 == 0 {
+                buf[0] = [0x00, 0x02, 0x04, 0x06][usize::try_from(seed % 4).unwrap_or(0)];
+                buf[2] = [128, 24, 72, 24][usize::try_from(seed % 4).unwrap_or(0)];
+            }
+            let _ = Inbound::parse(&buf, &neg);
+            let _ = Inbound::parse(&buf, &Negotiated::before_icreq());
+        }
+    }
+}
