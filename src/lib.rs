@@ -11,5 +11,6 @@ pub mod controller;
 pub mod host;
 pub mod nvme;
 pub mod reactor;
+pub mod sys;
 //TEMP pub mod target;
 pub mod transport;

@@ -6,6 +6,10 @@
 //! the reactor through its `mio::Waker` (an eventfd), so interrupt mode keeps sleeping while I/O
 //! is in flight and wakes the moment it completes.
 
+pub mod file;
+pub mod null;
+pub mod ram;
+
 use std::sync::{Arc, Mutex};
 
 use crate::nvme::Status;
@@ -136,5 +140,43 @@ impl Completions {
     pub fn drain_into(&self, out: &mut Vec<IoDone>) {
         let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         out.append(&mut queue);
+    }
+}
+
+/// Refuses requests that reach past the end of the namespace. The controller checks LBA
+/// ranges first; this keeps a backend safe on its own.
+fn check_range(size: u64, req: &IoRequest) -> Result<(), BackendError> {
+    let mut ranges = vec![(req.offset, req.len)];
+    if let IoKind::Deallocate(list) = &req.kind {
+        ranges.clone_from(list);
+    }
+    for (offset, len) in ranges {
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(BackendError::OutOfRange { offset, len });
+        }
+    }
+    if matches!(req.kind, IoKind::Read | IoKind::Write { .. }) && req.buf.len() as u64 != req.len {
+        return Err(BackendError::OutOfRange { offset: req.offset, len: req.buf.len() as u64 });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A real mio poll and the completion queue that wakes it.
+    pub fn completions() -> (mio::Poll, Completions) {
+        let poll = mio::Poll::new().expect("poll");
+        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
+        (poll, Completions::new(waker))
+    }
+
+    /// Runs one request on a backend that completes inline.
+    pub fn run(backend: &dyn Backend, completions: &Completions, kind: IoKind, offset: u64, buf: Vec<u8>) -> IoDone {
+        let len = buf.len() as u64;
+        backend
+            .submit(1, IoRequest { kind, offset, len, buf }, completions)
+            .expect("completes inline")
     }
 }

@@ -211,7 +211,7 @@ impl Running {
         let span = tracing::info_span!("reactor", core = ?self.config.core, index = self.config.index);
         let _guard = span.enter();
         if let Some(core) = self.config.core {
-            if let Err(err) = Ok::<(), std::io::Error>(()).map(|()| core) {
+            if let Err(err) = crate::sys::pin_current_thread(core) {
                 warn!(core, %err, "cannot pin reactor to its core");
             }
         }

@@ -1,0 +1,76 @@
+//! Small OS services: CPU pinning and CPU-time figures.
+
+#![allow(unsafe_code)]
+
+use std::time::Duration;
+
+/// Pins the calling thread to one CPU.
+pub fn pin_current_thread(core: usize) -> std::io::Result<()> {
+    if core >= libc::CPU_SETSIZE as usize {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: cpu_set_t is plain data for which all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `core` is below CPU_SETSIZE (checked above), so CPU_SET stays inside `set`.
+    unsafe { libc::CPU_SET(core, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 means this thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+/// The CPUs this process may run on.
+pub fn online_cpus() -> Vec<usize> {
+    // SAFETY: as above, all-zero is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is writable and its size is passed; pid 0 means this thread.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return vec![0];
+    }
+    // SAFETY: every index is below CPU_SETSIZE, inside `set`.
+    (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect()
+}
+
+/// User plus system CPU time of process `pid`, from `/proc/PID/stat`.
+pub fn process_cpu_time(pid: u32) -> std::io::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_stat_cpu(&stat).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidData))
+}
+
+fn parse_stat_cpu(stat: &str) -> Option<Duration> {
+    // The command name may hold spaces and parentheses: fields resume after the last ')'.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5): the 12th and 13th after the name.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok().filter(|&h| h > 0)?;
+    Some(Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_names() {
+        let stat = "42 (a b) c)) S 1 2 3 4 5 6 7 8 9 10 300 200 0 0 20 0 1 0 5 6 7";
+        assert_eq!(parse_stat_cpu(stat), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn own_cpu_time_advances_and_pinning_works() {
+        let before = process_cpu_time(std::process::id()).expect("stat");
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(150) {
+            x = x.wrapping_mul(31).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let after = process_cpu_time(std::process::id()).expect("stat");
+        assert!(after > before, "{before:?} -> {after:?}");
+        let cpus = online_cpus();
+        assert!(!cpus.is_empty());
+        pin_current_thread(cpus[0]).expect("pin");
+    }
+}
