@@ -334,7 +334,7 @@ impl TcpQpair {
 
     fn become_ready(&mut self, ctrlr: Arc<Controller>, qid: u16, sqe: &Sqe) {
         // SQSIZE is 0-based (NVMe-oF 1.1, 3.3).
-        let sqsize = u16::try_from(sqe.cdw(10) >> 16).unwrap_or(u16::MAX);
+        let sqsize = crate::nvme::connect::ConnectCmd::parse(sqe).sqsize;
         self.queue_size = sqsize.saturating_add(1);
         self.sq_flow_control = !ctrlr.sq_flow_control_disabled(qid);
         self.setup_deadline = None;
@@ -668,3 +668,7 @@ fn host_to_controller_len(plan: &IoPlan) -> usize {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+#[path = "qpair_tests.rs"]
+mod tests;
