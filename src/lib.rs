@@ -12,5 +12,5 @@ pub mod host;
 pub mod nvme;
 pub mod reactor;
 pub mod sys;
-//TEMP pub mod target;
+pub mod target;
 pub mod transport;

@@ -1,6 +1,6 @@
 //! `null`: reads return zeroes, writes are dropped. For benchmarks of the target itself.
 
-use super::{Backend, BackendError, Completions, IoDone, IoKind, IoRequest};
+use super::{Backend, Completions, IoDone, IoKind, IoRequest};
 
 #[derive(Debug)]
 pub struct NullBackend {
@@ -36,6 +36,7 @@ impl Backend for NullBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::BackendError;
     use crate::backend::tests::{completions, run};
 
     #[test]
