@@ -9,11 +9,16 @@ use super::{Backend, Completions, IoDone, IoKind, IoRequest};
 /// that sparse use stays cheap.
 const CHUNK: u64 = 1 << 20;
 
-#[derive(Debug)]
 pub struct RamBackend {
     size: u64,
     /// One lock per chunk: reactors writing different regions never contend.
     chunks: Vec<Mutex<Option<Box<[u8]>>>>,
+}
+
+impl core::fmt::Debug for RamBackend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "ram {} bytes", self.size)
+    }
 }
 
 impl RamBackend {
