@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "nvmf-tgt", version, about = "A declarative NVMe-over-Fabrics target")]
+#[command(
+    name = "nvmf-tgt",
+    version,
+    about = "A declarative NVMe-over-Fabrics target"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,7 +60,11 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { config, socket, json } => {
+        Command::Status {
+            config,
+            socket,
+            json,
+        } => {
             let socket = socket.unwrap_or_else(|| {
                 nvmf_tgt::target::control_socket_of(nvmf_tgt::config::load(&config).ok().as_ref())
             });

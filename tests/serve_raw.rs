@@ -36,12 +36,17 @@ fn icreq_gets_icresp_with_requested_digests() {
     let target = TargetProcess::start(&TargetSpec::default());
     let mut stream = TcpStream::connect(target.addr()).expect("connect");
     stream.write_all(&icreq(0, 0x3)).expect("send icreq");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut resp = [0u8; 128];
     std::io::Read::read_exact(&mut stream, &mut resp).expect("icresp");
     assert_eq!(resp[0], 0x01, "ICResp type");
     assert_eq!(resp[2], 128, "ICResp hlen");
-    assert_eq!(u32::from_le_bytes([resp[4], resp[5], resp[6], resp[7]]), 128);
+    assert_eq!(
+        u32::from_le_bytes([resp[4], resp[5], resp[6], resp[7]]),
+        128
+    );
     assert_eq!(resp[11] & 0x3, 0x3, "both digests echoed");
     let maxh2cdata = u32::from_le_bytes([resp[12], resp[13], resp[14], resp[15]]);
     assert!(maxh2cdata >= 4096, "MAXH2CDATA {maxh2cdata}");
@@ -58,7 +63,8 @@ fn garbage_gets_a_termination_request_and_others_keep_working() {
     capsule[4..8].copy_from_slice(&72u32.to_le_bytes());
     bad.write_all(&capsule).expect("send");
     let reply = read_until_closed(&mut bad);
-    let (kind, fes, _) = term_req(&reply).unwrap_or_else(|| panic!("no C2HTermReq in {reply:02x?}"));
+    let (kind, fes, _) =
+        term_req(&reply).unwrap_or_else(|| panic!("no C2HTermReq in {reply:02x?}"));
     assert_eq!(kind, 0x03);
     assert_eq!(fes, 0x02, "PDU sequence error");
 
@@ -73,12 +79,16 @@ fn garbage_gets_a_termination_request_and_others_keep_working() {
     let mut bad = TcpStream::connect(target.addr()).expect("connect");
     bad.write_all(&[0xFFu8; 300]).expect("send");
     let reply = read_until_closed(&mut bad);
-    assert!(term_req(&reply).is_some(), "junk answered with {reply:02x?}");
+    assert!(
+        term_req(&reply).is_some(),
+        "junk answered with {reply:02x?}"
+    );
 
     // The target still serves a well-behaved host.
     let mut good = TcpStream::connect(target.addr()).expect("connect");
     good.write_all(&icreq(0, 0)).expect("send icreq");
-    good.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    good.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut resp = [0u8; 128];
     std::io::Read::read_exact(&mut good, &mut resp).expect("icresp after bad hosts");
     assert_eq!(resp[0], 0x01);
@@ -91,6 +101,10 @@ fn sigterm_exits_zero_promptly() {
     let started = Instant::now();
     let status = target.stop();
     assert!(status.success(), "exit status {status}\n{}", target.log());
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(!target.control_socket().exists(), "control socket removed");
 }

@@ -29,7 +29,9 @@ pub enum FileOpenError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot open {path} with O_DIRECT (tmpfs and some filesystems refuse it); set direct = false")]
+    #[error(
+        "cannot open {path} with O_DIRECT (tmpfs and some filesystems refuse it); set direct = false"
+    )]
     Direct {
         path: PathBuf,
         #[source]
@@ -80,19 +82,34 @@ impl FileBackend {
         }
         let mut file = options.open(path).map_err(|source| {
             if direct && source.raw_os_error() == Some(libc::EINVAL) {
-                FileOpenError::Direct { path: path.to_owned(), source }
+                FileOpenError::Direct {
+                    path: path.to_owned(),
+                    source,
+                }
             } else {
-                FileOpenError::Open { path: path.to_owned(), source }
+                FileOpenError::Open {
+                    path: path.to_owned(),
+                    source,
+                }
             }
         })?;
         // Seeking to the end works for block devices too, whose metadata length is 0.
         let size = file
             .seek(SeekFrom::End(0))
-            .map_err(|source| FileOpenError::Size { path: path.to_owned(), source })?;
+            .map_err(|source| FileOpenError::Size {
+                path: path.to_owned(),
+                source,
+            })?;
         if size == 0 {
-            return Err(FileOpenError::Empty { path: path.to_owned() });
+            return Err(FileOpenError::Empty {
+                path: path.to_owned(),
+            });
         }
-        let shared = Arc::new(Shared { file, path: path.to_owned(), direct });
+        let shared = Arc::new(Shared {
+            file,
+            path: path.to_owned(),
+            direct,
+        });
         let (tx, rx) = channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let workers = (0..WORKERS)
@@ -122,7 +139,10 @@ impl FileBackend {
 impl Drop for FileBackend {
     /// Finishes queued requests, stops the workers and makes everything durable.
     fn drop(&mut self) {
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
@@ -148,26 +168,41 @@ impl Backend for FileBackend {
     }
 
     fn submit(&self, token: u64, req: IoRequest, completions: &Completions) -> Option<IoDone> {
-        let refused = super::check_range(self.size, &req).and_then(|()| {
-            if self.read_only && !matches!(req.kind, IoKind::Read | IoKind::Flush) {
-                Err(BackendError::ReadOnly)
-            } else {
-                Ok(())
-            }
-        });
+        let writes = !matches!(req.kind, IoKind::Read | IoKind::Flush);
+        let refused = if self.read_only && writes {
+            Err(BackendError::ReadOnly)
+        } else {
+            super::check_range(self.size, &req)
+        };
         if let Err(err) = refused {
-            return Some(IoDone { token, result: Err(err), buf: req.buf });
+            return Some(IoDone {
+                token,
+                result: Err(err),
+                buf: req.buf,
+            });
         }
         let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(tx) = queue.as_ref() else {
-            return Some(IoDone { token, result: Err(BackendError::ShuttingDown), buf: req.buf });
+            return Some(IoDone {
+                token,
+                result: Err(BackendError::ShuttingDown),
+                buf: req.buf,
+            });
         };
-        let job = Job { token, req, completions: completions.clone() };
+        let job = Job {
+            token,
+            req,
+            completions: completions.clone(),
+        };
         match tx.send(job) {
             Ok(()) => None,
             Err(returned) => {
                 let job = returned.0;
-                Some(IoDone { token, result: Err(BackendError::ShuttingDown), buf: job.req.buf })
+                Some(IoDone {
+                    token,
+                    result: Err(BackendError::ShuttingDown),
+                    buf: job.req.buf,
+                })
             }
         }
     }
@@ -179,7 +214,12 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
             let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
             rx.recv()
         };
-        let Ok(Job { token, mut req, completions }) = job else {
+        let Ok(Job {
+            token,
+            mut req,
+            completions,
+        }) = job
+        else {
             return;
         };
         let result = execute(shared, &mut req);
@@ -187,7 +227,11 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
             warn!(path = %shared.path.display(), offset = req.offset, len = req.len, error = %err,
                   cause = ?std::error::Error::source(err), "file I/O failed");
         }
-        completions.push(IoDone { token, result, buf: req.buf });
+        completions.push(IoDone {
+            token,
+            result,
+            buf: req.buf,
+        });
     }
 }
 
@@ -197,10 +241,12 @@ fn execute(shared: &Shared, req: &mut IoRequest) -> Result<(), BackendError> {
         IoKind::Read => {
             if shared.direct {
                 let mut bounce = AlignedBuf::new(req.buf.len());
-                file.read_exact_at(bounce.as_mut(), req.offset).map_err(BackendError::Read)?;
+                file.read_exact_at(bounce.as_mut(), req.offset)
+                    .map_err(BackendError::Read)?;
                 req.buf.copy_from_slice(bounce.as_mut());
             } else {
-                file.read_exact_at(&mut req.buf, req.offset).map_err(BackendError::Read)?;
+                file.read_exact_at(&mut req.buf, req.offset)
+                    .map_err(BackendError::Read)?;
             }
         }
         IoKind::Write { fua } => {
@@ -231,9 +277,15 @@ fn write_at(shared: &Shared, data: &[u8], offset: u64) -> Result<(), BackendErro
     if shared.direct {
         let mut bounce = AlignedBuf::new(data.len());
         bounce.as_mut().copy_from_slice(data);
-        shared.file.write_all_at(bounce.as_mut(), offset).map_err(BackendError::Write)
+        shared
+            .file
+            .write_all_at(bounce.as_mut(), offset)
+            .map_err(BackendError::Write)
     } else {
-        shared.file.write_all_at(data, offset).map_err(BackendError::Write)
+        shared
+            .file
+            .write_all_at(data, offset)
+            .map_err(BackendError::Write)
     }
 }
 
@@ -261,7 +313,11 @@ impl AlignedBuf {
         let storage = vec![0u8; len + DIRECT_ALIGN];
         let misalign = storage.as_ptr() as usize % DIRECT_ALIGN;
         let start = (DIRECT_ALIGN - misalign) % DIRECT_ALIGN;
-        Self { storage, start, len }
+        Self {
+            storage,
+            start,
+            len,
+        }
     }
 
     fn as_mut(&mut self) -> &mut [u8] {
@@ -270,6 +326,7 @@ impl AlignedBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::time::Duration;
 
@@ -285,7 +342,8 @@ mod tests {
         let mut events = mio::Events::with_capacity(4);
         let mut got = Vec::new();
         for _ in 0..50 {
-            poll.poll(&mut events, Some(Duration::from_millis(100))).expect("poll");
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .expect("poll");
             completions.drain_into(&mut got);
             if let Some(done) = got.pop() {
                 assert!(!events.is_empty(), "the completion woke the poll");
@@ -295,9 +353,21 @@ mod tests {
         panic!("no completion within 5 s");
     }
 
-    fn submit(backend: &FileBackend, poll: &mut mio::Poll, c: &Completions, kind: IoKind, offset: u64, buf: Vec<u8>) -> IoDone {
+    fn submit(
+        backend: &FileBackend,
+        poll: &mut mio::Poll,
+        c: &Completions,
+        kind: IoKind,
+        offset: u64,
+        buf: Vec<u8>,
+    ) -> IoDone {
         let len = buf.len() as u64;
-        let req = IoRequest { kind, offset, len, buf };
+        let req = IoRequest {
+            kind,
+            offset,
+            len,
+            buf,
+        };
         match backend.submit(9, req, c) {
             Some(done) => done,
             None => wait(poll, c),
@@ -308,20 +378,35 @@ mod tests {
     fn round_trip_buffered_and_direct_with_async_wakeups() {
         let dir = disk_dir();
         let path = dir.path().join("ns.img");
-        std::fs::File::create(&path).expect("create").set_len(1 << 20).expect("size");
+        std::fs::File::create(&path)
+            .expect("create")
+            .set_len(1 << 20)
+            .expect("size");
         for direct in [false, true] {
             let backend = FileBackend::open(&path, direct, false).expect("open");
             assert_eq!(backend.size(), 1 << 20);
             let (mut poll, c) = completions();
             let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 % 256) as u8).collect();
-            let done = submit(&backend, &mut poll, &c, IoKind::Write { fua: true }, 4096, data.clone());
+            let done = submit(
+                &backend,
+                &mut poll,
+                &c,
+                IoKind::Write { fua: true },
+                4096,
+                data.clone(),
+            );
             assert!(done.result.is_ok(), "{:?}", done.result);
             assert_eq!(done.token, 9);
             let done = submit(&backend, &mut poll, &c, IoKind::Read, 4096, vec![0; 8192]);
             assert_eq!(done.buf, data);
             let done = submit(&backend, &mut poll, &c, IoKind::Flush, 0, Vec::new());
             assert!(done.result.is_ok());
-            let req = IoRequest { kind: IoKind::Deallocate(vec![(4096, 4096)]), offset: 0, len: 0, buf: Vec::new() };
+            let req = IoRequest {
+                kind: IoKind::Deallocate(vec![(4096, 4096)]),
+                offset: 0,
+                len: 0,
+                buf: Vec::new(),
+            };
             assert!(backend.submit(9, req, &c).is_none());
             assert!(wait(&mut poll, &c).result.is_ok());
             let done = submit(&backend, &mut poll, &c, IoKind::Read, 4096, vec![1; 8192]);
@@ -329,28 +414,53 @@ mod tests {
             assert_eq!(&done.buf[4096..], &data[4096..]);
         }
         let on_disk = std::fs::read(&path).expect("read back");
-        assert_eq!(&on_disk[8192..12288], &(4096..8192u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>()[..]);
+        assert_eq!(
+            &on_disk[8192..12288],
+            &(4096..8192u32)
+                .map(|i| (i * 7 % 256) as u8)
+                .collect::<Vec<_>>()[..]
+        );
     }
 
     #[test]
     fn shrunk_file_is_a_read_error_and_read_only_refuses_writes() {
         let dir = disk_dir();
         let path = dir.path().join("ns.img");
-        std::fs::File::create(&path).expect("create").set_len(1 << 20).expect("size");
+        std::fs::File::create(&path)
+            .expect("create")
+            .set_len(1 << 20)
+            .expect("size");
         let backend = FileBackend::open(&path, false, false).expect("open");
-        std::fs::OpenOptions::new().write(true).open(&path).expect("open").set_len(4096).expect("shrink");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(4096)
+            .expect("shrink");
         let (mut poll, c) = completions();
         let done = submit(&backend, &mut poll, &c, IoKind::Read, 65536, vec![0; 4096]);
-        assert!(matches!(done.result, Err(BackendError::Read(_))), "{:?}", done.result);
+        assert!(
+            matches!(done.result, Err(BackendError::Read(_))),
+            "{:?}",
+            done.result
+        );
         drop(backend);
         let ro = FileBackend::open(&path, false, true).expect("open read-only");
-        let done = submit(&ro, &mut poll, &c, IoKind::Write { fua: false }, 0, vec![0; 512]);
+        let done = submit(
+            &ro,
+            &mut poll,
+            &c,
+            IoKind::Write { fua: false },
+            0,
+            vec![0; 512],
+        );
         assert!(matches!(done.result, Err(BackendError::ReadOnly)));
     }
 
     #[test]
     fn missing_file_names_its_path() {
-        let err = FileBackend::open(Path::new("/nonexistent/ns.img"), false, false).expect_err("missing");
+        let err =
+            FileBackend::open(Path::new("/nonexistent/ns.img"), false, false).expect_err("missing");
         assert!(err.to_string().contains("/nonexistent/ns.img"), "{err}");
     }
 }

@@ -125,7 +125,10 @@ impl Completions {
     /// batch, not per request).
     pub fn push(&self, done: IoDone) {
         let was_empty = {
-            let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut queue = self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let was_empty = queue.is_empty();
             queue.push(done);
             was_empty
@@ -138,7 +141,10 @@ impl Completions {
 
     /// Moves every finished request into `out`.
     pub fn drain_into(&self, out: &mut Vec<IoDone>) {
-        let mut queue = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         out.append(&mut queue);
     }
 }
@@ -156,7 +162,10 @@ fn check_range(size: u64, req: &IoRequest) -> Result<(), BackendError> {
         }
     }
     if matches!(req.kind, IoKind::Read | IoKind::Write { .. }) && req.buf.len() as u64 != req.len {
-        return Err(BackendError::OutOfRange { offset: req.offset, len: req.buf.len() as u64 });
+        return Err(BackendError::OutOfRange {
+            offset: req.offset,
+            len: req.buf.len() as u64,
+        });
     }
     Ok(())
 }
@@ -173,10 +182,25 @@ pub(crate) mod tests {
     }
 
     /// Runs one request on a backend that completes inline.
-    pub fn run(backend: &dyn Backend, completions: &Completions, kind: IoKind, offset: u64, buf: Vec<u8>) -> IoDone {
+    pub fn run(
+        backend: &dyn Backend,
+        completions: &Completions,
+        kind: IoKind,
+        offset: u64,
+        buf: Vec<u8>,
+    ) -> IoDone {
         let len = buf.len() as u64;
         backend
-            .submit(1, IoRequest { kind, offset, len, buf }, completions)
+            .submit(
+                1,
+                IoRequest {
+                    kind,
+                    offset,
+                    len,
+                    buf,
+                },
+                completions,
+            )
             .expect("completes inline")
     }
 }

@@ -51,7 +51,13 @@ mod tests {
         let done = run(&backend, &completions, IoKind::Read, 0, vec![7; 512]);
         assert!(done.result.is_ok());
         assert_eq!(done.buf, vec![0; 512]);
-        let done = run(&backend, &completions, IoKind::Write { fua: false }, 4000, vec![1; 512]);
+        let done = run(
+            &backend,
+            &completions,
+            IoKind::Write { fua: false },
+            4000,
+            vec![1; 512],
+        );
         assert!(matches!(done.result, Err(BackendError::OutOfRange { .. })));
     }
 }

@@ -8,6 +8,7 @@ use super::{Backend, Completions, IoDone, IoKind, IoRequest};
 /// Chunk size: large enough that most commands touch one chunk (one lock), small enough
 /// that sparse use stays cheap.
 const CHUNK: u64 = 1 << 20;
+const CHUNK_BYTES: usize = 1 << 20;
 
 pub struct RamBackend {
     size: u64,
@@ -32,7 +33,11 @@ impl RamBackend {
 
     /// Calls `f(chunk index, offset in chunk, range of the request buffer)` for every chunk
     /// the byte range touches.
-    fn for_each_chunk(offset: u64, len: u64, mut f: impl FnMut(usize, usize, std::ops::Range<usize>)) {
+    fn for_each_chunk(
+        offset: u64,
+        len: u64,
+        mut f: impl FnMut(usize, usize, std::ops::Range<usize>),
+    ) {
         let mut done = 0u64;
         while done < len {
             let at = offset + done;
@@ -53,7 +58,9 @@ impl RamBackend {
 
     fn read(&self, offset: u64, buf: &mut [u8]) {
         Self::for_each_chunk(offset, buf.len() as u64, |index, start, range| {
-            let chunk = self.chunks[index].lock().unwrap_or_else(PoisonError::into_inner);
+            let chunk = self.chunks[index]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let dst = &mut buf[range.clone()];
             match chunk.as_deref() {
                 Some(data) => dst.copy_from_slice(&data[start..start + range.len()]),
@@ -64,8 +71,10 @@ impl RamBackend {
 
     fn write(&self, offset: u64, buf: &[u8]) {
         Self::for_each_chunk(offset, buf.len() as u64, |index, start, range| {
-            let mut chunk = self.chunks[index].lock().unwrap_or_else(PoisonError::into_inner);
-            let data = chunk.get_or_insert_with(|| vec![0; CHUNK as usize].into_boxed_slice());
+            let mut chunk = self.chunks[index]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let data = chunk.get_or_insert_with(|| vec![0; CHUNK_BYTES].into_boxed_slice());
             data[start..start + range.len()].copy_from_slice(&buf[range]);
         });
     }
@@ -73,7 +82,9 @@ impl RamBackend {
     /// Zeroes a range, freeing chunks it covers whole.
     fn zero(&self, offset: u64, len: u64) {
         Self::for_each_chunk(offset, len, |index, start, range| {
-            let mut chunk = self.chunks[index].lock().unwrap_or_else(PoisonError::into_inner);
+            let mut chunk = self.chunks[index]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if range.len() as u64 == CHUNK {
                 *chunk = None;
             } else if let Some(data) = chunk.as_deref_mut() {
@@ -109,6 +120,7 @@ impl Backend for RamBackend {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use std::sync::Arc;
 
@@ -121,18 +133,56 @@ mod tests {
         let backend = RamBackend::new(4 * CHUNK);
         let data: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
         let at = CHUNK - 4096;
-        assert!(run(&backend, &completions, IoKind::Write { fua: false }, at, data.clone()).result.is_ok());
+        assert!(
+            run(
+                &backend,
+                &completions,
+                IoKind::Write { fua: false },
+                at,
+                data.clone()
+            )
+            .result
+            .is_ok()
+        );
         let done = run(&backend, &completions, IoKind::Read, at, vec![0xAA; 8192]);
         assert_eq!(done.buf, data);
-        let unwritten = run(&backend, &completions, IoKind::Read, 3 * CHUNK, vec![0xAA; 512]);
+        let unwritten = run(
+            &backend,
+            &completions,
+            IoKind::Read,
+            3 * CHUNK,
+            vec![0xAA; 512],
+        );
         assert_eq!(unwritten.buf, vec![0; 512]);
-        let zero = IoRequest { kind: IoKind::WriteZeroes { fua: false }, offset: at, len: 4096, buf: Vec::new() };
-        assert!(backend.submit(1, zero, &completions).expect("inline").result.is_ok());
+        let zero = IoRequest {
+            kind: IoKind::WriteZeroes { fua: false },
+            offset: at,
+            len: 4096,
+            buf: Vec::new(),
+        };
+        assert!(
+            backend
+                .submit(1, zero, &completions)
+                .expect("inline")
+                .result
+                .is_ok()
+        );
         let done = run(&backend, &completions, IoKind::Read, at, vec![0xAA; 8192]);
         assert_eq!(&done.buf[..4096], &[0; 4096][..]);
         assert_eq!(&done.buf[4096..], &data[4096..]);
-        let dealloc = IoRequest { kind: IoKind::Deallocate(vec![(0, 2 * CHUNK)]), offset: 0, len: 0, buf: Vec::new() };
-        assert!(backend.submit(1, dealloc, &completions).expect("inline").result.is_ok());
+        let dealloc = IoRequest {
+            kind: IoKind::Deallocate(vec![(0, 2 * CHUNK)]),
+            offset: 0,
+            len: 0,
+            buf: Vec::new(),
+        };
+        assert!(
+            backend
+                .submit(1, dealloc, &completions)
+                .expect("inline")
+                .result
+                .is_ok()
+        );
         let done = run(&backend, &completions, IoKind::Read, at, vec![0xAA; 8192]);
         assert_eq!(done.buf, vec![0; 8192]);
     }
@@ -147,7 +197,13 @@ mod tests {
                     let (_poll, completions) = completions();
                     for i in 0..64u64 {
                         let at = u64::from(t) * 2 * CHUNK + i * 4096;
-                        run(&*backend, &completions, IoKind::Write { fua: false }, at, vec![t + 1; 4096]);
+                        run(
+                            &*backend,
+                            &completions,
+                            IoKind::Write { fua: false },
+                            at,
+                            vec![t + 1; 4096],
+                        );
                     }
                 })
             })
@@ -157,7 +213,13 @@ mod tests {
         }
         let (_poll, completions) = completions();
         for t in 0..4u8 {
-            let done = run(&*backend, &completions, IoKind::Read, u64::from(t) * 2 * CHUNK, vec![0; 64 * 4096]);
+            let done = run(
+                &*backend,
+                &completions,
+                IoKind::Read,
+                u64::from(t) * 2 * CHUNK,
+                vec![0; 64 * 4096],
+            );
             assert!(done.buf.iter().all(|&b| b == t + 1));
         }
     }

@@ -269,7 +269,8 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "t" | "tib" => 1 << 40,
         _ => return Err(format!("unknown size unit in {text:?}")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {text:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {text:?} is too large"))
 }
 
 /// Reads and parses a declaration.

@@ -77,7 +77,10 @@ mod tests {
         let got = call(&path, "echo", json!({"a": 1})).expect("call");
         assert_eq!(got, json!({"a": 1}));
         let err = call(&path, "nope", Value::Null).expect_err("unknown method");
-        assert!(matches!(err, ControlClientError::Rpc { code: -32601, .. }), "{err}");
+        assert!(
+            matches!(err, ControlClientError::Rpc { code: -32601, .. }),
+            "{err}"
+        );
         // A second server on the same live socket is refused.
         assert!(matches!(
             ControlServer::spawn(&path, Arc::new(|_: &str, _: &Value| Ok(Value::Null))),

@@ -123,7 +123,8 @@ fn serve_client(stream: UnixStream, handler: &Handler) {
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
-    let requests = serde_json::Deserializer::from_reader(BufReader::new(stream)).into_iter::<Value>();
+    let requests =
+        serde_json::Deserializer::from_reader(BufReader::new(stream)).into_iter::<Value>();
     for request in requests {
         let response = match request {
             Ok(request) => answer(&request, handler),

@@ -22,7 +22,9 @@ pub struct Sqe {
 
 impl Default for Sqe {
     fn default() -> Self {
-        Self { bytes: [0; SQE_LEN] }
+        Self {
+            bytes: [0; SQE_LEN],
+        }
     }
 }
 

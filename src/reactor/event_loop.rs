@@ -208,14 +208,18 @@ impl Running {
     }
 
     fn run(&mut self) {
-        let span = tracing::info_span!("reactor", core = ?self.config.core, index = self.config.index);
+        let span =
+            tracing::info_span!("reactor", core = ?self.config.core, index = self.config.index);
         let _guard = span.enter();
         if let Some(core) = self.config.core {
             if let Err(err) = crate::sys::pin_current_thread(core) {
                 warn!(core, %err, "cannot pin reactor to its core");
             }
         }
-        info!(interrupt_mode = self.config.interrupt_mode, "reactor started");
+        info!(
+            interrupt_mode = self.config.interrupt_mode,
+            "reactor started"
+        );
         let mut events = Events::with_capacity(256);
         let mut last_activity: Option<Instant> = None;
         let mut due = Vec::new();
@@ -238,7 +242,9 @@ impl Running {
                 match event.token() {
                     WAKER => {}
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, after),
-                    Token(t) => self.handle_conn_event(t, event.is_readable(), event.is_writable(), after),
+                    Token(t) => {
+                        self.handle_conn_event(t, event.is_readable(), event.is_writable(), after)
+                    }
                 }
             }
             work += self.handle_inbox(after);
@@ -277,10 +283,15 @@ impl Running {
                 return Some(Duration::ZERO);
             }
         }
-        let mut timeout = self.timers.next().map(|at| at.saturating_duration_since(now));
+        let mut timeout = self
+            .timers
+            .next()
+            .map(|at| at.saturating_duration_since(now));
         if self.shutting_down.is_some() {
             // Re-check the grace period even if nothing else wakes us.
-            timeout = Some(timeout.map_or(Duration::from_millis(50), |t| t.min(Duration::from_millis(50))));
+            timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
+                t.min(Duration::from_millis(50))
+            }));
         }
         timeout
     }
@@ -310,7 +321,13 @@ impl Running {
     }
 
     /// Gives the connection to the least loaded reactor (ties go round robin).
-    fn hand_off(&mut self, stream: TcpStream, peer: SocketAddr, listener: ListenerAddr, now: Instant) {
+    fn hand_off(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        listener: ListenerAddr,
+        now: Instant,
+    ) {
         let count = self.peers.len();
         let mut best = self.next_peer % count.max(1);
         for step in 0..count {
@@ -327,7 +344,11 @@ impl Running {
             let stats = &self.peers[best].stats;
             stats.set_connections(usize::try_from(stats.connections() + 1).unwrap_or(usize::MAX));
             let stream: std::net::TcpStream = stream.into();
-            self.peers[best].send(ReactorMessage::Adopt { stream, peer, listener });
+            self.peers[best].send(ReactorMessage::Adopt {
+                stream,
+                peer,
+                listener,
+            });
         }
     }
 
@@ -342,10 +363,10 @@ impl Running {
             self.slots.len() - 1
         });
         let mut conn = TcpConnection::new(stream, peer, listener, Arc::clone(&self.context), now);
-        if let Err(err) = self
-            .poll
-            .registry()
-            .register(conn.source(), Token(index), Interest::READABLE)
+        if let Err(err) =
+            self.poll
+                .registry()
+                .register(conn.source(), Token(index), Interest::READABLE)
         {
             warn!(%err, %peer, "cannot watch connection");
             self.free.push(index);
@@ -376,12 +397,20 @@ impl Running {
 
     fn handle_inbox(&mut self, now: Instant) -> u64 {
         let messages = std::mem::take(
-            &mut *self.mailbox.inbox.lock().unwrap_or_else(PoisonError::into_inner),
+            &mut *self
+                .mailbox
+                .inbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
         );
         let count = messages.len() as u64;
         for message in messages {
             match message {
-                ReactorMessage::Adopt { stream, peer, listener } => {
+                ReactorMessage::Adopt {
+                    stream,
+                    peer,
+                    listener,
+                } => {
                     if stream.set_nonblocking(true).is_ok() {
                         self.adopt(TcpStream::from_std(stream), peer, listener, now);
                     }
@@ -393,7 +422,9 @@ impl Running {
                         .enumerate()
                         .filter_map(|(i, s)| {
                             let conn = &s.as_ref()?.conn;
-                            conn.controller().filter(|c| Arc::ptr_eq(c, &ctrlr)).map(|_| i)
+                            conn.controller()
+                                .filter(|c| Arc::ptr_eq(c, &ctrlr))
+                                .map(|_| i)
                         })
                         .collect();
                     for index in doomed {
@@ -526,10 +557,10 @@ impl Running {
             } else {
                 Interest::READABLE
             };
-            if let Err(err) = self
-                .poll
-                .registry()
-                .reregister(slot.conn.source(), Token(index), interest)
+            if let Err(err) =
+                self.poll
+                    .registry()
+                    .reregister(slot.conn.source(), Token(index), interest)
             {
                 warn!(%err, "cannot change interest");
             }
@@ -570,7 +601,11 @@ fn io_token_base(index: usize, generation: u16) -> u64 {
 fn split_token(token: u64) -> (usize, u16, u32) {
     #[allow(clippy::cast_possible_truncation)]
     let (generation, tag) = ((token >> 32) as u16, token as u32);
-    (usize::try_from(token >> 48).unwrap_or(usize::MAX), generation, tag)
+    (
+        usize::try_from(token >> 48).unwrap_or(usize::MAX),
+        generation,
+        tag,
+    )
 }
 
 #[cfg(test)]

@@ -51,9 +51,8 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
         }
         let mut namespaces = Vec::new();
         for ns in &subsystem.namespace {
-            let backend = open_backend(ns).with_context(|| {
-                format!("subsystem {} namespace {}", subsystem.nqn, ns.nsid)
-            })?;
+            let backend = open_backend(ns)
+                .with_context(|| format!("subsystem {} namespace {}", subsystem.nqn, ns.nsid))?;
             namespaces.push(NamespaceSpec {
                 nsid: ns.nsid,
                 backend,
@@ -75,11 +74,11 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
             listeners,
         });
     }
-    let registry = Arc::new(Registry::new(specs, limits.clone()).context("invalid subsystems")?);
+    let registry = Arc::new(Registry::new(specs, limits).context("invalid subsystems")?);
     let mut listeners = Vec::new();
     for (socket, addr) in sockets {
-        let listener = TcpListener::bind(socket)
-            .with_context(|| format!("cannot listen on {socket}"))?;
+        let listener =
+            TcpListener::bind(socket).with_context(|| format!("cannot listen on {socket}"))?;
         listener.set_nonblocking(true)?;
         info!(%socket, "listening");
         listeners.push((listener, addr));

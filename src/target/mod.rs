@@ -47,7 +47,7 @@ impl Target {
         let mailboxes = Arc::new(prepared.iter().map(Reactor::mailbox).collect::<Vec<_>>());
         let context = Arc::new(TcpContext {
             registry: Arc::clone(&built.registry),
-            limits: built.limits.clone(),
+            limits: built.limits,
             c2h_success: built.c2h_success,
         });
         let mut listeners = Some(built.listeners);
@@ -61,7 +61,10 @@ impl Target {
             config.clone(),
             config_path.to_owned(),
             Arc::clone(&built.registry),
-            reactors.iter().map(|r| (r.config.clone(), Arc::clone(r.stats()))).collect(),
+            reactors
+                .iter()
+                .map(|r| (r.config.clone(), Arc::clone(r.stats())))
+                .collect(),
             Instant::now(),
         ));
         let control = ControlServer::spawn(&config.target.control_socket, status::handler(report))

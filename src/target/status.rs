@@ -149,7 +149,11 @@ pub fn render_status(status: &Value) -> String {
         "nvmf-tgt pid {} up {:.0}s, {} mode, config {}",
         status["pid"],
         status["uptime_s"].as_f64().unwrap_or(0.0),
-        if status["interrupt_mode"].as_bool() == Some(true) { "interrupt" } else { "poll" },
+        if status["interrupt_mode"].as_bool() == Some(true) {
+            "interrupt"
+        } else {
+            "poll"
+        },
         status["config"].as_str().unwrap_or("?"),
     );
     if let Some(cpu) = status["process_cpu_s"].as_f64() {

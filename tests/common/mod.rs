@@ -107,7 +107,11 @@ impl TargetProcess {
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("nvmf-tgt exited early with {status}:\n{}", self.log());
             }
             if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(100)).is_ok()
@@ -131,7 +135,10 @@ impl TargetProcess {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!("nvmf-tgt did not exit within 10 s of SIGTERM:\n{}", self.log());
+                panic!(
+                    "nvmf-tgt did not exit within 10 s of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -166,7 +173,8 @@ pub fn process_cpu_time(pid: u32) -> Duration {
     let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
     // Fields 14 and 15 of stat(5) are the 12th and 13th after the comm field.
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     let hz = 100; // USER_HZ is 100 on every Linux this project runs on.
     Duration::from_millis(ticks * 1000 / hz)
 }

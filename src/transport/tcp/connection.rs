@@ -29,7 +29,9 @@ pub struct TcpConnection {
 
 impl core::fmt::Debug for TcpConnection {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("TcpConnection").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("TcpConnection")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -83,7 +85,13 @@ impl TcpConnection {
         self.write_blocked
     }
 
-    pub fn handle_event(&mut self, readable: bool, writable: bool, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+    pub fn handle_event(
+        &mut self,
+        readable: bool,
+        writable: bool,
+        cx: &mut IoCx<'_>,
+        now: Instant,
+    ) -> Flow {
         if writable {
             self.write_blocked = false;
         }

@@ -88,8 +88,14 @@ pub struct H2CData<'a> {
 #[derive(Debug)]
 pub enum Inbound<'a> {
     IcReq(IcReq),
-    TermReq { fes: u16 },
-    Capsule { sqe: Sqe, data: &'a [u8], data_digest_ok: bool },
+    TermReq {
+        fes: u16,
+    },
+    Capsule {
+        sqe: Sqe,
+        data: &'a [u8],
+        data_digest_ok: bool,
+    },
     H2CData(H2CData<'a>),
 }
 
@@ -120,9 +126,16 @@ impl Negotiated {
     }
 
     /// Checks the host's ICReq and fixes the connection's framing.
-    pub fn accept_icreq(&mut self, icreq: &IcReq, limits: &TransportLimits) -> Result<IcResp, InboundError> {
+    pub fn accept_icreq(
+        &mut self,
+        icreq: &IcReq,
+        limits: &TransportLimits,
+    ) -> Result<IcResp, InboundError> {
         if icreq.pfv != 0 {
-            return Err(InboundError::invalid_field(8, "unsupported PDU format version"));
+            return Err(InboundError::invalid_field(
+                8,
+                "unsupported PDU format version",
+            ));
         }
         if icreq.hpda > 31 {
             return Err(InboundError::invalid_field(10, "HPDA out of range"));
@@ -167,10 +180,16 @@ impl<'a> Inbound<'a> {
             _ => return Err(InboundError::invalid_field(0, "PDU type not sent by hosts")),
         };
         if hlen != expected_hlen {
-            return Err(InboundError::invalid_field(2, "wrong header length for the PDU type"));
+            return Err(InboundError::invalid_field(
+                2,
+                "wrong header length for the PDU type",
+            ));
         }
         if plen < hlen {
-            return Err(InboundError::invalid_field(4, "PDU length shorter than its header"));
+            return Err(InboundError::invalid_field(
+                4,
+                "PDU length shorter than its header",
+            ));
         }
         let limit = if kind == pdu_type::H2C_TERM_REQ {
             wire::TERM_REQ_HLEN + wire::TERM_REQ_MAX_ECHO
@@ -204,7 +223,8 @@ impl<'a> Inbound<'a> {
                 if !neg.established {
                     return Err(InboundError::sequence("PDU before ICReq"));
                 }
-                let (header, data, data_digest_ok) = split_digested(pdu, pdu_flags, hlen, pdo, neg)?;
+                let (header, data, data_digest_ok) =
+                    split_digested(pdu, pdu_flags, hlen, pdo, neg)?;
                 if kind == pdu_type::CAPSULE_CMD {
                     let Some(sqe) = Sqe::parse(&header[wire::CH_LEN..]) else {
                         return Err(InboundError::invalid_field(2, "short capsule"));
@@ -217,7 +237,10 @@ impl<'a> Inbound<'a> {
                 } else {
                     let datal = wire::read_u32(header, 16);
                     if datal as usize != data.len() {
-                        return Err(InboundError::invalid_field(16, "DATAL does not match the PDU"));
+                        return Err(InboundError::invalid_field(
+                            16,
+                            "DATAL does not match the PDU",
+                        ));
                     }
                     if datal > neg.maxh2cdata {
                         return Err(InboundError::limit("H2CData larger than MAXH2CDATA"));
@@ -247,11 +270,17 @@ fn split_digested<'a>(
 ) -> Result<(&'a [u8], &'a [u8], bool), InboundError> {
     let has_hdgst = pdu_flags & flags::HDGSTF != 0;
     if has_hdgst != neg.header_digest {
-        return Err(InboundError::invalid_field(1, "header digest flag differs from ICReq"));
+        return Err(InboundError::invalid_field(
+            1,
+            "header digest flag differs from ICReq",
+        ));
     }
     let header_end = hlen + if has_hdgst { wire::DIGEST_LEN } else { 0 };
     if pdu.len() < header_end {
-        return Err(InboundError::invalid_field(4, "PDU shorter than header and digest"));
+        return Err(InboundError::invalid_field(
+            4,
+            "PDU shorter than header and digest",
+        ));
     }
     let header = &pdu[..hlen];
     if has_hdgst && pdu[hlen..header_end] != wire::digest(header) {
@@ -271,11 +300,17 @@ fn split_digested<'a>(
     }
     let has_ddgst = pdu_flags & flags::DDGSTF != 0;
     if has_ddgst != neg.data_digest {
-        return Err(InboundError::invalid_field(1, "data digest flag differs from ICReq"));
+        return Err(InboundError::invalid_field(
+            1,
+            "data digest flag differs from ICReq",
+        ));
     }
     let data_end = pdu.len() - if has_ddgst { wire::DIGEST_LEN } else { 0 };
     if data_end < pdo {
-        return Err(InboundError::invalid_field(4, "PDU too short for its data digest"));
+        return Err(InboundError::invalid_field(
+            4,
+            "PDU too short for its data digest",
+        ));
     }
     let data = &pdu[pdo..data_end];
     let digest_ok = !has_ddgst || pdu[data_end..] == wire::digest(data);
@@ -283,6 +318,7 @@ fn split_digested<'a>(
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 mod tests {
     use super::*;
     use crate::transport::tcp::outbound;
@@ -305,7 +341,17 @@ mod tests {
 
     fn h2c(neg: &Negotiated, data: &[u8], last: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        outbound::data_pdu(&mut out, neg, pdu_type::H2C_DATA, 7, 3, 0, data, last, false);
+        outbound::data_pdu(
+            &mut out,
+            neg,
+            pdu_type::H2C_DATA,
+            7,
+            3,
+            0,
+            data,
+            last,
+            false,
+        );
         out
     }
 
@@ -315,11 +361,17 @@ mod tests {
             let neg = established(hd, dd);
             let bytes = h2c(&neg, b"hello world", true);
             for cut in 0..bytes.len() {
-                assert!(Inbound::parse(&bytes[..cut], &neg).expect("partial").is_none());
+                assert!(
+                    Inbound::parse(&bytes[..cut], &neg)
+                        .expect("partial")
+                        .is_none()
+                );
             }
             let (pdu, used) = Inbound::parse(&bytes, &neg).expect("parse").expect("whole");
             assert_eq!(used, bytes.len());
-            let Inbound::H2CData(d) = pdu else { panic!("not H2CData") };
+            let Inbound::H2CData(d) = pdu else {
+                panic!("not H2CData")
+            };
             assert_eq!((d.cccid, d.ttag, d.datao, d.last), (7, 3, 0, true));
             assert_eq!(d.data, b"hello world");
             assert!(d.data_digest_ok);
@@ -335,7 +387,10 @@ mod tests {
         let Some((Inbound::H2CData(d), _)) = Inbound::parse(&bytes, &neg).expect("parse") else {
             panic!("not H2CData")
         };
-        assert!(!d.data_digest_ok, "data digest error is reported, not fatal");
+        assert!(
+            !d.data_digest_ok,
+            "data digest error is reported, not fatal"
+        );
         let mut bytes = h2c(&neg, b"data", false);
         bytes[9] ^= 1;
         let err = Inbound::parse(&bytes, &neg).expect_err("header digest");
@@ -372,10 +427,19 @@ mod tests {
             data_digest: false,
             maxr2t: 0,
         };
-        let err = neg.accept_icreq(&bad, &TransportLimits::default()).expect_err("pfv");
+        let err = neg
+            .accept_icreq(&bad, &TransportLimits::default())
+            .expect_err("pfv");
         assert_eq!((err.fes, err.fei), (fes::INVALID_HEADER_FIELD, 8));
         let resp = neg
-            .accept_icreq(&IcReq { pfv: 0, header_digest: true, ..bad }, &TransportLimits::default())
+            .accept_icreq(
+                &IcReq {
+                    pfv: 0,
+                    header_digest: true,
+                    ..bad
+                },
+                &TransportLimits::default(),
+            )
             .expect("ok");
         assert!(resp.header_digest && !resp.data_digest);
         assert_eq!(resp.maxh2cdata, 131_072);

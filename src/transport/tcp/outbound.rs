@@ -22,7 +22,11 @@ fn header_digest(out: &mut Vec<u8>, start: usize, neg: &Negotiated) {
 }
 
 fn hdgst_len(neg: &Negotiated) -> usize {
-    if neg.header_digest { wire::DIGEST_LEN } else { 0 }
+    if neg.header_digest {
+        wire::DIGEST_LEN
+    } else {
+        0
+    }
 }
 
 /// ICResp (NVMe/TCP 1.0, 3.6.2.3).
@@ -58,7 +62,14 @@ pub fn r2t(out: &mut Vec<u8>, neg: &Negotiated, cccid: u16, ttag: u16, r2to: u32
     let start = out.len();
     let hd = hdgst_len(neg);
     let pdu_flags = if neg.header_digest { flags::HDGSTF } else { 0 };
-    common_header(out, pdu_type::R2T, pdu_flags, wire::R2T_HLEN, 0, wire::R2T_HLEN + hd);
+    common_header(
+        out,
+        pdu_type::R2T,
+        pdu_flags,
+        wire::R2T_HLEN,
+        0,
+        wire::R2T_HLEN + hd,
+    );
     out.extend_from_slice(&cccid.to_le_bytes());
     out.extend_from_slice(&ttag.to_le_bytes());
     out.extend_from_slice(&r2to.to_le_bytes());
@@ -85,7 +96,11 @@ pub fn data_pdu(
     let hd = hdgst_len(neg);
     let align = (usize::from(neg.hpda) + 1) * 4;
     let pdo = (wire::DATA_HLEN + hd).div_ceil(align) * align;
-    let dd = if neg.data_digest && !data.is_empty() { wire::DIGEST_LEN } else { 0 };
+    let dd = if neg.data_digest && !data.is_empty() {
+        wire::DIGEST_LEN
+    } else {
+        0
+    };
     let mut pdu_flags = 0;
     if neg.header_digest {
         pdu_flags |= flags::HDGSTF;
@@ -99,7 +114,14 @@ pub fn data_pdu(
     if success {
         pdu_flags |= flags::SUCCESS;
     }
-    common_header(out, kind, pdu_flags, wire::DATA_HLEN, pdo, pdo + data.len() + dd);
+    common_header(
+        out,
+        kind,
+        pdu_flags,
+        wire::DATA_HLEN,
+        pdo,
+        pdo + data.len() + dd,
+    );
     out.extend_from_slice(&cccid.to_le_bytes());
     out.extend_from_slice(&ttag.to_le_bytes());
     out.extend_from_slice(&datao.to_le_bytes());
@@ -123,7 +145,17 @@ pub fn c2h_data(
     last: bool,
     success: bool,
 ) {
-    data_pdu(out, neg, pdu_type::C2H_DATA, cccid, 0, datao, data, last, success);
+    data_pdu(
+        out,
+        neg,
+        pdu_type::C2H_DATA,
+        cccid,
+        0,
+        datao,
+        data,
+        last,
+        success,
+    );
 }
 
 /// C2HTermReq (3.6.2.4): the error, and as much of the offending header as fits.

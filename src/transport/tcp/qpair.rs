@@ -207,10 +207,26 @@ impl TcpQpair {
         };
         let _ = (cx, now);
         match (&cmd.plan, status.is_success()) {
-            (Some(IoPlan { op: IoOp::Read { .. }, .. }), true) => {
-                self.send_data_and_response(cmd.sqe.cid(), &done.buf, Cqe::new(cmd.sqe.cid(), status));
+            (
+                Some(IoPlan {
+                    op: IoOp::Read { .. },
+                    ..
+                }),
+                true,
+            ) => {
+                self.send_data_and_response(
+                    cmd.sqe.cid(),
+                    &done.buf,
+                    Cqe::new(cmd.sqe.cid(), status),
+                );
             }
-            (Some(IoPlan { op: IoOp::Compare { .. }, .. }), true) => {
+            (
+                Some(IoPlan {
+                    op: IoOp::Compare { .. },
+                    ..
+                }),
+                true,
+            ) => {
                 let status = if done.buf == cmd.data {
                     Status::SUCCESS
                 } else {
@@ -272,12 +288,22 @@ impl TcpQpair {
                 debug!(fes, "host terminated the connection");
                 Flow::Close
             }
-            (State::AwaitConnect, Inbound::Capsule { sqe, data, data_digest_ok }) => {
-                self.handle_connect(&sqe, data, data_digest_ok, cx, now)
-            }
-            (State::Ready { .. }, Inbound::Capsule { sqe, data, data_digest_ok }) => {
-                self.handle_capsule(sqe, data, data_digest_ok, cx, now)
-            }
+            (
+                State::AwaitConnect,
+                Inbound::Capsule {
+                    sqe,
+                    data,
+                    data_digest_ok,
+                },
+            ) => self.handle_connect(&sqe, data, data_digest_ok, cx, now),
+            (
+                State::Ready { .. },
+                Inbound::Capsule {
+                    sqe,
+                    data,
+                    data_digest_ok,
+                },
+            ) => self.handle_capsule(sqe, data, data_digest_ok, cx, now),
             (State::Ready { .. }, Inbound::H2CData(h2c)) => self.handle_h2c_data(&h2c, cx, now),
             (State::AwaitConnect, Inbound::H2CData(_)) => {
                 self.terminate(&InboundError::sequence("H2CData before Connect"), &[]);
@@ -297,7 +323,10 @@ impl TcpQpair {
     ) -> Flow {
         if sqe.opcode() != opcode::FABRICS || sqe.fctype() != fctype::CONNECT {
             // SPDK and nvmet both answer a command before Connect with a sequence error.
-            self.send_response(Cqe::new(sqe.cid(), Status::COMMAND_SEQUENCE_ERROR.with_dnr()));
+            self.send_response(Cqe::new(
+                sqe.cid(),
+                Status::COMMAND_SEQUENCE_ERROR.with_dnr(),
+            ));
             return Flow::Continue;
         }
         if !digest_ok {
@@ -305,13 +334,25 @@ impl TcpQpair {
             return Flow::Continue;
         }
         if !sqe.sgl().is_in_capsule() || data.len() < CONNECT_DATA_LEN {
-            self.send_response(Cqe::new(sqe.cid(), Status::CONNECT_INVALID_PARAMETERS.with_dnr()));
+            self.send_response(Cqe::new(
+                sqe.cid(),
+                Status::CONNECT_INVALID_PARAMETERS.with_dnr(),
+            ));
             return Flow::Continue;
         }
         self.sq_head = 0;
-        match self.context.registry.handle_connect(sqe, data, &self.listener, now) {
+        match self
+            .context
+            .registry
+            .handle_connect(sqe, data, &self.listener, now)
+        {
             ConnectOutcome::Admin { ctrlr, cqe } => {
-                debug!(subnqn = ctrlr.subnqn(), cntlid = ctrlr.cntlid(), hostnqn = ctrlr.hostnqn(), "admin queue connected");
+                debug!(
+                    subnqn = ctrlr.subnqn(),
+                    cntlid = ctrlr.cntlid(),
+                    hostnqn = ctrlr.hostnqn(),
+                    "admin queue connected"
+                );
                 ctrlr.set_async_event_notifier(cx.async_notifier());
                 if let (true, Some(ip)) = (ctrlr.is_discovery(), self.local_ip) {
                     ctrlr.set_local_address(&ip.to_string());
@@ -319,8 +360,15 @@ impl TcpQpair {
                 self.become_ready(ctrlr, 0, sqe);
                 self.send_response(cqe);
             }
-            ConnectOutcome::Io { ctrlr, qid, cqe, .. } => {
-                debug!(subnqn = ctrlr.subnqn(), cntlid = ctrlr.cntlid(), qid, "I/O queue connected");
+            ConnectOutcome::Io {
+                ctrlr, qid, cqe, ..
+            } => {
+                debug!(
+                    subnqn = ctrlr.subnqn(),
+                    cntlid = ctrlr.cntlid(),
+                    qid,
+                    "I/O queue connected"
+                );
                 self.become_ready(ctrlr, qid, sqe);
                 self.send_response(cqe);
             }
@@ -365,11 +413,17 @@ impl TcpQpair {
             return Flow::Continue;
         }
         if self.in_flight >= usize::from(self.queue_size) {
-            self.terminate(&InboundError::sequence("more commands than the queue holds"), &[]);
+            self.terminate(
+                &InboundError::sequence("more commands than the queue holds"),
+                &[],
+            );
             return Flow::Close;
         }
         if sqe.opcode() == opcode::FABRICS && sqe.fctype() == fctype::CONNECT {
-            self.send_response(Cqe::new(sqe.cid(), Status::COMMAND_SEQUENCE_ERROR.with_dnr()));
+            self.send_response(Cqe::new(
+                sqe.cid(),
+                Status::COMMAND_SEQUENCE_ERROR.with_dnr(),
+            ));
             return Flow::Continue;
         }
         if qid != 0 && sqe.opcode() == opcode::FABRICS {
@@ -403,20 +457,29 @@ impl TcpQpair {
                     return Flow::Continue;
                 }
                 if data.len() < host_data_len || (sgl.length as usize) < host_data_len {
-                    self.send_response(Cqe::new(sqe.cid(), Status::DATA_SGL_LENGTH_INVALID.with_dnr()));
+                    self.send_response(Cqe::new(
+                        sqe.cid(),
+                        Status::DATA_SGL_LENGTH_INVALID.with_dnr(),
+                    ));
                     return Flow::Continue;
                 }
                 let data = data[..host_data_len].to_vec();
                 return self.execute(sqe, plan, data, &ctrlr, cx, now);
             }
             if !sgl.is_transport() {
-                self.send_response(Cqe::new(sqe.cid(), Status::SGL_DESCRIPTOR_TYPE_INVALID.with_dnr()));
+                self.send_response(Cqe::new(
+                    sqe.cid(),
+                    Status::SGL_DESCRIPTOR_TYPE_INVALID.with_dnr(),
+                ));
                 return Flow::Continue;
             }
             if (sgl.length as usize) < host_data_len
                 || host_data_len > self.context.limits.max_io_size as usize
             {
-                self.send_response(Cqe::new(sqe.cid(), Status::DATA_SGL_LENGTH_INVALID.with_dnr()));
+                self.send_response(Cqe::new(
+                    sqe.cid(),
+                    Status::DATA_SGL_LENGTH_INVALID.with_dnr(),
+                ));
                 return Flow::Continue;
             }
             // Ask the host for the data; the command runs when all of it has arrived.
@@ -437,7 +500,12 @@ impl TcpQpair {
         self.execute(sqe, plan, Vec::new(), &ctrlr, cx, now)
     }
 
-    fn handle_h2c_data(&mut self, h2c: &super::inbound::H2CData<'_>, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+    fn handle_h2c_data(
+        &mut self,
+        h2c: &super::inbound::H2CData<'_>,
+        cx: &mut IoCx<'_>,
+        now: Instant,
+    ) -> Flow {
         let tag = h2c.ttag;
         let valid = match self.command_mut(tag) {
             Some(cmd) if matches!(cmd.stage, Stage::AwaitData) && cmd.sqe.cid() == h2c.cccid => {
@@ -547,7 +615,13 @@ impl TcpQpair {
         };
         let is_write = matches!(plan.op, IoOp::Write { .. });
         let (request, keep) = if is_write {
-            (IoRequest { buf: data, ..request }, Vec::new())
+            (
+                IoRequest {
+                    buf: data,
+                    ..request
+                },
+                Vec::new(),
+            )
         } else {
             (request, data)
         };
@@ -570,7 +644,13 @@ impl TcpQpair {
         Flow::Continue
     }
 
-    fn execute_admin(&mut self, sqe: &Sqe, data: &[u8], ctrlr: &Arc<Controller>, now: Instant) -> Flow {
+    fn execute_admin(
+        &mut self,
+        sqe: &Sqe,
+        data: &[u8],
+        ctrlr: &Arc<Controller>,
+        now: Instant,
+    ) -> Flow {
         let disconnect = sqe.opcode() == opcode::FABRICS && sqe.fctype() == fctype::DISCONNECT;
         match ctrlr.handle_admin(sqe, data, now) {
             AdminOutcome::Complete { cqe, data } => {
@@ -594,7 +674,11 @@ impl TcpQpair {
         if let State::Ready { qid, .. } = &self.state {
             cqe.sqid = *qid;
         }
-        cqe.sqhd = if self.sq_flow_control { self.sq_head } else { 0xFFFF };
+        cqe.sqhd = if self.sq_flow_control {
+            self.sq_head
+        } else {
+            0xFFFF
+        };
         outbound::capsule_resp(&mut self.out, &self.negotiated, &cqe);
     }
 
@@ -606,7 +690,15 @@ impl TcpQpair {
             && cqe.status.is_success()
             && cqe.dw0 == 0
             && cqe.dw1 == 0;
-        outbound::c2h_data(&mut self.out, &self.negotiated, cid, 0, data, true, success_only);
+        outbound::c2h_data(
+            &mut self.out,
+            &self.negotiated,
+            cid,
+            0,
+            data,
+            true,
+            success_only,
+        );
         if !success_only {
             self.send_response(cqe);
         }
@@ -654,7 +746,11 @@ enum Direction {
 /// Data transfer direction from the opcode's low bits (NVMe Base 2.0, Figure 28); fabrics
 /// commands encode it in the command type.
 fn transfer_direction(sqe: &Sqe) -> Direction {
-    let code = if sqe.opcode() == opcode::FABRICS { sqe.fctype() } else { sqe.opcode() };
+    let code = if sqe.opcode() == opcode::FABRICS {
+        sqe.fctype()
+    } else {
+        sqe.opcode()
+    };
     match code & 0x3 {
         0x1 => Direction::HostToController,
         0x2 => Direction::ControllerToHost,
@@ -670,5 +766,6 @@ fn host_to_controller_len(plan: &IoPlan) -> usize {
 }
 
 #[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
 #[path = "qpair_tests.rs"]
 mod tests;

@@ -67,9 +67,19 @@ struct Host {
 #[derive(Debug)]
 enum Reply {
     Resp(Cqe),
-    Data { cccid: u16, data: Vec<u8>, success: bool },
-    R2t { cccid: u16, ttag: u16, r2tl: u32 },
-    Term { fes: u16 },
+    Data {
+        cccid: u16,
+        data: Vec<u8>,
+        success: bool,
+    },
+    R2t {
+        cccid: u16,
+        ttag: u16,
+        r2tl: u32,
+    },
+    Term {
+        fes: u16,
+    },
 }
 
 impl Host {
@@ -93,7 +103,13 @@ impl Host {
         assert_eq!(out[0], pdu_type::IC_RESP);
         host.neg
             .accept_icreq(
-                &IcReq { pfv: 0, hpda: 0, header_digest: digests, data_digest: digests, maxr2t: 0 },
+                &IcReq {
+                    pfv: 0,
+                    hpda: 0,
+                    header_digest: digests,
+                    data_digest: digests,
+                    maxr2t: 0,
+                },
                 &TransportLimits::default(),
             )
             .expect("same negotiation");
@@ -110,10 +126,23 @@ impl Host {
 
     fn capsule(&self, sqe: &Sqe, data: &[u8]) -> Vec<u8> {
         let hd = if self.neg.header_digest { 4 } else { 0 };
-        let dd = if self.neg.data_digest && !data.is_empty() { 4 } else { 0 };
+        let dd = if self.neg.data_digest && !data.is_empty() {
+            4
+        } else {
+            0
+        };
         let pdo = if data.is_empty() { 0 } else { 72 + hd };
         let plen = 72 + hd + data.len() + dd;
-        let mut pdu = vec![pdu_type::CAPSULE_CMD, 0, 72, u8::try_from(pdo).expect("pdo"), 0, 0, 0, 0];
+        let mut pdu = vec![
+            pdu_type::CAPSULE_CMD,
+            0,
+            72,
+            u8::try_from(pdo).expect("pdo"),
+            0,
+            0,
+            0,
+            0,
+        ];
         pdu[4..8].copy_from_slice(&u32::try_from(plen).expect("plen").to_le_bytes());
         if hd > 0 {
             pdu[1] |= wire::flags::HDGSTF;
@@ -138,10 +167,18 @@ impl Host {
         while bytes.len() >= 8 {
             let plen = wire::read_u32(bytes, 4) as usize;
             let pdu = &bytes[..plen];
-            let hd = if pdu[1] & wire::flags::HDGSTF != 0 { 4 } else { 0 };
+            let hd = if pdu[1] & wire::flags::HDGSTF != 0 {
+                4
+            } else {
+                0
+            };
             if hd > 0 {
                 let hlen = usize::from(pdu[2]);
-                assert_eq!(pdu[hlen..hlen + 4], wire::digest(&pdu[..hlen]), "header digest");
+                assert_eq!(
+                    pdu[hlen..hlen + 4],
+                    wire::digest(&pdu[..hlen]),
+                    "header digest"
+                );
             }
             replies.push(match pdu[0] {
                 pdu_type::CAPSULE_RESP => Reply::Resp(Cqe::parse(&pdu[8..]).expect("cqe")),
@@ -163,7 +200,9 @@ impl Host {
                     ttag: wire::read_u16(pdu, 10),
                     r2tl: wire::read_u32(pdu, 16),
                 },
-                pdu_type::C2H_TERM_REQ => Reply::Term { fes: wire::read_u16(pdu, 8) },
+                pdu_type::C2H_TERM_REQ => Reply::Term {
+                    fes: wire::read_u16(pdu, 8),
+                },
                 other => panic!("unexpected PDU type {other:#x}"),
             });
             bytes = &bytes[plen..];
@@ -181,12 +220,26 @@ impl Host {
         let mut sqe = Sqe::new(crate::nvme::opcode::FABRICS, 1);
         sqe.set_fctype(crate::nvme::opcode::fctype::CONNECT);
         sqe.set_sgl(Sgl::in_capsule(1024));
-        ConnectCmd { recfmt: 0, qid: 0, sqsize: 31, cattr: 0, kato: 5000 }.emit(&mut sqe);
+        ConnectCmd {
+            recfmt: 0,
+            qid: 0,
+            sqsize: 31,
+            cattr: 0,
+            kato: 5000,
+        }
+        .emit(&mut sqe);
         let mut data = vec![0u8; 1024];
-        ConnectData { hostid: [1; 16], cntlid: 0xFFFF, subnqn: SUBNQN.into(), hostnqn: HOSTNQN.into() }
-            .emit(&mut data);
+        ConnectData {
+            hostid: [1; 16],
+            cntlid: 0xFFFF,
+            subnqn: SUBNQN.into(),
+            hostnqn: HOSTNQN.into(),
+        }
+        .emit(&mut data);
         let replies = self.command(&sqe, &data);
-        let [Reply::Resp(cqe)] = replies.as_slice() else { panic!("{replies:?}") };
+        let [Reply::Resp(cqe)] = replies.as_slice() else {
+            panic!("{replies:?}")
+        };
         assert!(cqe.status.is_success(), "{cqe:?}");
         u16::try_from(cqe.dw0 & 0xFFFF).expect("cntlid")
     }
@@ -202,12 +255,23 @@ fn admin_connect_enable_identify_with_digests() {
     sqe.set_fctype(crate::nvme::opcode::fctype::PROPERTY_SET);
     sqe.set_cdw(11, 0x14).set_cdw(12, 0x0046_0001);
     let replies = host.command(&sqe, &[]);
-    assert!(matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.is_success()), "{replies:?}");
+    assert!(
+        matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.is_success()),
+        "{replies:?}"
+    );
     // Identify controller over C2HData, then the response.
     let mut sqe = Sqe::new(admin::IDENTIFY, 3);
     sqe.set_cdw(10, 1).set_sgl(Sgl::transport(4096));
     let replies = host.command(&sqe, &[]);
-    let [Reply::Data { cccid: 3, data, success: false }, Reply::Resp(cqe)] = replies.as_slice() else {
+    let [
+        Reply::Data {
+            cccid: 3,
+            data,
+            success: false,
+        },
+        Reply::Resp(cqe),
+    ] = replies.as_slice()
+    else {
         panic!("{replies:?}")
     };
     assert!(cqe.status.is_success());
@@ -230,49 +294,137 @@ fn io_queue_write_via_r2t_then_read_back() {
     let mut sqe = Sqe::new(crate::nvme::opcode::FABRICS, 1);
     sqe.set_fctype(crate::nvme::opcode::fctype::CONNECT);
     sqe.set_sgl(Sgl::in_capsule(1024));
-    ConnectCmd { recfmt: 0, qid: 1, sqsize: 127, cattr: 0, kato: 0 }.emit(&mut sqe);
+    ConnectCmd {
+        recfmt: 0,
+        qid: 1,
+        sqsize: 127,
+        cattr: 0,
+        kato: 0,
+    }
+    .emit(&mut sqe);
     let mut data = vec![0u8; 1024];
-    ConnectData { hostid: [1; 16], cntlid, subnqn: SUBNQN.into(), hostnqn: HOSTNQN.into() }.emit(&mut data);
+    ConnectData {
+        hostid: [1; 16],
+        cntlid,
+        subnqn: SUBNQN.into(),
+        hostnqn: HOSTNQN.into(),
+    }
+    .emit(&mut data);
     let replies = ioq.command(&sqe, &data);
-    assert!(matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.is_success()), "{replies:?}");
+    assert!(
+        matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.is_success()),
+        "{replies:?}"
+    );
 
     // A 16 KiB write goes through R2T and two H2CData PDUs.
     let payload: Vec<u8> = (0..16384u32).map(|i| (i % 253) as u8).collect();
     let mut write = Sqe::new(io::WRITE, 10);
-    write.set_nsid(1).set_cdw(10, 8).set_cdw(12, 31).set_sgl(Sgl::transport(16384));
+    write
+        .set_nsid(1)
+        .set_cdw(10, 8)
+        .set_cdw(12, 31)
+        .set_sgl(Sgl::transport(16384));
     let replies = ioq.command(&write, &[]);
-    let [Reply::R2t { cccid: 10, ttag, r2tl: 16384 }] = replies.as_slice() else { panic!("{replies:?}") };
+    let [
+        Reply::R2t {
+            cccid: 10,
+            ttag,
+            r2tl: 16384,
+        },
+    ] = replies.as_slice()
+    else {
+        panic!("{replies:?}")
+    };
     let ttag = *ttag;
     let mut first = Vec::new();
-    outbound::data_pdu(&mut first, &ioq.neg, pdu_type::H2C_DATA, 10, ttag, 0, &payload[..8192], false, false);
-    assert!(ioq.feed(&first).is_empty(), "nothing until all data arrived");
+    outbound::data_pdu(
+        &mut first,
+        &ioq.neg,
+        pdu_type::H2C_DATA,
+        10,
+        ttag,
+        0,
+        &payload[..8192],
+        false,
+        false,
+    );
+    assert!(
+        ioq.feed(&first).is_empty(),
+        "nothing until all data arrived"
+    );
     let mut second = Vec::new();
-    outbound::data_pdu(&mut second, &ioq.neg, pdu_type::H2C_DATA, 10, ttag, 8192, &payload[8192..], true, false);
+    outbound::data_pdu(
+        &mut second,
+        &ioq.neg,
+        pdu_type::H2C_DATA,
+        10,
+        ttag,
+        8192,
+        &payload[8192..],
+        true,
+        false,
+    );
     let out = ioq.feed(&second);
     let replies = ioq.replies(&out);
-    assert!(matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.is_success() && c.cid == 10 && c.sqid == 1), "{replies:?}");
+    assert!(
+        matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.is_success() && c.cid == 10 && c.sqid == 1),
+        "{replies:?}"
+    );
 
     let mut read = Sqe::new(io::READ, 11);
-    read.set_nsid(1).set_cdw(10, 8).set_cdw(12, 31).set_sgl(Sgl::transport(16384));
+    read.set_nsid(1)
+        .set_cdw(10, 8)
+        .set_cdw(12, 31)
+        .set_sgl(Sgl::transport(16384));
     let replies = ioq.command(&read, &[]);
-    let [Reply::Data { cccid: 11, data, .. }, Reply::Resp(cqe)] = replies.as_slice() else { panic!("{replies:?}") };
+    let [
+        Reply::Data {
+            cccid: 11, data, ..
+        },
+        Reply::Resp(cqe),
+    ] = replies.as_slice()
+    else {
+        panic!("{replies:?}")
+    };
     assert!(cqe.status.is_success());
     assert_eq!(data, &payload);
 
     // Out of range, bad namespace, and an H2CData nobody asked for.
     let mut read = Sqe::new(io::READ, 12);
-    read.set_nsid(1).set_cdw(10, 2047).set_cdw(12, 1).set_sgl(Sgl::transport(1024));
+    read.set_nsid(1)
+        .set_cdw(10, 2047)
+        .set_cdw(12, 1)
+        .set_sgl(Sgl::transport(1024));
     let replies = ioq.command(&read, &[]);
-    assert!(matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.sc == Status::LBA_OUT_OF_RANGE.sc), "{replies:?}");
+    assert!(
+        matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.sc == Status::LBA_OUT_OF_RANGE.sc),
+        "{replies:?}"
+    );
     let mut read = Sqe::new(io::READ, 13);
     read.set_nsid(9).set_cdw(12, 0).set_sgl(Sgl::transport(512));
     let replies = ioq.command(&read, &[]);
-    assert!(matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.sc == Status::INVALID_NAMESPACE.sc), "{replies:?}");
+    assert!(
+        matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.sc == Status::INVALID_NAMESPACE.sc),
+        "{replies:?}"
+    );
     let mut stray = Vec::new();
-    outbound::data_pdu(&mut stray, &ioq.neg, pdu_type::H2C_DATA, 99, 77, 0, &[0; 512], true, false);
+    outbound::data_pdu(
+        &mut stray,
+        &ioq.neg,
+        pdu_type::H2C_DATA,
+        99,
+        77,
+        0,
+        &[0; 512],
+        true,
+        false,
+    );
     let out = ioq.feed(&stray);
     let replies = ioq.replies(&out);
-    assert!(matches!(replies.as_slice(), [Reply::Term { fes: 0x04 }]), "{replies:?}");
+    assert!(
+        matches!(replies.as_slice(), [Reply::Term { fes: 0x04 }]),
+        "{replies:?}"
+    );
     assert!(ioq.qpair.is_terminating());
     let _ = (&mut ioq.poll, Duration::ZERO);
 }
@@ -284,5 +436,8 @@ fn keep_alive_expiry_closes_the_admin_queue() {
     let deadline = host.qpair.deadline().expect("keep-alive deadline");
     assert!(deadline > host.now);
     assert_eq!(host.qpair.handle_timer(host.now), Flow::Continue);
-    assert_eq!(host.qpair.handle_timer(deadline + Duration::from_secs(1)), Flow::Close);
+    assert_eq!(
+        host.qpair.handle_timer(deadline + Duration::from_secs(1)),
+        Flow::Close
+    );
 }
