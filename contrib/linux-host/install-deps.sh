@@ -1,0 +1,12 @@
+#!/bin/bash
+# Installs the Debian packages the harness needs, only those missing.
+set -euo pipefail
+need=()
+for p in qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2 nvme-cli fio python3; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
