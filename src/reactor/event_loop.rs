@@ -226,14 +226,22 @@ impl Running {
         loop {
             let before = Instant::now();
             let timeout = self.timeout(before, last_activity);
-            if let Err(err) = self.poll.poll(&mut events, timeout) {
+            let blocking = timeout != Some(Duration::ZERO);
+            if blocking {
+                self.mailbox.stats.begin_wait(before);
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            if blocking {
+                self.mailbox.stats.end_wait();
+            }
+            if let Err(err) = polled {
                 if err.kind() != std::io::ErrorKind::Interrupted {
                     warn!(%err, "poll failed");
                 }
                 continue;
             }
             let after = Instant::now();
-            if timeout != Some(Duration::ZERO) {
+            if blocking {
                 self.mailbox.stats.add_wakeup();
             }
             let mut work = 0u64;

@@ -6,15 +6,37 @@
 //! around every wait instead of relying on pollers to report work.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-#[derive(Debug, Default)]
+/// `wait_start_ns` when the reactor is not waiting.
+const NOT_WAITING: u64 = u64::MAX;
+
+#[derive(Debug)]
 pub struct ReactorStats {
     busy_ns: AtomicU64,
     idle_ns: AtomicU64,
     events: AtomicU64,
     wakeups: AtomicU64,
     connections: AtomicU64,
+    /// Reference point for `wait_start_ns`.
+    base: Instant,
+    /// When the current blocking wait began (ns after `base`), so a reactor asleep for an
+    /// hour reports an hour of idle time before it wakes.
+    wait_start_ns: AtomicU64,
+}
+
+impl Default for ReactorStats {
+    fn default() -> Self {
+        Self {
+            busy_ns: AtomicU64::new(0),
+            idle_ns: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            wakeups: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            base: Instant::now(),
+            wait_start_ns: AtomicU64::new(NOT_WAITING),
+        }
+    }
 }
 
 /// A copy of one reactor's figures at one moment.
@@ -57,10 +79,31 @@ impl ReactorStats {
         self.connections.load(Ordering::Relaxed)
     }
 
+    /// The reactor is about to block at `now`.
+    pub fn begin_wait(&self, now: Instant) {
+        self.wait_start_ns.store(
+            nanos(now.saturating_duration_since(self.base)),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// The blocking wait ended; its time is added with [`add_idle`](Self::add_idle).
+    pub fn end_wait(&self) {
+        self.wait_start_ns.store(NOT_WAITING, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
+        self.snapshot_at(Instant::now())
+    }
+
+    fn snapshot_at(&self, now: Instant) -> StatsSnapshot {
+        let waiting = match self.wait_start_ns.load(Ordering::Relaxed) {
+            NOT_WAITING => 0,
+            start => nanos(now.saturating_duration_since(self.base)).saturating_sub(start),
+        };
         StatsSnapshot {
             busy_ns: self.busy_ns.load(Ordering::Relaxed),
-            idle_ns: self.idle_ns.load(Ordering::Relaxed),
+            idle_ns: self.idle_ns.load(Ordering::Relaxed) + waiting,
             events: self.events.load(Ordering::Relaxed),
             wakeups: self.wakeups.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
@@ -87,5 +130,18 @@ mod tests {
         assert_eq!(snap.events, 5);
         assert_eq!(snap.wakeups, 1);
         assert_eq!(snap.connections, 2);
+    }
+
+    #[test]
+    fn a_wait_in_progress_counts_as_idle() {
+        let stats = ReactorStats::default();
+        let start = stats.base + Duration::from_secs(1);
+        stats.begin_wait(start);
+        assert_eq!(
+            stats.snapshot_at(start + Duration::from_secs(5)).idle_ns,
+            5_000_000_000
+        );
+        stats.end_wait();
+        assert_eq!(stats.snapshot_at(start + Duration::from_secs(9)).idle_ns, 0);
     }
 }

@@ -71,7 +71,10 @@ impl TargetProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_nvmf-tgt"))
             .args(["run", "-c"])
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("TEST_TARGET_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -199,4 +202,68 @@ pub fn write_file(dir: &Path, name: &str, len: u64) -> PathBuf {
     let file = std::fs::File::create(&path).expect("create backing file");
     file.set_len(len).expect("size backing file");
     path
+}
+
+/// A bare-bones NVMe/TCP host for tests: ICReq, then the admin Connect, nothing else.
+pub mod raw_host {
+    use std::io::{Read as _, Write as _};
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+
+    use nvmf_tgt::nvme::connect::{ConnectCmd, ConnectData};
+    use nvmf_tgt::nvme::opcode::{FABRICS, fctype};
+    use nvmf_tgt::nvme::{Cqe, Sgl, Sqe};
+
+    pub fn icreq(stream: &mut TcpStream) {
+        let mut pdu = vec![0u8; 128];
+        pdu[2] = 128;
+        pdu[4] = 128;
+        stream.write_all(&pdu).expect("send ICReq");
+        let mut resp = [0u8; 128];
+        stream.read_exact(&mut resp).expect("ICResp");
+        assert_eq!(resp[0], 0x01, "ICResp");
+    }
+
+    /// Connects an admin queue and returns the stream and the Connect completion.
+    pub fn connect_admin(
+        addr: SocketAddr,
+        subnqn: &str,
+        hostnqn: &str,
+        kato_ms: u32,
+    ) -> (TcpStream, Cqe) {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        icreq(&mut stream);
+        let mut sqe = Sqe::new(FABRICS, 1);
+        sqe.set_fctype(fctype::CONNECT)
+            .set_sgl(Sgl::in_capsule(1024));
+        ConnectCmd {
+            recfmt: 0,
+            qid: 0,
+            sqsize: 31,
+            cattr: 0,
+            kato: kato_ms,
+        }
+        .emit(&mut sqe);
+        let mut data = vec![0u8; 1024];
+        ConnectData {
+            hostid: [7; 16],
+            cntlid: 0xFFFF,
+            subnqn: subnqn.into(),
+            hostnqn: hostnqn.into(),
+        }
+        .emit(&mut data);
+        let plen = 72 + 1024;
+        let mut pdu = vec![0x04, 0, 72, 72];
+        pdu.extend_from_slice(&u32::try_from(plen).expect("plen").to_le_bytes());
+        pdu.extend_from_slice(sqe.as_bytes());
+        pdu.extend_from_slice(&data);
+        stream.write_all(&pdu).expect("send Connect");
+        let mut resp = [0u8; 24];
+        stream.read_exact(&mut resp).expect("CapsuleResp");
+        assert_eq!(resp[0], 0x05, "CapsuleResp");
+        (stream, Cqe::parse(&resp[8..]).expect("cqe"))
+    }
 }

@@ -1,0 +1,28 @@
+#!/bin/bash
+# Installs what the tests need and runs all of them: format, lints, unit and integration
+# tests against the real binary, and the real Linux NVMe/TCP host in a qemu guest.
+# Run as root on Debian 12 (the harness installs packages and boots a guest).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+stage() { printf '\n=== %s ===\n' "$*"; }
+failed=()
+run() { local name=$1; shift; stage "$name"; if "$@"; then echo "--- $name: ok"; else echo "--- $name: FAILED"; failed+=("$name"); fi; }
+
+stage "install"
+contrib/linux-host/install-deps.sh || failed+=(install)
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+run "cargo fmt" cargo fmt --all -- --check
+run "cargo clippy" cargo clippy --all-targets -- -D warnings
+run "cargo build --release" cargo build --release
+run "cargo test" cargo test
+run "linux host" contrib/linux-host/run-matrix.sh
+
+stage "summary"
+if [ ${#failed[@]} -eq 0 ]; then
+  echo "all stages passed"
+else
+  echo "failed stages: ${failed[*]}"
+  exit 1
+fi
