@@ -10,3 +10,7 @@ pub mod wire;
 pub use connection::TcpConnection;
 pub use context::{AsyncNotifier, IoCx, TcpContext};
 pub use qpair::{Flow, TcpQpair};
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+mod fixture_tests;
