@@ -130,3 +130,52 @@ fn hosts_not_on_the_allow_list_are_refused() {
         "unknown subsystem"
     );
 }
+
+#[test]
+fn connections_spread_over_reactors_and_ipv6_listeners_serve() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    let config = format!(
+        "[target]\ninterrupt_mode = true\ncore_mask = \"0-1\"\ncontrol_socket = \"{}\"\n\n\
+         [transport.tcp]\n\n[[subsystem]]\nnqn = \"{SUBNQN}\"\nallow_any_host = true\n\n\
+         [[subsystem.listener]]\ntransport = \"tcp\"\naddress = \"127.0.0.1\"\nport = {port}\n\n\
+         [[subsystem.listener]]\ntransport = \"tcp\"\naddress = \"::1\"\nport = {port}\n\n\
+         [[subsystem.namespace]]\nnsid = 1\nnull = {{ size = \"1GiB\" }}\n",
+        dir.path().join("ctl.sock").display()
+    );
+    let target = TargetProcess::start_with_config(dir, port, &config);
+    let v6: std::net::SocketAddr = format!("[::1]:{port}").parse().expect("v6 addr");
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        let addr = if i % 2 == 0 { target.addr() } else { v6 };
+        let (stream, cqe) = connect_admin(addr, SUBNQN, HOSTNQN, 60_000);
+        assert!(cqe.status.is_success(), "{cqe:?} via {addr}");
+        streams.push(stream);
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let status = nvmf_tgt::control::call(
+        &target.control_socket(),
+        "nvmf_tgt_status",
+        serde_json::Value::Null,
+    )
+    .expect("status");
+    let per_reactor: Vec<u64> = status["reactors"]
+        .as_array()
+        .expect("reactors")
+        .iter()
+        .map(|r| r["connections"].as_u64().expect("connections"))
+        .collect();
+    assert_eq!(
+        per_reactor,
+        vec![2, 2],
+        "least-loaded placement over two reactors"
+    );
+    let reactors = nvmf_tgt::control::call(
+        &target.control_socket(),
+        "framework_get_reactors",
+        serde_json::Value::Null,
+    )
+    .expect("framework_get_reactors");
+    assert_eq!(reactors["reactors"].as_array().map(Vec::len), Some(2));
+    assert_eq!(reactors["reactors"][1]["lcore"].as_u64(), Some(1));
+}
