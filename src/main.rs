@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
+use nvmf_tgt::config::{self, Environment, LoadError, Purpose};
+
+const DEFAULT_CONFIG: &str = "/etc/nvmf/target.toml";
 
 #[derive(Parser)]
 #[command(
@@ -20,12 +23,26 @@ struct Cli {
 enum Command {
     /// Serve what the declaration says until SIGTERM or SIGINT.
     Run {
-        #[arg(short, long, default_value = "/etc/nvmf/target.toml")]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Validate a declaration and report every problem with its location.
+    ///
+    /// Exit status: 0 valid, 1 invalid, 2 the file cannot be read.
+    Check {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Print the JSON Schema of the declaration (schema/target.schema.json).
+    Schema,
     /// Ask a running target for its state.
     Status {
-        #[arg(short, long, default_value = "/etc/nvmf/target.toml")]
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         /// The control socket (default: the one the config names).
         #[arg(long)]
@@ -33,6 +50,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -44,21 +67,21 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Run { config } => {
-            let loaded = match nvmf_tgt::config::load(&config) {
-                Ok(loaded) => loaded,
+        Command::Run { config } => run(&config),
+        Command::Check {
+            config,
+            format,
+            strict,
+        } => check(&config, format, strict),
+        Command::Schema => {
+            match serde_json::to_string_pretty(&config::json_schema()) {
+                Ok(text) => println!("{text}"),
                 Err(err) => {
-                    eprintln!("{}: {err:#}", config.display());
+                    eprintln!("nvmf-tgt: {err}");
                     return ExitCode::from(1);
                 }
-            };
-            match nvmf_tgt::target::serve(&loaded, &config) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("nvmf-tgt: {err:#}");
-                    ExitCode::from(1)
-                }
             }
+            ExitCode::SUCCESS
         }
         Command::Status {
             config,
@@ -66,9 +89,63 @@ fn main() -> ExitCode {
             json,
         } => {
             let socket = socket.unwrap_or_else(|| {
-                nvmf_tgt::target::control_socket_of(nvmf_tgt::config::load(&config).ok().as_ref())
+                nvmf_tgt::target::control_socket_of(config::read_unchecked(&config).as_ref())
             });
             nvmf_tgt::target::print_status(&socket, json)
         }
+    }
+}
+
+fn run(path: &std::path::Path) -> ExitCode {
+    let checked = match config::load(path) {
+        Ok(checked) => checked,
+        Err(LoadError::Source(err)) => {
+            eprintln!("nvmf-tgt: {err}");
+            return ExitCode::from(2);
+        }
+        Err(LoadError::Invalid(report)) => {
+            eprint!("{}", report.render());
+            return ExitCode::from(1);
+        }
+    };
+    if !checked.report.diagnostics.is_empty() {
+        eprint!("{}", checked.report.render());
+    }
+    match nvmf_tgt::target::serve(&checked.config, path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("nvmf-tgt: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn check(path: &std::path::Path, format: Format, strict: bool) -> ExitCode {
+    let env = Environment::this_machine();
+    let mut report = match config::check_file(path, Purpose::Check, &env) {
+        Ok((_, report)) => report,
+        Err(err) => {
+            match format {
+                Format::Human => eprintln!("nvmf-tgt: {err}"),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({"file": path.display().to_string(), "valid": false,
+                        "readable": false, "error": err.to_string()})
+                ),
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if strict {
+        report.make_strict();
+    }
+    match format {
+        Format::Human => print!("{}", report.render()),
+        Format::Json => println!("{}", report.to_json()),
+    }
+    if report.is_valid() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }

@@ -1,280 +1,192 @@
-//! The declaration: the typed model of `target.toml`.
+//! The declaration: `target.toml` read, parsed with spans, validated against the JSON Schema
+//! and the semantic rules, with every problem reported at once as `file:line:col`.
 //!
-//! Interim: parsing and the model only. Full diagnostics, schema and semantic rules come with
-//! the `check` work.
+//! `check`, `run` and (later) reload go through [`check_text`], so they accept and refuse the
+//! same files.
 
-use std::path::{Path, PathBuf};
+mod diagnostic;
+mod environment;
+mod model;
+mod nqn;
+mod rules;
+mod schema;
+mod source;
+mod units;
 
-use serde::Deserialize;
+use std::path::Path;
 
-pub const DEFAULT_CONTROL_SOCKET: &str = "/var/tmp/nvmf-tgt.sock";
+use serde::Deserialize as _;
+use toml::de::DeTable;
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    #[serde(default)]
-    pub target: TargetSection,
-    #[serde(default)]
-    pub transport: Transports,
-    #[serde(default)]
-    pub host: Vec<HostEntry>,
-    #[serde(default)]
-    pub subsystem: Vec<Subsystem>,
+pub use diagnostic::{Diagnostic, Report, Severity, Summary};
+pub use environment::{Environment, FileProbe};
+pub use model::*;
+pub use nqn::validate as validate_nqn;
+pub use rules::Purpose;
+pub use schema::json_schema;
+pub use source::{MAX_FILE_BYTES, SourceError};
+pub use units::{CoreMask, Eui64, Nguid, Size, Uuid, parse_size};
+
+/// A declaration that passed every check, with the report (which may hold warnings).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub config: Config,
+    pub report: Report,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TargetSection {
-    pub name: Option<String>,
-    pub interrupt_mode: bool,
-    pub core_mask: CoreMask,
-    pub control_socket: PathBuf,
-    pub busy_poll_us: u32,
-}
-
-impl Default for TargetSection {
-    fn default() -> Self {
-        Self {
-            name: None,
-            interrupt_mode: false,
-            core_mask: CoreMask(vec![0]),
-            control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
-            busy_poll_us: 50,
+/// Reads and checks a file. `Err` only when the file cannot be read at all; a file that is
+/// read but invalid gives a report without a config.
+pub fn check_file(
+    path: &Path,
+    purpose: Purpose,
+    env: &Environment,
+) -> Result<(Option<Config>, Report), SourceError> {
+    let file = path.display().to_string();
+    match source::read(path) {
+        Ok(text) => Ok(check_text(&file, text, purpose, env)),
+        Err(SourceError::NotText(message, at, text)) => {
+            let report = Report {
+                file,
+                text,
+                diagnostics: vec![Diagnostic::error("", message).with_span(at..at)],
+                summary: None,
+            };
+            Ok((None, report))
         }
+        Err(err) => Err(err),
     }
 }
 
-/// CPUs for reactors, from "0x3" or "0-1,4".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CoreMask(Vec<usize>);
-
-impl CoreMask {
-    pub fn cores(&self) -> Vec<usize> {
-        self.0.clone()
+/// Checks a declaration's text: parse, schema, semantic rules.
+pub fn check_text(
+    file: &str,
+    text: String,
+    purpose: Purpose,
+    env: &Environment,
+) -> (Option<Config>, Report) {
+    let (config, diagnostics) = diagnose(&text, purpose, env);
+    let summary = config.as_ref().map(summarize);
+    let mut report = Report {
+        file: file.to_string(),
+        text,
+        diagnostics,
+        summary,
+    };
+    if !report.is_valid() {
+        report.summary = None;
+        return (None, report);
     }
+    (config, report)
+}
 
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let text = text.trim();
-        let mut cores = Vec::new();
-        if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-            let mask = u128::from_str_radix(hex, 16).map_err(|e| format!("bad hex mask: {e}"))?;
-            cores.extend((0..128).filter(|bit| mask & (1u128 << bit) != 0));
-        } else {
-            for part in text.split(',') {
-                let (a, b) = part.split_once('-').unwrap_or((part, part));
-                let a: usize = a.trim().parse().map_err(|_| format!("bad CPU {a:?}"))?;
-                let b: usize = b.trim().parse().map_err(|_| format!("bad CPU {b:?}"))?;
-                if a > b {
-                    return Err(format!("bad CPU range {part:?}"));
+/// Loads a declaration to serve it: checked for `run`, any warnings left in the report.
+pub fn load(path: &Path) -> Result<Checked, LoadError> {
+    let env = Environment::this_machine();
+    let (config, report) = check_file(path, Purpose::Run, &env)?;
+    match config {
+        Some(config) => Ok(Checked { config, report }),
+        None => Err(LoadError::Invalid(Box::new(report))),
+    }
+}
+
+/// Parses a declaration without the rules, for commands that only need a setting from it
+/// (`status` finding the control socket).
+pub fn read_unchecked(path: &Path) -> Option<Config> {
+    let text = source::read(path).ok()?;
+    toml::from_str(&text).ok()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("{}", .0.render().trim_end())]
+    Invalid(Box<Report>),
+}
+
+fn diagnose(text: &str, purpose: Purpose, env: &Environment) -> (Option<Config>, Vec<Diagnostic>) {
+    let (root, parse_errors) = DeTable::parse_recoverable(text);
+    if !parse_errors.is_empty() {
+        let found = parse_errors
+            .iter()
+            .map(|e| {
+                let d = Diagnostic::error("", format!("TOML syntax: {}", e.message().trim_end()));
+                match e.span() {
+                    Some(span) => d.with_span(span),
+                    None => d,
                 }
-                cores.extend(a..=b);
+            })
+            .collect();
+        return (None, found);
+    }
+    let (mut json, index) = source::to_json(&root);
+    let schema_found = schema::validate(&json);
+    if !schema_found.is_empty() {
+        // Report the schema's findings and, so that one run shows every problem, apply the
+        // rules to what is left once the offending keys are taken out (they take defaults).
+        let mut found = schema_found;
+        let pruned: Vec<String> = found.iter().map(|d| d.pointer.clone()).collect();
+        if pruned.iter().all(|p| remove_pointer(&mut json, p)) {
+            if let Ok(config) = serde_json::from_value::<Config>(json) {
+                let rest = rules::check(&config, env, purpose);
+                found.extend(rest.into_iter().filter(|d| {
+                    !pruned
+                        .iter()
+                        .any(|p| d.pointer == *p || d.pointer.starts_with(&format!("{p}/")))
+                }));
             }
         }
-        cores.sort_unstable();
-        cores.dedup();
-        if cores.is_empty() {
-            return Err("core mask selects no CPU".into());
+        found.iter_mut().for_each(|d| d.resolve(&index));
+        return (None, found);
+    }
+    let config = match Config::deserialize(toml::de::Deserializer::from(root)) {
+        Ok(config) => config,
+        Err(err) => {
+            // The schema accepts what the types do; what remains is values out of a type's
+            // range (a size of a billion TiB) that only deserializing finds.
+            let d = Diagnostic::error("", err.message().trim_end().to_string());
+            let d = match err.span() {
+                Some(span) => d.with_span(span),
+                None => d,
+            };
+            return (None, vec![d]);
         }
-        Ok(Self(cores))
-    }
-}
-
-impl<'de> Deserialize<'de> for CoreMask {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Transports {
-    pub tcp: Option<TcpTransport>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TcpTransport {
-    pub max_queue_depth: u32,
-    pub max_io_qpairs_per_ctrlr: u32,
-    pub in_capsule_data_size: u32,
-    pub max_io_size: u32,
-    pub io_unit_size: u32,
-    pub max_aq_depth: u32,
-    pub c2h_success: bool,
-}
-
-impl Default for TcpTransport {
-    fn default() -> Self {
-        Self {
-            max_queue_depth: 128,
-            max_io_qpairs_per_ctrlr: 127,
-            in_capsule_data_size: 4096,
-            max_io_size: 131_072,
-            io_unit_size: 131_072,
-            max_aq_depth: 128,
-            c2h_success: true,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HostEntry {
-    pub name: String,
-    pub nqn: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Subsystem {
-    pub nqn: String,
-    #[serde(default = "default_serial")]
-    pub serial: String,
-    #[serde(default = "default_model")]
-    pub model: String,
-    #[serde(default)]
-    pub allow_any_host: bool,
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    #[serde(default = "default_max_namespaces")]
-    pub max_namespaces: u32,
-    #[serde(default)]
-    pub listener: Vec<Listener>,
-    #[serde(default)]
-    pub namespace: Vec<Namespace>,
-}
-
-fn default_serial() -> String {
-    "NVMFTGT00000001".into()
-}
-
-fn default_model() -> String {
-    "nvmf-tgt".into()
-}
-
-fn default_max_namespaces() -> u32 {
-    32
-}
-
-impl Subsystem {
-    /// Host NQNs allowed, with `[[host]]` names resolved.
-    pub fn host_nqns(&self, config: &Config) -> Vec<String> {
-        self.hosts
-            .iter()
-            .map(|h| {
-                config
-                    .host
-                    .iter()
-                    .find(|e| &e.name == h)
-                    .map_or_else(|| h.clone(), |e| e.nqn.clone())
-            })
-            .collect()
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TransportKind {
-    Tcp,
-    Rdma,
-    Vfiouser,
-    Fc,
-}
-
-impl core::fmt::Display for TransportKind {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            Self::Tcp => "tcp",
-            Self::Rdma => "rdma",
-            Self::Vfiouser => "vfiouser",
-            Self::Fc => "fc",
-        })
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Listener {
-    pub transport: TransportKind,
-    pub address: Option<String>,
-    pub port: Option<u16>,
-    pub path: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Namespace {
-    pub nsid: u32,
-    #[serde(flatten)]
-    pub backend: Backend,
-    #[serde(default)]
-    pub read_only: bool,
-    #[serde(default = "default_block_size")]
-    pub block_size: u32,
-    #[serde(default)]
-    pub uuid: Option<[u8; 16]>,
-    #[serde(default)]
-    pub nguid: Option<[u8; 16]>,
-    #[serde(default)]
-    pub eui64: Option<[u8; 8]>,
-}
-
-fn default_block_size() -> u32 {
-    512
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    Ram {
-        #[serde(deserialize_with = "size")]
-        size: u64,
-    },
-    Null {
-        #[serde(deserialize_with = "size")]
-        size: u64,
-    },
-    File {
-        path: PathBuf,
-        #[serde(default)]
-        direct: bool,
-    },
-}
-
-fn size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bytes(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Bytes(n) => Ok(n),
-        Raw::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
-    }
-}
-
-/// "1GiB", "512MiB", "4k", "4096".
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad size {text:?}"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        _ => return Err(format!("unknown size unit in {text:?}")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {text:?} is too large"))
+    let mut found = rules::check(&config, env, purpose);
+    found.iter_mut().for_each(|d| d.resolve(&index));
+    (Some(config), found)
 }
 
-/// Reads and parses a declaration.
-pub fn load(path: &Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(toml::from_str(&text)?)
+/// Removes the key `pointer` names from its table; false when it names no table key (an
+/// array element, or the root), so the caller knows the rest cannot be trusted.
+fn remove_pointer(json: &mut serde_json::Value, pointer: &str) -> bool {
+    let Some((parent, key)) = pointer.rsplit_once('/') else {
+        return false;
+    };
+    let key = key.replace("~1", "/").replace("~0", "~");
+    match json.pointer_mut(parent) {
+        Some(serde_json::Value::Object(map)) => {
+            map.remove(&key);
+            true
+        }
+        // Already removed with its parent.
+        None => true,
+        Some(_) => false,
+    }
 }
+
+fn summarize(config: &Config) -> Summary {
+    Summary {
+        subsystems: config.subsystem.len(),
+        namespaces: config.subsystem.iter().map(|s| s.namespace.len()).sum(),
+        listeners: config.subsystem.iter().map(|s| s.listener.len()).sum(),
+        mode: if config.target.interrupt_mode {
+            "interrupt"
+        } else {
+            "poll"
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

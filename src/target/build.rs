@@ -22,9 +22,9 @@ pub struct Built {
 }
 
 pub fn build(config: &Config) -> anyhow::Result<Built> {
-    let Some(tcp) = &config.transport.tcp else {
-        bail!("no [transport.tcp] declared: this build serves NVMe/TCP only");
-    };
+    // Without [transport.tcp] nothing listens yet; discovery and the control socket still
+    // serve, and a reload may add listeners.
+    let tcp = config.transport.tcp.clone().unwrap_or_default();
     let limits = TransportLimits {
         max_queue_depth: tcp.max_queue_depth,
         max_aq_depth: tcp.max_aq_depth,
@@ -58,9 +58,9 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
                 backend,
                 block_size: ns.block_size,
                 read_only: ns.read_only,
-                uuid: ns.uuid,
-                nguid: ns.nguid,
-                eui64: ns.eui64,
+                uuid: ns.uuid.map(|id| id.0),
+                nguid: ns.nguid.map(|id| id.0),
+                eui64: ns.eui64.map(|id| id.0),
             });
         }
         specs.push(SubsystemSpec {
@@ -96,7 +96,7 @@ fn tcp_listener_addr(listener: &config::Listener) -> anyhow::Result<(SocketAddr,
     let ip: IpAddr = address
         .parse()
         .with_context(|| format!("listener address {address:?} is not an IP address"))?;
-    let port = listener.port.unwrap_or(4420);
+    let port = listener.port_or_default();
     let adrfam = if ip.is_ipv4() {
         AddressFamily::Ipv4
     } else {
@@ -115,11 +115,13 @@ fn tcp_listener_addr(listener: &config::Listener) -> anyhow::Result<(SocketAddr,
 
 fn open_backend(ns: &config::Namespace) -> anyhow::Result<Arc<dyn Backend>> {
     use crate::backend::{file::FileBackend, null::NullBackend, ram::RamBackend};
-    Ok(match &ns.backend {
-        config::Backend::Ram { size } => Arc::new(RamBackend::new(*size)),
-        config::Backend::Null { size } => Arc::new(NullBackend::new(*size)),
-        config::Backend::File { path, direct } => {
-            Arc::new(FileBackend::open(path, *direct, ns.read_only)?)
+    use crate::config::BackendRef;
+    Ok(match ns.backend() {
+        Some(BackendRef::Ram(size)) => Arc::new(RamBackend::new(size.bytes())),
+        Some(BackendRef::Null(size)) => Arc::new(NullBackend::new(size.bytes())),
+        Some(BackendRef::File { path, direct }) => {
+            Arc::new(FileBackend::open(path, direct, ns.read_only)?)
         }
+        None => bail!("namespace {} must declare exactly one backend", ns.nsid),
     })
 }

@@ -29,7 +29,12 @@ impl Target {
     /// Builds everything the declaration asks for and starts serving.
     pub fn start(config: &Config, config_path: &Path) -> anyhow::Result<Self> {
         let built = build::build(config).context("cannot build the target")?;
-        let cores = config.target.core_mask.cores();
+        let cores = config
+            .target
+            .core_mask
+            .cores()
+            .map_err(|why| anyhow::anyhow!("core_mask: {why}"))?
+            .to_vec();
         let interrupt_mode = config.target.interrupt_mode;
         let busy_poll = Duration::from_micros(u64::from(config.target.busy_poll_us));
         let mut prepared = Vec::new();

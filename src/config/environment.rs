@@ -1,0 +1,78 @@
+//! What the rules need to know about the machine: its CPUs and the namespace files. Kept
+//! behind one struct so the rules stay pure and tests can describe any machine.
+
+use std::path::Path;
+
+/// What opening a namespace's backing file would find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileProbe {
+    /// A regular file or block device that can be opened as needed; its length in bytes.
+    Usable { len: u64 },
+    Missing,
+    /// Exists but cannot be opened (permissions, ...).
+    Unusable(String),
+    /// A directory, socket, character device...
+    WrongKind(&'static str),
+}
+
+pub struct Environment {
+    /// Online CPUs; `None` skips the check.
+    pub online_cpus: Option<Vec<usize>>,
+    /// Probes a path; the flag says whether it must be writable.
+    pub probe_file: Box<dyn Fn(&Path, bool) -> FileProbe + Send + Sync>,
+}
+
+impl Environment {
+    /// The machine this process runs on.
+    pub fn this_machine() -> Self {
+        Self {
+            online_cpus: Some(crate::sys::online_cpus()),
+            probe_file: Box::new(probe),
+        }
+    }
+
+    /// A machine with `cpus` and no files at all: for tests of the rules.
+    pub fn fixed(cpus: Vec<usize>) -> Self {
+        Self {
+            online_cpus: Some(cpus),
+            probe_file: Box::new(|_, _| FileProbe::Missing),
+        }
+    }
+}
+
+fn probe(path: &Path, writable: bool) -> FileProbe {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return FileProbe::Missing,
+        Err(err) => return FileProbe::Unusable(err.to_string()),
+    };
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        return FileProbe::WrongKind("a directory");
+    }
+    if !(kind.is_file() || kind.is_block_device()) {
+        return FileProbe::WrongKind(if kind.is_char_device() {
+            "a character device"
+        } else {
+            "not a regular file"
+        });
+    }
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path);
+    match opened {
+        Err(err) => FileProbe::Unusable(err.to_string()),
+        Ok(file) => {
+            let len = if kind.is_block_device() {
+                use std::io::Seek;
+                let mut file = file;
+                file.seek(std::io::SeekFrom::End(0)).unwrap_or(0)
+            } else {
+                meta.len()
+            };
+            FileProbe::Usable { len }
+        }
+    }
+}
