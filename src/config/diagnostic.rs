@@ -231,13 +231,10 @@ impl Report {
             .sorted()
             .into_iter()
             .map(|d| {
-                let (line, column) = d
-                    .span
-                    .as_ref()
-                    .map_or((None, None), |s| {
-                        let (l, c) = line_col(&self.text, s.start);
-                        (Some(l), Some(c))
-                    });
+                let (line, column) = d.span.as_ref().map_or((None, None), |s| {
+                    let (l, c) = line_col(&self.text, s.start);
+                    (Some(l), Some(c))
+                });
                 serde_json::json!({
                     "severity": d.severity,
                     "message": d.message,

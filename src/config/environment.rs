@@ -7,7 +7,9 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileProbe {
     /// A regular file or block device that can be opened as needed; its length in bytes.
-    Usable { len: u64 },
+    Usable {
+        len: u64,
+    },
     Missing,
     /// Exists but cannot be opened (permissions, ...).
     Unusable(String),
@@ -15,11 +17,13 @@ pub enum FileProbe {
     WrongKind(&'static str),
 }
 
+/// Probes a path; the flag says whether it must be writable.
+pub type FileProber = Box<dyn Fn(&Path, bool) -> FileProbe + Send + Sync>;
+
 pub struct Environment {
     /// Online CPUs; `None` skips the check.
     pub online_cpus: Option<Vec<usize>>,
-    /// Probes a path; the flag says whether it must be writable.
-    pub probe_file: Box<dyn Fn(&Path, bool) -> FileProbe + Send + Sync>,
+    pub probe_file: FileProber,
 }
 
 impl Environment {

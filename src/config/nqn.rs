@@ -9,10 +9,15 @@ const UUID_PREFIX: &str = "nqn.2014-08.org.nvmexpress:uuid:";
 /// Checks an NQN's form: `nqn.yyyy-mm.reverse.domain:name` or the UUID form.
 pub fn validate(nqn: &str) -> Result<(), String> {
     if nqn.len() > MAX_NQN_LEN {
-        return Err(format!("is {} bytes; an NQN is at most {MAX_NQN_LEN}", nqn.len()));
+        return Err(format!(
+            "is {} bytes; an NQN is at most {MAX_NQN_LEN}",
+            nqn.len()
+        ));
     }
     if let Some(c) = nqn.chars().find(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("contains {c:?}; an NQN has no spaces or control characters"));
+        return Err(format!(
+            "contains {c:?}; an NQN has no spaces or control characters"
+        ));
     }
     if nqn == DISCOVERY_NQN {
         return Ok(());
@@ -31,14 +36,18 @@ pub fn validate(nqn: &str) -> Result<(), String> {
         && rest.as_bytes()[..4].iter().all(u8::is_ascii_digit)
         && rest.as_bytes()[4] == b'-'
         && rest.as_bytes()[5..7].iter().all(u8::is_ascii_digit)
-        && matches!(&rest[5..7], "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12")
+        && matches!(
+            &rest[5..7],
+            "01" | "02" | "03" | "04" | "05" | "06" | "07" | "08" | "09" | "10" | "11" | "12"
+        )
         && rest.as_bytes()[7] == b'.';
     if !date_ok {
         return Err("must continue with a date and a dot, as in \"nqn.2014-08.\"".into());
     }
     let Some((domain, name)) = rest[8..].split_once(':') else {
         return Err(
-            "needs a colon after the reverse domain, as in \"nqn.2014-08.com.example:disk1\"".into(),
+            "needs a colon after the reverse domain, as in \"nqn.2014-08.com.example:disk1\""
+                .into(),
         );
     };
     for label in domain.split('.') {
@@ -47,7 +56,9 @@ pub fn validate(nqn: &str) -> Result<(), String> {
             && bytes.len() <= 63
             && bytes[0].is_ascii_alphabetic()
             && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-            && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
         if !ok {
             return Err(format!(
                 "has {label:?} in its reverse domain; labels start with a letter and hold letters, digits and '-'"

@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::diagnostic::{Diagnostic, suggest};
 use super::environment::{Environment, FileProbe};
-use super::model::{
-    BackendRef, Config, Listener, Namespace, SockImpl, Subsystem, TransportKind,
-};
+use super::model::{BackendRef, Config, Listener, Namespace, SockImpl, Subsystem, TransportKind};
 use super::nqn;
 use crate::nvme::DISCOVERY_NQN;
 
@@ -77,7 +75,10 @@ impl Rules<'_> {
         let mask = &self.config.target.core_mask;
         match mask.cores() {
             Err(why) => {
-                self.error(ptr!("target", "core_mask"), format!("`core_mask` {:?}: {why}", mask.text()));
+                self.error(
+                    ptr!("target", "core_mask"),
+                    format!("`core_mask` {:?}: {why}", mask.text()),
+                );
             }
             Ok(cores) => {
                 if let Some(online) = &self.env.online_cpus {
@@ -121,7 +122,8 @@ impl Rules<'_> {
                     self.error(
                         ptr!("transport", "tcp", "sock_impl"),
                         "io_uring sockets (sock_impl = \"uring\") have no interrupt mode",
-                    ).help("use sock_impl = \"posix\", or set interrupt_mode = false");
+                    )
+                    .help("use sock_impl = \"posix\", or set interrupt_mode = false");
                 } else {
                     self.warning(
                         ptr!("transport", "tcp", "sock_impl"),
@@ -130,27 +132,35 @@ impl Rules<'_> {
                 }
             }
             let base = ptr!("transport", "tcp");
-            self.limits(&base, "tcp", Limits {
-                queue_depth: tcp.max_queue_depth,
-                queue_depth_max: 65_535,
-                aq_depth: tcp.max_aq_depth,
-                io_qpairs: tcp.max_io_qpairs_per_ctrlr,
-                in_capsule: Some(tcp.in_capsule_data_size),
-                max_io_size: tcp.max_io_size,
-                io_unit_size: tcp.io_unit_size,
-            });
+            self.limits(
+                &base,
+                "tcp",
+                Limits {
+                    queue_depth: tcp.max_queue_depth,
+                    queue_depth_max: 65_535,
+                    aq_depth: tcp.max_aq_depth,
+                    io_qpairs: tcp.max_io_qpairs_per_ctrlr,
+                    in_capsule: Some(tcp.in_capsule_data_size),
+                    max_io_size: tcp.max_io_size,
+                    io_unit_size: tcp.io_unit_size,
+                },
+            );
         }
         if let Some(rdma) = &transports.rdma {
             let base = ptr!("transport", "rdma");
-            self.limits(&base, "rdma", Limits {
-                queue_depth: rdma.max_queue_depth,
-                queue_depth_max: 4096,
-                aq_depth: rdma.max_aq_depth,
-                io_qpairs: rdma.max_io_qpairs_per_ctrlr,
-                in_capsule: Some(rdma.in_capsule_data_size),
-                max_io_size: rdma.max_io_size,
-                io_unit_size: rdma.io_unit_size,
-            });
+            self.limits(
+                &base,
+                "rdma",
+                Limits {
+                    queue_depth: rdma.max_queue_depth,
+                    queue_depth_max: 4096,
+                    aq_depth: rdma.max_aq_depth,
+                    io_qpairs: rdma.max_io_qpairs_per_ctrlr,
+                    in_capsule: Some(rdma.in_capsule_data_size),
+                    max_io_size: rdma.max_io_size,
+                    io_unit_size: rdma.io_unit_size,
+                },
+            );
         }
         if let Some(vfio) = &transports.vfiouser {
             if interrupt && !vfio.disable_mappable_bar0 {
@@ -160,15 +170,19 @@ impl Rules<'_> {
                 ).key().help("add disable_mappable_bar0 = true to [transport.vfiouser]");
             }
             let base = ptr!("transport", "vfiouser");
-            self.limits(&base, "vfiouser", Limits {
-                queue_depth: vfio.max_queue_depth,
-                queue_depth_max: 65_535,
-                aq_depth: vfio.max_aq_depth,
-                io_qpairs: vfio.max_io_qpairs_per_ctrlr,
-                in_capsule: None,
-                max_io_size: vfio.max_io_size,
-                io_unit_size: vfio.io_unit_size,
-            });
+            self.limits(
+                &base,
+                "vfiouser",
+                Limits {
+                    queue_depth: vfio.max_queue_depth,
+                    queue_depth_max: 65_535,
+                    aq_depth: vfio.max_aq_depth,
+                    io_qpairs: vfio.max_io_qpairs_per_ctrlr,
+                    in_capsule: None,
+                    max_io_size: vfio.max_io_size,
+                    io_unit_size: vfio.io_unit_size,
+                },
+            );
         }
     }
 
@@ -176,7 +190,10 @@ impl Rules<'_> {
         if !(2..=l.queue_depth_max).contains(&l.queue_depth) {
             self.error(
                 format!("{base}/max_queue_depth"),
-                format!("{name} `max_queue_depth` must be 2..={}, not {}", l.queue_depth_max, l.queue_depth),
+                format!(
+                    "{name} `max_queue_depth` must be 2..={}, not {}",
+                    l.queue_depth_max, l.queue_depth
+                ),
             );
         }
         if !(32..=4096).contains(&l.aq_depth) {
@@ -188,7 +205,10 @@ impl Rules<'_> {
         if !(1..=65_534).contains(&l.io_qpairs) {
             self.error(
                 format!("{base}/max_io_qpairs_per_ctrlr"),
-                format!("{name} `max_io_qpairs_per_ctrlr` must be 1..=65534, not {}", l.io_qpairs),
+                format!(
+                    "{name} `max_io_qpairs_per_ctrlr` must be 1..=65534, not {}",
+                    l.io_qpairs
+                ),
             );
         }
         let io_ok = l.max_io_size >= 4096 && l.max_io_size % 4096 == 0 && l.max_io_size <= 8 << 20;
@@ -229,7 +249,10 @@ impl Rules<'_> {
         if l.io_unit_size < 512 || l.io_unit_size % 512 != 0 {
             self.error(
                 format!("{base}/io_unit_size"),
-                format!("{name} `io_unit_size` must be a multiple of 512, not {}", l.io_unit_size),
+                format!(
+                    "{name} `io_unit_size` must be a multiple of 512, not {}",
+                    l.io_unit_size
+                ),
             );
         } else if io_ok && l.max_io_size.div_ceil(l.io_unit_size) > 16 {
             self.error(
@@ -255,7 +278,10 @@ impl Rules<'_> {
                 );
             }
             if let Err(why) = nqn::validate(&host.nqn) {
-                self.error(ptr!("host", i, "nqn"), format!("host NQN {:?} {why}", host.nqn));
+                self.error(
+                    ptr!("host", i, "nqn"),
+                    format!("host NQN {:?} {why}", host.nqn),
+                );
             } else if let Some(first) = nqns.insert(&host.nqn, i) {
                 self.warning(
                     ptr!("host", i, "nqn"),
@@ -271,13 +297,19 @@ impl Rules<'_> {
         for (i, sub) in self.config.subsystem.iter().enumerate() {
             let at = |key: &str| ptr!("subsystem", i, key);
             if sub.nqn == DISCOVERY_NQN {
-                self.error(at("nqn"), "the discovery NQN is served by the target itself and cannot name a subsystem");
+                self.error(
+                    at("nqn"),
+                    "the discovery NQN is served by the target itself and cannot name a subsystem",
+                );
             } else if let Err(why) = nqn::validate(&sub.nqn) {
                 self.error(at("nqn"), format!("subsystem NQN {:?} {why}", sub.nqn));
             } else if let Some(first) = seen.insert(&sub.nqn, i) {
                 self.error(
                     at("nqn"),
-                    format!("subsystem NQN {:?} is already declared by subsystem[{first}]", sub.nqn),
+                    format!(
+                        "subsystem NQN {:?} is already declared by subsystem[{first}]",
+                        sub.nqn
+                    ),
                 );
             }
             self.identify_text(&at("serial"), "serial", &sub.serial, 20);
@@ -286,17 +318,22 @@ impl Rules<'_> {
                 self.warning(
                     at("hosts"),
                     "`hosts` has no effect while `allow_any_host = true`: every host may connect",
-                ).key();
+                )
+                .key();
             } else if !sub.allow_any_host && sub.hosts.is_empty() {
                 self.warning(
                     at("nqn"),
                     "no host may connect: `hosts` is empty and `allow_any_host` is false",
-                ).help("list hosts in `hosts`, or set allow_any_host = true");
+                )
+                .help("list hosts in `hosts`, or set allow_any_host = true");
             }
             let mut listed = HashSet::new();
             for (j, host) in sub.hosts.iter().enumerate() {
                 if !listed.insert(host.as_str()) {
-                    self.warning(ptr!("subsystem", i, "hosts", j), format!("host `{host}` is listed twice"));
+                    self.warning(
+                        ptr!("subsystem", i, "hosts", j),
+                        format!("host `{host}` is listed twice"),
+                    );
                     continue;
                 }
                 if host_names.contains(&host.as_str()) {
@@ -306,7 +343,9 @@ impl Rules<'_> {
                     let help = suggest(host, host_names.iter().copied());
                     let d = self.error(
                         ptr!("subsystem", i, "hosts", j),
-                        format!("`{host}` is neither a [[host]] name nor a valid host NQN: it {why}"),
+                        format!(
+                            "`{host}` is neither a [[host]] name nor a valid host NQN: it {why}"
+                        ),
                     );
                     if let Some(help) = help {
                         d.help(help);
@@ -314,7 +353,14 @@ impl Rules<'_> {
                 }
             }
             if sub.listener.is_empty() {
-                self.warning(at("nqn"), format!("subsystem {:?} has no listener: no host can reach it", sub.nqn)).help("add a [[subsystem.listener]]");
+                self.warning(
+                    at("nqn"),
+                    format!(
+                        "subsystem {:?} has no listener: no host can reach it",
+                        sub.nqn
+                    ),
+                )
+                .help("add a [[subsystem.listener]]");
             }
             self.namespaces(i, sub);
         }
@@ -331,7 +377,10 @@ impl Rules<'_> {
         } else if text.len() > max {
             self.error(
                 pointer.to_string(),
-                format!("`{what}` is {} characters; Identify holds at most {max}", text.len()),
+                format!(
+                    "`{what}` is {} characters; Identify holds at most {max}",
+                    text.len()
+                ),
             );
         }
     }
@@ -346,7 +395,8 @@ impl Rules<'_> {
                     sub.namespace.len(),
                     sub.max_namespaces
                 ),
-            ).key();
+            )
+            .key();
         }
         let mut nsids: HashMap<u32, usize> = HashMap::new();
         for (j, ns) in sub.namespace.iter().enumerate() {
@@ -354,13 +404,19 @@ impl Rules<'_> {
             if let Some(first) = nsids.insert(ns.nsid, j) {
                 self.error(
                     at("nsid"),
-                    format!("nsid {} is already used by namespace[{first}] of this subsystem", ns.nsid),
+                    format!(
+                        "nsid {} is already used by namespace[{first}] of this subsystem",
+                        ns.nsid
+                    ),
                 );
             }
             if ns.nsid > sub.max_namespaces {
                 self.error(
                     at("nsid"),
-                    format!("nsid {} is above this subsystem's `max_namespaces` ({})", ns.nsid, sub.max_namespaces),
+                    format!(
+                        "nsid {} is above this subsystem's `max_namespaces` ({})",
+                        ns.nsid, sub.max_namespaces
+                    ),
                 );
             }
             self.backend(i, j, ns);
@@ -379,25 +435,40 @@ impl Rules<'_> {
             }
             [_] => {}
             [..] => {
-                let key = if ns.null.is_some() && ns.ram.is_some() { "null" } else { "file" };
+                let key = if ns.null.is_some() && ns.ram.is_some() {
+                    "null"
+                } else {
+                    "file"
+                };
                 self.error(
                     at(key),
-                    format!("namespace {} declares more than one backend; keep one of ram, null, file", ns.nsid),
-                ).key();
+                    format!(
+                        "namespace {} declares more than one backend; keep one of ram, null, file",
+                        ns.nsid
+                    ),
+                )
+                .key();
             }
         }
         let block = u64::from(ns.block_size);
         for backend in backends {
             match backend {
                 BackendRef::Ram(size) | BackendRef::Null(size) => {
-                    let key = if matches!(backend, BackendRef::Ram(_)) { "ram" } else { "null" };
+                    let key = if matches!(backend, BackendRef::Ram(_)) {
+                        "ram"
+                    } else {
+                        "null"
+                    };
                     let pointer = ptr!("subsystem", i, "namespace", j, key, "size");
                     if size.bytes() == 0 {
                         self.error(pointer, "a namespace `size` must be larger than zero");
                     } else if size.bytes() % block != 0 {
                         self.error(
                             pointer,
-                            format!("`size` {} is not a multiple of the block size {block}", size.bytes()),
+                            format!(
+                                "`size` {} is not a multiple of the block size {block}",
+                                size.bytes()
+                            ),
                         );
                     }
                 }
@@ -411,7 +482,10 @@ impl Rules<'_> {
         if !path.is_absolute() {
             self.warning(
                 pointer.clone(),
-                format!("{} is relative: it is resolved from the directory the target starts in", path.display()),
+                format!(
+                    "{} is relative: it is resolved from the directory the target starts in",
+                    path.display()
+                ),
             );
         }
         match (self.env.probe_file)(path, !ns.read_only) {
@@ -419,12 +493,17 @@ impl Rules<'_> {
                 if len < u64::from(ns.block_size) {
                     self.machine(
                         pointer,
-                        format!("{} holds {len} bytes, less than one block of {}", path.display(), ns.block_size),
+                        format!(
+                            "{} holds {len} bytes, less than one block of {}",
+                            path.display(),
+                            ns.block_size
+                        ),
                     );
                 }
             }
             FileProbe::Missing => {
-                self.machine(pointer, format!("{} does not exist", path.display())).help("create it (truncate -s 1G FILE) or fix the path");
+                self.machine(pointer, format!("{} does not exist", path.display()))
+                    .help("create it (truncate -s 1G FILE) or fix the path");
             }
             FileProbe::Unusable(why) => {
                 self.machine(pointer, format!("{} cannot be used: {why}", path.display()));
@@ -432,7 +511,10 @@ impl Rules<'_> {
             FileProbe::WrongKind(kind) => {
                 self.error(
                     pointer,
-                    format!("{} is {kind}; a file namespace needs a regular file or a block device", path.display()),
+                    format!(
+                        "{} is {kind}; a file namespace needs a regular file or a block device",
+                        path.display()
+                    ),
                 );
             }
         }
@@ -469,15 +551,25 @@ impl Rules<'_> {
                         };
                         let socket = SocketAddr::new(ip, listener.port_or_default());
                         if !own.insert((listener.transport, socket)) {
-                            self.error(at("address"), format!("this subsystem already listens on {} {socket}", listener.transport));
+                            self.error(
+                                at("address"),
+                                format!(
+                                    "this subsystem already listens on {} {socket}",
+                                    listener.transport
+                                ),
+                            );
                             continue;
                         }
-                        self.socket_conflicts(&at("address"), listener.transport, socket, &here, &claimed);
+                        self.socket_conflicts(&at("address"), listener.transport, socket, &claimed);
                         claimed.entry(socket).or_insert((listener.transport, here));
                     }
                     TransportKind::Vfiouser => {
                         for key in ["address", "port"] {
-                            let set = if key == "address" { listener.address.is_some() } else { listener.port.is_some() };
+                            let set = if key == "address" {
+                                listener.address.is_some()
+                            } else {
+                                listener.port.is_some()
+                            };
                             if set {
                                 self.error(at(key), format!("`{key}` is for tcp and rdma listeners; vfiouser takes `path`")).key();
                             }
@@ -508,14 +600,22 @@ impl Rules<'_> {
     fn listener_transport(&mut self, pointer: &str, listener: &Listener) {
         let kind = listener.transport;
         if kind == TransportKind::Fc {
-            self.error(pointer.to_string(), "the FC transport is not supported by this target");
+            self.error(
+                pointer.to_string(),
+                "the FC transport is not supported by this target",
+            );
             return;
         }
         if !self.config.transport.is_declared(kind) {
             self.error(
                 pointer.to_string(),
-                format!("this listener uses transport `{kind}`, but [transport.{kind}] is not declared"),
-            ).help(format!("add a [transport.{kind}] section (it may be empty)"));
+                format!(
+                    "this listener uses transport `{kind}`, but [transport.{kind}] is not declared"
+                ),
+            )
+            .help(format!(
+                "add a [transport.{kind}] section (it may be empty)"
+            ));
         } else if kind != TransportKind::Tcp {
             self.machine(
                 pointer.to_string(),
@@ -531,7 +631,6 @@ impl Rules<'_> {
         pointer: &str,
         kind: TransportKind,
         socket: SocketAddr,
-        here: &str,
         claimed: &BTreeMap<SocketAddr, (TransportKind, String)>,
     ) {
         if let Some((other, first)) = claimed.get(&socket) {
@@ -566,13 +665,34 @@ impl Rules<'_> {
                 let here = format!("subsystem[{i}].namespace[{j}]");
                 let at = |key: &str| ptr!("subsystem", i, "namespace", j, key);
                 if let Some(uuid) = ns.uuid {
-                    self.unique_id(&at("uuid"), "uuid", uuid.is_zero(), uuid.to_string(), &here, &mut uuids);
+                    self.unique_id(
+                        &at("uuid"),
+                        "uuid",
+                        uuid.is_zero(),
+                        uuid.to_string(),
+                        &here,
+                        &mut uuids,
+                    );
                 }
                 if let Some(nguid) = ns.nguid {
-                    self.unique_id(&at("nguid"), "nguid", nguid.is_zero(), nguid.to_string(), &here, &mut nguids);
+                    self.unique_id(
+                        &at("nguid"),
+                        "nguid",
+                        nguid.is_zero(),
+                        nguid.to_string(),
+                        &here,
+                        &mut nguids,
+                    );
                 }
                 if let Some(eui) = ns.eui64 {
-                    self.unique_id(&at("eui64"), "eui64", eui.is_zero(), eui.to_string(), &here, &mut euis);
+                    self.unique_id(
+                        &at("eui64"),
+                        "eui64",
+                        eui.is_zero(),
+                        eui.to_string(),
+                        &here,
+                        &mut euis,
+                    );
                 }
                 if let Some(BackendRef::File { path, .. }) = ns.backend() {
                     if let Some(first) = paths.get(path) {
@@ -598,9 +718,15 @@ impl Rules<'_> {
         seen: &mut HashMap<String, String>,
     ) {
         if zero {
-            self.error(pointer.to_string(), format!("`{what}` cannot be all zeros (hosts read that as \"no {what}\")"));
+            self.error(
+                pointer.to_string(),
+                format!("`{what}` cannot be all zeros (hosts read that as \"no {what}\")"),
+            );
         } else if let Some(first) = seen.get(&text) {
-            self.error(pointer.to_string(), format!("`{what}` {text} is already used by {first}"));
+            self.error(
+                pointer.to_string(),
+                format!("`{what}` {text} is already used by {first}"),
+            );
         } else {
             seen.insert(text, here.to_string());
         }

@@ -110,7 +110,11 @@ pub fn to_json(root: &toml::Spanned<DeTable<'_>>) -> (serde_json::Value, SpanInd
     (value, index)
 }
 
-fn table_to_json(table: &DeTable<'_>, pointer: &mut String, index: &mut SpanIndex) -> serde_json::Value {
+fn table_to_json(
+    table: &DeTable<'_>,
+    pointer: &mut String,
+    index: &mut SpanIndex,
+) -> serde_json::Value {
     let mut map = serde_json::Map::new();
     for (key, value) in table {
         let len = pointer.len();
@@ -123,13 +127,20 @@ fn table_to_json(table: &DeTable<'_>, pointer: &mut String, index: &mut SpanInde
                 value: value.span(),
             },
         );
-        map.insert(key.get_ref().to_string(), value_to_json(value.get_ref(), pointer, index));
+        map.insert(
+            key.get_ref().to_string(),
+            value_to_json(value.get_ref(), pointer, index),
+        );
         pointer.truncate(len);
     }
     serde_json::Value::Object(map)
 }
 
-fn value_to_json(value: &DeValue<'_>, pointer: &mut String, index: &mut SpanIndex) -> serde_json::Value {
+fn value_to_json(
+    value: &DeValue<'_>,
+    pointer: &mut String,
+    index: &mut SpanIndex,
+) -> serde_json::Value {
     use serde_json::Value as J;
     match value {
         DeValue::String(s) => J::String(s.to_string()),
@@ -213,7 +224,7 @@ mod tests {
 
     #[test]
     fn line_col_counts_characters() {
-        assert_eq!(line_col("é = 1\nx", 6), (1, 5));
+        assert_eq!(line_col("é = 1\nx", 6), (1, 6));
         assert_eq!(line_col("a\nb", 2), (2, 1));
         assert_eq!(line_col("", 10), (1, 1));
     }

@@ -11,10 +11,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The pattern a size string must match; the schema carries it so editors flag bad sizes.
 pub const SIZE_PATTERN: &str = r"^\s*[0-9]+\s*([kKmMgGtT]([iI]?[bB])?|[bB])?\s*$";
 /// A CPU list ("0-1,4") or a hex mask ("0x3").
-pub const CORE_MASK_PATTERN: &str = r"^\s*(0[xX][0-9a-fA-F]+|[0-9]+(-[0-9]+)?(\s*,\s*[0-9]+(-[0-9]+)?)*)\s*$";
+pub const CORE_MASK_PATTERN: &str =
+    r"^\s*(0[xX][0-9a-fA-F]+|[0-9]+(-[0-9]+)?(\s*,\s*[0-9]+(-[0-9]+)?)*)\s*$";
 pub const UUID_PATTERN: &str =
     "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
-pub const NGUID_PATTERN: &str = "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})$";
+pub const NGUID_PATTERN: &str =
+    "^([0-9a-fA-F]{32}|[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})$";
 pub const EUI64_PATTERN: &str = "^([0-9a-fA-F]{16}|[0-9a-fA-F]{2}([-:][0-9a-fA-F]{2}){7})$";
 
 /// What a pattern means, in words, for diagnostics.
@@ -59,7 +61,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(u64, &str); 4] = [(1 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+        const UNITS: [(u64, &str); 4] = [
+            (1 << 40, "TiB"),
+            (1 << 30, "GiB"),
+            (1 << 20, "MiB"),
+            (1 << 10, "KiB"),
+        ];
         for (unit, name) in UNITS {
             if self.0 >= unit && self.0 % unit == 0 {
                 return write!(f, "{}{name}", self.0 / unit);
@@ -224,10 +231,7 @@ pub type Eui64 = HexId<8>;
 
 impl<const N: usize> HexId<N> {
     pub fn parse(text: &str) -> Result<Self, String> {
-        let digits: Vec<u8> = text
-            .bytes()
-            .filter(|b| !matches!(b, b'-' | b':'))
-            .collect();
+        let digits: Vec<u8> = text.bytes().filter(|b| !matches!(b, b'-' | b':')).collect();
         if digits.len() != N * 2 {
             return Err(format!("{text:?} does not have {} hex digits", N * 2));
         }
@@ -310,7 +314,11 @@ mod tests {
         assert!(CoreMask::new("0x0").cores().is_err());
         assert!(CoreMask::new("3-1").cores().is_err());
         assert!(CoreMask::new("").cores().is_err());
-        assert!(CoreMask::new(&format!("0x{}", "f".repeat(300))).cores().is_err());
+        assert!(
+            CoreMask::new(&format!("0x{}", "f".repeat(300)))
+                .cores()
+                .is_err()
+        );
     }
 
     #[test]
@@ -319,6 +327,10 @@ mod tests {
         assert_eq!(uuid.to_string(), "6a1c3c5e-0f1e-4d6a-9c1b-2f7d3a9e0001");
         assert!(Eui64::parse("00:11:22:33:44:55:66:77").is_ok());
         assert!(Eui64::parse("0011").is_err());
-        assert!(Uuid::parse("00000000-0000-0000-0000-000000000000").unwrap().is_zero());
+        assert!(
+            Uuid::parse("00000000-0000-0000-0000-000000000000")
+                .unwrap()
+                .is_zero()
+        );
     }
 }
