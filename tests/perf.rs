@@ -223,3 +223,26 @@ fn errors_are_one_line_and_exit_1() {
     let out = perf(open.port, &["--count", "10", "-o", "1000"]);
     expect_failure(&out, "not a multiple");
 }
+
+#[test]
+fn a_target_that_stops_answering_mid_run_is_a_timeout() {
+    let target = null_target();
+    let id = format!(
+        "trtype:tcp traddr:127.0.0.1 trsvcid:{} subnqn:{SUBNQN}",
+        target.port
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-perf"))
+        .args(["-r", &id, "-t", "30", "-q", "4", "--timeout", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn nvmf-perf");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    common::signal(target.pid(), "STOP");
+    let out = child.wait_with_output().expect("wait");
+    common::signal(target.pid(), "CONT");
+    expect_failure(
+        &out,
+        "did not answer within 1s (waiting for I/O completions)",
+    );
+}
