@@ -246,3 +246,23 @@ fn a_target_that_stops_answering_mid_run_is_a_timeout() {
         "did not answer within 1s (waiting for I/O completions)",
     );
 }
+
+#[test]
+fn reads_complete_by_capsule_response_when_the_target_sends_no_success_flag() {
+    let target = TargetProcess::start(&TargetSpec {
+        namespaces: "[[subsystem.namespace]]\nnsid = 1\nram = { size = \"1MiB\" }\n".into(),
+        tcp_options: "c2h_success = false\n".into(),
+        ..TargetSpec::default()
+    });
+    for args in [
+        &["--count", "256", "-q", "8", "-w", "write"][..],
+        &["--count", "3000", "-q", "16", "-w", "randrw", "-M", "70"],
+    ] {
+        let report = perf_json(&target, &[args, &["--verify", "--data-digest"]].concat());
+        assert_eq!(report["verify_errors"], 0, "{args:?}: {report}");
+        assert_eq!(
+            report["ios"],
+            num(&report, "reads") + num(&report, "writes")
+        );
+    }
+}
