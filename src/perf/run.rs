@@ -217,7 +217,9 @@ impl Driver<'_> {
 
     /// Accounts for the commands `poll_completions` finished and frees their slots.
     fn complete(&mut self, q: &mut IoQueue, now: Instant) {
-        for done in std::mem::take(&mut self.done) {
+        // Taken out and put back so its capacity is reused: no allocation per pass.
+        let mut finished = std::mem::take(&mut self.done);
+        for done in finished.drain(..) {
             let slot = q.slot(done.cid);
             let unit = slot.slba / self.nlb;
             if done.status.is_success() {
@@ -246,6 +248,7 @@ impl Driver<'_> {
             }
             q.release(done.cid);
         }
+        self.done = finished;
     }
 
     fn report(&self, elapsed: Duration, cpu: Duration) -> Report {
