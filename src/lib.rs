@@ -3,6 +3,7 @@
 //! Dependencies point one way (see `../shared/STYLE.md`):
 //! `nvme` (spec types) <- `controller` (no I/O) <- `transport` <- `reactor` <- `target` <- `main`;
 //! `config` parses, checks and explains the declaration; `backend` stores namespace data.
+//! `host` and `perf` are the other side: an NVMe/TCP initiator and the `nvmf-perf` tool.
 
 pub mod backend;
 pub mod config;
@@ -10,6 +11,7 @@ pub mod control;
 pub mod controller;
 pub mod host;
 pub mod nvme;
+pub mod perf;
 pub mod reactor;
 pub mod sys;
 pub mod target;

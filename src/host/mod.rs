@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::nvme::connect::{ConnectCmd, ConnectData};
+use crate::nvme::connect::{CATTR_DISABLE_SQ_FLOW_CONTROL, ConnectCmd, ConnectData};
 use crate::nvme::log::{
     DISCOVERY_ENTRY_LEN, DISCOVERY_HEADER_LEN, DiscoveryLogEntry, DiscoveryLogHeader, GetLogPageCmd,
 };
@@ -34,6 +34,9 @@ pub struct QueueOptions {
     /// Largest write sent in the capsule; larger ones wait for R2T.
     pub in_capsule_limit: usize,
     pub timeout: Duration,
+    /// Connect with CATTR "disable SQ flow control": the target may then answer a successful
+    /// read with C2HData carrying the SUCCESS flag and no CapsuleResp.
+    pub disable_sq_flow_control: bool,
 }
 
 impl QueueOptions {
@@ -50,6 +53,7 @@ impl QueueOptions {
             data_digest: false,
             in_capsule_limit: 8192,
             timeout: Duration::from_secs(10),
+            disable_sq_flow_control: false,
         }
     }
 
@@ -129,7 +133,11 @@ impl HostQueue {
             recfmt: 0,
             qid: opts.qid,
             sqsize: opts.queue_size.saturating_sub(1),
-            cattr: 0,
+            cattr: if opts.disable_sq_flow_control {
+                CATTR_DISABLE_SQ_FLOW_CONTROL
+            } else {
+                0
+            },
             kato: opts.kato_ms,
         }
         .emit(&mut sqe);
@@ -198,6 +206,28 @@ impl HostQueue {
 
     pub fn outstanding(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The digests ICResp granted: (header, data).
+    pub fn digests(&self) -> (bool, bool) {
+        (self.header_digest, self.data_digest)
+    }
+
+    /// The largest H2CData payload the target accepts (MAXH2CDATA from ICResp).
+    pub fn maxh2cdata(&self) -> usize {
+        self.maxh2cdata
+    }
+
+    /// Hands the connected socket to another I/O path. Only valid with no command
+    /// outstanding: this queue reads whole PDUs, so no byte of a later one is buffered here.
+    pub fn into_stream(self) -> Result<TcpStream, HostError> {
+        if self.pending.is_empty() && self.done.is_empty() {
+            Ok(self.stream)
+        } else {
+            Err(HostError::Protocol(
+                "queue handed over with commands outstanding",
+            ))
+        }
     }
 
     /// Sends a command without waiting; returns its cid. `write` is host data (in the capsule

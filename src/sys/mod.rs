@@ -38,6 +38,21 @@ pub fn online_cpus() -> Vec<usize> {
         .collect()
 }
 
+/// User plus system CPU time of this process, to the microsecond (getrusage).
+pub fn own_cpu_time() -> std::io::Result<Duration> {
+    // SAFETY: rusage is plain data for which all-zero is valid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a writable rusage; RUSAGE_SELF needs nothing else.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let time = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    Ok(time(usage.ru_utime) + time(usage.ru_stime))
+}
+
 /// User plus system CPU time of process `pid`, from `/proc/PID/stat`.
 pub fn process_cpu_time(pid: u32) -> std::io::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -80,6 +95,7 @@ mod tests {
         std::hint::black_box(x);
         let after = process_cpu_time(std::process::id()).expect("stat");
         assert!(after > before, "{before:?} -> {after:?}");
+        assert!(own_cpu_time().expect("getrusage") >= Duration::from_millis(100));
         let cpus = online_cpus();
         assert!(!cpus.is_empty());
         pin_current_thread(cpus[0]).expect("pin");

@@ -1,0 +1,194 @@
+//! `nvmf-perf`: a userspace NVMe/TCP host that connects to any NVMe/TCP target, drives I/O
+//! and reports IOPS, bandwidth, latency percentiles and its own CPU use.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use nvmf_tgt::perf::{self, Limit, Pattern, PerfConfig, Progress, TransportId, parse_size};
+
+const DEFAULT_HOSTNQN: &str =
+    "nqn.2014-08.org.nvmexpress:uuid:6e766d66-7065-7266-0000-000000000001";
+
+#[derive(Parser)]
+#[command(
+    name = "nvmf-perf",
+    version,
+    about = "Drive I/O against an NVMe/TCP target and measure it (like spdk_nvme_perf)"
+)]
+struct Cli {
+    /// SPDK transport ID, e.g. 'trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:4420
+    /// subnqn:nqn.2016-06.io.spdk:cnode1'. Flags given as well take precedence.
+    #[arg(short = 'r', long = "transport-id")]
+    transport_id: Option<String>,
+    /// Target address (traddr).
+    #[arg(long)]
+    addr: Option<String>,
+    /// Target port (trsvcid), 4420 when absent.
+    #[arg(long)]
+    port: Option<u16>,
+    #[arg(long)]
+    subnqn: Option<String>,
+    #[arg(long)]
+    hostnqn: Option<String>,
+    /// Namespace ID (default: the first active namespace).
+    #[arg(long)]
+    nsid: Option<u32>,
+    /// Outstanding I/Os per connection.
+    #[arg(short = 'q', long = "queue-depth", default_value_t = 1)]
+    queue_depth: u16,
+    /// I/O size in bytes: 4096, 4k, 128KiB...
+    #[arg(short = 'o', long = "io-size", default_value = "4096")]
+    io_size: String,
+    #[arg(short = 'w', long, value_enum, default_value = "randread")]
+    pattern: Pattern,
+    /// Percentage of reads for rw and randrw.
+    #[arg(short = 'M', long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    rwmixread: u8,
+    /// Run time in seconds (default 10 unless --count is given).
+    #[arg(short = 't', long, conflicts_with = "count")]
+    time: Option<u64>,
+    /// Run exactly this many I/Os instead of a time.
+    #[arg(long)]
+    count: Option<u64>,
+    /// I/O queues (one TCP connection each) of one controller, driven round-robin.
+    #[arg(long, default_value_t = 1)]
+    connections: u16,
+    /// Pin the perf thread to this CPU.
+    #[arg(long)]
+    core: Option<usize>,
+    #[arg(long)]
+    hdr_digest: bool,
+    #[arg(long)]
+    data_digest: bool,
+    /// Write stamped blocks (LBA + generation) and check every read.
+    #[arg(long)]
+    verify: bool,
+    /// Spin on the sockets instead of sleeping in epoll while waiting.
+    #[arg(long)]
+    busy_poll: bool,
+    /// Seconds without an answer before the target counts as gone.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+    /// Seed of the random LBA generator (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print one JSON object on stdout instead of the text summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("nvmf-perf: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let cfg = config(cli)?;
+    let live = std::io::stderr().is_terminal();
+    let report = perf::run(&cfg, |p: &Progress| {
+        if live {
+            let mut err = std::io::stderr();
+            let _ = write!(
+                err,
+                "\r{:>6.1} s {:>12.0} IOPS {:>10.2} MiB/s {:>10.2} us avg ",
+                p.elapsed.as_secs_f64(),
+                p.iops,
+                p.mib_s,
+                p.avg_latency_us
+            );
+            let _ = err.flush();
+        }
+    })?;
+    if live {
+        eprintln!();
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.io_errors > 0 {
+        bail!(
+            "{} of {} I/Os failed",
+            report.io_errors,
+            report.ios + report.io_errors
+        );
+    }
+    if report.verify_errors > 0 {
+        bail!(
+            "verify: {} of {} reads returned wrong data",
+            report.verify_errors,
+            report.reads
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config(cli: &Cli) -> anyhow::Result<PerfConfig> {
+    let mut id = match &cli.transport_id {
+        Some(text) => TransportId::parse(text).context("-r")?,
+        None => TransportId::default(),
+    };
+    if let Some(addr) = &cli.addr {
+        id.traddr = Some(addr.clone());
+    }
+    if let Some(port) = cli.port {
+        id.trsvcid = Some(port.to_string());
+    }
+    if let Some(nqn) = &cli.subnqn {
+        id.subnqn = Some(nqn.clone());
+    }
+    if let Some(nqn) = &cli.hostnqn {
+        id.hostnqn = Some(nqn.clone());
+    }
+    let addr = id.socket_addr()?;
+    let subnqn = id
+        .subnqn
+        .context("subnqn is missing (give it in -r or as --subnqn)")?;
+    let io_size = parse_size(&cli.io_size)?;
+    let io_size = usize::try_from(io_size).context("I/O size too large")?;
+    let limit = match (cli.count, cli.time) {
+        (Some(n), _) => Limit::Count(n),
+        (None, t) => Limit::Time(Duration::from_secs(t.unwrap_or(10))),
+    };
+    let seed = cli.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()) << 20)
+    });
+    Ok(PerfConfig {
+        addr,
+        subnqn,
+        hostnqn: id.hostnqn.unwrap_or_else(|| DEFAULT_HOSTNQN.into()),
+        nsid: cli.nsid,
+        queue_depth: cli.queue_depth,
+        io_size,
+        pattern: cli.pattern,
+        rwmixread: cli.rwmixread,
+        limit,
+        connections: cli.connections,
+        core: cli.core,
+        header_digest: cli.hdr_digest,
+        data_digest: cli.data_digest,
+        verify: cli.verify,
+        busy_poll: cli.busy_poll,
+        timeout: Duration::from_secs(cli.timeout.max(1)),
+        seed,
+    })
+}

@@ -1,0 +1,199 @@
+//! Counters and the latency histogram of a run, and the report made from them.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::options::Pattern;
+
+/// Latencies are recorded in nanoseconds, 3 significant digits, up to one minute.
+const MAX_LATENCY_NS: u64 = 60_000_000_000;
+
+pub struct Stats {
+    latency: Histogram<u64>,
+    pub reads: u64,
+    pub writes: u64,
+    pub bytes: u64,
+    pub io_errors: u64,
+    pub verify_errors: u64,
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        let latency = Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
+            .expect("constant bounds: low >= 1, high >= 2 * low, 3 significant digits");
+        Self {
+            latency,
+            reads: 0,
+            writes: 0,
+            bytes: 0,
+            io_errors: 0,
+            verify_errors: 0,
+        }
+    }
+
+    pub fn ios(&self) -> u64 {
+        self.reads + self.writes
+    }
+
+    pub fn record(&mut self, latency: Duration, is_read: bool, bytes: usize) {
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.latency.saturating_record(ns.max(1));
+        if is_read {
+            self.reads += 1;
+        } else {
+            self.writes += 1;
+        }
+        self.bytes += bytes as u64;
+    }
+
+    pub fn mean_latency_us(&self) -> f64 {
+        self.latency.mean() / 1000.0
+    }
+
+    pub fn latency_summary(&self) -> Latency {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        let q = |q: f64| us(self.latency.value_at_quantile(q));
+        Latency {
+            avg: self.mean_latency_us(),
+            min: us(self.latency.min()),
+            p50: q(0.50),
+            p90: q(0.90),
+            p99: q(0.99),
+            p99_9: q(0.999),
+            max: us(self.latency.max()),
+        }
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Latency figures in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub avg: f64,
+    pub min: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    #[serde(rename = "p99.9")]
+    pub p99_9: f64,
+    pub max: f64,
+}
+
+/// What a run reports, printed as text or as one JSON object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub subnqn: String,
+    pub nsid: u32,
+    pub block_size: usize,
+    pub pattern: Pattern,
+    pub rwmixread: u8,
+    pub io_size: usize,
+    pub queue_depth: u16,
+    pub connections: u16,
+    pub header_digest: bool,
+    pub data_digest: bool,
+    pub elapsed_s: f64,
+    pub ios: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub iops: f64,
+    pub mib_s: f64,
+    pub latency_us: Latency,
+    /// Process CPU time over wall time, in percent of one core.
+    pub cpu_percent: f64,
+    pub io_errors: u64,
+    /// The status of the first failed I/O.
+    pub first_io_error: Option<String>,
+    pub verify: bool,
+    pub verify_errors: u64,
+    /// What was wrong with the first read that failed verification.
+    pub first_verify_error: Option<String>,
+}
+
+impl Report {
+    /// Human-readable lines, in the spirit of spdk_nvme_perf's summary.
+    pub fn to_text(&self) -> String {
+        let l = &self.latency_us;
+        let mut text = format!(
+            "{} nsid {} ({} B blocks) {} {} B qd {} x {} connection(s){}\n\
+             {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n\
+             {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}\n\
+             {} I/Os in {:.3} s ({} reads, {} writes), initiator CPU {:.1}% of a core\n",
+            self.target,
+            self.nsid,
+            self.block_size,
+            self.pattern.name(),
+            self.io_size,
+            self.queue_depth,
+            self.connections,
+            match (self.header_digest, self.data_digest) {
+                (false, false) => "",
+                (true, false) => ", header digest",
+                (false, true) => ", data digest",
+                (true, true) => ", header+data digests",
+            },
+            "IOPS",
+            "MiB/s",
+            "avg us",
+            "min us",
+            "p50 us",
+            "p90 us",
+            "p99 us",
+            "p99.9 us",
+            "max us",
+            self.iops,
+            self.mib_s,
+            l.avg,
+            l.min,
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p99_9,
+            l.max,
+            self.ios,
+            self.elapsed_s,
+            self.reads,
+            self.writes,
+            self.cpu_percent,
+        );
+        if let Some(first) = &self.first_io_error {
+            text.push_str(&format!("{} I/Os failed, first: {first}\n", self.io_errors));
+        }
+        if self.verify {
+            text.push_str(&format!("verify errors: {}", self.verify_errors));
+            if let Some(first) = &self.first_verify_error {
+                text.push_str(&format!(", first: {first}"));
+            }
+            text.push('\n');
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_in_microseconds() {
+        let mut s = Stats::new();
+        for us in 1..=1000u64 {
+            s.record(Duration::from_micros(us), us % 2 == 0, 4096);
+        }
+        assert_eq!((s.reads, s.writes, s.bytes), (500, 500, 1000 * 4096));
+        let l = s.latency_summary();
+        assert!((l.min - 1.0).abs() < 0.01, "{l:?}");
+        assert!((l.p50 - 500.0).abs() < 1.0, "{l:?}");
+        assert!((l.p99 - 990.0).abs() < 1.0, "{l:?}");
+        assert!((l.max - 1000.0).abs() < 1.0, "{l:?}");
+        assert!((l.avg - 500.5).abs() < 1.0, "{l:?}");
+    }
+}

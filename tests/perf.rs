@@ -1,0 +1,268 @@
+//! The real `nvmf-perf` binary against the real `nvmf-tgt` over loopback: counts, verified
+//! data, digests and the R2T path, and the one-line errors.
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+
+use common::{HOSTNQN, SUBNQN, TargetProcess, TargetSpec};
+
+fn perf(target_port: u16, args: &[&str]) -> Output {
+    let id =
+        format!("trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:{target_port} subnqn:{SUBNQN}");
+    Command::new(env!("CARGO_BIN_EXE_nvmf-perf"))
+        .args(["-r", &id, "--hostnqn", HOSTNQN, "--seed", "7"])
+        .args(args)
+        .output()
+        .expect("run nvmf-perf")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs with `--json`, expecting success, and returns the report.
+fn perf_json(target: &TargetProcess, args: &[&str]) -> serde_json::Value {
+    let out = perf(target.port, &[args, &["--json"]].concat());
+    assert!(
+        out.status.success(),
+        "nvmf-perf {args:?} failed: {}\ntarget log:\n{}",
+        stderr(&out),
+        target.log()
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+fn num(report: &serde_json::Value, key: &str) -> f64 {
+    report[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} in {report}"))
+}
+
+/// Expects exit status 1 and a single-line message on stderr containing `needle`.
+fn expect_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains(needle), "{needle:?} not in {err:?}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
+}
+
+fn null_target() -> TargetProcess {
+    TargetProcess::start(&TargetSpec {
+        namespaces: "[[subsystem.namespace]]\nnsid = 1\nnull = { size = \"1GiB\" }\n".into(),
+        ..TargetSpec::default()
+    })
+}
+
+#[test]
+fn counted_randread_on_a_null_namespace_reports_every_io() {
+    let target = null_target();
+    let report = perf_json(
+        &target,
+        &[
+            "--count", "10000", "-q", "16", "-o", "4096", "-w", "randread",
+        ],
+    );
+    assert_eq!(report["ios"], 10000, "{report}");
+    assert_eq!(report["reads"], 10000);
+    assert_eq!(report["writes"], 0);
+    assert_eq!(report["io_errors"], 0);
+    assert_eq!(report["nsid"], 1, "first active namespace");
+    let (iops, elapsed) = (num(&report, "iops"), num(&report, "elapsed_s"));
+    assert!(iops > 1000.0, "{report}");
+    assert!((iops * elapsed - 10000.0).abs() < 1.0, "{report}");
+    let mib_s = num(&report, "mib_s");
+    assert!(
+        (mib_s - iops * 4096.0 / f64::from(1 << 20)).abs() < 0.01,
+        "{report}"
+    );
+    let lat = &report["latency_us"];
+    let l = |k: &str| lat[k].as_f64().expect("latency figure");
+    assert!(l("min") > 0.0, "{report}");
+    assert!(l("min") <= l("p50") && l("p50") <= l("p90") && l("p90") <= l("p99"));
+    assert!(l("p99") <= l("p99.9") && l("p99.9") <= l("max") * 1.001);
+    assert!(l("min") <= l("avg") && l("avg") <= l("max"));
+    // 16 outstanding: Little's law ties the average latency to IOPS (loosely).
+    assert!(l("avg") < 16.0 * 1e6 / iops * 1.5, "{report}");
+    assert!(num(&report, "cpu_percent") > 0.0, "{report}");
+
+    // A timed run, sequential, several connections: IOPS still consistent with its I/Os.
+    let report = perf_json(
+        &target,
+        &["-t", "1", "-q", "4", "-w", "read", "--connections", "3"],
+    );
+    let ios = num(&report, "ios");
+    assert!(ios > 100.0, "{report}");
+    assert!((num(&report, "iops") * num(&report, "elapsed_s") - ios).abs() < 1.0);
+    assert!(num(&report, "elapsed_s") >= 1.0, "{report}");
+}
+
+#[test]
+fn verify_round_trips_and_catches_unwritten_data() {
+    // 4 MiB of RAM: 1024 units of 4 KiB.
+    let target = TargetProcess::start(&TargetSpec {
+        namespaces: "[[subsystem.namespace]]\nnsid = 1\nram = { size = \"4MiB\" }\n".into(),
+        ..TargetSpec::default()
+    });
+    // Never written: every read is caught, the run reports them and exits 1.
+    let out = perf(
+        target.port,
+        &[
+            "--count", "200", "-q", "8", "-w", "randread", "--verify", "--json",
+        ],
+    );
+    expect_failure(&out, "verify: 200 of 200 reads returned wrong data");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["verify_errors"], 200, "{report}");
+    assert!(
+        report["first_verify_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no verify stamp")),
+        "{report}"
+    );
+
+    // Fill everything, overwrite at random, then read at random: all right.
+    for args in [
+        &["--count", "1024", "-q", "8", "-w", "write"][..],
+        &["--count", "3000", "-q", "16", "-w", "randwrite"],
+        &["--count", "5000", "-q", "32", "-w", "randread"],
+        &[
+            "--count",
+            "4000",
+            "-q",
+            "16",
+            "-w",
+            "randrw",
+            "-M",
+            "50",
+            "--connections",
+            "2",
+        ],
+    ] {
+        let report = perf_json(&target, &[args, &["--verify"]].concat());
+        assert_eq!(report["verify_errors"], 0, "{args:?}: {report}");
+        assert_eq!(report["io_errors"], 0, "{args:?}: {report}");
+    }
+
+    // Every block read back in order, in 64 KiB reads across the 4 KiB units written.
+    let report = perf_json(
+        &target,
+        &["--count", "64", "-w", "read", "-o", "64k", "--verify"],
+    );
+    assert_eq!(report["verify_errors"], 0, "{report}");
+}
+
+#[test]
+fn digests_and_large_writes_through_r2t() {
+    let target = TargetProcess::start(&TargetSpec {
+        namespaces: "[[subsystem.namespace]]\nnsid = 1\nram = { size = \"8MiB\" }\n".into(),
+        ..TargetSpec::default()
+    });
+    let digests = ["--hdr-digest", "--data-digest"];
+    // 128 KiB is far above the 4 KiB in-capsule size: every write waits for R2T.
+    for args in [
+        &["--count", "64", "-q", "4", "-w", "write", "-o", "128KiB"][..],
+        &["--count", "300", "-q", "8", "-w", "randrw", "-o", "128k"],
+        &["--count", "2000", "-q", "16", "-w", "randread", "-o", "4k"],
+    ] {
+        let report = perf_json(&target, &[args, &digests, &["--verify"]].concat());
+        assert_eq!(report["header_digest"], true);
+        assert_eq!(report["data_digest"], true);
+        assert_eq!(report["verify_errors"], 0, "{args:?}: {report}");
+        assert_eq!(report["io_errors"], 0, "{args:?}: {report}");
+    }
+    let report = perf_json(
+        &target,
+        &[
+            "--count",
+            "100",
+            "-w",
+            "write",
+            "-o",
+            "128KiB",
+            "--hdr-digest",
+        ],
+    );
+    assert_eq!(report["writes"], 100, "{report}");
+}
+
+#[test]
+fn errors_are_one_line_and_exit_1() {
+    let target = TargetProcess::start(&TargetSpec {
+        extra_subsystem_keys: "hosts = [\"nqn.2014-08.org.nvmexpress:uuid:someone-else\"]\n".into(),
+        ..TargetSpec::default()
+    });
+    let open = TargetProcess::start(&TargetSpec::default());
+
+    let unknown = "nqn.2026-11.io.nvmf-tgt:no-such-subsystem";
+    let out = Command::new(env!("CARGO_BIN_EXE_nvmf-perf"))
+        .args(["--addr", "127.0.0.1", "--port", &open.port.to_string()])
+        .args(["--subnqn", unknown, "--count", "10"])
+        .output()
+        .expect("run");
+    expect_failure(&out, unknown);
+
+    let out = perf(target.port, &["--count", "10"]);
+    expect_failure(&out, "host not allowed");
+
+    let out = perf(open.port, &["--count", "10", "--nsid", "9"]);
+    expect_failure(&out, "namespace 9 not found");
+
+    let refused = common::free_port();
+    let out = perf(refused, &["--count", "10"]);
+    expect_failure(&out, "cannot connect to 127.0.0.1");
+
+    // A listener that accepts and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let out = perf(port, &["--count", "10", "--timeout", "1"]);
+    expect_failure(&out, "did not answer within 1s");
+
+    let out = perf(open.port, &["--count", "10", "-o", "1000"]);
+    expect_failure(&out, "not a multiple");
+}
+
+#[test]
+fn a_target_that_stops_answering_mid_run_is_a_timeout() {
+    let target = null_target();
+    let id = format!(
+        "trtype:tcp traddr:127.0.0.1 trsvcid:{} subnqn:{SUBNQN}",
+        target.port
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-perf"))
+        .args(["-r", &id, "-t", "30", "-q", "4", "--timeout", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn nvmf-perf");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    common::signal(target.pid(), "STOP");
+    let out = child.wait_with_output().expect("wait");
+    common::signal(target.pid(), "CONT");
+    expect_failure(
+        &out,
+        "did not answer within 1s (waiting for I/O completions)",
+    );
+}
+
+#[test]
+fn reads_complete_by_capsule_response_when_the_target_sends_no_success_flag() {
+    let target = TargetProcess::start(&TargetSpec {
+        namespaces: "[[subsystem.namespace]]\nnsid = 1\nram = { size = \"1MiB\" }\n".into(),
+        tcp_options: "c2h_success = false\n".into(),
+        ..TargetSpec::default()
+    });
+    for args in [
+        &["--count", "256", "-q", "8", "-w", "write"][..],
+        &["--count", "3000", "-q", "16", "-w", "randrw", "-M", "70"],
+    ] {
+        let report = perf_json(&target, &[args, &["--verify", "--data-digest"]].concat());
+        assert_eq!(report["verify_errors"], 0, "{args:?}: {report}");
+        assert_eq!(
+            report["ios"],
+            num(&report, "reads") + num(&report, "writes")
+        );
+    }
+}
