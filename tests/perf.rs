@@ -191,7 +191,7 @@ fn digests_and_large_writes_through_r2t() {
 #[test]
 fn errors_are_one_line_and_exit_1() {
     let target = TargetProcess::start(&TargetSpec {
-        extra_subsystem_keys: "hosts = [\"nqn.2014-08.org.nvmexpress:uuid:someone-else\"]\n".into(),
+        extra_subsystem_keys: "hosts = [\"nqn.2026-11.io.nvmf-tgt:someone-else\"]\n".into(),
         ..TargetSpec::default()
     });
     let open = TargetProcess::start(&TargetSpec::default());
