@@ -13,6 +13,7 @@ pub mod host;
 pub mod nvme;
 pub mod perf;
 pub mod reactor;
+pub mod reconcile;
 pub mod sys;
 pub mod target;
 pub mod transport;

@@ -44,7 +44,7 @@ impl Controller {
         let subsystems = registry.subsystem_list();
         // Number ports over every subsystem so a port's ID does not depend on the host.
         for subsys in &subsystems {
-            for l in subsys.listeners() {
+            for l in &subsys.listeners() {
                 port_id(l);
             }
         }
@@ -76,7 +76,7 @@ impl Controller {
             DISCOVERY_NQN,
         )];
         for subsys in subsystems.iter().filter(|s| s.allows_host(&self.hostnqn)) {
-            for l in subsys.listeners() {
+            for l in &subsys.listeners() {
                 entries.push(entry(l, port_id(l), subtype::NVME, subsys.nqn()));
             }
         }

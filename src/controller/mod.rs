@@ -25,7 +25,7 @@ pub use ctrlr::Controller;
 pub use io::{IoOp, IoPlan, dsm_ranges};
 pub use namespace::{Namespace, NamespaceSpec};
 pub use registry::{ConnectOutcome, Registry, RegistryError};
-pub use subsystem::{AddressFamily, ListenerAddr, Subsystem, SubsystemSpec, TransportType};
+pub use subsystem::{Access, AddressFamily, ListenerAddr, Subsystem, SubsystemSpec, TransportType};
 
 use crate::nvme::Cqe;
 

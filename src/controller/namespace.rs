@@ -37,7 +37,7 @@ pub struct Namespace {
 impl Namespace {
     /// Resolves the spec: identities not given are derived from `subnqn` and the NSID, so they
     /// stay the same across restarts and differ between namespaces.
-    pub(crate) fn new(spec: NamespaceSpec, subnqn: &str) -> Result<Self, RegistryError> {
+    pub fn new(spec: NamespaceSpec, subnqn: &str) -> Result<Self, RegistryError> {
         let bad = |why: &'static str| RegistryError::BadNamespace {
             nqn: subnqn.to_owned(),
             nsid: spec.nsid,

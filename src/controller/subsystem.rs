@@ -79,23 +79,36 @@ struct Controllers {
     next: u16,
 }
 
+/// Who may reach a subsystem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub allow_any_host: bool,
+    pub hosts: Vec<String>,
+    pub listeners: Vec<ListenerAddr>,
+}
+
+impl Access {
+    pub fn admits_host(&self, hostnqn: &str) -> bool {
+        self.allow_any_host || self.hosts.iter().any(|h| h == hostnqn)
+    }
+}
+
 /// One subsystem, shared by every reactor.
 #[derive(Debug)]
 pub struct Subsystem {
     nqn: String,
     serial: String,
     model: String,
-    allow_any_host: bool,
-    hosts: Vec<String>,
+    /// Who may connect and through which listeners; a reload swaps it whole.
+    access: ArcSwap<Access>,
     max_namespaces: u32,
-    listeners: Vec<ListenerAddr>,
     is_discovery: bool,
     namespaces: ArcSwap<BTreeMap<u32, Arc<Namespace>>>,
     controllers: Mutex<Controllers>,
 }
 
 impl Subsystem {
-    pub(crate) fn new(spec: SubsystemSpec) -> Result<Self, RegistryError> {
+    pub fn new(spec: SubsystemSpec) -> Result<Self, RegistryError> {
         let mut namespaces = BTreeMap::new();
         for ns in spec.namespaces {
             let nsid = ns.nsid;
@@ -119,10 +132,12 @@ impl Subsystem {
             nqn: spec.nqn,
             serial: spec.serial,
             model: spec.model,
-            allow_any_host: spec.allow_any_host,
-            hosts: spec.hosts,
+            access: ArcSwap::from_pointee(Access {
+                allow_any_host: spec.allow_any_host,
+                hosts: spec.hosts,
+                listeners: spec.listeners,
+            }),
             max_namespaces: spec.max_namespaces,
-            listeners: spec.listeners,
             is_discovery: false,
             namespaces: ArcSwap::from_pointee(namespaces),
             controllers: Mutex::default(),
@@ -135,10 +150,12 @@ impl Subsystem {
             nqn: crate::nvme::DISCOVERY_NQN.to_owned(),
             serial: "nvmf-tgt-discovery".to_owned(),
             model: "nvmf-tgt discovery".to_owned(),
-            allow_any_host: true,
-            hosts: Vec::new(),
+            access: ArcSwap::from_pointee(Access {
+                allow_any_host: true,
+                hosts: Vec::new(),
+                listeners: Vec::new(),
+            }),
             max_namespaces: 0,
-            listeners: Vec::new(),
             is_discovery: true,
             namespaces: ArcSwap::from_pointee(BTreeMap::new()),
             controllers: Mutex::default(),
@@ -161,8 +178,25 @@ impl Subsystem {
         self.max_namespaces
     }
 
-    pub fn listeners(&self) -> &[ListenerAddr] {
-        &self.listeners
+    /// The listeners this subsystem is reachable through.
+    pub fn listeners(&self) -> Vec<ListenerAddr> {
+        self.access.load().listeners.clone()
+    }
+
+    /// Who may connect, and through which listeners.
+    pub fn access(&self) -> Arc<Access> {
+        self.access.load_full()
+    }
+
+    /// Replaces the allow-list and listeners (reload). Returns the live controllers that the
+    /// new access no longer admits, for the caller to disconnect.
+    pub fn set_access(&self, access: Access) -> Vec<Arc<Controller>> {
+        self.access.store(Arc::new(access));
+        let access = self.access.load();
+        self.controllers()
+            .into_iter()
+            .filter(|c| !access.admits_host(c.hostnqn()) || !access.listeners.contains(c.listener()))
+            .collect()
     }
 
     pub fn is_discovery(&self) -> bool {
@@ -171,12 +205,12 @@ impl Subsystem {
 
     /// Whether `hostnqn` may connect (and see this subsystem in the discovery log).
     pub fn allows_host(&self, hostnqn: &str) -> bool {
-        self.allow_any_host || self.hosts.iter().any(|h| h == hostnqn)
+        self.access.load().admits_host(hostnqn)
     }
 
     /// Whether a Connect that arrived on `listener` may reach this subsystem.
     pub fn allows_listener(&self, listener: &ListenerAddr) -> bool {
-        self.is_discovery || self.listeners.contains(listener)
+        self.is_discovery || self.access.load().listeners.contains(listener)
     }
 
     /// The namespace with `nsid`, if attached. Lock-free: the I/O path calls it per command.
@@ -191,7 +225,14 @@ impl Subsystem {
 
     /// Attaches a namespace and tells every controller (Namespace Attribute Changed).
     pub fn add_namespace(&self, spec: NamespaceSpec) -> Result<(), RegistryError> {
-        let nsid = spec.nsid;
+        let ns = Arc::new(Namespace::new(spec, &self.nqn)?);
+        self.attach_namespace(ns)
+    }
+
+    /// Attaches a namespace built beforehand (reload prepares namespaces before it changes
+    /// anything) and tells every controller.
+    pub fn attach_namespace(&self, ns: Arc<Namespace>) -> Result<(), RegistryError> {
+        let nsid = ns.nsid();
         if nsid > self.max_namespaces || self.namespace(nsid).is_some() {
             return Err(RegistryError::BadNamespace {
                 nqn: self.nqn.clone(),
@@ -199,7 +240,6 @@ impl Subsystem {
                 why: "nsid is in use or above max_namespaces",
             });
         }
-        let ns = Arc::new(Namespace::new(spec, &self.nqn)?);
         self.namespaces.rcu(|map| {
             let mut map = BTreeMap::clone(map);
             map.insert(nsid, Arc::clone(&ns));

@@ -1,0 +1,8 @@
+//! Reload: what changes between the declaration that is serving and a new one. Pure: the
+//! plan is computed from two declarations and touches nothing; `target::reload` applies it.
+
+mod plan;
+#[cfg(test)]
+mod tests;
+
+pub use plan::{Plan, RestartField, Step, plan};
