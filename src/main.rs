@@ -25,6 +25,9 @@ enum Command {
     Run {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Do not watch the file; reload only on SIGHUP or `nvmf-tgt reload`.
+        #[arg(long)]
+        no_watch: bool,
     },
     /// Validate a declaration and report every problem with its location.
     ///
@@ -40,6 +43,28 @@ enum Command {
     },
     /// Print the JSON Schema of the declaration (schema/target.schema.json).
     Schema,
+    /// Ask the running target to reload its declaration, and print the outcome.
+    ///
+    /// Exit status: 0 applied or nothing to do, 1 refused or invalid, 2 target unreachable.
+    Reload {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what reloading FILE would change in the running target, without applying it.
+    ///
+    /// Exit status: 0 no changes, 1 changes, 2 error (unreachable, invalid, needs restart).
+    Plan {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask a running target for its state.
     Status {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
@@ -67,7 +92,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, no_watch } => run(&config, !no_watch),
         Command::Check {
             config,
             format,
@@ -83,6 +108,26 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Reload {
+            config,
+            socket,
+            json,
+        } => {
+            let socket = socket.unwrap_or_else(|| {
+                nvmf_tgt::target::control_socket_of(config::read_unchecked(&config).as_ref())
+            });
+            nvmf_tgt::target::print_reload(&socket, json)
+        }
+        Command::Plan {
+            config,
+            socket,
+            json,
+        } => {
+            let socket = socket.unwrap_or_else(|| {
+                nvmf_tgt::target::control_socket_of(config::read_unchecked(&config).as_ref())
+            });
+            nvmf_tgt::target::print_plan(&socket, &config, json)
+        }
         Command::Status {
             config,
             socket,
@@ -96,7 +141,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
+fn run(path: &std::path::Path, watch: bool) -> ExitCode {
     let checked = match config::load(path) {
         Ok(checked) => checked,
         Err(LoadError::Source(err)) => {
@@ -111,7 +156,7 @@ fn run(path: &std::path::Path) -> ExitCode {
     if !checked.report.diagnostics.is_empty() {
         eprint!("{}", checked.report.render());
     }
-    match nvmf_tgt::target::serve(&checked.config, path) {
+    match nvmf_tgt::target::serve(&checked.config, path, &checked.report.text, watch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("nvmf-tgt: {err:#}");

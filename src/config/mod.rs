@@ -89,6 +89,18 @@ pub fn load(path: &Path) -> Result<Checked, LoadError> {
     }
 }
 
+/// Line and column where the value at `pointer` is written in `text`.
+pub fn locate(text: &str, pointer: &str) -> Option<(usize, usize)> {
+    let (root, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        return None;
+    }
+    let (_, index) = source::to_json(&root);
+    let spans = index.find(pointer)?;
+    let at = spans.key.as_ref().unwrap_or(&spans.value).start;
+    Some(source::line_col(text, at))
+}
+
 /// Parses a declaration without the rules, for commands that only need a setting from it
 /// (`status` finding the control socket).
 pub fn read_unchecked(path: &Path) -> Option<Config> {

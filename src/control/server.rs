@@ -25,6 +25,13 @@ impl RpcError {
         }
     }
 
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            code: -32603,
+            message: message.into(),
+        }
+    }
+
     pub fn invalid_params(message: impl Into<String>) -> Self {
         Self {
             code: -32602,

@@ -139,7 +139,17 @@ impl Registry {
         if spec.nqn == DISCOVERY_NQN {
             return Err(RegistryError::ReservedNqn(spec.nqn));
         }
-        let subsys = Arc::new(Subsystem::new(spec)?);
+        self.insert_subsystem(Arc::new(Subsystem::new(spec)?))
+    }
+
+    /// Adds a subsystem built beforehand (reload builds before it changes anything).
+    pub fn insert_subsystem(
+        &self,
+        subsys: Arc<Subsystem>,
+    ) -> Result<Arc<Subsystem>, RegistryError> {
+        if subsys.nqn() == DISCOVERY_NQN {
+            return Err(RegistryError::ReservedNqn(subsys.nqn().to_owned()));
+        }
         {
             let mut map = self
                 .shared

@@ -195,7 +195,9 @@ impl Subsystem {
         let access = self.access.load();
         self.controllers()
             .into_iter()
-            .filter(|c| !access.admits_host(c.hostnqn()) || !access.listeners.contains(c.listener()))
+            .filter(|c| {
+                !access.admits_host(c.hostnqn()) || !access.listeners.contains(c.listener())
+            })
             .collect()
     }
 

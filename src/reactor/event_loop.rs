@@ -44,6 +44,15 @@ pub enum ReactorMessage {
     AsyncEvents { index: usize, generation: u16 },
     /// A controller went away (keep-alive expiry, disconnect, teardown): close its queues.
     ControllerGone(Arc<Controller>),
+    /// Accept on one more listening socket (sent to the acceptor reactor).
+    AddListener {
+        listener: std::net::TcpListener,
+        addr: ListenerAddr,
+    },
+    /// Stop accepting on the socket bound to this address (sent to the acceptor reactor).
+    RemoveListener(SocketAddr),
+    /// Close every connection accepted on this listener (its socket is gone).
+    CloseConnections(ListenerAddr),
     /// Stop accepting, let in-flight commands finish, close everything and exit.
     Shutdown,
 }
@@ -203,6 +212,20 @@ impl Running {
             ) {
                 Ok(()) => self.listeners.push(Some((listener, addr))),
                 Err(err) => warn!(%err, traddr = %addr.traddr, "cannot watch listener"),
+            }
+        }
+    }
+
+    fn remove_listener(&mut self, socket: SocketAddr) {
+        for slot in &mut self.listeners {
+            let bound = slot
+                .as_ref()
+                .and_then(|(listener, _)| listener.local_addr().ok());
+            if bound == Some(socket) {
+                if let Some((mut listener, _)) = slot.take() {
+                    let _ = self.poll.registry().deregister(&mut listener);
+                    info!(%socket, "stopped listening");
+                }
             }
         }
     }
@@ -445,6 +468,25 @@ impl Running {
                             let flow = slot.conn.handle_controller_events();
                             self.after_conn_work(index, flow);
                         }
+                    }
+                }
+                ReactorMessage::AddListener { listener, addr } => {
+                    if self.shutting_down.is_none() {
+                        self.add_listeners(vec![(listener, addr)]);
+                    }
+                }
+                ReactorMessage::RemoveListener(socket) => self.remove_listener(socket),
+                ReactorMessage::CloseConnections(listener) => {
+                    let doomed: Vec<usize> = self
+                        .slots
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, s)| {
+                            (s.as_ref()?.conn.listener() == &listener).then_some(i)
+                        })
+                        .collect();
+                    for index in doomed {
+                        self.close(index, "listener removed");
                     }
                 }
                 ReactorMessage::Shutdown => self.begin_shutdown(now),

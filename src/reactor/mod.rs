@@ -11,5 +11,5 @@ pub mod stats;
 mod event_loop;
 mod timers;
 
-pub use event_loop::{Reactor, ReactorConfig, ReactorHandle, ReactorMessage};
+pub use event_loop::{Mailbox, Reactor, ReactorConfig, ReactorHandle, ReactorMessage};
 pub use stats::{ReactorStats, StatsSnapshot};

@@ -1,7 +1,7 @@
 //! Reload: what changes between the declaration that is serving and a new one. Pure: the
 //! plan is computed from two declarations and touches nothing; `target::reload` applies it.
 
-mod plan;
+pub mod plan;
 #[cfg(test)]
 mod tests;
 

@@ -16,7 +16,11 @@ use crate::config::{Config, Listener, Namespace, Subsystem, TransportKind};
 #[serde(tag = "step", rename_all = "snake_case")]
 pub enum Step {
     /// Detach a namespace: new commands get Invalid Namespace, in-flight ones finish.
-    RemoveNamespace { nqn: String, nsid: u32, replaced: bool },
+    RemoveNamespace {
+        nqn: String,
+        nsid: u32,
+        replaced: bool,
+    },
     /// Remove a subsystem and disconnect its controllers.
     RemoveSubsystem { nqn: String, replaced: bool },
     /// Replace who may connect and through which listeners; controllers no longer admitted
@@ -36,7 +40,11 @@ pub enum Step {
     /// Create a subsystem with its namespaces and listeners.
     AddSubsystem { nqn: String, replaced: bool },
     /// Attach a namespace; connected hosts get a Namespace Attribute Changed event.
-    AddNamespace { nqn: String, nsid: u32, replaced: bool },
+    AddNamespace {
+        nqn: String,
+        nsid: u32,
+        replaced: bool,
+    },
     /// The target's name (status only).
     Rename { name: Option<String> },
 }
@@ -107,7 +115,14 @@ pub fn plan(live: &Config, new: &Config) -> Plan {
             });
             continue;
         }
-        namespace_steps(nqn, old, new_sub, &mut remove_ns, &mut add_ns, &mut plan.warnings);
+        namespace_steps(
+            nqn,
+            old,
+            new_sub,
+            &mut remove_ns,
+            &mut add_ns,
+            &mut plan.warnings,
+        );
         if let Some(step) = access_step(live, new, old, new_sub) {
             access.push(step);
         }
@@ -283,7 +298,11 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let again = |replaced: &bool| if *replaced { " (replaced)" } else { "" };
         match self {
-            Self::RemoveNamespace { nqn, nsid, replaced } => {
+            Self::RemoveNamespace {
+                nqn,
+                nsid,
+                replaced,
+            } => {
                 write!(f, "- remove namespace {nsid} from {nqn}{}", again(replaced))
             }
             Self::RemoveSubsystem { nqn, replaced } => {
@@ -297,7 +316,10 @@ impl fmt::Display for Step {
                 listeners_added,
                 listeners_removed,
             } => {
-                write!(f, "~ change access to {nqn}: allow_any_host = {allow_any_host}")?;
+                write!(
+                    f,
+                    "~ change access to {nqn}: allow_any_host = {allow_any_host}"
+                )?;
                 for h in hosts_added {
                     write!(f, "; + host {h}")?;
                 }
@@ -317,7 +339,11 @@ impl fmt::Display for Step {
             Self::AddSubsystem { nqn, replaced } => {
                 write!(f, "+ add subsystem {nqn}{}", again(replaced))
             }
-            Self::AddNamespace { nqn, nsid, replaced } => {
+            Self::AddNamespace {
+                nqn,
+                nsid,
+                replaced,
+            } => {
                 write!(f, "+ add namespace {nsid} to {nqn}{}", again(replaced))
             }
             Self::Rename { name } => write!(f, "~ target name = {name:?}"),

@@ -71,7 +71,10 @@ fn identical_and_reordered_files_plan_nothing() {
     let reordered = format!("{head}{b}\n{a}");
     assert!(plan(&parse(BASE), &parse(&reordered)).is_empty());
     // A host named or written as its NQN is the same host.
-    let by_nqn = BASE.replace("hosts = [\"db\"]", "hosts = [\"nqn.2026-11.com.example:host-db\"]");
+    let by_nqn = BASE.replace(
+        "hosts = [\"db\"]",
+        "hosts = [\"nqn.2026-11.com.example:host-db\"]",
+    );
     assert!(plan(&parse(BASE), &parse(&by_nqn)).is_empty());
 }
 
@@ -89,7 +92,11 @@ fn namespaces_added_removed_and_replaced() {
     let resized = BASE.replace("ram = { size = \"64MiB\" }", "ram = { size = \"128MiB\" }");
     let replaced = plan(&parse(BASE), &parse(&resized));
     assert_eq!(
-        replaced.steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        replaced
+            .steps
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         [
             "- remove namespace 1 from nqn.2026-11.com.example:a (replaced)",
             "+ add namespace 1 to nqn.2026-11.com.example:a (replaced)"
@@ -102,8 +109,14 @@ fn namespaces_added_removed_and_replaced() {
 fn subsystems_added_removed_and_replaced() {
     let extra = "\n[[subsystem]]\nnqn = \"nqn.2026-11.com.example:c\"\nallow_any_host = true\n";
     let added = format!("{BASE}{extra}");
-    assert_eq!(steps(BASE, &added), ["+ add subsystem nqn.2026-11.com.example:c"]);
-    assert_eq!(steps(&added, BASE), ["- remove subsystem nqn.2026-11.com.example:c"]);
+    assert_eq!(
+        steps(BASE, &added),
+        ["+ add subsystem nqn.2026-11.com.example:c"]
+    );
+    assert_eq!(
+        steps(&added, BASE),
+        ["- remove subsystem nqn.2026-11.com.example:c"]
+    );
     let reserial = BASE.replace(
         "nqn = \"nqn.2026-11.com.example:b\"",
         "nqn = \"nqn.2026-11.com.example:b\"\nserial = \"NEW-SERIAL\"",
@@ -120,7 +133,10 @@ fn subsystems_added_removed_and_replaced() {
 #[test]
 fn hosts_and_listeners_change_in_place_with_sockets_in_order() {
     let text = BASE
-        .replace("hosts = [\"db\"]", "hosts = [\"nqn.2026-11.com.example:host-web\"]")
+        .replace(
+            "hosts = [\"db\"]",
+            "hosts = [\"nqn.2026-11.com.example:host-web\"]",
+        )
         .replacen("port = 4420", "port = 4421", 1);
     assert_eq!(
         steps(BASE, &text),
@@ -143,7 +159,10 @@ fn removals_come_before_additions() {
         "{}\n[[subsystem]]\nnqn = \"nqn.2026-11.com.example:c\"\nallow_any_host = true\n",
         BASE.replace("ram = { size = \"64MiB\" }", "ram = { size = \"32MiB\" }")
     );
-    let text = text.replace("nsid = 1\nnull = { size = \"1GiB\" }\n", "nsid = 3\nnull = { size = \"1GiB\" }\n");
+    let text = text.replace(
+        "nsid = 1\nnull = { size = \"1GiB\" }\n",
+        "nsid = 3\nnull = { size = \"1GiB\" }\n",
+    );
     assert_eq!(
         steps(BASE, &text),
         [
@@ -163,7 +182,11 @@ fn process_wide_changes_need_a_restart() {
         .replace("[transport.tcp]", "[transport.tcp]\nmax_queue_depth = 64");
     let refused = plan(&parse(BASE), &parse(&text));
     assert!(refused.is_refused());
-    let fields: Vec<&str> = refused.restart_required.iter().map(|f| f.what.as_str()).collect();
+    let fields: Vec<&str> = refused
+        .restart_required
+        .iter()
+        .map(|f| f.what.as_str())
+        .collect();
     assert_eq!(fields, ["target.interrupt_mode", "transport.tcp"]);
     // The same mask written differently is no change.
     let same = BASE.replace("core_mask = \"0x1\"", "core_mask = \"0\"");

@@ -1,18 +1,20 @@
 //! From the declaration to live objects: backends, subsystems, the registry and bound sockets.
+//! Start-up and reload build through the same functions.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use tracing::info;
 
 use crate::backend::Backend;
-use crate::config::{self, Config, TransportKind};
+use crate::config::{self, Config, Subsystem as SubsystemDecl, TransportKind};
 use crate::controller::{
-    AddressFamily, ListenerAddr, NamespaceSpec, Registry, SubsystemSpec, TransportLimits,
-    TransportType,
+    AddressFamily, ListenerAddr, Namespace, NamespaceSpec, Registry, SubsystemSpec,
+    TransportLimits, TransportType,
 };
+use crate::reconcile::plan::tcp_socket;
 
 pub struct Built {
     pub registry: Arc<Registry>,
@@ -21,96 +23,137 @@ pub struct Built {
     pub listeners: Vec<(TcpListener, ListenerAddr)>,
 }
 
-pub fn build(config: &Config) -> anyhow::Result<Built> {
+pub fn limits(config: &Config) -> (TransportLimits, bool) {
     // Without [transport.tcp] nothing listens yet; discovery and the control socket still
     // serve, and a reload may add listeners.
     let tcp = config.transport.tcp.clone().unwrap_or_default();
-    let limits = TransportLimits {
-        max_queue_depth: tcp.max_queue_depth,
-        max_aq_depth: tcp.max_aq_depth,
-        max_io_qpairs_per_ctrlr: tcp.max_io_qpairs_per_ctrlr,
-        in_capsule_data_size: tcp.in_capsule_data_size,
-        max_io_size: tcp.max_io_size,
-    };
-    let mut sockets: BTreeMap<SocketAddr, ListenerAddr> = BTreeMap::new();
+    (
+        TransportLimits {
+            max_queue_depth: tcp.max_queue_depth,
+            max_aq_depth: tcp.max_aq_depth,
+            max_io_qpairs_per_ctrlr: tcp.max_io_qpairs_per_ctrlr,
+            in_capsule_data_size: tcp.in_capsule_data_size,
+            max_io_size: tcp.max_io_size,
+        },
+        tcp.c2h_success,
+    )
+}
+
+pub fn build(config: &Config) -> anyhow::Result<Built> {
+    let (limits, c2h_success) = limits(config);
     let mut specs = Vec::new();
     for subsystem in &config.subsystem {
-        let mut listeners = Vec::new();
-        for listener in &subsystem.listener {
-            if listener.transport != TransportKind::Tcp {
-                bail!(
-                    "subsystem {}: {} listeners are not served by this build",
-                    subsystem.nqn,
-                    listener.transport
-                );
-            }
-            let (socket, addr) = tcp_listener_addr(listener)
-                .with_context(|| format!("subsystem {}", subsystem.nqn))?;
-            sockets.entry(socket).or_insert_with(|| addr.clone());
-            listeners.push(addr);
-        }
-        let mut namespaces = Vec::new();
-        for ns in &subsystem.namespace {
-            let backend = open_backend(ns)
-                .with_context(|| format!("subsystem {} namespace {}", subsystem.nqn, ns.nsid))?;
-            namespaces.push(NamespaceSpec {
-                nsid: ns.nsid,
-                backend,
-                block_size: ns.block_size,
-                read_only: ns.read_only,
-                uuid: ns.uuid.map(|id| id.0),
-                nguid: ns.nguid.map(|id| id.0),
-                eui64: ns.eui64.map(|id| id.0),
-            });
-        }
-        specs.push(SubsystemSpec {
-            nqn: subsystem.nqn.clone(),
-            serial: subsystem.serial.clone(),
-            model: subsystem.model.clone(),
-            allow_any_host: subsystem.allow_any_host,
-            hosts: subsystem.host_nqns(config),
-            max_namespaces: subsystem.max_namespaces,
-            namespaces,
-            listeners,
-        });
+        specs.push(subsystem_spec(config, subsystem)?);
     }
     let registry = Arc::new(Registry::new(specs, limits).context("invalid subsystems")?);
     let mut listeners = Vec::new();
-    for (socket, addr) in sockets {
-        let listener =
-            TcpListener::bind(socket).with_context(|| format!("cannot listen on {socket}"))?;
-        listener.set_nonblocking(true)?;
-        info!(%socket, "listening");
-        listeners.push((listener, addr));
+    for socket in sockets(config) {
+        listeners.push((bind(socket)?, listener_addr(socket)));
     }
     Ok(Built {
         registry,
         limits,
-        c2h_success: tcp.c2h_success,
+        c2h_success,
         listeners,
     })
 }
 
-fn tcp_listener_addr(listener: &config::Listener) -> anyhow::Result<(SocketAddr, ListenerAddr)> {
-    let address = listener.address.as_deref().unwrap_or("0.0.0.0");
-    let ip: IpAddr = address
-        .parse()
-        .with_context(|| format!("listener address {address:?} is not an IP address"))?;
-    let port = listener.port_or_default();
-    let adrfam = if ip.is_ipv4() {
-        AddressFamily::Ipv4
-    } else {
-        AddressFamily::Ipv6
-    };
-    Ok((
-        SocketAddr::new(ip, port),
-        ListenerAddr {
-            trtype: TransportType::Tcp,
-            adrfam,
-            traddr: ip.to_string(),
-            trsvcid: port.to_string(),
+/// Every distinct TCP socket the declaration listens on.
+pub fn sockets(config: &Config) -> Vec<SocketAddr> {
+    let mut sockets: BTreeMap<SocketAddr, ()> = BTreeMap::new();
+    for subsystem in &config.subsystem {
+        for listener in &subsystem.listener {
+            if let Some(socket) = tcp_socket(listener) {
+                sockets.insert(socket, ());
+            }
+        }
+    }
+    sockets.into_keys().collect()
+}
+
+/// Binds a listening socket (non-blocking, for the reactor).
+pub fn bind(socket: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener =
+        TcpListener::bind(socket).with_context(|| format!("cannot listen on {socket}"))?;
+    listener.set_nonblocking(true)?;
+    info!(%socket, "listening");
+    Ok(listener)
+}
+
+/// How the controller core names a TCP socket.
+pub fn listener_addr(socket: SocketAddr) -> ListenerAddr {
+    ListenerAddr {
+        trtype: TransportType::Tcp,
+        adrfam: if socket.is_ipv4() {
+            AddressFamily::Ipv4
+        } else {
+            AddressFamily::Ipv6
         },
-    ))
+        traddr: socket.ip().to_string(),
+        trsvcid: socket.port().to_string(),
+    }
+}
+
+/// A subsystem's spec with its namespaces' backends opened.
+pub fn subsystem_spec(config: &Config, subsystem: &SubsystemDecl) -> anyhow::Result<SubsystemSpec> {
+    let mut namespaces = Vec::new();
+    for ns in &subsystem.namespace {
+        namespaces.push(
+            namespace_spec(ns)
+                .with_context(|| format!("subsystem {} namespace {}", subsystem.nqn, ns.nsid))?,
+        );
+    }
+    Ok(SubsystemSpec {
+        nqn: subsystem.nqn.clone(),
+        serial: subsystem.serial.clone(),
+        model: subsystem.model.clone(),
+        allow_any_host: subsystem.allow_any_host,
+        hosts: subsystem.host_nqns(config),
+        max_namespaces: subsystem.max_namespaces,
+        namespaces,
+        listeners: subsystem_listeners(subsystem)?,
+    })
+}
+
+/// The TCP listeners of a subsystem as the controller core names them.
+pub fn subsystem_listeners(subsystem: &SubsystemDecl) -> anyhow::Result<Vec<ListenerAddr>> {
+    let mut listeners = Vec::new();
+    for listener in &subsystem.listener {
+        if listener.transport != TransportKind::Tcp {
+            bail!(
+                "subsystem {}: {} listeners are not served by this build",
+                subsystem.nqn,
+                listener.transport
+            );
+        }
+        let socket = tcp_socket(listener).with_context(|| {
+            format!(
+                "subsystem {}: listener address is not an IP address",
+                subsystem.nqn
+            )
+        })?;
+        listeners.push(listener_addr(socket));
+    }
+    Ok(listeners)
+}
+
+/// A namespace with its backend opened, ready to attach.
+pub fn namespace(nqn: &str, ns: &config::Namespace) -> anyhow::Result<Arc<Namespace>> {
+    let spec =
+        namespace_spec(ns).with_context(|| format!("subsystem {nqn} namespace {}", ns.nsid))?;
+    Ok(Arc::new(Namespace::new(spec, nqn)?))
+}
+
+fn namespace_spec(ns: &config::Namespace) -> anyhow::Result<NamespaceSpec> {
+    Ok(NamespaceSpec {
+        nsid: ns.nsid,
+        backend: open_backend(ns)?,
+        block_size: ns.block_size,
+        read_only: ns.read_only,
+        uuid: ns.uuid.map(|id| id.0),
+        nguid: ns.nguid.map(|id| id.0),
+        eui64: ns.eui64.map(|id| id.0),
+    })
 }
 
 fn open_backend(ns: &config::Namespace) -> anyhow::Result<Arc<dyn Backend>> {

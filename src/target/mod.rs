@@ -1,15 +1,18 @@
 //! The running target: builds namespaces, subsystems, listeners and reactors from the
 //! declaration, serves until SIGTERM/SIGINT, then shuts down in order.
 
+mod apply;
 mod build;
+mod reload;
 mod status;
+mod systemd;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tracing::info;
 
 use crate::config::Config;
@@ -17,17 +20,26 @@ use crate::control::ControlServer;
 use crate::reactor::{Reactor, ReactorConfig, ReactorHandle, ReactorMessage};
 use crate::transport::tcp::TcpContext;
 
-pub use status::{StatusReport, print_status, render_status};
+pub use reload::{Outcome, ReloadResult, Reloader, Trigger};
+pub use status::{StatusReport, print_plan, print_reload, print_status, render_status};
 
 /// A target that is serving.
 pub struct Target {
     reactors: Vec<ReactorHandle>,
     control: Option<ControlServer>,
+    reloader: Arc<Reloader>,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Target {
-    /// Builds everything the declaration asks for and starts serving.
-    pub fn start(config: &Config, config_path: &Path) -> anyhow::Result<Self> {
+    /// Builds everything the declaration asks for and starts serving. `text` is the file the
+    /// declaration was read from (its hash identifies the applied configuration).
+    pub fn start(
+        config: &Config,
+        config_path: &Path,
+        text: &str,
+        watch: bool,
+    ) -> anyhow::Result<Self> {
         let built = build::build(config).context("cannot build the target")?;
         let cores = config
             .target
@@ -55,6 +67,11 @@ impl Target {
             limits: built.limits,
             c2h_success: built.c2h_success,
         });
+        let sockets = built
+            .listeners
+            .iter()
+            .filter_map(|(l, addr)| Some((l.local_addr().ok()?, addr.clone())))
+            .collect();
         let mut listeners = Some(built.listeners);
         let mut reactors = Vec::new();
         for reactor in prepared {
@@ -62,10 +79,26 @@ impl Target {
             let mine = listeners.take().unwrap_or_default();
             reactors.push(reactor.start(Arc::clone(&context), mine, Arc::clone(&mailboxes))?);
         }
+        let reloader = Reloader::start(
+            config_path,
+            apply::Live {
+                config: config.clone(),
+                registry: Arc::clone(&built.registry),
+                sockets,
+                mailboxes: Arc::clone(&mailboxes),
+            },
+            text,
+        );
+        let watcher = if watch {
+            reload::watch(config_path, &reloader)
+        } else {
+            None
+        };
         let report = Arc::new(StatusReport::new(
             config.clone(),
             config_path.to_owned(),
             Arc::clone(&built.registry),
+            Arc::clone(&reloader),
             reactors
                 .iter()
                 .map(|r| (r.config.clone(), Arc::clone(r.stats())))
@@ -81,9 +114,12 @@ impl Target {
             control_socket = %config.target.control_socket.display(),
             "target serving"
         );
+        systemd::notify_ready("serving");
         Ok(Self {
             reactors,
             control: Some(control),
+            reloader,
+            _watcher: watcher,
         })
     }
 
@@ -91,6 +127,7 @@ impl Target {
     /// connection and joins the reactors. Dropping the registry afterwards closes backends,
     /// which flush file namespaces.
     pub fn shutdown(mut self) {
+        systemd::notify_stopping();
         self.control.take();
         for reactor in &self.reactors {
             reactor.send(ReactorMessage::Shutdown);
@@ -102,13 +139,21 @@ impl Target {
     }
 }
 
-/// Serves `config` until SIGTERM or SIGINT.
-pub fn serve(config: &Config, config_path: &Path) -> anyhow::Result<()> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+/// Serves `config` until SIGTERM or SIGINT; SIGHUP reloads the declaration.
+pub fn serve(config: &Config, config_path: &Path, text: &str, watch: bool) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .context("cannot install signal handlers")?;
-    let target = Target::start(config, config_path)?;
-    if let Some(signal) = signals.forever().next() {
+    // The watcher and `plan` need the path whatever the working directory becomes.
+    let config_path = std::fs::canonicalize(config_path).unwrap_or_else(|_| config_path.to_owned());
+    let target = Target::start(config, &config_path, text, watch)?;
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            info!("SIGHUP: reloading the declaration");
+            target.reloader.request(Trigger::Signal);
+            continue;
+        }
         info!(signal, "signal received; shutting down");
+        break;
     }
     target.shutdown();
     Ok(())

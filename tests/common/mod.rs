@@ -66,11 +66,28 @@ impl TargetProcess {
     pub fn start_with_config(dir: tempfile::TempDir, port: u16, config: &str) -> Self {
         let config_path = dir.path().join("target.toml");
         std::fs::write(&config_path, config).expect("write config");
+        Self::start_with_config_path(dir, port, &config_path)
+    }
+
+    /// Runs the target on a declaration already written at `config_path`.
+    pub fn start_with_config_path(dir: tempfile::TempDir, port: u16, config_path: &Path) -> Self {
+        Self::start_with_args(dir, port, config_path, &[])
+    }
+
+    /// Runs the target with extra `run` arguments.
+    pub fn start_with_args(
+        dir: tempfile::TempDir,
+        port: u16,
+        config_path: &Path,
+        args: &[&str],
+    ) -> Self {
+        let config_path = config_path.to_owned();
         let log_path = dir.path().join("target.log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_nvmf-tgt"))
             .args(["run", "-c"])
             .arg(&config_path)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_TARGET_LOG").unwrap_or_else(|_| "info".into()),

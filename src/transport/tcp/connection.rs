@@ -63,6 +63,10 @@ impl TcpConnection {
         self.peer
     }
 
+    pub fn listener(&self) -> &ListenerAddr {
+        self.qpair.listener()
+    }
+
     pub fn controller(&self) -> Option<&Arc<Controller>> {
         self.qpair.controller()
     }

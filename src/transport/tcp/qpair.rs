@@ -80,6 +80,11 @@ pub struct TcpQpair {
 }
 
 impl TcpQpair {
+    /// The listener this queue's connection was accepted on.
+    pub fn listener(&self) -> &ListenerAddr {
+        &self.listener
+    }
+
     pub fn new(
         context: Arc<TcpContext>,
         listener: ListenerAddr,

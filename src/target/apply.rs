@@ -1,0 +1,182 @@
+//! Applies a reload plan to the serving target in two phases. Prepare does everything that
+//! can fail (open backends, build subsystems, bind sockets) without changing what serves;
+//! commit then makes the changes, none of which can fail. A failure in prepare therefore
+//! leaves the previous state serving untouched: the rollback is dropping what was prepared.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use anyhow::{Context as _, anyhow};
+use tracing::{info, warn};
+
+use super::build;
+use crate::config::Config;
+use crate::controller::{Access, Controller, ListenerAddr, Namespace, Registry, Subsystem};
+use crate::reactor::{Mailbox, ReactorMessage};
+use crate::reconcile::{Plan, Step};
+
+/// What is serving: the declaration last applied, and the objects built from it.
+pub struct Live {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    /// Sockets being accepted on, by address.
+    pub sockets: BTreeMap<SocketAddr, ListenerAddr>,
+    /// Every reactor; the first one accepts for all listeners.
+    pub mailboxes: Arc<Vec<Mailbox>>,
+}
+
+#[derive(Default)]
+struct Prepared {
+    subsystems: HashMap<String, Arc<Subsystem>>,
+    namespaces: HashMap<(String, u32), Arc<Namespace>>,
+    sockets: HashMap<SocketAddr, TcpListener>,
+}
+
+impl Live {
+    /// Applies `plan` (computed from `self.config` to `new`). On error nothing has changed.
+    pub fn apply(&mut self, new: &Config, plan: &Plan) -> anyhow::Result<()> {
+        let prepared = self.prepare(new, plan)?;
+        self.commit(new, plan, prepared);
+        self.config = new.clone();
+        Ok(())
+    }
+
+    fn prepare(&self, new: &Config, plan: &Plan) -> anyhow::Result<Prepared> {
+        let mut prepared = Prepared::default();
+        for step in &plan.steps {
+            match step {
+                Step::AddSubsystem { nqn, .. } => {
+                    let decl = subsystem_decl(new, nqn)?;
+                    let spec = build::subsystem_spec(new, decl)?;
+                    let subsystem =
+                        Subsystem::new(spec).with_context(|| format!("subsystem {nqn}"))?;
+                    prepared.subsystems.insert(nqn.clone(), Arc::new(subsystem));
+                }
+                Step::AddNamespace { nqn, nsid, .. } => {
+                    let decl = subsystem_decl(new, nqn)?;
+                    let ns = decl
+                        .namespace
+                        .iter()
+                        .find(|n| n.nsid == *nsid)
+                        .ok_or_else(|| anyhow!("namespace {nsid} of {nqn} is not declared"))?;
+                    prepared
+                        .namespaces
+                        .insert((nqn.clone(), *nsid), build::namespace(nqn, ns)?);
+                }
+                Step::OpenSocket { socket } => {
+                    prepared.sockets.insert(*socket, build::bind(*socket)?);
+                }
+                Step::SetAccess { nqn, .. } => {
+                    // Listener addresses are checked here so commit cannot fail on them.
+                    build::subsystem_listeners(subsystem_decl(new, nqn)?)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(prepared)
+    }
+
+    fn commit(&mut self, new: &Config, plan: &Plan, mut prepared: Prepared) {
+        let mut discovery_changed = false;
+        for step in &plan.steps {
+            info!(%step, "applying");
+            match step {
+                Step::RemoveNamespace { nqn, nsid, .. } => {
+                    if let Some(subsystem) = self.registry.subsystem(nqn) {
+                        subsystem.remove_namespace(*nsid);
+                    }
+                }
+                Step::RemoveSubsystem { nqn, .. } => {
+                    let controllers = self
+                        .registry
+                        .subsystem(nqn)
+                        .map(|s| s.controllers())
+                        .unwrap_or_default();
+                    self.registry.remove_subsystem(nqn);
+                    self.disconnect(controllers);
+                }
+                Step::SetAccess { nqn, .. } => {
+                    let (Some(subsystem), Ok(decl)) =
+                        (self.registry.subsystem(nqn), subsystem_decl(new, nqn))
+                    else {
+                        continue;
+                    };
+                    let access = Access {
+                        allow_any_host: decl.allow_any_host,
+                        hosts: decl.host_nqns(new),
+                        listeners: build::subsystem_listeners(decl).unwrap_or_default(),
+                    };
+                    let refused = subsystem.set_access(access);
+                    if !refused.is_empty() {
+                        warn!(subnqn = %nqn, controllers = refused.len(), "disconnecting controllers no longer admitted");
+                    }
+                    self.disconnect(refused);
+                    discovery_changed = true;
+                }
+                Step::CloseSocket { socket } => {
+                    if let Some(addr) = self.sockets.remove(socket) {
+                        self.acceptor()
+                            .send(ReactorMessage::RemoveListener(*socket));
+                        for mailbox in self.mailboxes.iter() {
+                            mailbox.send(ReactorMessage::CloseConnections(addr.clone()));
+                        }
+                    }
+                }
+                Step::OpenSocket { socket } => {
+                    if let Some(listener) = prepared.sockets.remove(socket) {
+                        let addr = build::listener_addr(*socket);
+                        self.sockets.insert(*socket, addr.clone());
+                        self.acceptor()
+                            .send(ReactorMessage::AddListener { listener, addr });
+                    }
+                }
+                Step::AddSubsystem { nqn, .. } => {
+                    if let Some(subsystem) = prepared.subsystems.remove(nqn) {
+                        if let Err(err) = self.registry.insert_subsystem(subsystem) {
+                            warn!(%err, subnqn = %nqn, "cannot add subsystem");
+                        }
+                    }
+                }
+                Step::AddNamespace { nqn, nsid, .. } => {
+                    let ns = prepared.namespaces.remove(&(nqn.clone(), *nsid));
+                    if let (Some(subsystem), Some(ns)) = (self.registry.subsystem(nqn), ns) {
+                        if let Err(err) = subsystem.attach_namespace(ns) {
+                            warn!(%err, subnqn = %nqn, nsid, "cannot add namespace");
+                        }
+                    }
+                }
+                Step::Rename { .. } => {}
+            }
+        }
+        if discovery_changed {
+            self.registry.bump_discovery_generation();
+        }
+    }
+
+    fn acceptor(&self) -> &Mailbox {
+        // Target::start always creates at least one reactor.
+        &self.mailboxes[0]
+    }
+
+    /// Tears controllers down and has every reactor close their connections.
+    fn disconnect(&self, controllers: Vec<Arc<Controller>>) {
+        for ctrlr in controllers {
+            ctrlr.handle_queue_gone(0);
+            for mailbox in self.mailboxes.iter() {
+                mailbox.send(ReactorMessage::ControllerGone(Arc::clone(&ctrlr)));
+            }
+        }
+    }
+}
+
+fn subsystem_decl<'a>(
+    config: &'a Config,
+    nqn: &str,
+) -> anyhow::Result<&'a crate::config::Subsystem> {
+    config
+        .subsystem
+        .iter()
+        .find(|s| s.nqn == nqn)
+        .ok_or_else(|| anyhow!("subsystem {nqn} is not declared"))
+}
