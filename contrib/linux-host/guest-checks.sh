@@ -53,3 +53,26 @@ python3 -c "import json;j=json.load(open('/tmp/work/fio-randread.json'))['jobs']
 step fio-randread
 timeout 30 nvme disconnect -n $NQN || exit 24
 step disconnect-digests
+
+# 3: hot reload seen by the Linux host. The host side (run-case.sh) adds namespace 2 to the
+# declaration when it sees reload-add, and removes it on reload-remove; the kernel must
+# rescan by itself on the Namespace Attribute Changed event, and I/O on namespace 1 goes on.
+timeout 30 nvme connect -t tcp -a $ADDR -s $PORT -n $NQN $opts || exit 30
+D=$(dev) || exit 30
+step connect-reload
+touch /tmp/work/reload-add
+ok=""; for i in $(seq 600); do ls /dev/nvme*n2 >/dev/null 2>&1 && { ok=1; break; }; sleep 0.1; done
+[ -n "$ok" ] || exit 31
+echo "RELOAD-OK namespace 2 appeared without reconnecting"
+timeout 60 dd if=$D of=/tmp/readback3 bs=64k count=128 iflag=direct status=none || exit 32
+cmp /tmp/p8 /tmp/readback3 || exit 32
+step reload-add
+touch /tmp/work/reload-remove
+ok=""; for i in $(seq 600); do ls /dev/nvme*n2 >/dev/null 2>&1 || { ok=1; break; }; sleep 0.1; done
+[ -n "$ok" ] || exit 33
+timeout 60 dd if=$D of=/tmp/readback4 bs=64k count=128 iflag=direct status=none || exit 34
+cmp /tmp/p8 /tmp/readback4 || exit 34
+echo "RELOAD-OK namespace 2 went away, namespace 1 still serves"
+step reload-remove
+timeout 30 nvme disconnect -n $NQN || exit 35
+step disconnect-reload
