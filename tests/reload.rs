@@ -468,3 +468,48 @@ fn removed_hosts_and_listeners_are_disconnected_others_stay() {
     // Removing A's listener from B's port removed only A's controllers there.
     b_again.keep_alive().unwrap();
 }
+
+#[test]
+fn systemd_hears_ready_and_reloading() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let path = dir.path().join("target.toml");
+    std::fs::write(&path, declaration(dir.path(), port, "", &ns(1))).unwrap();
+    let target = TargetProcess::start_with_env(
+        dir,
+        port,
+        &path,
+        &["--no-watch"],
+        &[("NOTIFY_SOCKET", notify_path.as_path())],
+    );
+    let mut buf = [0u8; 512];
+    let mut next = || {
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(next(), "READY=1\nSTATUS=serving");
+    std::fs::write(
+        &path,
+        declaration(target.dir.path(), port, "", &format!("{}{}", ns(1), ns(2))),
+    )
+    .unwrap();
+    common::signal(target.pid(), "HUP");
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    let usec: u64 = reloading.rsplit('=').next().unwrap().parse().unwrap();
+    assert!(usec > 0);
+    let ready = next();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=reload Applied: applied 1 change(s)"),
+        "{ready}"
+    );
+}

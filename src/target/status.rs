@@ -255,6 +255,28 @@ pub fn render_status(status: &Value) -> String {
         },
         status["config"].as_str().unwrap_or("?"),
     );
+    let decl = &status["declaration"];
+    let _ = writeln!(
+        out,
+        "declaration: generation {}, hash {}",
+        decl["applied"]["generation"],
+        decl["applied"]["hash"].as_str().unwrap_or("?"),
+    );
+    if decl["last_attempt"].is_object() {
+        let last = &decl["last_attempt"];
+        let _ = writeln!(
+            out,
+            "last reload ({}): {}: {}",
+            last["trigger"].as_str().unwrap_or("?"),
+            last["result"].as_str().unwrap_or("?"),
+            last["message"].as_str().unwrap_or(""),
+        );
+        if let Some(d) = last["diagnostics"].as_str() {
+            for line in d.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
     if let Some(cpu) = status["process_cpu_s"].as_f64() {
         let _ = writeln!(out, "process CPU time: {cpu:.3}s");
     }

@@ -81,6 +81,17 @@ impl TargetProcess {
         config_path: &Path,
         args: &[&str],
     ) -> Self {
+        Self::start_with_env(dir, port, config_path, args, &[])
+    }
+
+    /// Runs the target with extra `run` arguments and environment variables.
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        port: u16,
+        config_path: &Path,
+        args: &[&str],
+        envs: &[(&str, &Path)],
+    ) -> Self {
         let config_path = config_path.to_owned();
         let log_path = dir.path().join("target.log");
         let log = std::fs::File::create(&log_path).expect("log file");
@@ -88,6 +99,7 @@ impl TargetProcess {
             .args(["run", "-c"])
             .arg(&config_path)
             .args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, *v)))
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_TARGET_LOG").unwrap_or_else(|_| "info".into()),
