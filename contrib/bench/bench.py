@@ -250,7 +250,8 @@ def markdown(result):
         "with (min..max). Target CPU is utime+stime of the target process from "
         "/proc/PID/stat over the whole nvmf-perf run (connect included) divided by the "
         "I/Os completed. Reactor busy is the target's own busy/(busy+idle) from "
-        "`nvmf-tgt status`. Perf CPU is nvmf-perf's own CPU in % of a core: near 100 "
+        "`nvmf-tgt status` (passes that found no work count as idle, so a poll-mode reactor "
+        "spinning on nothing shows 0% busy at 100% CPU). Perf CPU is nvmf-perf's own CPU in % of a core: near 100 "
         "means the initiator, not the target, is the limit.\n"
     )
     for mode, cases in result["runs"].items():

@@ -56,22 +56,6 @@ cleanup() {
   if [ -n "$WORK" ] && [ "$rc" -eq 0 ]; then rm -rf "$WORK"; fi
   if [ -n "$WORK" ] && [ "$rc" -ne 0 ]; then say "kept $WORK for inspection"; fi
 }
-trap cleanup EXIT
-trap 'say interrupted; exit 130' INT TERM
-
-for v in BENCH_SECONDS BENCH_REPEATS BENCH_IDLE_SECONDS BENCH_IDLE_HOSTS; do
-  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
-done
-[ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (target on 0, nvmf-perf on 1)"
-command -v taskset >/dev/null || die "taskset not found (util-linux)"
-command -v python3 >/dev/null || die "python3 not found"
-
-say "building release binaries"
-cargo build --release --bins || die "cargo build --release --bins failed"
-
-WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/nvmf-bench.XXXXXX")
-RAW=$WORK/raw.jsonl
-: >"$RAW"
 
 # utime + stime of a process in clock ticks (fields 14 and 15 of /proc/PID/stat; the name in
 # field 2 may hold spaces, so count from the last ')').
@@ -263,6 +247,23 @@ run_idle() {
   say "  idle $mode $ns: $((t1 - t0)) ticks in $BENCH_IDLE_SECONDS s"
   stop_target
 }
+
+trap cleanup EXIT
+trap 'say interrupted; exit 130' INT TERM
+
+for v in BENCH_SECONDS BENCH_REPEATS BENCH_IDLE_SECONDS BENCH_IDLE_HOSTS; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"
+done
+[ "$(nproc)" -ge 2 ] || die "needs at least 2 CPUs (target on 0, nvmf-perf on 1)"
+command -v taskset >/dev/null || die "taskset not found (util-linux)"
+command -v python3 >/dev/null || die "python3 not found"
+
+say "building release binaries"
+cargo build --release --bins || die "cargo build --release --bins failed"
+
+WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/nvmf-bench.XXXXXX")
+RAW=$WORK/raw.jsonl
+: >"$RAW"
 
 for mode in interrupt poll; do
   run_io "$mode"
