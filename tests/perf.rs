@@ -266,3 +266,67 @@ fn reads_complete_by_capsule_response_when_the_target_sends_no_success_flag() {
         );
     }
 }
+
+#[test]
+fn idle_hosts_connect_controllers_and_only_keep_them_alive() {
+    let target = null_target();
+    let id = format!(
+        "trtype:tcp traddr:127.0.0.1 trsvcid:{} subnqn:{SUBNQN}",
+        target.port
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-perf"))
+        .args(["-r", &id, "--hostnqn", HOSTNQN])
+        .args(["--idle", "--connections", "4", "-t", "2", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn nvmf-perf --idle");
+    // While it sits there: 4 enabled controllers, 8 connections (admin + one I/O queue each).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let status = loop {
+        let status = nvmf_tgt::control::call(
+            &target.control_socket(),
+            "nvmf_tgt_status",
+            serde_json::Value::Null,
+        )
+        .expect("status");
+        let connections = status["reactors"][0]["connections"].as_u64();
+        if connections == Some(8) || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(
+        status["reactors"][0]["connections"].as_u64(),
+        Some(8),
+        "{status}"
+    );
+    let controllers = status["subsystems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["nqn"] == SUBNQN)
+        .and_then(|s| s["controllers"].as_array())
+        .expect("the subsystem's controllers");
+    assert_eq!(controllers.len(), 4, "{status}");
+    assert!(controllers.iter().all(|c| c["enabled"] == true), "{status}");
+
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["controllers"], 4, "{report}");
+    // Two seconds is less than one keep-alive period: only the final round was sent.
+    assert_eq!(report["keep_alives"], 4, "{report}");
+    let elapsed = num(&report, "elapsed_s");
+    assert!((2.0..3.0).contains(&elapsed), "{report}");
+    // It sleeps: far less than a core, even on a loaded machine.
+    assert!(num(&report, "cpu_percent") < 20.0, "{report}");
+    assert!(report.get("ios").is_none(), "no I/O report: {report}");
+
+    let out = perf(target.port, &["--idle", "--count", "5"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap rejects --idle with --count"
+    );
+}

@@ -53,7 +53,8 @@ struct Cli {
     /// Run exactly this many I/Os instead of a time.
     #[arg(long)]
     count: Option<u64>,
-    /// I/O queues (one TCP connection each) of one controller, driven round-robin.
+    /// I/O queues (one TCP connection each) of one controller, driven round-robin; with
+    /// --idle, controllers.
     #[arg(long, default_value_t = 1)]
     connections: u16,
     /// Pin the perf thread to this CPU.
@@ -78,6 +79,10 @@ struct Cli {
     /// Print one JSON object on stdout instead of the text summary.
     #[arg(long)]
     json: bool,
+    /// No I/O: connect --connections controllers (admin queue and one I/O queue each) and
+    /// only send Keep Alive until the time is up; measures a target's idle cost.
+    #[arg(long, conflicts_with_all = ["count", "verify"])]
+    idle: bool,
 }
 
 fn main() -> ExitCode {
@@ -100,6 +105,15 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let cfg = config(cli)?;
+    if cli.idle {
+        let report = perf::idle(&cfg)?;
+        if cli.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{}", report.to_text());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let live = std::io::stderr().is_terminal();
     let report = perf::run(&cfg, |p: &Progress| {
         if live {

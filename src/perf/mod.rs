@@ -12,9 +12,11 @@
 //! - `workload`, `verify`: what to send and how to check what comes back
 //! - `session`: connect, identify, check the options against the target
 //! - `run`: the measurement loop; `stats`: histogram and report
+//! - `idle`: controllers that only send Keep Alive (`--idle`), for idle-cost measurements
 
 pub mod deframe;
 pub mod emit;
+pub mod idle;
 pub mod options;
 pub mod queue;
 pub mod run;
@@ -26,6 +28,7 @@ pub mod workload;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+pub use idle::{IdleReport, idle};
 pub use options::{Pattern, TransportId, parse_size};
 pub use run::{Progress, run};
 pub use stats::Report;

@@ -1,0 +1,322 @@
+#!/usr/bin/env python3
+"""Helper of contrib/bench/run.sh: small probes and the report.
+
+    bench.py free-port                  a free TCP port on 127.0.0.1
+    bench.py reactors STATUS.json       "busy_ns idle_ns connections", summed over reactors
+    bench.py report RAW.jsonl OUT_BASE  writes OUT_BASE.md and OUT_BASE.json, prints the .md
+
+RAW.jsonl has one object per measurement, written by run.sh:
+  {"kind": "run", "mode", "case", "repeat", "clk_tck", "target_ticks",
+   "reactor_busy_ns", "reactor_idle_ns", "perf": <nvmf-perf --json report>}
+  {"kind": "idle", "mode", "namespace", "seconds", "clk_tck", "target_ticks",
+   "reactor_busy_ns", "reactor_idle_ns", "connections", "idle_host": <nvmf-perf --idle --json>}
+Settings come from the environment (BENCH_SECONDS, BENCH_REPEATS, BENCH_IDLE_SECONDS,
+BENCH_IDLE_HOSTS) as run.sh exported them.
+"""
+
+import datetime
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+
+# The cases in the order run.sh runs them, with what the table shows.
+CASES = [
+    ("randread-4k-qd1", "4K randread QD1"),
+    ("randread-4k-qd32", "4K randread QD32"),
+    ("randread-4k-qd128", "4K randread QD128"),
+    ("randwrite-4k-qd32", "4K randwrite QD32"),
+    ("read-128k-qd8", "128K seq read QD8"),
+    ("randread-4k-qd32-2conn", "4K randread QD32 x 2 conns"),
+]
+MODES = ["interrupt", "poll"]
+NAMESPACES = ["null", "ram", "file"]
+DEFAULTS = {"BENCH_SECONDS": 10, "BENCH_REPEATS": 3, "BENCH_IDLE_SECONDS": 30}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        print(s.getsockname()[1])
+
+
+def reactors(path):
+    with open(path) as f:
+        status = json.load(f)
+    rs = status.get("reactors", [])
+    busy = sum(r.get("busy_ns", 0) for r in rs)
+    idle = sum(r.get("idle_ns", 0) for r in rs)
+    conns = sum(r.get("connections", 0) for r in rs)
+    print(busy, idle, conns)
+
+
+def spread(values):
+    """Median, min and max of the non-None values, or None when there are none."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
+
+
+def busy_percent(r):
+    busy, idle = r.get("reactor_busy_ns"), r.get("reactor_idle_ns")
+    if busy is None or idle is None or busy + idle <= 0:
+        return None
+    return 100.0 * busy / (busy + idle)
+
+
+def summarize_run(records):
+    def field(f):
+        return spread([f(r) for r in records])
+
+    def cpu_us_per_io(r):
+        ios = r["perf"]["ios"]
+        if ios <= 0:
+            return None
+        return r["target_ticks"] / r["clk_tck"] * 1e6 / ios
+
+    def target_cpu_percent(r):
+        secs = r["perf"]["elapsed_s"]
+        return 100.0 * r["target_ticks"] / r["clk_tck"] / secs if secs > 0 else None
+
+    return {
+        "iops": field(lambda r: r["perf"]["iops"]),
+        "mib_s": field(lambda r: r["perf"]["mib_s"]),
+        "lat_avg_us": field(lambda r: r["perf"]["latency_us"]["avg"]),
+        "lat_p50_us": field(lambda r: r["perf"]["latency_us"]["p50"]),
+        "lat_p99_us": field(lambda r: r["perf"]["latency_us"]["p99"]),
+        "target_cpu_us_per_io": field(cpu_us_per_io),
+        "target_cpu_percent": field(target_cpu_percent),
+        "reactor_busy_percent": field(busy_percent),
+        "perf_cpu_percent": field(lambda r: r["perf"]["cpu_percent"]),
+        "io_size": records[0]["perf"]["io_size"],
+        "queue_depth": records[0]["perf"]["queue_depth"],
+        "connections": records[0]["perf"]["connections"],
+        "pattern": records[0]["perf"]["pattern"],
+    }
+
+
+def summarize_idle(r):
+    return {
+        "seconds": r["seconds"],
+        "target_cpu_percent": 100.0 * r["target_ticks"] / r["clk_tck"] / r["seconds"],
+        "cpu_resolution_percent": 100.0 / r["clk_tck"] / r["seconds"],
+        "reactor_busy_percent": busy_percent(r),
+        "connections": r["connections"],
+        "idle_host_cpu_percent": r["idle_host"]["cpu_percent"],
+        "keep_alives": r["idle_host"]["keep_alives"],
+    }
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git(*args):
+    try:
+        return subprocess.run(
+            ["git", *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def machine():
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    settings = {k: int(os.environ.get(k, v)) for k, v in DEFAULTS.items()}
+    settings["BENCH_IDLE_HOSTS"] = int(os.environ.get("BENCH_IDLE_HOSTS", 16))
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "hostname": socket.gethostname(),
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "settings": settings,
+        "smoke": any(settings[k] < v for k, v in DEFAULTS.items()),
+        "placement": "target taskset -c 0 with core_mask 0x1; nvmf-perf --core 1",
+    }
+
+
+def fmt(x, digits):
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def cell(s, digits=0):
+    """`median (min..max)`, or the single value when there was one repeat."""
+    if s is None:
+        return "-"
+    if s["n"] == 1:
+        return fmt(s["median"], digits)
+    return f"{fmt(s['median'], digits)} ({fmt(s['min'], digits)}..{fmt(s['max'], digits)})"
+
+
+def ratio(a, b):
+    if a is None or b is None or b["median"] == 0:
+        return None
+    return a["median"] / b["median"]
+
+
+def report(raw_path, out_base):
+    records = []
+    with open(raw_path) as f:
+        for line in f:
+            if line.strip():
+                records.append(json.loads(line))
+    meta = machine()
+    runs = {}
+    for mode in MODES:
+        for case, _ in CASES:
+            rs = [
+                r
+                for r in records
+                if r["kind"] == "run" and r["mode"] == mode and r["case"] == case
+            ]
+            if rs:
+                runs.setdefault(mode, {})[case] = summarize_run(rs)
+    idle = {}
+    for r in records:
+        if r["kind"] == "idle":
+            idle.setdefault(r["mode"], {})[r["namespace"]] = summarize_idle(r)
+
+    def get(mode, case, key):
+        return runs.get(mode, {}).get(case, {}).get(key)
+
+    ratios = {
+        "qd32_iops_interrupt_over_poll": ratio(
+            get("interrupt", "randread-4k-qd32", "iops"),
+            get("poll", "randread-4k-qd32", "iops"),
+        ),
+        "qd1_avg_latency_interrupt_over_poll": ratio(
+            get("interrupt", "randread-4k-qd1", "lat_avg_us"),
+            get("poll", "randread-4k-qd1", "lat_avg_us"),
+        ),
+    }
+    result = {"machine": meta, "runs": runs, "idle": idle, "ratios": ratios}
+    with open(out_base + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    md = markdown(result)
+    with open(out_base + ".md", "w") as f:
+        f.write(md)
+    sys.stdout.write(md)
+
+
+def markdown(result):
+    m = result["machine"]
+    s = m["settings"]
+    out = []
+    title = "nvmf-tgt benchmark"
+    if m["smoke"]:
+        title += " (SMOKE RUN: short durations, figures not meaningful)"
+    out.append(f"# {title}\n")
+    commit = (m["git_commit"] or "unknown")[:12] + (" (dirty)" if m["git_dirty"] else "")
+    out.append("| | |\n|---|---|")
+    for k, v in [
+        ("date", m["date"]),
+        ("host", m["hostname"]),
+        ("CPU", m["cpu_model"]),
+        ("cores", m["cores"]),
+        ("kernel", m["kernel"]),
+        ("commit", commit),
+        ("placement", m["placement"]),
+        (
+            "durations",
+            f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats; "
+            f"idle {s['BENCH_IDLE_SECONDS']} s with {s['BENCH_IDLE_HOSTS']} hosts",
+        ),
+    ]:
+        out.append(f"| {k} | {v} |")
+    out.append("")
+    out.append(
+        "Loopback NVMe/TCP, null namespace of 1 GiB, `max_queue_depth = 256`. Cells are the median over the repeats, "
+        "with (min..max). Target CPU is utime+stime of the target process from "
+        "/proc/PID/stat over the whole nvmf-perf run (connect included) divided by the "
+        "I/Os completed. Reactor busy is the target's own busy/(busy+idle) from "
+        "`nvmf-tgt status` (passes that found no work count as idle, so a poll-mode reactor "
+        "spinning on nothing shows 0% busy at 100% CPU). Perf CPU is nvmf-perf's own CPU in % of a core: near 100 "
+        "means the initiator, not the target, is the limit.\n"
+    )
+    for mode, cases in result["runs"].items():
+        out.append(f"## {mode} mode\n")
+        out.append(
+            "| workload | IOPS | MiB/s | avg us | p50 us | p99 us "
+            "| target CPU us/IO | reactor busy % | perf CPU % |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        for case, label in CASES:
+            r = cases.get(case)
+            if r is None:
+                continue
+            out.append(
+                f"| {label} | {cell(r['iops'])} | {cell(r['mib_s'], 1)} "
+                f"| {cell(r['lat_avg_us'], 1)} | {cell(r['lat_p50_us'], 1)} "
+                f"| {cell(r['lat_p99_us'], 1)} | {cell(r['target_cpu_us_per_io'], 2)} "
+                f"| {cell(r['reactor_busy_percent'], 1)} | {cell(r['perf_cpu_percent'], 1)} |"
+            )
+        out.append("")
+    out.append("QD32 x 2 conns is `--connections 2 -q 32`: two I/O queues of one controller, "
+               "32 outstanding on each.\n")
+    if result["idle"]:
+        out.append(f"## Idle: {s['BENCH_IDLE_HOSTS']} connected hosts, keep-alives only\n")
+        out.append(
+            "| mode | namespace | target CPU % of a core | reactor busy % "
+            "| connections | idle host CPU % |"
+        )
+        out.append("|---|---|---|---|---|---|")
+        for mode, by_ns in result["idle"].items():
+            for ns in NAMESPACES:
+                r = by_ns.get(ns)
+                if r is None:
+                    continue
+                out.append(
+                    f"| {mode} | {ns} | {fmt(r['target_cpu_percent'], 2)} "
+                    f"(resolution {fmt(r['cpu_resolution_percent'], 2)}) "
+                    f"| {fmt(r['reactor_busy_percent'], 2)} | {r['connections']} "
+                    f"| {fmt(r['idle_host_cpu_percent'], 2)} |"
+                )
+        out.append("")
+    rt = result["ratios"]
+    out.append("## Interrupt / poll\n")
+    out.append("| figure | interrupt / poll |\n|---|---|")
+    out.append(f"| 4K randread QD32 IOPS | {fmt(rt['qd32_iops_interrupt_over_poll'], 3)} |")
+    out.append(
+        f"| 4K randread QD1 average latency | "
+        f"{fmt(rt['qd1_avg_latency_interrupt_over_poll'], 3)} |"
+    )
+    out.append("")
+    return "\n".join(out)
+
+
+def main(argv):
+    if len(argv) == 2 and argv[1] == "free-port":
+        free_port()
+    elif len(argv) == 3 and argv[1] == "reactors":
+        reactors(argv[2])
+    elif len(argv) == 4 and argv[1] == "report":
+        report(argv[2], argv[3])
+    else:
+        sys.stderr.write(__doc__)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
