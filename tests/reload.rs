@@ -513,3 +513,30 @@ fn systemd_hears_ready_and_reloading() {
         "{ready}"
     );
 }
+
+#[test]
+fn spdk_nvmf_get_subsystems_follows_reloads() {
+    let target = start("", &ns(1));
+    let get = || {
+        nvmf_tgt::control::call(&target.control_socket(), "nvmf_get_subsystems", Value::Null)
+            .expect("nvmf_get_subsystems")
+    };
+    let subsystems = get();
+    assert_eq!(subsystems[0]["subtype"], "Discovery");
+    let b = &subsystems[2];
+    assert_eq!(b["nqn"], B);
+    assert_eq!(b["subtype"], "NVMe");
+    assert_eq!(b["allow_any_host"], false);
+    assert_eq!(b["hosts"][0]["nqn"], HOSTNQN);
+    assert_eq!(b["listen_addresses"][0]["trtype"], "TCP");
+    assert_eq!(b["listen_addresses"][0]["adrfam"], "IPv4");
+    assert_eq!(b["listen_addresses"][0]["trsvcid"], target.port.to_string());
+    assert_eq!(b["namespaces"][0]["nsid"], 1);
+    let text = declaration(target.dir.path(), target.port, "", &format!("{}{}", ns(1), ns(4)))
+        .replace(&format!("hosts = [\"{HOSTNQN}\"]"), "allow_any_host = true");
+    std::fs::write(&target.config_path, text).unwrap();
+    expect_generation(&target, 2);
+    let b = &get()[2];
+    assert_eq!(b["allow_any_host"], true);
+    assert_eq!(b["namespaces"][1]["nsid"], 4);
+}
