@@ -46,35 +46,34 @@ enum Command {
     /// Ask the running target to reload its declaration, and print the outcome.
     ///
     /// Exit status: 0 applied or nothing to do, 1 refused or invalid, 2 target unreachable.
-    Reload {
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
+    Reload(TargetArgs),
     /// Show what reloading FILE would change in the running target, without applying it.
     ///
     /// Exit status: 0 no changes, 1 changes, 2 error (unreachable, invalid, needs restart).
-    Plan {
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
+    Plan(TargetArgs),
     /// Ask a running target for its state.
-    Status {
-        #[arg(short, long, default_value = DEFAULT_CONFIG)]
-        config: PathBuf,
-        /// The control socket (default: the one the config names).
-        #[arg(long)]
-        socket: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
+    Status(TargetArgs),
+}
+
+/// How the commands that talk to a running target find it.
+#[derive(clap::Args)]
+struct TargetArgs {
+    /// The declaration (for `plan`: the one to compare with what serves).
+    #[arg(short, long, default_value = DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// The control socket (default: the one the declaration names).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+impl TargetArgs {
+    fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| {
+            nvmf_tgt::target::control_socket_of(config::read_unchecked(&self.config).as_ref())
+        })
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,36 +107,11 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Reload {
-            config,
-            socket,
-            json,
-        } => {
-            let socket = socket.unwrap_or_else(|| {
-                nvmf_tgt::target::control_socket_of(config::read_unchecked(&config).as_ref())
-            });
-            nvmf_tgt::target::print_reload(&socket, json)
+        Command::Reload(args) => nvmf_tgt::target::print_reload(&args.socket(), args.json),
+        Command::Plan(args) => {
+            nvmf_tgt::target::print_plan(&args.socket(), &args.config, args.json)
         }
-        Command::Plan {
-            config,
-            socket,
-            json,
-        } => {
-            let socket = socket.unwrap_or_else(|| {
-                nvmf_tgt::target::control_socket_of(config::read_unchecked(&config).as_ref())
-            });
-            nvmf_tgt::target::print_plan(&socket, &config, json)
-        }
-        Command::Status {
-            config,
-            socket,
-            json,
-        } => {
-            let socket = socket.unwrap_or_else(|| {
-                nvmf_tgt::target::control_socket_of(config::read_unchecked(&config).as_ref())
-            });
-            nvmf_tgt::target::print_status(&socket, json)
-        }
+        Command::Status(args) => nvmf_tgt::target::print_status(&args.socket(), args.json),
     }
 }
 

@@ -532,8 +532,13 @@ fn spdk_nvmf_get_subsystems_follows_reloads() {
     assert_eq!(b["listen_addresses"][0]["adrfam"], "IPv4");
     assert_eq!(b["listen_addresses"][0]["trsvcid"], target.port.to_string());
     assert_eq!(b["namespaces"][0]["nsid"], 1);
-    let text = declaration(target.dir.path(), target.port, "", &format!("{}{}", ns(1), ns(4)))
-        .replace(&format!("hosts = [\"{HOSTNQN}\"]"), "allow_any_host = true");
+    let text = declaration(
+        target.dir.path(),
+        target.port,
+        "",
+        &format!("{}{}", ns(1), ns(4)),
+    )
+    .replace(&format!("hosts = [\"{HOSTNQN}\"]"), "allow_any_host = true");
     std::fs::write(&target.config_path, text).unwrap();
     expect_generation(&target, 2);
     let b = &get()[2];

@@ -308,34 +308,21 @@ pub fn render_status(status: &Value) -> String {
 
 /// `nvmf-tgt status`: asks the target at `socket` and prints its answer. Exit 0 on an
 /// answer, 2 when the target cannot be reached.
+#[allow(clippy::print_stdout)]
 pub fn print_status(socket: &std::path::Path, as_json: bool) -> std::process::ExitCode {
-    match crate::control::call(socket, "nvmf_tgt_status", Value::Null) {
-        Ok(status) => {
-            let text = if as_json {
-                serde_json::to_string_pretty(&status).unwrap_or_default()
-            } else {
-                render_status(&status)
-            };
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{text}");
-            }
-            std::process::ExitCode::SUCCESS
-        }
-        Err(err) => {
-            let mut message = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("nvmf-tgt status: {message}");
-            }
-            std::process::ExitCode::from(2)
-        }
+    let status = match call(socket, "status", "nvmf_tgt_status", Value::Null) {
+        Ok(status) => status,
+        Err(code) => return code,
+    };
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+    } else {
+        println!("{}", render_status(&status));
     }
+    std::process::ExitCode::SUCCESS
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {
@@ -348,16 +335,27 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     message
 }
 
+/// Calls the target; an unreachable target or a refused call is reported and exits 2.
+#[allow(clippy::print_stderr)]
+fn call(
+    socket: &std::path::Path,
+    command: &str,
+    method: &str,
+    params: Value,
+) -> Result<Value, std::process::ExitCode> {
+    crate::control::call(socket, method, params).map_err(|err| {
+        eprintln!("nvmf-tgt {command}: {}", error_chain(&err));
+        std::process::ExitCode::from(2)
+    })
+}
+
 /// `nvmf-tgt reload`: asks the target to reload its declaration and prints the outcome.
 /// Exit 0 applied or nothing to do, 1 refused, invalid or failed, 2 target unreachable.
 #[allow(clippy::print_stdout, clippy::print_stderr)]
 pub fn print_reload(socket: &std::path::Path, as_json: bool) -> std::process::ExitCode {
-    let outcome = match crate::control::call(socket, "nvmf_tgt_reload", Value::Null) {
+    let outcome = match call(socket, "reload", "nvmf_tgt_reload", Value::Null) {
         Ok(outcome) => outcome,
-        Err(err) => {
-            eprintln!("nvmf-tgt reload: {}", error_chain(&err));
-            return std::process::ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if as_json {
         println!(
@@ -394,12 +392,9 @@ pub fn print_plan(
 ) -> std::process::ExitCode {
     let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let params = json!({"path": absolute.display().to_string()});
-    let answer = match crate::control::call(socket, "nvmf_tgt_plan", params) {
+    let answer = match call(socket, "plan", "nvmf_tgt_plan", params) {
         Ok(answer) => answer,
-        Err(err) => {
-            eprintln!("nvmf-tgt plan: {}", error_chain(&err));
-            return std::process::ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if as_json {
         println!(
