@@ -190,7 +190,8 @@ fn subsystems_json(registry: &Registry) -> Vec<Value> {
                 .iter()
                 .map(|c| {
                     json!({"cntlid": c.cntlid(), "hostnqn": c.hostnqn(), "enabled": c.is_enabled(),
-                        "traddr": c.listener().traddr, "trsvcid": c.listener().trsvcid})
+                        "traddr": c.listener().traddr, "trsvcid": c.listener().trsvcid,
+                        "io_queues": c.connected_io_queues()})
                 })
                 .collect();
             let access = s.access();
