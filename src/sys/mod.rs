@@ -53,6 +53,41 @@ pub fn own_cpu_time() -> std::io::Result<Duration> {
     Ok(time(usage.ru_utime) + time(usage.ru_stime))
 }
 
+/// How `fallocate` should make a byte range read back as zeroes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroMode {
+    /// Free the blocks (deallocate / discard); the file keeps its size.
+    PunchHole,
+    /// Zero the range, keeping it allocated (block devices turn this into write-zeroes).
+    ZeroRange,
+}
+
+/// Zeroes `len` bytes at `offset` of `file` without writing them, when the filesystem or
+/// device can (`fallocate`); the caller falls back to writing zeroes on an error.
+pub fn fallocate_zero(
+    file: &std::fs::File,
+    mode: ZeroMode,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let flags = match mode {
+        ZeroMode::PunchHole => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        ZeroMode::ZeroRange => libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+    };
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: the descriptor belongs to `file`, which outlives the call; fallocate reads no
+    // memory of ours.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), flags, offset, len) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// CLOCK_MONOTONIC in microseconds (what systemd's MONOTONIC_USEC wants).
 pub fn monotonic_usec() -> u64 {
     let mut ts = libc::timespec {
