@@ -152,11 +152,12 @@ impl Completions {
 /// Refuses requests that reach past the end of the namespace. The controller checks LBA
 /// ranges first; this keeps a backend safe on its own.
 fn check_range(size: u64, req: &IoRequest) -> Result<(), BackendError> {
-    let mut ranges = vec![(req.offset, req.len)];
-    if let IoKind::Deallocate(list) = &req.kind {
-        ranges.clone_from(list);
-    }
-    for (offset, len) in ranges {
+    let single = [(req.offset, req.len)];
+    let ranges: &[(u64, u64)] = match &req.kind {
+        IoKind::Deallocate(list) => list,
+        _ => &single,
+    };
+    for &(offset, len) in ranges {
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(BackendError::OutOfRange { offset, len });
         }
