@@ -274,7 +274,9 @@ impl Running {
                     WAKER => {}
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, after),
                     Token(t) => {
-                        self.handle_conn_event(t, event.is_readable(), event.is_writable(), after)
+                        let closing = event.is_read_closed() || event.is_error();
+                        let (readable, writable) = (event.is_readable(), event.is_writable());
+                        self.handle_conn_event(t, readable, writable, closing, after);
                     }
                 }
             }
@@ -545,7 +547,14 @@ impl Running {
         count
     }
 
-    fn handle_conn_event(&mut self, index: usize, readable: bool, writable: bool, now: Instant) {
+    fn handle_conn_event(
+        &mut self,
+        index: usize,
+        readable: bool,
+        writable: bool,
+        closing: bool,
+        now: Instant,
+    ) {
         let Some(Some(slot)) = self.slots.get_mut(index) else {
             return;
         };
@@ -554,7 +563,9 @@ impl Running {
             io_token_base(index, slot.generation),
             &slot.notifier,
         );
-        let flow = slot.conn.handle_event(readable, writable, &mut cx, now);
+        let flow = slot
+            .conn
+            .handle_event(readable, writable, closing, &mut cx, now);
         let gone = cx.into_gone();
         self.broadcast_gone(gone);
         self.after_conn_work(index, flow);

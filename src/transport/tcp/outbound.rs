@@ -92,6 +92,27 @@ pub fn data_pdu(
     last: bool,
     success: bool,
 ) {
+    let digest = data_pdu_header(out, neg, kind, cccid, ttag, datao, data, last, success);
+    out.extend_from_slice(data);
+    if let Some(digest) = digest {
+        out.extend_from_slice(&digest);
+    }
+}
+
+/// A data PDU up to where its data starts: header, header digest and padding. Returns the data
+/// digest (computed once, over `data` where it lies) that must follow the data, if negotiated.
+#[allow(clippy::too_many_arguments)]
+fn data_pdu_header(
+    out: &mut Vec<u8>,
+    neg: &Negotiated,
+    kind: u8,
+    cccid: u16,
+    ttag: u16,
+    datao: u32,
+    data: &[u8],
+    last: bool,
+    success: bool,
+) -> Option<[u8; 4]> {
     let start = out.len();
     let hd = hdgst_len(neg);
     let align = (usize::from(neg.hpda) + 1) * 4;
@@ -129,10 +150,7 @@ pub fn data_pdu(
     out.extend_from_slice(&[0; 4]);
     header_digest(out, start, neg);
     out.resize(start + pdo, 0);
-    out.extend_from_slice(data);
-    if dd > 0 {
-        out.extend_from_slice(&wire::digest(data));
-    }
+    (dd > 0).then(|| wire::digest(data))
 }
 
 /// C2HData for command `cccid`.
@@ -156,6 +174,28 @@ pub fn c2h_data(
         last,
         success,
     );
+}
+
+/// C2HData for command `cccid` whose data the caller sends itself, right after: the header
+/// part, and the data digest to send after the data.
+pub fn c2h_data_header(
+    out: &mut Vec<u8>,
+    neg: &Negotiated,
+    cccid: u16,
+    data: &[u8],
+    success: bool,
+) -> Option<[u8; 4]> {
+    data_pdu_header(
+        out,
+        neg,
+        pdu_type::C2H_DATA,
+        cccid,
+        0,
+        0,
+        data,
+        true,
+        success,
+    )
 }
 
 /// C2HTermReq (3.6.2.4): the error, and as much of the offending header as fits.

@@ -12,6 +12,7 @@ use tracing::{debug, trace, warn};
 
 use super::inbound::{Inbound, InboundError, Negotiated};
 use super::outbound;
+use super::send_queue::SendQueue;
 use super::{IoCx, TcpContext};
 use crate::backend::{IoDone, IoKind, IoRequest};
 use crate::controller::{AdminOutcome, ConnectOutcome, Controller, IoOp, IoPlan, ListenerAddr};
@@ -67,8 +68,8 @@ pub struct TcpQpair {
     local_ip: Option<std::net::IpAddr>,
     state: State,
     negotiated: Negotiated,
-    /// Bytes to send, in order.
-    out: Vec<u8>,
+    /// PDUs to send, in order, and the data buffers commands reuse.
+    out: SendQueue,
     /// Commands in flight, indexed by tag (the R2T transfer tag and the backend token).
     commands: Vec<Option<Command>>,
     free_tags: Vec<u16>,
@@ -97,7 +98,7 @@ impl TcpQpair {
             local_ip,
             state: State::AwaitIcReq,
             negotiated: Negotiated::before_icreq(),
-            out: Vec::with_capacity(4096),
+            out: SendQueue::with_capacity(4096),
             commands: Vec::new(),
             free_tags: Vec::new(),
             in_flight: 0,
@@ -108,8 +109,8 @@ impl TcpQpair {
         }
     }
 
-    /// Bytes waiting to be written; the connection drains them from the front.
-    pub fn output(&mut self) -> &mut Vec<u8> {
+    /// What waits to be written; the connection drains it from the front.
+    pub fn output(&mut self) -> &mut SendQueue {
         &mut self.out
     }
 
@@ -219,11 +220,7 @@ impl TcpQpair {
                 }),
                 true,
             ) => {
-                self.send_data_and_response(
-                    cmd.sqe.cid(),
-                    &done.buf,
-                    Cqe::new(cmd.sqe.cid(), status),
-                );
+                self.send_read_data(cmd.sqe.cid(), done.buf, Cqe::new(cmd.sqe.cid(), status));
             }
             (
                 Some(IoPlan {
@@ -238,9 +235,14 @@ impl TcpQpair {
                     Status::COMPARE_FAILURE
                 };
                 self.send_response(Cqe::new(cmd.sqe.cid(), status));
+                self.out.recycle(done.buf);
             }
-            _ => self.send_response(Cqe::new(cmd.sqe.cid(), status)),
+            _ => {
+                self.send_response(Cqe::new(cmd.sqe.cid(), status));
+                self.out.recycle(done.buf);
+            }
         }
+        self.out.recycle(cmd.data);
         Flow::Continue
     }
 
@@ -275,7 +277,7 @@ impl TcpQpair {
             (State::AwaitIcReq, Inbound::IcReq(icreq)) => {
                 match self.negotiated.accept_icreq(&icreq, &self.context.limits) {
                     Ok(icresp) => {
-                        outbound::icresp(&mut self.out, &icresp);
+                        self.out.put(|out| outbound::icresp(out, &icresp));
                         self.state = State::AwaitConnect;
                         Flow::Continue
                     }
@@ -468,8 +470,9 @@ impl TcpQpair {
                     ));
                     return Flow::Continue;
                 }
-                let data = data[..host_data_len].to_vec();
-                return self.execute(sqe, plan, data, &ctrlr, cx, now);
+                let mut buf = self.out.take_buffer(host_data_len);
+                buf.copy_from_slice(&data[..host_data_len]);
+                return self.execute(sqe, plan, buf, &ctrlr, cx, now);
             }
             if !sgl.is_transport() {
                 self.send_response(Cqe::new(
@@ -488,10 +491,11 @@ impl TcpQpair {
                 return Flow::Continue;
             }
             // Ask the host for the data; the command runs when all of it has arrived.
+            let data = self.out.take_buffer(host_data_len);
             let Some(tag) = self.store_command(Command {
                 sqe,
                 stage: Stage::AwaitData,
-                data: vec![0; host_data_len],
+                data,
                 received: 0,
                 plan,
             }) else {
@@ -499,7 +503,9 @@ impl TcpQpair {
                 return Flow::Continue;
             };
             let r2tl = u32::try_from(host_data_len).unwrap_or(u32::MAX);
-            outbound::r2t(&mut self.out, &self.negotiated, sqe.cid(), tag, 0, r2tl);
+            let neg = &self.negotiated;
+            self.out
+                .put(|out| outbound::r2t(out, neg, sqe.cid(), tag, 0, r2tl));
             return Flow::Continue;
         }
         self.execute(sqe, plan, Vec::new(), &ctrlr, cx, now)
@@ -536,6 +542,7 @@ impl TcpQpair {
             if complete || h2c.last {
                 if let Some(cmd) = self.take_command(tag) {
                     self.send_response(Cqe::new(cmd.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR));
+                    self.out.recycle(cmd.data);
                 }
             }
             return Flow::Continue;
@@ -571,17 +578,12 @@ impl TcpQpair {
             return self.execute_admin(&sqe, &data, ctrlr, now);
         };
         let request = match &plan.op {
-            IoOp::Read { offset, len } => IoRequest {
+            // Backends fill the whole buffer of a read that succeeds.
+            IoOp::Read { offset, len } | IoOp::Compare { offset, len } => IoRequest {
                 kind: IoKind::Read,
                 offset: *offset,
                 len: *len,
-                buf: vec![0; usize::try_from(*len).unwrap_or(0)],
-            },
-            IoOp::Compare { offset, len } => IoRequest {
-                kind: IoKind::Read,
-                offset: *offset,
-                len: *len,
-                buf: vec![0; usize::try_from(*len).unwrap_or(0)],
+                buf: self.out.take_buffer(usize::try_from(*len).unwrap_or(0)),
             },
             IoOp::Write { offset, len, fua } => IoRequest {
                 kind: IoKind::Write { fua: *fua },
@@ -684,26 +686,43 @@ impl TcpQpair {
         } else {
             0xFFFF
         };
-        outbound::capsule_resp(&mut self.out, &self.negotiated, &cqe);
+        let neg = &self.negotiated;
+        self.out.put(|out| outbound::capsule_resp(out, neg, &cqe));
     }
 
-    /// C2HData carrying `data`, then the response, or the data alone with the SUCCESS flag
-    /// when the host disabled SQ flow control and there is nothing else to report.
-    fn send_data_and_response(&mut self, cid: u16, data: &[u8], cqe: Cqe) {
-        let success_only = !self.sq_flow_control
+    /// Whether a C2HData with the SUCCESS flag may stand in for the response: the host
+    /// disabled SQ flow control and there is nothing else to report.
+    fn success_only(&self, cqe: &Cqe) -> bool {
+        !self.sq_flow_control
             && self.context.c2h_success
             && cqe.status.is_success()
             && cqe.dw0 == 0
-            && cqe.dw1 == 0;
-        outbound::c2h_data(
-            &mut self.out,
-            &self.negotiated,
-            cid,
-            0,
-            data,
-            true,
-            success_only,
-        );
+            && cqe.dw1 == 0
+    }
+
+    /// C2HData carrying a copy of `data`, then the response (or the SUCCESS flag).
+    fn send_data_and_response(&mut self, cid: u16, data: &[u8], cqe: Cqe) {
+        let success_only = self.success_only(&cqe);
+        let neg = &self.negotiated;
+        self.out
+            .put(|out| outbound::c2h_data(out, neg, cid, 0, data, true, success_only));
+        if !success_only {
+            self.send_response(cqe);
+        }
+    }
+
+    /// C2HData carrying the buffer a read filled, sent from where it lies, then the response
+    /// (or the SUCCESS flag).
+    fn send_read_data(&mut self, cid: u16, data: Vec<u8>, cqe: Cqe) {
+        let success_only = self.success_only(&cqe);
+        let neg = &self.negotiated;
+        let digest = self
+            .out
+            .put(|out| outbound::c2h_data_header(out, neg, cid, &data, success_only));
+        self.out.push_data(data);
+        if let Some(digest) = digest {
+            self.out.put(|out| out.extend_from_slice(&digest));
+        }
         if !success_only {
             self.send_response(cqe);
         }
@@ -711,7 +730,7 @@ impl TcpQpair {
 
     fn terminate(&mut self, err: &InboundError, header: &[u8]) {
         warn!(error = %err, "terminating connection");
-        outbound::c2h_term_req(&mut self.out, err, header);
+        self.out.put(|out| outbound::c2h_term_req(out, err, header));
         self.state = State::Terminating;
     }
 

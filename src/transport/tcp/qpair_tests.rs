@@ -121,7 +121,7 @@ impl Host {
         let (used, flow) = self.qpair.handle_input(bytes, &mut cx, self.now);
         assert_eq!(used, bytes.len(), "whole PDUs consumed");
         let _ = flow;
-        std::mem::take(self.qpair.output())
+        self.qpair.output().take_all()
     }
 
     fn capsule(&self, sqe: &Sqe, data: &[u8]) -> Vec<u8> {
