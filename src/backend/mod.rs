@@ -10,6 +10,7 @@ pub mod file;
 pub mod null;
 pub mod ram;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::nvme::Status;
@@ -104,6 +105,8 @@ pub trait Backend: Send + Sync + core::fmt::Debug {
 #[derive(Clone)]
 pub struct Completions {
     queue: Arc<Mutex<Vec<IoDone>>>,
+    /// Set after a request is queued, so the reactor takes the lock only when there is one.
+    pending: Arc<AtomicBool>,
     waker: Arc<mio::Waker>,
 }
 
@@ -117,6 +120,7 @@ impl Completions {
     pub fn new(waker: Arc<mio::Waker>) -> Self {
         Self {
             queue: Arc::new(Mutex::new(Vec::new())),
+            pending: Arc::new(AtomicBool::new(false)),
             waker,
         }
     }
@@ -133,19 +137,24 @@ impl Completions {
             queue.push(done);
             was_empty
         };
+        self.pending.store(true, Ordering::Release);
         if was_empty {
             // A failed wake means the poll is gone: the reactor is shutting down.
             let _ = self.waker.wake();
         }
     }
 
-    /// Moves every finished request into `out`.
-    pub fn drain_into(&self, out: &mut Vec<IoDone>) {
+    /// Moves every finished request into `out`; false (without locking) if none was queued.
+    pub fn drain_into(&self, out: &mut Vec<IoDone>) -> bool {
+        if !self.pending.swap(false, Ordering::Acquire) {
+            return false;
+        }
         let mut queue = self
             .queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         out.append(&mut queue);
+        true
     }
 }
 
