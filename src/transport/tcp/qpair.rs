@@ -78,6 +78,9 @@ pub struct TcpQpair {
     sq_head: u16,
     sq_flow_control: bool,
     setup_deadline: Option<Instant>,
+    /// A command arrived in the current `handle_input`: the controller hears of the activity
+    /// (keep-alive) once per batch, not once per command.
+    active: bool,
 }
 
 impl TcpQpair {
@@ -106,6 +109,7 @@ impl TcpQpair {
             sq_head: 0,
             sq_flow_control: true,
             setup_deadline: Some(now + SETUP_TIMEOUT),
+            active: false,
         }
     }
 
@@ -177,22 +181,30 @@ impl TcpQpair {
     /// Consumes as many whole PDUs from `input` as it holds; returns how many bytes were used.
     pub fn handle_input(&mut self, input: &[u8], cx: &mut IoCx<'_>, now: Instant) -> (usize, Flow) {
         let mut used = 0;
+        let mut flow = Flow::Continue;
         while !self.is_terminating() {
             match Inbound::parse(&input[used..], &self.negotiated) {
                 Ok(None) => break,
                 Ok(Some((pdu, len))) => {
                     used += len;
                     if self.handle_pdu(pdu, cx, now) == Flow::Close {
-                        return (used, Flow::Close);
+                        flow = Flow::Close;
+                        break;
                     }
                 }
                 Err(err) => {
                     self.terminate(&err, &input[used..]);
-                    return (used, Flow::Close);
+                    flow = Flow::Close;
+                    break;
                 }
             }
         }
-        (used, Flow::Continue)
+        if std::mem::take(&mut self.active) {
+            if let State::Ready { ctrlr, .. } = &self.state {
+                ctrlr.handle_activity(now);
+            }
+        }
+        (used, flow)
     }
 
     /// A backend request finished; `done.token` is the command's tag.
@@ -414,7 +426,7 @@ impl TcpQpair {
             return Flow::Close;
         }
         self.sq_head = (self.sq_head + 1) % self.queue_size.max(1);
-        ctrlr.handle_activity(now);
+        self.active = true;
         if !digest_ok {
             self.send_response(Cqe::new(sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR));
             return Flow::Continue;
