@@ -96,6 +96,12 @@ pub trait Backend: Send + Sync + core::fmt::Debug {
         false
     }
 
+    /// Whether every read of an in-range byte range returns zeroes and cannot fail, so a
+    /// transport may send zeroes without asking (and without a buffer to fill).
+    fn reads_zeroes(&self) -> bool {
+        false
+    }
+
     /// Starts `req`. Returns `Some` when it finished inline; otherwise the result arrives later
     /// through `completions`, tagged with `token`.
     fn submit(&self, token: u64, req: IoRequest, completions: &Completions) -> Option<IoDone>;

@@ -114,15 +114,16 @@ pub fn data_pdu(
     last: bool,
     success: bool,
 ) {
-    let digest = data_pdu_header(out, neg, kind, cccid, ttag, datao, data, last, success);
+    let len = data.len();
+    let digest = data_pdu_header(out, neg, kind, cccid, ttag, datao, len, last, success);
     out.extend_from_slice(data);
-    if let Some(digest) = digest {
-        out.extend_from_slice(&digest);
+    if digest {
+        out.extend_from_slice(&wire::digest(data));
     }
 }
 
-/// A data PDU up to where its data starts: header, header digest and padding. Returns the data
-/// digest (computed once, over `data` where it lies) that must follow the data, if negotiated.
+/// A data PDU up to where its `data_len` bytes of data start: header, header digest and
+/// padding. Returns whether a data digest must follow the data.
 #[allow(clippy::too_many_arguments)]
 fn data_pdu_header(
     out: &mut Vec<u8>,
@@ -131,15 +132,15 @@ fn data_pdu_header(
     cccid: u16,
     ttag: u16,
     datao: u32,
-    data: &[u8],
+    data_len: usize,
     last: bool,
     success: bool,
-) -> Option<[u8; 4]> {
+) -> bool {
     let start = out.len();
     let hd = hdgst_len(neg);
     let align = (usize::from(neg.hpda) + 1) * 4;
     let pdo = (wire::DATA_HLEN + hd).div_ceil(align) * align;
-    let dd = if neg.data_digest && !data.is_empty() {
+    let dd = if neg.data_digest && data_len > 0 {
         wire::DIGEST_LEN
     } else {
         0
@@ -164,15 +165,15 @@ fn data_pdu_header(
         pdu_flags,
         wire::DATA_HLEN,
         pdo,
-        pdo + data.len() + dd,
+        pdo + data_len + dd,
     );
     header[8..10].copy_from_slice(&cccid.to_le_bytes());
     header[10..12].copy_from_slice(&ttag.to_le_bytes());
     header[12..16].copy_from_slice(&datao.to_le_bytes());
-    header[16..20].copy_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_le_bytes());
+    header[16..20].copy_from_slice(&u32::try_from(data_len).unwrap_or(u32::MAX).to_le_bytes());
     put_header(out, &header, neg);
     out.resize(start + pdo, 0);
-    (dd > 0).then(|| wire::digest(data))
+    dd > 0
 }
 
 /// C2HData for command `cccid`.
@@ -198,15 +199,15 @@ pub fn c2h_data(
     );
 }
 
-/// C2HData for command `cccid` whose data the caller sends itself, right after: the header
-/// part, and the data digest to send after the data.
+/// C2HData for command `cccid` whose `data_len` bytes of data the caller queues itself, right
+/// after: the part before the data. Returns whether the data digest must follow the data.
 pub fn c2h_data_header(
     out: &mut Vec<u8>,
     neg: &Negotiated,
     cccid: u16,
-    data: &[u8],
+    data_len: usize,
     success: bool,
-) -> Option<[u8; 4]> {
+) -> bool {
     data_pdu_header(
         out,
         neg,
@@ -214,7 +215,7 @@ pub fn c2h_data_header(
         cccid,
         0,
         0,
-        data,
+        data_len,
         true,
         success,
     )

@@ -12,7 +12,8 @@ use tracing::{debug, trace, warn};
 
 use super::inbound::{Inbound, InboundError, Negotiated};
 use super::outbound;
-use super::send_queue::SendQueue;
+use super::send_queue::{self, SendQueue};
+use super::wire;
 use super::{IoCx, TcpContext};
 use crate::backend::{IoDone, IoKind, IoRequest};
 use crate::controller::{AdminOutcome, ConnectOutcome, Controller, IoOp, IoPlan, ListenerAddr};
@@ -589,6 +590,16 @@ impl TcpQpair {
         let Some(plan) = plan else {
             return self.execute_admin(&sqe, &data, ctrlr, now);
         };
+        if let IoOp::Read { len, .. } = plan.op {
+            if plan.ns.backend().reads_zeroes() {
+                // The controller checked the range; nothing to read, no buffer to fill.
+                trace!(cid = sqe.cid(), "read of zeroes");
+                let len = usize::try_from(len).unwrap_or(0);
+                self.send_zeroes(sqe.cid(), len, Cqe::new(sqe.cid(), Status::SUCCESS));
+                self.out.recycle(data);
+                return Flow::Continue;
+            }
+        }
         let request = match &plan.op {
             // Backends fill the whole buffer of a read that succeeds.
             IoOp::Read { offset, len } | IoOp::Compare { offset, len } => IoRequest {
@@ -723,15 +734,34 @@ impl TcpQpair {
         }
     }
 
-    /// C2HData carrying the buffer a read filled, sent from where it lies, then the response
-    /// (or the SUCCESS flag).
+    /// C2HData carrying the buffer a read filled, sent from where it lies (the data digest
+    /// computed once, over it there), then the response (or the SUCCESS flag).
     fn send_read_data(&mut self, cid: u16, data: Vec<u8>, cqe: Cqe) {
+        let success_only = self.success_only(&cqe);
+        let neg = &self.negotiated;
+        let len = data.len();
+        let digest = self
+            .out
+            .put(|out| outbound::c2h_data_header(out, neg, cid, len, success_only))
+            .then(|| wire::digest(&data));
+        self.out.push_data(data);
+        self.finish_read_data(digest, cqe, success_only);
+    }
+
+    /// C2HData carrying `len` zeroes from a backend that only holds zeroes, then the response
+    /// (or the SUCCESS flag).
+    fn send_zeroes(&mut self, cid: u16, len: usize, cqe: Cqe) {
         let success_only = self.success_only(&cqe);
         let neg = &self.negotiated;
         let digest = self
             .out
-            .put(|out| outbound::c2h_data_header(out, neg, cid, &data, success_only));
-        self.out.push_data(data);
+            .put(|out| outbound::c2h_data_header(out, neg, cid, len, success_only))
+            .then(|| send_queue::zeroes_digest(len));
+        self.out.push_zeroes(len);
+        self.finish_read_data(digest, cqe, success_only);
+    }
+
+    fn finish_read_data(&mut self, digest: Option<[u8; 4]>, cqe: Cqe, success_only: bool) {
         if let Some(digest) = digest {
             self.out.put(|out| out.extend_from_slice(&digest));
         }
