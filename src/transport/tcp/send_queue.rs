@@ -9,8 +9,9 @@ use std::io::IoSlice;
 /// Data buffers shorter than this are copied next to the headers: one slice fewer is worth
 /// more than a small copy.
 const LEND_MIN: usize = 512;
-/// Buffers kept for reuse hold at most this many bytes in all.
-const POOL_BYTES: usize = 4 << 20;
+/// Buffers kept for reuse hold at most this many bytes in all, per queue: enough for QD32 of
+/// 32 KiB (or QD8 of 128 KiB) without allocating, and a bounded cost for idle connections.
+const POOL_BYTES: usize = 1 << 20;
 /// Slices handed to one `writev`; a larger batch takes more than one call.
 pub const MAX_SLICES: usize = 128;
 /// Zeroes sent in place of data; longer runs take several slices of it.
