@@ -10,6 +10,7 @@ pub mod file;
 pub mod null;
 pub mod ram;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::nvme::Status;
@@ -95,6 +96,12 @@ pub trait Backend: Send + Sync + core::fmt::Debug {
         false
     }
 
+    /// Whether every read of an in-range byte range returns zeroes and cannot fail, so a
+    /// transport may send zeroes without asking (and without a buffer to fill).
+    fn reads_zeroes(&self) -> bool {
+        false
+    }
+
     /// Starts `req`. Returns `Some` when it finished inline; otherwise the result arrives later
     /// through `completions`, tagged with `token`.
     fn submit(&self, token: u64, req: IoRequest, completions: &Completions) -> Option<IoDone>;
@@ -104,6 +111,8 @@ pub trait Backend: Send + Sync + core::fmt::Debug {
 #[derive(Clone)]
 pub struct Completions {
     queue: Arc<Mutex<Vec<IoDone>>>,
+    /// Set after a request is queued, so the reactor takes the lock only when there is one.
+    pending: Arc<AtomicBool>,
     waker: Arc<mio::Waker>,
 }
 
@@ -117,6 +126,7 @@ impl Completions {
     pub fn new(waker: Arc<mio::Waker>) -> Self {
         Self {
             queue: Arc::new(Mutex::new(Vec::new())),
+            pending: Arc::new(AtomicBool::new(false)),
             waker,
         }
     }
@@ -133,30 +143,36 @@ impl Completions {
             queue.push(done);
             was_empty
         };
+        self.pending.store(true, Ordering::Release);
         if was_empty {
             // A failed wake means the poll is gone: the reactor is shutting down.
             let _ = self.waker.wake();
         }
     }
 
-    /// Moves every finished request into `out`.
-    pub fn drain_into(&self, out: &mut Vec<IoDone>) {
+    /// Moves every finished request into `out`; false (without locking) if none was queued.
+    pub fn drain_into(&self, out: &mut Vec<IoDone>) -> bool {
+        if !self.pending.swap(false, Ordering::Acquire) {
+            return false;
+        }
         let mut queue = self
             .queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         out.append(&mut queue);
+        true
     }
 }
 
 /// Refuses requests that reach past the end of the namespace. The controller checks LBA
 /// ranges first; this keeps a backend safe on its own.
 fn check_range(size: u64, req: &IoRequest) -> Result<(), BackendError> {
-    let mut ranges = vec![(req.offset, req.len)];
-    if let IoKind::Deallocate(list) = &req.kind {
-        ranges.clone_from(list);
-    }
-    for (offset, len) in ranges {
+    let single = [(req.offset, req.len)];
+    let ranges: &[(u64, u64)] = match &req.kind {
+        IoKind::Deallocate(list) => list,
+        _ => &single,
+    };
+    for &(offset, len) in ranges {
         if offset.checked_add(len).is_none_or(|end| end > size) {
             return Err(BackendError::OutOfRange { offset, len });
         }

@@ -1,6 +1,7 @@
 //! One reactor: its thread, its poll, its connections and its mailbox.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,6 +62,8 @@ pub enum ReactorMessage {
 #[derive(Clone)]
 pub struct Mailbox {
     inbox: Arc<Mutex<Vec<ReactorMessage>>>,
+    /// Set after a message is queued, so the reactor takes the lock only when there is mail.
+    has_mail: Arc<AtomicBool>,
     waker: Arc<Waker>,
     pub stats: Arc<ReactorStats>,
 }
@@ -71,6 +74,7 @@ impl Mailbox {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(message);
+        self.has_mail.store(true, Ordering::Release);
         if let Err(err) = self.waker.wake() {
             warn!(%err, "cannot wake reactor");
         }
@@ -129,6 +133,7 @@ impl Reactor {
             poll,
             mailbox: Mailbox {
                 inbox: Arc::new(Mutex::new(Vec::new())),
+                has_mail: Arc::new(AtomicBool::new(false)),
                 waker,
                 stats: Arc::new(ReactorStats::default()),
             },
@@ -246,8 +251,9 @@ impl Running {
         let mut events = Events::with_capacity(256);
         let mut last_activity: Option<Instant> = None;
         let mut due = Vec::new();
+        // One clock read per idle turn, two per busy one: a turn starts when the last ended.
+        let mut before = Instant::now();
         loop {
-            let before = Instant::now();
             let timeout = self.timeout(before, last_activity);
             let blocking = timeout != Some(Duration::ZERO);
             if blocking {
@@ -261,6 +267,7 @@ impl Running {
                 if err.kind() != std::io::ErrorKind::Interrupted {
                     warn!(%err, "poll failed");
                 }
+                before = Instant::now();
                 continue;
             }
             let after = Instant::now();
@@ -274,7 +281,9 @@ impl Running {
                     WAKER => {}
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, after),
                     Token(t) => {
-                        self.handle_conn_event(t, event.is_readable(), event.is_writable(), after)
+                        let closing = event.is_read_closed() || event.is_error();
+                        let (readable, writable) = (event.is_readable(), event.is_writable());
+                        self.handle_conn_event(t, readable, writable, closing, after);
                     }
                 }
             }
@@ -284,15 +293,18 @@ impl Running {
             for key in due.drain(..) {
                 self.handle_conn_timer(key, after);
             }
-            let end = Instant::now();
-            if work > 0 {
+            let end = if work > 0 {
+                let end = Instant::now();
                 self.mailbox.stats.add_idle(after - before);
                 self.mailbox.stats.add_busy(end - after);
                 self.mailbox.stats.add_events(work);
                 last_activity = Some(end);
+                end
             } else {
-                self.mailbox.stats.add_idle(end - before);
-            }
+                self.mailbox.stats.add_idle(after - before);
+                after
+            };
+            before = end;
             if let Some(started) = self.shutting_down {
                 if self.live_connections() == 0 || end - started > SHUTDOWN_GRACE {
                     break;
@@ -427,6 +439,9 @@ impl Running {
     }
 
     fn handle_inbox(&mut self, now: Instant) -> u64 {
+        if !self.mailbox.has_mail.swap(false, Ordering::Acquire) {
+            return 0;
+        }
         let messages = std::mem::take(
             &mut *self
                 .mailbox
@@ -519,10 +534,12 @@ impl Running {
     }
 
     fn handle_completions(&mut self, now: Instant) -> u64 {
-        self.completions.drain_into(&mut self.done);
-        let done = std::mem::take(&mut self.done);
+        if !self.completions.drain_into(&mut self.done) {
+            return 0;
+        }
+        let mut done = std::mem::take(&mut self.done);
         let count = done.len() as u64;
-        for mut io in done {
+        for mut io in done.drain(..) {
             let (index, generation, tag) = split_token(io.token);
             let flow = match self.slots.get_mut(index) {
                 Some(Some(slot)) if slot.generation == generation => {
@@ -542,10 +559,19 @@ impl Running {
             };
             self.after_conn_work(index, flow);
         }
+        // Keep the allocation for the next batch.
+        self.done = done;
         count
     }
 
-    fn handle_conn_event(&mut self, index: usize, readable: bool, writable: bool, now: Instant) {
+    fn handle_conn_event(
+        &mut self,
+        index: usize,
+        readable: bool,
+        writable: bool,
+        closing: bool,
+        now: Instant,
+    ) {
         let Some(Some(slot)) = self.slots.get_mut(index) else {
             return;
         };
@@ -554,7 +580,9 @@ impl Running {
             io_token_base(index, slot.generation),
             &slot.notifier,
         );
-        let flow = slot.conn.handle_event(readable, writable, &mut cx, now);
+        let flow = slot
+            .conn
+            .handle_event(readable, writable, closing, &mut cx, now);
         let gone = cx.into_gone();
         self.broadcast_gone(gone);
         self.after_conn_work(index, flow);

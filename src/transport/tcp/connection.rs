@@ -1,6 +1,6 @@
 //! The owner of one TCP socket: moves bytes between it and the queue-pair state machine.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,6 +9,7 @@ use mio::net::TcpStream;
 use tracing::debug;
 
 use super::qpair::{Flow, TcpQpair};
+use super::send_queue::MAX_SLICES;
 use super::{IoCx, TcpContext};
 use crate::backend::IoDone;
 use crate::controller::{Controller, ListenerAddr};
@@ -22,8 +23,6 @@ pub struct TcpConnection {
     qpair: TcpQpair,
     rbuf: Vec<u8>,
     rlen: usize,
-    /// How much of the qpair's output has been written.
-    written: usize,
     write_blocked: bool,
 }
 
@@ -50,7 +49,6 @@ impl TcpConnection {
             qpair: TcpQpair::new(context, listener, local_ip, now),
             rbuf: vec![0; READ_CHUNK],
             rlen: 0,
-            written: 0,
             write_blocked: false,
         }
     }
@@ -89,10 +87,14 @@ impl TcpConnection {
         self.write_blocked
     }
 
+    /// Handles readiness. `closing` says the peer shut down its side or the socket has an
+    /// error: then reading goes on until the socket says so, instead of stopping at the first
+    /// short read.
     pub fn handle_event(
         &mut self,
         readable: bool,
         writable: bool,
+        closing: bool,
         cx: &mut IoCx<'_>,
         now: Instant,
     ) -> Flow {
@@ -100,8 +102,8 @@ impl TcpConnection {
             self.write_blocked = false;
         }
         let mut flow = Flow::Continue;
-        if readable {
-            flow = self.read_all(cx, now);
+        if readable || closing {
+            flow = self.read_all(closing, cx, now);
         }
         self.finish(flow)
     }
@@ -130,12 +132,16 @@ impl TcpConnection {
         self.qpair.close()
     }
 
-    fn read_all(&mut self, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+    /// Reads until the socket is drained. A read shorter than the room offered drains a TCP
+    /// socket (epoll(7)), so the read that would only say `WouldBlock` is skipped: the next
+    /// bytes raise a new edge.
+    fn read_all(&mut self, closing: bool, cx: &mut IoCx<'_>, now: Instant) -> Flow {
         loop {
             let want = self.qpair.max_pdu_len().max(READ_CHUNK) + READ_CHUNK;
             if self.rbuf.len() < want {
                 self.rbuf.resize(want, 0);
             }
+            let room = self.rbuf.len() - self.rlen;
             match self.stream.read(&mut self.rbuf[self.rlen..]) {
                 Ok(0) => {
                     debug!(peer = %self.peer, "host closed the connection");
@@ -149,11 +155,11 @@ impl TcpConnection {
                     if flow == Flow::Close {
                         return Flow::Close;
                     }
-                    if self.rlen >= self.rbuf.len() {
-                        // A PDU larger than we accept would have been refused by the parser;
-                        // the buffer grows to max_pdu_len on the next turn.
-                        continue;
+                    if n < room && !closing {
+                        return Flow::Continue;
                     }
+                    // A full buffer: a PDU larger than we accept would have been refused by
+                    // the parser; the buffer grows to max_pdu_len on the next turn.
                 }
                 Err(err) if err.kind() == ErrorKind::WouldBlock => return Flow::Continue,
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
@@ -174,12 +180,15 @@ impl TcpConnection {
         Flow::Continue
     }
 
+    /// Writes what is queued, a whole batch of PDUs per `writev`.
     fn flush(&mut self) -> std::io::Result<()> {
         let out = self.qpair.output();
-        while self.written < out.len() {
-            match self.stream.write(&out[self.written..]) {
+        while !out.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_SLICES];
+            let count = out.slices(&mut iov);
+            match self.stream.write_vectored(&iov[..count]) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => self.written += n,
+                Ok(n) => out.advance(n),
                 Err(err) if err.kind() == ErrorKind::WouldBlock => {
                     self.write_blocked = true;
                     return Ok(());
@@ -188,8 +197,6 @@ impl TcpConnection {
                 Err(err) => return Err(err),
             }
         }
-        out.clear();
-        self.written = 0;
         self.write_blocked = false;
         Ok(())
     }

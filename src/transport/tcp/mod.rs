@@ -5,6 +5,7 @@ mod context;
 mod inbound;
 mod outbound;
 mod qpair;
+mod send_queue;
 pub mod wire;
 
 pub use connection::TcpConnection;

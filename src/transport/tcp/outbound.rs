@@ -6,11 +6,25 @@ use crate::nvme::Cqe;
 
 /// Appends the common header.
 fn common_header(out: &mut Vec<u8>, kind: u8, pdu_flags: u8, hlen: usize, pdo: usize, plen: usize) {
-    out.push(kind);
-    out.push(pdu_flags);
-    out.push(u8::try_from(hlen).unwrap_or(u8::MAX));
-    out.push(u8::try_from(pdo).unwrap_or(0));
-    out.extend_from_slice(&u32::try_from(plen).unwrap_or(u32::MAX).to_le_bytes());
+    let mut ch = [0; wire::CH_LEN];
+    put_common_header(&mut ch, kind, pdu_flags, hlen, pdo, plen);
+    out.extend_from_slice(&ch);
+}
+
+/// Writes the common header at the start of `header`, which is at least `CH_LEN` long.
+fn put_common_header(
+    header: &mut [u8],
+    kind: u8,
+    pdu_flags: u8,
+    hlen: usize,
+    pdo: usize,
+    plen: usize,
+) {
+    header[0] = kind;
+    header[1] = pdu_flags;
+    header[2] = u8::try_from(hlen).unwrap_or(u8::MAX);
+    header[3] = u8::try_from(pdo).unwrap_or(0);
+    header[4..8].copy_from_slice(&u32::try_from(plen).unwrap_or(u32::MAX).to_le_bytes());
 }
 
 /// Appends the header digest of the header that starts at `start`, if negotiated.
@@ -18,6 +32,14 @@ fn header_digest(out: &mut Vec<u8>, start: usize, neg: &Negotiated) {
     if neg.header_digest {
         let digest = wire::digest(&out[start..]);
         out.extend_from_slice(&digest);
+    }
+}
+
+/// Appends a header built whole on the stack (one copy into the buffer), and its digest.
+fn put_header(out: &mut Vec<u8>, header: &[u8], neg: &Negotiated) {
+    out.extend_from_slice(header);
+    if neg.header_digest {
+        out.extend_from_slice(&wire::digest(header));
     }
 }
 
@@ -42,19 +64,19 @@ pub fn icresp(out: &mut Vec<u8>, resp: &IcResp) {
 
 /// CapsuleResp carrying one completion (3.6.2.6).
 pub fn capsule_resp(out: &mut Vec<u8>, neg: &Negotiated, cqe: &Cqe) {
-    let start = out.len();
     let hd = hdgst_len(neg);
     let pdu_flags = if neg.header_digest { flags::HDGSTF } else { 0 };
-    common_header(
-        out,
+    let mut header = [0; wire::CAPSULE_RESP_HLEN];
+    put_common_header(
+        &mut header,
         pdu_type::CAPSULE_RESP,
         pdu_flags,
         wire::CAPSULE_RESP_HLEN,
         0,
         wire::CAPSULE_RESP_HLEN + hd,
     );
-    out.extend_from_slice(&cqe.to_bytes());
-    header_digest(out, start, neg);
+    cqe.emit(&mut header[wire::CH_LEN..]);
+    put_header(out, &header, neg);
 }
 
 /// R2T asking for `r2tl` bytes at `r2to` of command `cccid` (3.6.2.10).
@@ -92,11 +114,33 @@ pub fn data_pdu(
     last: bool,
     success: bool,
 ) {
+    let len = data.len();
+    let digest = data_pdu_header(out, neg, kind, cccid, ttag, datao, len, last, success);
+    out.extend_from_slice(data);
+    if digest {
+        out.extend_from_slice(&wire::digest(data));
+    }
+}
+
+/// A data PDU up to where its `data_len` bytes of data start: header, header digest and
+/// padding. Returns whether a data digest must follow the data.
+#[allow(clippy::too_many_arguments)]
+fn data_pdu_header(
+    out: &mut Vec<u8>,
+    neg: &Negotiated,
+    kind: u8,
+    cccid: u16,
+    ttag: u16,
+    datao: u32,
+    data_len: usize,
+    last: bool,
+    success: bool,
+) -> bool {
     let start = out.len();
     let hd = hdgst_len(neg);
     let align = (usize::from(neg.hpda) + 1) * 4;
     let pdo = (wire::DATA_HLEN + hd).div_ceil(align) * align;
-    let dd = if neg.data_digest && !data.is_empty() {
+    let dd = if neg.data_digest && data_len > 0 {
         wire::DIGEST_LEN
     } else {
         0
@@ -114,25 +158,22 @@ pub fn data_pdu(
     if success {
         pdu_flags |= flags::SUCCESS;
     }
-    common_header(
-        out,
+    let mut header = [0; wire::DATA_HLEN];
+    put_common_header(
+        &mut header,
         kind,
         pdu_flags,
         wire::DATA_HLEN,
         pdo,
-        pdo + data.len() + dd,
+        pdo + data_len + dd,
     );
-    out.extend_from_slice(&cccid.to_le_bytes());
-    out.extend_from_slice(&ttag.to_le_bytes());
-    out.extend_from_slice(&datao.to_le_bytes());
-    out.extend_from_slice(&u32::try_from(data.len()).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    header_digest(out, start, neg);
+    header[8..10].copy_from_slice(&cccid.to_le_bytes());
+    header[10..12].copy_from_slice(&ttag.to_le_bytes());
+    header[12..16].copy_from_slice(&datao.to_le_bytes());
+    header[16..20].copy_from_slice(&u32::try_from(data_len).unwrap_or(u32::MAX).to_le_bytes());
+    put_header(out, &header, neg);
     out.resize(start + pdo, 0);
-    out.extend_from_slice(data);
-    if dd > 0 {
-        out.extend_from_slice(&wire::digest(data));
-    }
+    dd > 0
 }
 
 /// C2HData for command `cccid`.
@@ -156,6 +197,28 @@ pub fn c2h_data(
         last,
         success,
     );
+}
+
+/// C2HData for command `cccid` whose `data_len` bytes of data the caller queues itself, right
+/// after: the part before the data. Returns whether the data digest must follow the data.
+pub fn c2h_data_header(
+    out: &mut Vec<u8>,
+    neg: &Negotiated,
+    cccid: u16,
+    data_len: usize,
+    success: bool,
+) -> bool {
+    data_pdu_header(
+        out,
+        neg,
+        pdu_type::C2H_DATA,
+        cccid,
+        0,
+        0,
+        data_len,
+        true,
+        success,
+    )
 }
 
 /// C2HTermReq (3.6.2.4): the error, and as much of the offending header as fits.

@@ -12,6 +12,8 @@ use tracing::{debug, trace, warn};
 
 use super::inbound::{Inbound, InboundError, Negotiated};
 use super::outbound;
+use super::send_queue::{self, SendQueue};
+use super::wire;
 use super::{IoCx, TcpContext};
 use crate::backend::{IoDone, IoKind, IoRequest};
 use crate::controller::{AdminOutcome, ConnectOutcome, Controller, IoOp, IoPlan, ListenerAddr};
@@ -67,8 +69,8 @@ pub struct TcpQpair {
     local_ip: Option<std::net::IpAddr>,
     state: State,
     negotiated: Negotiated,
-    /// Bytes to send, in order.
-    out: Vec<u8>,
+    /// PDUs to send, in order, and the data buffers commands reuse.
+    out: SendQueue,
     /// Commands in flight, indexed by tag (the R2T transfer tag and the backend token).
     commands: Vec<Option<Command>>,
     free_tags: Vec<u16>,
@@ -77,6 +79,9 @@ pub struct TcpQpair {
     sq_head: u16,
     sq_flow_control: bool,
     setup_deadline: Option<Instant>,
+    /// A command arrived in the current `handle_input`: the controller hears of the activity
+    /// (keep-alive) once per batch, not once per command.
+    active: bool,
 }
 
 impl TcpQpair {
@@ -97,7 +102,7 @@ impl TcpQpair {
             local_ip,
             state: State::AwaitIcReq,
             negotiated: Negotiated::before_icreq(),
-            out: Vec::with_capacity(4096),
+            out: SendQueue::with_capacity(4096),
             commands: Vec::new(),
             free_tags: Vec::new(),
             in_flight: 0,
@@ -105,11 +110,12 @@ impl TcpQpair {
             sq_head: 0,
             sq_flow_control: true,
             setup_deadline: Some(now + SETUP_TIMEOUT),
+            active: false,
         }
     }
 
-    /// Bytes waiting to be written; the connection drains them from the front.
-    pub fn output(&mut self) -> &mut Vec<u8> {
+    /// What waits to be written; the connection drains it from the front.
+    pub fn output(&mut self) -> &mut SendQueue {
         &mut self.out
     }
 
@@ -176,22 +182,30 @@ impl TcpQpair {
     /// Consumes as many whole PDUs from `input` as it holds; returns how many bytes were used.
     pub fn handle_input(&mut self, input: &[u8], cx: &mut IoCx<'_>, now: Instant) -> (usize, Flow) {
         let mut used = 0;
+        let mut flow = Flow::Continue;
         while !self.is_terminating() {
             match Inbound::parse(&input[used..], &self.negotiated) {
                 Ok(None) => break,
                 Ok(Some((pdu, len))) => {
                     used += len;
                     if self.handle_pdu(pdu, cx, now) == Flow::Close {
-                        return (used, Flow::Close);
+                        flow = Flow::Close;
+                        break;
                     }
                 }
                 Err(err) => {
                     self.terminate(&err, &input[used..]);
-                    return (used, Flow::Close);
+                    flow = Flow::Close;
+                    break;
                 }
             }
         }
-        (used, Flow::Continue)
+        if std::mem::take(&mut self.active) {
+            if let State::Ready { ctrlr, .. } = &self.state {
+                ctrlr.handle_activity(now);
+            }
+        }
+        (used, flow)
     }
 
     /// A backend request finished; `done.token` is the command's tag.
@@ -219,11 +233,7 @@ impl TcpQpair {
                 }),
                 true,
             ) => {
-                self.send_data_and_response(
-                    cmd.sqe.cid(),
-                    &done.buf,
-                    Cqe::new(cmd.sqe.cid(), status),
-                );
+                self.send_read_data(cmd.sqe.cid(), done.buf, Cqe::new(cmd.sqe.cid(), status));
             }
             (
                 Some(IoPlan {
@@ -238,9 +248,14 @@ impl TcpQpair {
                     Status::COMPARE_FAILURE
                 };
                 self.send_response(Cqe::new(cmd.sqe.cid(), status));
+                self.out.recycle(done.buf);
             }
-            _ => self.send_response(Cqe::new(cmd.sqe.cid(), status)),
+            _ => {
+                self.send_response(Cqe::new(cmd.sqe.cid(), status));
+                self.out.recycle(done.buf);
+            }
         }
+        self.out.recycle(cmd.data);
         Flow::Continue
     }
 
@@ -275,7 +290,7 @@ impl TcpQpair {
             (State::AwaitIcReq, Inbound::IcReq(icreq)) => {
                 match self.negotiated.accept_icreq(&icreq, &self.context.limits) {
                     Ok(icresp) => {
-                        outbound::icresp(&mut self.out, &icresp);
+                        self.out.put(|out| outbound::icresp(out, &icresp));
                         self.state = State::AwaitConnect;
                         Flow::Continue
                     }
@@ -412,7 +427,7 @@ impl TcpQpair {
             return Flow::Close;
         }
         self.sq_head = (self.sq_head + 1) % self.queue_size.max(1);
-        ctrlr.handle_activity(now);
+        self.active = true;
         if !digest_ok {
             self.send_response(Cqe::new(sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR));
             return Flow::Continue;
@@ -468,8 +483,9 @@ impl TcpQpair {
                     ));
                     return Flow::Continue;
                 }
-                let data = data[..host_data_len].to_vec();
-                return self.execute(sqe, plan, data, &ctrlr, cx, now);
+                let mut buf = self.out.take_buffer(host_data_len);
+                buf.copy_from_slice(&data[..host_data_len]);
+                return self.execute(sqe, plan, buf, &ctrlr, cx, now);
             }
             if !sgl.is_transport() {
                 self.send_response(Cqe::new(
@@ -488,10 +504,11 @@ impl TcpQpair {
                 return Flow::Continue;
             }
             // Ask the host for the data; the command runs when all of it has arrived.
+            let data = self.out.take_buffer(host_data_len);
             let Some(tag) = self.store_command(Command {
                 sqe,
                 stage: Stage::AwaitData,
-                data: vec![0; host_data_len],
+                data,
                 received: 0,
                 plan,
             }) else {
@@ -499,7 +516,9 @@ impl TcpQpair {
                 return Flow::Continue;
             };
             let r2tl = u32::try_from(host_data_len).unwrap_or(u32::MAX);
-            outbound::r2t(&mut self.out, &self.negotiated, sqe.cid(), tag, 0, r2tl);
+            let neg = &self.negotiated;
+            self.out
+                .put(|out| outbound::r2t(out, neg, sqe.cid(), tag, 0, r2tl));
             return Flow::Continue;
         }
         self.execute(sqe, plan, Vec::new(), &ctrlr, cx, now)
@@ -536,6 +555,7 @@ impl TcpQpair {
             if complete || h2c.last {
                 if let Some(cmd) = self.take_command(tag) {
                     self.send_response(Cqe::new(cmd.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR));
+                    self.out.recycle(cmd.data);
                 }
             }
             return Flow::Continue;
@@ -570,18 +590,23 @@ impl TcpQpair {
         let Some(plan) = plan else {
             return self.execute_admin(&sqe, &data, ctrlr, now);
         };
+        if let IoOp::Read { len, .. } = plan.op {
+            if plan.ns.backend().reads_zeroes() {
+                // The controller checked the range; nothing to read, no buffer to fill.
+                trace!(cid = sqe.cid(), "read of zeroes");
+                let len = usize::try_from(len).unwrap_or(0);
+                self.send_zeroes(sqe.cid(), len, Cqe::new(sqe.cid(), Status::SUCCESS));
+                self.out.recycle(data);
+                return Flow::Continue;
+            }
+        }
         let request = match &plan.op {
-            IoOp::Read { offset, len } => IoRequest {
+            // Backends fill the whole buffer of a read that succeeds.
+            IoOp::Read { offset, len } | IoOp::Compare { offset, len } => IoRequest {
                 kind: IoKind::Read,
                 offset: *offset,
                 len: *len,
-                buf: vec![0; usize::try_from(*len).unwrap_or(0)],
-            },
-            IoOp::Compare { offset, len } => IoRequest {
-                kind: IoKind::Read,
-                offset: *offset,
-                len: *len,
-                buf: vec![0; usize::try_from(*len).unwrap_or(0)],
+                buf: self.out.take_buffer(usize::try_from(*len).unwrap_or(0)),
             },
             IoOp::Write { offset, len, fua } => IoRequest {
                 kind: IoKind::Write { fua: *fua },
@@ -684,26 +709,62 @@ impl TcpQpair {
         } else {
             0xFFFF
         };
-        outbound::capsule_resp(&mut self.out, &self.negotiated, &cqe);
+        let neg = &self.negotiated;
+        self.out.put(|out| outbound::capsule_resp(out, neg, &cqe));
     }
 
-    /// C2HData carrying `data`, then the response, or the data alone with the SUCCESS flag
-    /// when the host disabled SQ flow control and there is nothing else to report.
-    fn send_data_and_response(&mut self, cid: u16, data: &[u8], cqe: Cqe) {
-        let success_only = !self.sq_flow_control
+    /// Whether a C2HData with the SUCCESS flag may stand in for the response: the host
+    /// disabled SQ flow control and there is nothing else to report.
+    fn success_only(&self, cqe: &Cqe) -> bool {
+        !self.sq_flow_control
             && self.context.c2h_success
             && cqe.status.is_success()
             && cqe.dw0 == 0
-            && cqe.dw1 == 0;
-        outbound::c2h_data(
-            &mut self.out,
-            &self.negotiated,
-            cid,
-            0,
-            data,
-            true,
-            success_only,
-        );
+            && cqe.dw1 == 0
+    }
+
+    /// C2HData carrying a copy of `data`, then the response (or the SUCCESS flag).
+    fn send_data_and_response(&mut self, cid: u16, data: &[u8], cqe: Cqe) {
+        let success_only = self.success_only(&cqe);
+        let neg = &self.negotiated;
+        self.out
+            .put(|out| outbound::c2h_data(out, neg, cid, 0, data, true, success_only));
+        if !success_only {
+            self.send_response(cqe);
+        }
+    }
+
+    /// C2HData carrying the buffer a read filled, sent from where it lies (the data digest
+    /// computed once, over it there), then the response (or the SUCCESS flag).
+    fn send_read_data(&mut self, cid: u16, data: Vec<u8>, cqe: Cqe) {
+        let success_only = self.success_only(&cqe);
+        let neg = &self.negotiated;
+        let len = data.len();
+        let digest = self
+            .out
+            .put(|out| outbound::c2h_data_header(out, neg, cid, len, success_only))
+            .then(|| wire::digest(&data));
+        self.out.push_data(data);
+        self.finish_read_data(digest, cqe, success_only);
+    }
+
+    /// C2HData carrying `len` zeroes from a backend that only holds zeroes, then the response
+    /// (or the SUCCESS flag).
+    fn send_zeroes(&mut self, cid: u16, len: usize, cqe: Cqe) {
+        let success_only = self.success_only(&cqe);
+        let neg = &self.negotiated;
+        let digest = self
+            .out
+            .put(|out| outbound::c2h_data_header(out, neg, cid, len, success_only))
+            .then(|| send_queue::zeroes_digest(len));
+        self.out.push_zeroes(len);
+        self.finish_read_data(digest, cqe, success_only);
+    }
+
+    fn finish_read_data(&mut self, digest: Option<[u8; 4]>, cqe: Cqe, success_only: bool) {
+        if let Some(digest) = digest {
+            self.out.put(|out| out.extend_from_slice(&digest));
+        }
         if !success_only {
             self.send_response(cqe);
         }
@@ -711,7 +772,7 @@ impl TcpQpair {
 
     fn terminate(&mut self, err: &InboundError, header: &[u8]) {
         warn!(error = %err, "terminating connection");
-        outbound::c2h_term_req(&mut self.out, err, header);
+        self.out.put(|out| outbound::c2h_term_req(out, err, header));
         self.state = State::Terminating;
     }
 

@@ -28,6 +28,10 @@ fn listener() -> ListenerAddr {
 }
 
 fn context() -> Arc<TcpContext> {
+    context_with(Arc::new(RamBackend::new(1 << 20)))
+}
+
+fn context_with(backend: Arc<dyn crate::backend::Backend>) -> Arc<TcpContext> {
     let spec = SubsystemSpec {
         nqn: SUBNQN.into(),
         serial: "UNIT0001".into(),
@@ -37,7 +41,7 @@ fn context() -> Arc<TcpContext> {
         max_namespaces: 32,
         namespaces: vec![NamespaceSpec {
             nsid: 1,
-            backend: Arc::new(RamBackend::new(1 << 20)),
+            backend,
             block_size: 512,
             read_only: false,
             uuid: None,
@@ -121,7 +125,7 @@ impl Host {
         let (used, flow) = self.qpair.handle_input(bytes, &mut cx, self.now);
         assert_eq!(used, bytes.len(), "whole PDUs consumed");
         let _ = flow;
-        std::mem::take(self.qpair.output())
+        self.qpair.output().take_all()
     }
 
     fn capsule(&self, sqe: &Sqe, data: &[u8]) -> Vec<u8> {
@@ -427,6 +431,101 @@ fn io_queue_write_via_r2t_then_read_back() {
     );
     assert!(ioq.qpair.is_terminating());
     let _ = (&mut ioq.poll, Duration::ZERO);
+}
+
+/// An enabled controller on `context` and a connected I/O queue (qid 1) with or without
+/// digests: (admin, I/O queue).
+fn io_queue(context: &Arc<TcpContext>, digests: bool) -> (Host, Host) {
+    let mut admin = Host::new(digests);
+    admin.qpair.context = Arc::clone(context);
+    let cntlid = admin.connect_admin();
+    let mut sqe = Sqe::new(crate::nvme::opcode::FABRICS, 2);
+    sqe.set_fctype(crate::nvme::opcode::fctype::PROPERTY_SET);
+    sqe.set_cdw(11, 0x14).set_cdw(12, 0x0046_0001);
+    admin.command(&sqe, &[]);
+    let mut ioq = Host::new(digests);
+    ioq.qpair.context = Arc::clone(context);
+    let mut sqe = Sqe::new(crate::nvme::opcode::FABRICS, 1);
+    sqe.set_fctype(crate::nvme::opcode::fctype::CONNECT);
+    sqe.set_sgl(Sgl::in_capsule(1024));
+    ConnectCmd {
+        recfmt: 0,
+        qid: 1,
+        sqsize: 127,
+        cattr: 0,
+        kato: 0,
+    }
+    .emit(&mut sqe);
+    let mut data = vec![0u8; 1024];
+    ConnectData {
+        hostid: [1; 16],
+        cntlid,
+        subnqn: SUBNQN.into(),
+        hostnqn: HOSTNQN.into(),
+    }
+    .emit(&mut data);
+    let replies = ioq.command(&sqe, &data);
+    assert!(
+        matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.is_success()),
+        "{replies:?}"
+    );
+    (admin, ioq)
+}
+
+#[test]
+fn null_reads_send_zeroes_with_the_right_digest() {
+    let context = context_with(Arc::new(crate::backend::null::NullBackend::new(1 << 20)));
+    for digests in [false, true] {
+        let (_admin, mut ioq) = io_queue(&context, digests);
+        // 128 KiB, more than the static block of zeroes, then 4 KiB, in one batch.
+        let mut big = Sqe::new(io::READ, 20);
+        big.set_nsid(1)
+            .set_cdw(10, 0)
+            .set_cdw(12, 255)
+            .set_sgl(Sgl::transport(131_072));
+        let mut small = Sqe::new(io::READ, 21);
+        small
+            .set_nsid(1)
+            .set_cdw(10, 2040)
+            .set_cdw(12, 7)
+            .set_sgl(Sgl::transport(4096));
+        let mut batch = ioq.capsule(&big, &[]);
+        batch.extend_from_slice(&ioq.capsule(&small, &[]));
+        let out = ioq.feed(&batch);
+        let replies = ioq.replies(&out);
+        let [
+            Reply::Data {
+                cccid: 20,
+                data: first,
+                ..
+            },
+            Reply::Resp(a),
+            Reply::Data {
+                cccid: 21,
+                data: second,
+                ..
+            },
+            Reply::Resp(b),
+        ] = replies.as_slice()
+        else {
+            panic!("{replies:?}")
+        };
+        assert!(a.status.is_success() && b.status.is_success());
+        assert_eq!(first, &vec![0; 131_072]);
+        assert_eq!(second, &vec![0; 4096]);
+        assert_eq!(ioq.qpair.in_flight(), 0);
+        // Past the end: refused by the controller, as before.
+        let mut past = Sqe::new(io::READ, 22);
+        past.set_nsid(1)
+            .set_cdw(10, 2047)
+            .set_cdw(12, 1)
+            .set_sgl(Sgl::transport(1024));
+        let replies = ioq.command(&past, &[]);
+        assert!(
+            matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.sc == Status::LBA_OUT_OF_RANGE.sc),
+            "{replies:?}"
+        );
+    }
 }
 
 #[test]
