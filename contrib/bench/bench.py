@@ -31,6 +31,8 @@ CASES = [
     ("randwrite-4k-qd32", "4K randwrite QD32"),
     ("read-128k-qd8", "128K seq read QD8"),
     ("randread-4k-qd32-2conn", "4K randread QD32 x 2 conns"),
+    ("randread-4k-qd1-epoll-client", "4K randread QD1, client sleeps in epoll"),
+    ("randread-4k-qd32-epoll-client", "4K randread QD32, client sleeps in epoll"),
 ]
 MODES = ["interrupt", "poll"]
 NAMESPACES = ["null", "ram", "file"]
@@ -237,6 +239,11 @@ def markdown(result):
         ("kernel", m["kernel"]),
         ("commit", commit),
         ("placement", m["placement"]),
+        (
+            "client",
+            "nvmf-perf " + (os.environ.get("BENCH_PERF_ARGS") or "(sleeps in epoll)")
+            + " except the *epoll-client rows",
+        ),
         (
             "durations",
             f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats; "
