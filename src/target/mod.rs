@@ -3,9 +3,11 @@
 
 mod apply;
 mod build;
+mod cli;
 mod reload;
 mod status;
 mod systemd;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,8 +22,9 @@ use crate::control::ControlServer;
 use crate::reactor::{Reactor, ReactorConfig, ReactorHandle, ReactorMessage};
 use crate::transport::tcp::TcpContext;
 
+pub use cli::{print_plan, print_reload, print_status, render_status};
 pub use reload::{Outcome, ReloadResult, Reloader, Trigger};
-pub use status::{StatusReport, print_plan, print_reload, print_status, render_status};
+pub use status::StatusReport;
 
 /// A target that is serving.
 pub struct Target {
@@ -90,7 +93,7 @@ impl Target {
             text,
         );
         let watcher = if watch {
-            reload::watch(config_path, &reloader)
+            watch::watch(config_path, &reloader)
         } else {
             None
         };

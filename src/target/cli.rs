@@ -1,0 +1,197 @@
+//! The commands that talk to a running target over its control socket (`status`, `reload`,
+//! `plan`): the call, and how each answer is shown.
+
+use serde_json::{Value, json};
+
+/// The human form of `nvmf_tgt_status`.
+pub fn render_status(status: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "nvmf-tgt pid {} up {:.0}s, {} mode, config {}",
+        status["pid"],
+        status["uptime_s"].as_f64().unwrap_or(0.0),
+        if status["interrupt_mode"].as_bool() == Some(true) {
+            "interrupt"
+        } else {
+            "poll"
+        },
+        status["config"].as_str().unwrap_or("?"),
+    );
+    let decl = &status["declaration"];
+    let _ = writeln!(
+        out,
+        "declaration: generation {}, hash {}",
+        decl["applied"]["generation"],
+        decl["applied"]["hash"].as_str().unwrap_or("?"),
+    );
+    if decl["last_attempt"].is_object() {
+        let last = &decl["last_attempt"];
+        let _ = writeln!(
+            out,
+            "last reload ({}): {}: {}",
+            last["trigger"].as_str().unwrap_or("?"),
+            last["result"].as_str().unwrap_or("?"),
+            last["message"].as_str().unwrap_or(""),
+        );
+        if let Some(d) = last["diagnostics"].as_str() {
+            for line in d.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+    }
+    if let Some(cpu) = status["process_cpu_s"].as_f64() {
+        let _ = writeln!(out, "process CPU time: {cpu:.3}s");
+    }
+    let _ = writeln!(out, "reactors:");
+    for r in status["reactors"].as_array().into_iter().flatten() {
+        let busy = r["busy_ns"].as_u64().unwrap_or(0);
+        let idle = r["idle_ns"].as_u64().unwrap_or(0);
+        let total = (busy + idle).max(1);
+        #[allow(clippy::cast_precision_loss)]
+        let busy_pct = busy as f64 * 100.0 / total as f64;
+        let _ = writeln!(
+            out,
+            "  reactor {} core {}: busy {:.3}s idle {:.3}s ({busy_pct:.2}% busy), {} events, {} wakeups, {} connections",
+            r["index"],
+            r["core"],
+            busy as f64 / 1e9,
+            idle as f64 / 1e9,
+            r["events"],
+            r["wakeups"],
+            r["connections"],
+        );
+    }
+    let _ = writeln!(out, "subsystems:");
+    for s in status["subsystems"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  {}", serde_json::to_string(s).unwrap_or_default());
+    }
+    out
+}
+
+/// `nvmf-tgt status`: asks the target at `socket` and prints its answer. Exit 0 on an
+/// answer, 2 when the target cannot be reached.
+#[allow(clippy::print_stdout)]
+pub fn print_status(socket: &std::path::Path, as_json: bool) -> std::process::ExitCode {
+    let status = match call(socket, "status", "nvmf_tgt_status", Value::Null) {
+        Ok(status) => status,
+        Err(code) => return code,
+    };
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).unwrap_or_default()
+        );
+    } else {
+        println!("{}", render_status(&status));
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}
+
+/// Calls the target; an unreachable target or a refused call is reported and exits 2.
+#[allow(clippy::print_stderr)]
+fn call(
+    socket: &std::path::Path,
+    command: &str,
+    method: &str,
+    params: Value,
+) -> Result<Value, std::process::ExitCode> {
+    crate::control::call(socket, method, params).map_err(|err| {
+        eprintln!("nvmf-tgt {command}: {}", error_chain(&err));
+        std::process::ExitCode::from(2)
+    })
+}
+
+/// `nvmf-tgt reload`: asks the target to reload its declaration and prints the outcome.
+/// Exit 0 applied or nothing to do, 1 refused, invalid or failed, 2 target unreachable.
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+pub fn print_reload(socket: &std::path::Path, as_json: bool) -> std::process::ExitCode {
+    let outcome = match call(socket, "reload", "nvmf_tgt_reload", Value::Null) {
+        Ok(outcome) => outcome,
+        Err(code) => return code,
+    };
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome).unwrap_or_default()
+        );
+    } else {
+        println!(
+            "{}: {}",
+            outcome["result"].as_str().unwrap_or("?"),
+            outcome["message"].as_str().unwrap_or("")
+        );
+        for step in outcome["steps"].as_array().into_iter().flatten() {
+            println!("  {}", step.as_str().unwrap_or(""));
+        }
+        for w in outcome["warnings"].as_array().into_iter().flatten() {
+            println!("warning: {}", w.as_str().unwrap_or(""));
+        }
+        if let Some(d) = outcome["diagnostics"].as_str() {
+            print!("{d}");
+        }
+    }
+    let ok = matches!(outcome["result"].as_str(), Some("applied" | "unchanged"));
+    std::process::ExitCode::from(if ok { 0 } else { 1 })
+}
+
+/// `nvmf-tgt plan`: the plan from what serves to `path`, not applied. Exit 0 no changes,
+/// 1 changes, 2 error (unreachable target, invalid file, refused plan).
+#[allow(clippy::print_stdout, clippy::print_stderr)]
+pub fn print_plan(
+    socket: &std::path::Path,
+    path: &std::path::Path,
+    as_json: bool,
+) -> std::process::ExitCode {
+    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let params = json!({"path": absolute.display().to_string()});
+    let answer = match call(socket, "plan", "nvmf_tgt_plan", params) {
+        Ok(answer) => answer,
+        Err(code) => return code,
+    };
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&answer).unwrap_or_default()
+        );
+    } else {
+        if let Some(d) = answer["diagnostics"].as_str() {
+            print!("{d}");
+        }
+        let steps = answer["steps"].as_array().cloned().unwrap_or_default();
+        if steps.is_empty() && answer["refused"] != true {
+            println!("no changes: {} declares what is serving", path.display());
+        }
+        for step in &steps {
+            println!("{}", step.as_str().unwrap_or(""));
+        }
+        for field in answer["plan"]["restart_required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "! {} changed: needs a restart (the plan would be refused)",
+                field["what"].as_str().unwrap_or("")
+            );
+        }
+        for w in answer["plan"]["warnings"].as_array().into_iter().flatten() {
+            println!("warning: {}", w.as_str().unwrap_or(""));
+        }
+    }
+    if answer["refused"] == true {
+        return std::process::ExitCode::from(2);
+    }
+    std::process::ExitCode::from(u8::from(answer["changes"] == true))
+}
