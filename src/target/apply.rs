@@ -31,13 +31,14 @@ struct Prepared {
     subsystems: HashMap<String, Arc<Subsystem>>,
     namespaces: HashMap<(String, u32), Arc<Namespace>>,
     sockets: HashMap<SocketAddr, TcpListener>,
+    access: HashMap<String, Access>,
 }
 
 impl Live {
     /// Applies `plan` (computed from `self.config` to `new`). On error nothing has changed.
     pub fn apply(&mut self, new: &Config, plan: &Plan) -> anyhow::Result<()> {
         let prepared = self.prepare(new, plan)?;
-        self.commit(new, plan, prepared);
+        self.commit(plan, prepared);
         self.config = new.clone();
         Ok(())
     }
@@ -68,8 +69,14 @@ impl Live {
                     prepared.sockets.insert(*socket, build::bind(*socket)?);
                 }
                 Step::SetAccess { nqn, .. } => {
-                    // Listener addresses are checked here so commit cannot fail on them.
-                    build::subsystem_listeners(subsystem_decl(new, nqn)?)?;
+                    // Listener addresses are resolved here so commit cannot fail on them.
+                    let decl = subsystem_decl(new, nqn)?;
+                    let access = Access {
+                        allow_any_host: decl.allow_any_host,
+                        hosts: decl.host_nqns(new),
+                        listeners: build::subsystem_listeners(decl)?,
+                    };
+                    prepared.access.insert(nqn.clone(), access);
                 }
                 _ => {}
             }
@@ -77,7 +84,7 @@ impl Live {
         Ok(prepared)
     }
 
-    fn commit(&mut self, new: &Config, plan: &Plan, mut prepared: Prepared) {
+    fn commit(&mut self, plan: &Plan, mut prepared: Prepared) {
         let mut discovery_changed = false;
         for step in &plan.steps {
             info!(%step, "applying");
@@ -97,15 +104,10 @@ impl Live {
                     self.disconnect(controllers);
                 }
                 Step::SetAccess { nqn, .. } => {
-                    let (Some(subsystem), Ok(decl)) =
-                        (self.registry.subsystem(nqn), subsystem_decl(new, nqn))
+                    let (Some(subsystem), Some(access)) =
+                        (self.registry.subsystem(nqn), prepared.access.remove(nqn))
                     else {
                         continue;
-                    };
-                    let access = Access {
-                        allow_any_host: decl.allow_any_host,
-                        hosts: decl.host_nqns(new),
-                        listeners: build::subsystem_listeners(decl).unwrap_or_default(),
                     };
                     let refused = subsystem.set_access(access);
                     if !refused.is_empty() {
