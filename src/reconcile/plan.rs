@@ -286,7 +286,8 @@ pub fn tcp_socket(listener: &Listener) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, listener.port_or_default()))
 }
 
-fn sockets(config: &Config) -> BTreeSet<SocketAddr> {
+/// Every distinct TCP socket a declaration listens on.
+pub fn sockets(config: &Config) -> BTreeSet<SocketAddr> {
     config
         .subsystem
         .iter()

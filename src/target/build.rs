@@ -1,7 +1,6 @@
 //! From the declaration to live objects: backends, subsystems, the registry and bound sockets.
 //! Start-up and reload build through the same functions.
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
@@ -14,7 +13,7 @@ use crate::controller::{
     AddressFamily, ListenerAddr, Namespace, NamespaceSpec, Registry, SubsystemSpec,
     TransportLimits, TransportType,
 };
-use crate::reconcile::plan::tcp_socket;
+use crate::reconcile::plan::{sockets, tcp_socket};
 
 pub struct Built {
     pub registry: Arc<Registry>,
@@ -56,19 +55,6 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
         c2h_success,
         listeners,
     })
-}
-
-/// Every distinct TCP socket the declaration listens on.
-pub fn sockets(config: &Config) -> Vec<SocketAddr> {
-    let mut sockets: BTreeMap<SocketAddr, ()> = BTreeMap::new();
-    for subsystem in &config.subsystem {
-        for listener in &subsystem.listener {
-            if let Some(socket) = tcp_socket(listener) {
-                sockets.insert(socket, ());
-            }
-        }
-    }
-    sockets.into_keys().collect()
 }
 
 /// Binds a listening socket (non-blocking, for the reactor).
