@@ -25,7 +25,7 @@ pub use nqn::validate as validate_nqn;
 pub use rules::Purpose;
 pub use schema::json_schema;
 pub use source::{MAX_FILE_BYTES, SourceError};
-pub use units::{CoreMask, Eui64, Nguid, Size, Uuid, parse_size};
+pub use units::{CoreMask, Eui64, HexId, Nguid, Size, Uuid, parse_size};
 
 /// A declaration that passed every check, with the report (which may hold warnings).
 #[derive(Debug, Clone)]

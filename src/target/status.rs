@@ -126,7 +126,7 @@ fn nvmf_get_subsystems(registry: &Registry) -> Value {
                     "nsid": ns.nsid(),
                     "bdev_name": format!("{:?}", ns.backend()),
                     "name": format!("{:?}", ns.backend()),
-                    "uuid": hex_uuid(&ns.uuid()),
+                    "uuid": crate::config::HexId(ns.uuid()).to_string(),
                     "nguid": ns.nguid().iter().map(|b| format!("{b:02X}")).collect::<String>(),
                     "eui64": ns.eui64().iter().map(|b| format!("{b:02X}")).collect::<String>(),
                 })
@@ -147,18 +147,6 @@ fn nvmf_get_subsystems(registry: &Registry) -> Value {
         }));
     }
     Value::Array(out)
-}
-
-fn hex_uuid(bytes: &[u8; 16]) -> String {
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }
 
 /// Subsystems with their namespaces, listeners and connected controllers.
