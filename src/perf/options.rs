@@ -97,22 +97,10 @@ impl TransportId {
     }
 }
 
-/// Parses a byte count: a plain number, or one with a k/m/g suffix (powers of 1024;
-/// `k`, `K`, `KB`, `KiB` all mean 1024).
+/// Parses a byte count as the declaration writes sizes: a plain number, or one with a unit
+/// in powers of 1024 (`k`, `K`, `KB`, `KiB` all mean 1024).
 pub fn parse_size(text: &str) -> Result<u64, OptionsError> {
-    let bad = || OptionsError::Size(text.into());
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, unit) = t.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| bad())?;
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        _ => return Err(bad()),
-    };
-    n.checked_mul(1 << shift).ok_or_else(bad)
+    crate::config::parse_size(text).map_err(|_| OptionsError::Size(text.into()))
 }
 
 /// The access pattern (`-w`), as spdk_nvme_perf names them.
