@@ -461,22 +461,10 @@ impl Running {
                         self.adopt(TcpStream::from_std(stream), peer, listener, now);
                     }
                 }
-                ReactorMessage::ControllerGone(ctrlr) => {
-                    let doomed: Vec<usize> = self
-                        .slots
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, s)| {
-                            let conn = &s.as_ref()?.conn;
-                            conn.controller()
-                                .filter(|c| Arc::ptr_eq(c, &ctrlr))
-                                .map(|_| i)
-                        })
-                        .collect();
-                    for index in doomed {
-                        self.close(index, "controller gone");
-                    }
-                }
+                ReactorMessage::ControllerGone(ctrlr) => self.close_where(
+                    |conn| conn.controller().is_some_and(|c| Arc::ptr_eq(c, &ctrlr)),
+                    "controller gone",
+                ),
                 ReactorMessage::AsyncEvents { index, generation } => {
                     if let Some(Some(slot)) = self.slots.get_mut(index) {
                         if slot.generation == generation {
@@ -492,17 +480,7 @@ impl Running {
                 }
                 ReactorMessage::RemoveListener(socket) => self.remove_listener(socket),
                 ReactorMessage::CloseConnections(listener) => {
-                    let doomed: Vec<usize> = self
-                        .slots
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, s)| {
-                            (s.as_ref()?.conn.listener() == &listener).then_some(i)
-                        })
-                        .collect();
-                    for index in doomed {
-                        self.close(index, "listener removed");
-                    }
+                    self.close_where(|conn| conn.listener() == &listener, "listener removed");
                 }
                 ReactorMessage::Shutdown => self.begin_shutdown(now),
             }
@@ -661,6 +639,19 @@ impl Running {
         self.generations[index] = self.generations[index].wrapping_add(1);
         self.free.push(index);
         self.update_connection_count();
+    }
+
+    /// Closes every connection `doomed` picks.
+    fn close_where(&mut self, doomed: impl Fn(&TcpConnection) -> bool, why: &str) {
+        let picked: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| doomed(&s.as_ref()?.conn).then_some(i))
+            .collect();
+        for index in picked {
+            self.close(index, why);
+        }
     }
 
     fn close_all(&mut self) {
