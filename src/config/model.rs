@@ -109,6 +109,12 @@ pub struct TcpTransport {
     pub acceptor_poll_rate_us: u32,
     /// Send the last C2HData with the SUCCESS flag instead of a separate response.
     pub c2h_success: bool,
+    /// Data buffers of `io_unit_size` bytes shared by every reactor (SPDK's name and
+    /// default): the most data the target holds for commands, whatever hosts send.
+    pub num_shared_buffers: u32,
+    /// Buffers each reactor keeps for itself; absent: three quarters of
+    /// `num_shared_buffers`, divided among the reactors (SPDK's automatic size).
+    pub buf_cache_size: Option<u32>,
 }
 
 impl Default for TcpTransport {
@@ -123,6 +129,8 @@ impl Default for TcpTransport {
             sock_impl: SockImpl::Posix,
             acceptor_poll_rate_us: 10_000,
             c2h_success: true,
+            num_shared_buffers: 511,
+            buf_cache_size: None,
         }
     }
 }

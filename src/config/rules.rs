@@ -145,6 +145,7 @@ impl Rules<'_> {
                     io_unit_size: tcp.io_unit_size,
                 },
             );
+            self.buffer_pool(&base, tcp);
         }
         if let Some(rdma) = &transports.rdma {
             let base = ptr!("transport", "rdma");
@@ -183,6 +184,43 @@ impl Rules<'_> {
                     io_unit_size: vfio.io_unit_size,
                 },
             );
+        }
+    }
+
+    /// The shared buffer pool must hold the largest command, whose host data and read data
+    /// (a Compare) are both buffered.
+    fn buffer_pool(&mut self, base: &str, tcp: &crate::config::model::TcpTransport) {
+        if tcp.io_unit_size == 0 {
+            return;
+        }
+        let units = tcp.max_io_size.div_ceil(tcp.io_unit_size);
+        let least = units.saturating_mul(2).max(1);
+        if tcp.num_shared_buffers < least {
+            self.error(
+                format!("{base}/num_shared_buffers"),
+                format!(
+                    "tcp `num_shared_buffers` {} cannot hold one command of `max_io_size` {} (it needs at least {least} buffers of `io_unit_size` {})",
+                    tcp.num_shared_buffers, tcp.max_io_size, tcp.io_unit_size
+                ),
+            );
+        }
+        if let Some(cache) = tcp.buf_cache_size {
+            let reactors = self
+                .config
+                .target
+                .core_mask
+                .cores()
+                .map_or(1, <[usize]>::len)
+                .max(1);
+            let share = tcp.num_shared_buffers / u32::try_from(reactors).unwrap_or(u32::MAX);
+            if cache > share {
+                self.warning(
+                    format!("{base}/buf_cache_size"),
+                    format!(
+                        "tcp `buf_cache_size` {cache} is more than a reactor's share of `num_shared_buffers` ({share} for {reactors} reactors); each reactor caches {share}"
+                    ),
+                );
+            }
         }
     }
 

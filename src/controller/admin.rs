@@ -22,10 +22,15 @@ const KAS: u16 = 10;
 /// The firmware revision reported everywhere: this crate's version.
 const FIRMWARE_REVISION: &str = env!("CARGO_PKG_VERSION");
 
+/// Host data a Set Features command may carry (feature data structures are at most a page).
+const SET_FEATURES_DATA_MAX: u32 = 4096;
+
 /// What an admin command produced before it is turned into an `AdminOutcome`.
 enum Reply {
     /// Success with dword 0 and controller-to-host data.
     Done(u32, Vec<u8>),
+    /// Success with part of a log page, followed by this many zero bytes.
+    Log(Vec<u8>, usize),
     /// A finished completion (fabrics commands, an AER that found an event).
     Cqe(Cqe),
     Deferred,
@@ -36,17 +41,31 @@ impl Controller {
     /// is the host-to-controller data already received.
     pub fn handle_admin(&self, sqe: &Sqe, data: &[u8], now: Instant) -> AdminOutcome {
         self.handle_activity(now);
+        let max = usize::try_from(sqe.sgl().length).unwrap_or(usize::MAX);
         match self.admin(sqe, data) {
             Ok(Reply::Done(dw0, mut out)) => {
-                let max = usize::try_from(sqe.sgl().length).unwrap_or(usize::MAX);
                 out.truncate(max);
                 let mut cqe = Cqe::new(sqe.cid(), Status::SUCCESS);
                 cqe.dw0 = dw0;
-                AdminOutcome::Complete { cqe, data: out }
+                AdminOutcome::Complete {
+                    cqe,
+                    data: out,
+                    zeroes: 0,
+                }
+            }
+            Ok(Reply::Log(mut out, zeroes)) => {
+                out.truncate(max);
+                let zeroes = zeroes.min(max - out.len());
+                AdminOutcome::Complete {
+                    cqe: Cqe::new(sqe.cid(), Status::SUCCESS),
+                    data: out,
+                    zeroes,
+                }
             }
             Ok(Reply::Cqe(cqe)) => AdminOutcome::Complete {
                 cqe,
                 data: Vec::new(),
+                zeroes: 0,
             },
             Ok(Reply::Deferred) => AdminOutcome::Deferred,
             Err(status) => {
@@ -73,7 +92,9 @@ impl Controller {
         let discovery = self.is_discovery();
         match sqe.opcode() {
             admin::IDENTIFY => self.identify(sqe).map(|page| Reply::Done(0, page)),
-            admin::GET_LOG_PAGE => self.get_log_page(sqe).map(|page| Reply::Done(0, page)),
+            admin::GET_LOG_PAGE => self
+                .get_log_page(sqe)
+                .map(|(part, zeroes)| Reply::Log(part, zeroes)),
             admin::GET_FEATURES => {
                 let (dw0, out) = self.get_features(&self.lock(), sqe)?;
                 Ok(Reply::Done(dw0, out))
@@ -245,14 +266,18 @@ impl Controller {
         Ok(())
     }
 
-    fn get_log_page(&self, sqe: &Sqe) -> Result<Vec<u8>, Status> {
+    /// The part of the log page the host asked for, and how many zero bytes follow it.
+    fn get_log_page(&self, sqe: &Sqe) -> Result<(Vec<u8>, usize), Status> {
         let cmd = GetLogPageCmd::parse(sqe);
         let invalid = Status::INVALID_FIELD.with_dnr();
         if cmd.offset % 4 != 0 {
             return Err(invalid);
         }
-        // SPDK: asking for more than the command's buffer holds is an invalid field.
-        if cmd.byte_len() > u64::from(sqe.sgl().length) {
+        // SPDK: asking for more than the command's buffer holds is an invalid field; and no
+        // transfer is larger than MDTS, whoever asks (discovery hosts are on no allow-list).
+        if cmd.byte_len() > u64::from(sqe.sgl().length)
+            || cmd.byte_len() > u64::from(self.limits.max_io_size)
+        {
             return Err(invalid);
         }
         let page = match (self.is_discovery(), cmd.lid) {
@@ -284,9 +309,29 @@ impl Controller {
             .unwrap_or(usize::MAX)
             .min(page.len());
         let want = usize::try_from(cmd.byte_len()).map_err(|_| invalid)?;
-        let mut out = page[offset..].to_vec();
-        out.resize(want, 0);
-        Ok(out)
+        let end = page.len().min(offset.saturating_add(want));
+        let part = page[offset..end].to_vec();
+        let zeroes = want - part.len();
+        Ok((part, zeroes))
+    }
+
+    /// How much host data admin command `sqe` may bring (0 for most), or the status that
+    /// fails it before any data moves: an unknown opcode gets Invalid Opcode, not an R2T.
+    pub fn admin_host_data_len(&self, sqe: &Sqe) -> Result<usize, Status> {
+        let sgl_len = sqe.sgl().length;
+        match sqe.opcode() {
+            // Property Get/Set and Disconnect carry no data; Connect was handled before.
+            opcode::FABRICS => Ok(0),
+            admin::SET_FEATURES if sgl_len <= SET_FEATURES_DATA_MAX => Ok(sgl_len as usize),
+            admin::SET_FEATURES => Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr()),
+            admin::GET_LOG_PAGE
+            | admin::IDENTIFY
+            | admin::ABORT
+            | admin::GET_FEATURES
+            | admin::ASYNC_EVENT_REQUEST
+            | admin::KEEP_ALIVE => Ok(0),
+            _ => Err(Status::INVALID_OPCODE.with_dnr()),
+        }
     }
 
     fn supported_logs(&self) -> Vec<u8> {

@@ -1,7 +1,7 @@
 //! One controller: its admin state, its I/O queues, keep-alive and asynchronous events.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -105,6 +105,20 @@ impl FeatureState {
 
 type Notifier = Arc<dyn Fn() + Send + Sync>;
 
+/// Which attachment of an I/O queue ID a transport queue holds. A qid is reused when the host
+/// reconnects a queue (after a reset or a Disconnect) on a new connection; the old connection
+/// keeps its stale epoch, so it can neither serve I/O nor detach its replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueEpoch(u32);
+
+impl QueueEpoch {
+    /// The admin queue has one attachment for the controller's life.
+    pub const ADMIN: Self = Self(0);
+}
+
+/// A detached I/O queue slot.
+const DETACHED: u32 = 0;
+
 /// A controller: created by an admin-queue Connect, shared by its admin and I/O queues.
 pub struct Controller {
     pub(crate) cntlid: u16,
@@ -123,8 +137,10 @@ pub struct Controller {
     live: AtomicBool,
     /// Volatile write cache enabled (Set Features 0x06); when off, writes are sent with FUA.
     pub(crate) write_cache: AtomicBool,
-    /// Index qid - 1: whether that I/O queue is connected.
-    io_queues: Box<[AtomicBool]>,
+    /// Index qid - 1: the epoch of that I/O queue's current attachment, or `DETACHED`.
+    io_queues: Box<[AtomicU32]>,
+    /// The epoch the next attachment gets (never `DETACHED`).
+    next_epoch: AtomicU32,
     /// Index qid: whether the host disabled SQ flow control on that queue.
     sqfc_disabled: Box<[AtomicBool]>,
     state: Mutex<AdminState>,
@@ -173,7 +189,8 @@ impl Controller {
             enabled: AtomicBool::new(false),
             live: AtomicBool::new(true),
             write_cache: AtomicBool::new(true),
-            io_queues: (0..io_count).map(|_| AtomicBool::new(false)).collect(),
+            io_queues: (0..io_count).map(|_| AtomicU32::new(DETACHED)).collect(),
+            next_epoch: AtomicU32::new(1),
             sqfc_disabled: sqfc,
             state: Mutex::new(AdminState {
                 cc: 0,
@@ -235,14 +252,20 @@ impl Controller {
         self.enabled.load(Ordering::Acquire) && self.is_live()
     }
 
-    /// Whether I/O queue `qid` is still attached (a controller reset or shutdown detaches
-    /// every I/O queue; the transport should close such a queue's connection).
-    pub fn is_io_queue_live(&self, qid: u16) -> bool {
+    /// Whether I/O queue `qid` is still attached as `epoch` (a controller reset, a shutdown or
+    /// a Disconnect detaches it; the transport should close such a queue's connection).
+    pub fn is_io_queue_live(&self, qid: u16, epoch: QueueEpoch) -> bool {
         self.is_live()
-            && usize::from(qid)
-                .checked_sub(1)
-                .and_then(|i| self.io_queues.get(i))
-                .is_some_and(|q| q.load(Ordering::Acquire))
+            && epoch.0 != DETACHED
+            && self
+                .io_queue_slot(qid)
+                .is_some_and(|q| q.load(Ordering::Acquire) == epoch.0)
+    }
+
+    fn io_queue_slot(&self, qid: u16) -> Option<&AtomicU32> {
+        usize::from(qid)
+            .checked_sub(1)
+            .and_then(|i| self.io_queues.get(i))
     }
 
     /// Whether the host disabled SQ flow control on `qid` in its Connect (NVMe/TCP may then
@@ -285,17 +308,23 @@ impl Controller {
         self.keep_alive_deadline().is_some_and(|d| now >= d)
     }
 
-    /// The transport lost queue `qid`; qid 0 tears the controller down and removes it from
-    /// its subsystem.
-    pub fn handle_queue_gone(&self, qid: u16) {
+    /// The transport lost queue `qid` attached as `epoch`; qid 0 tears the controller down and
+    /// removes it from its subsystem. A stale epoch changes nothing: the qid may already serve
+    /// a newer connection.
+    pub fn handle_queue_gone(&self, qid: u16, epoch: QueueEpoch) {
         if qid != 0 {
-            self.detach_io_queue(qid);
+            self.detach_io_queue(qid, epoch);
             return;
         }
+        self.tear_down();
+    }
+
+    /// Ends the controller: its admin queue is gone or it was removed by a reload.
+    pub fn tear_down(&self) {
         if self.live.swap(false, Ordering::AcqRel) {
             self.enabled.store(false, Ordering::Release);
             for q in self.io_queues.iter() {
-                q.store(false, Ordering::Release);
+                q.store(DETACHED, Ordering::Release);
             }
             let mut st = self.lock();
             st.aer_cids.clear();
@@ -338,38 +367,53 @@ impl Controller {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Connects I/O queue `cmd.qid` (sqsize already checked by the caller).
-    pub(crate) fn attach_io_queue(&self, cmd: &ConnectCmd, now: Instant) -> Result<(), Status> {
+    /// Connects I/O queue `cmd.qid` (sqsize already checked by the caller) and returns the
+    /// epoch of this attachment.
+    pub(crate) fn attach_io_queue(
+        &self,
+        cmd: &ConnectCmd,
+        now: Instant,
+    ) -> Result<QueueEpoch, Status> {
         if !self.is_enabled() {
             return Err(Status::COMMAND_SEQUENCE_ERROR);
         }
-        let slot = usize::from(cmd.qid)
-            .checked_sub(1)
-            .and_then(|i| self.io_queues.get(i))
+        let slot = self
+            .io_queue_slot(cmd.qid)
             .ok_or(Status::INVALID_QUEUE_IDENTIFIER.with_dnr())?;
-        if slot.swap(true, Ordering::AcqRel) {
+        let epoch = self.new_epoch();
+        if slot
+            .compare_exchange(DETACHED, epoch, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
             return Err(Status::INVALID_QUEUE_IDENTIFIER.with_dnr());
         }
         if let Some(b) = self.sqfc_disabled.get(usize::from(cmd.qid)) {
             b.store(cmd.sq_flow_control_disabled(), Ordering::Relaxed);
         }
         self.handle_activity(now);
-        Ok(())
+        Ok(QueueEpoch(epoch))
     }
 
-    pub(crate) fn detach_io_queue(&self, qid: u16) {
-        if let Some(q) = usize::from(qid)
-            .checked_sub(1)
-            .and_then(|i| self.io_queues.get(i))
-        {
-            q.store(false, Ordering::Release);
+    fn new_epoch(&self) -> u32 {
+        loop {
+            let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
+            if epoch != DETACHED {
+                return epoch;
+            }
+        }
+    }
+
+    /// Detaches `qid` if `epoch` still holds it.
+    pub(crate) fn detach_io_queue(&self, qid: u16, epoch: QueueEpoch) {
+        if let Some(q) = self.io_queue_slot(qid) {
+            let _ = q.compare_exchange(epoch.0, DETACHED, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
     pub(crate) fn connected_io_queues(&self) -> usize {
         self.io_queues
             .iter()
-            .filter(|q| q.load(Ordering::Acquire))
+            .filter(|q| q.load(Ordering::Acquire) != DETACHED)
             .count()
     }
 
@@ -377,7 +421,7 @@ impl Controller {
     pub(crate) fn stop_io(&self) {
         self.enabled.store(false, Ordering::Release);
         for q in self.io_queues.iter() {
-            q.store(false, Ordering::Release);
+            q.store(DETACHED, Ordering::Release);
         }
     }
 

@@ -8,7 +8,7 @@ use crate::nvme::properties::{Cap, PropertyCmd, PropertySize, VS_1_3, cc, csts, 
 use crate::nvme::{Cqe, Sqe, Status};
 
 use super::Controller;
-use super::ctrlr::AdminState;
+use super::ctrlr::{AdminState, QueueEpoch};
 
 /// CAP.TO: 15 * 500 ms for CSTS.RDY to follow CC.EN (Linux nvmet's value).
 const CAP_TO: u8 = 15;
@@ -53,12 +53,12 @@ impl Controller {
         Ok(cqe)
     }
 
-    /// A fabrics command on I/O queue `qid`: Disconnect detaches the queue; Property Get/Set
-    /// belong on the admin queue.
-    pub fn handle_io_fabrics(&self, qid: u16, sqe: &Sqe) -> Cqe {
+    /// A fabrics command on I/O queue `qid` attached as `epoch`: Disconnect detaches the
+    /// queue (the transport then closes it); Property Get/Set belong on the admin queue.
+    pub fn handle_io_fabrics(&self, qid: u16, epoch: QueueEpoch, sqe: &Sqe) -> Cqe {
         let status = match sqe.fctype() {
             fctype::DISCONNECT => {
-                self.detach_io_queue(qid);
+                self.detach_io_queue(qid, epoch);
                 Status::SUCCESS
             }
             fctype::CONNECT => Status::COMMAND_SEQUENCE_ERROR.with_dnr(),

@@ -21,7 +21,7 @@ mod subsystem;
 #[cfg(test)]
 mod tests;
 
-pub use ctrlr::Controller;
+pub use ctrlr::{Controller, QueueEpoch};
 pub use io::{IoOp, IoPlan, dsm_ranges};
 pub use namespace::{Namespace, NamespaceSpec};
 pub use registry::{ConnectOutcome, Registry, RegistryError};
@@ -60,8 +60,14 @@ impl Default for TransportLimits {
 /// The result of an admin queue command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminOutcome {
-    /// Send `cqe`, after `data` (controller-to-host data, at most the command's SGL length).
-    Complete { cqe: Cqe, data: Vec<u8> },
+    /// Send `cqe`, after `data` and then `zeroes` zero bytes (controller-to-host data, at most
+    /// the command's SGL length). Bytes a host asks for past the end of a log page are zero:
+    /// they are counted, not stored.
+    Complete {
+        cqe: Cqe,
+        data: Vec<u8>,
+        zeroes: usize,
+    },
     /// An Asynchronous Event Request was parked; it completes through
     /// [`Controller::poll_async_event`].
     Deferred,
@@ -72,6 +78,7 @@ impl AdminOutcome {
         Self::Complete {
             cqe: Cqe::new(cid, status),
             data: Vec::new(),
+            zeroes: 0,
         }
     }
 }

@@ -12,7 +12,7 @@ use crate::nvme::connect::{
 use crate::nvme::{Cqe, DISCOVERY_NQN, Sqe, Status, opcode};
 
 use super::TransportLimits;
-use super::ctrlr::{Controller, ControllerInit};
+use super::ctrlr::{Controller, ControllerInit, QueueEpoch};
 use super::subsystem::{ListenerAddr, Subsystem, SubsystemSpec};
 
 /// Why the registry could not be built from the declaration.
@@ -43,6 +43,8 @@ pub enum ConnectOutcome {
     Io {
         ctrlr: Arc<Controller>,
         qid: u16,
+        /// This attachment of `qid`: what the queue names itself by from now on.
+        epoch: QueueEpoch,
         sqsize: u16,
         cqe: Cqe,
     },
@@ -175,7 +177,7 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(nqn)?;
         for ctrlr in removed.controllers() {
-            ctrlr.handle_queue_gone(0);
+            ctrlr.tear_down();
         }
         self.bump_discovery_generation();
         Some(removed)
@@ -287,7 +289,7 @@ impl Registry {
         if cmd.sqsize == 0 || u32::from(cmd.sqsize) >= limits.max_queue_depth {
             return Err(Refusal::param(false, sqe_offset::SQSIZE));
         }
-        ctrlr.attach_io_queue(&cmd, now).map_err(|status| {
+        let epoch = ctrlr.attach_io_queue(&cmd, now).map_err(|status| {
             if status == Status::COMMAND_SEQUENCE_ERROR {
                 // SPDK: an I/O queue Connect before CC.EN = 1 names QID as invalid.
                 Refusal::param(false, sqe_offset::QID)
@@ -300,6 +302,7 @@ impl Registry {
         Ok(ConnectOutcome::Io {
             ctrlr,
             qid: cmd.qid,
+            epoch,
             sqsize: cmd.sqsize,
             cqe,
         })

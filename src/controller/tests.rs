@@ -188,6 +188,14 @@ impl Bench {
         )
     }
 
+    /// Connects I/O queue `qid` and returns its epoch; panics if refused.
+    fn attach(&self, ctrlr: &Controller, qid: u16) -> QueueEpoch {
+        match self.connect_io(ctrlr, qid, 31) {
+            ConnectOutcome::Io { epoch, .. } => epoch,
+            other => panic!("io connect of qid {qid} failed: {other:?}"),
+        }
+    }
+
     /// An enabled controller, as a host has it after Connect and CC.EN = 1.
     fn ready(&self, sub: &str, host: &str) -> Arc<Controller> {
         let ctrlr = self.connect_admin(sub, host);
@@ -228,7 +236,14 @@ fn prop_set(ctrlr: &Controller, off: u32, value: u64, now: Instant) -> Cqe {
 
 fn complete(outcome: AdminOutcome) -> (Cqe, Vec<u8>) {
     match outcome {
-        AdminOutcome::Complete { cqe, data } => (cqe, data),
+        AdminOutcome::Complete {
+            cqe,
+            mut data,
+            zeroes,
+        } => {
+            data.resize(data.len() + zeroes, 0);
+            (cqe, data)
+        }
         AdminOutcome::Deferred => panic!("unexpectedly deferred"),
     }
 }
@@ -294,20 +309,22 @@ fn admin_then_io_connect() {
         &listener("4420"),
         b.now,
     );
-    match out {
+    let epoch = match out {
         ConnectOutcome::Io {
             ctrlr: c,
             qid,
+            epoch,
             sqsize,
             cqe,
         } => {
             assert!(Arc::ptr_eq(&c, &ctrlr));
             assert_eq!((qid, sqsize), (2, 127));
             assert_eq!(cqe.status, Status::SUCCESS);
+            epoch
         }
         other => panic!("io connect failed: {other:?}"),
-    }
-    assert!(ctrlr.is_io_queue_live(2));
+    };
+    assert!(ctrlr.is_io_queue_live(2, epoch));
     assert!(ctrlr.sq_flow_control_disabled(2));
     assert!(!ctrlr.sq_flow_control_disabled(0));
     // The same qid twice is refused.
@@ -316,12 +333,22 @@ fn admin_then_io_connect() {
     // Disconnect on the I/O queue frees it.
     let mut disc = Sqe::new(FABRICS, 3);
     disc.set_fctype(fctype::DISCONNECT);
-    assert_eq!(ctrlr.handle_io_fabrics(2, &disc).status, Status::SUCCESS);
-    assert!(!ctrlr.is_io_queue_live(2));
-    assert!(matches!(
-        b.connect_io(&ctrlr, 2, 127),
-        ConnectOutcome::Io { .. }
-    ));
+    assert_eq!(
+        ctrlr.handle_io_fabrics(2, epoch, &disc).status,
+        Status::SUCCESS
+    );
+    assert!(!ctrlr.is_io_queue_live(2, epoch));
+    let again = b.attach(&ctrlr, 2);
+    assert_ne!(again, epoch, "a reconnected qid is a new attachment");
+    assert!(ctrlr.is_io_queue_live(2, again));
+    assert!(
+        !ctrlr.is_io_queue_live(2, epoch),
+        "the old attachment stays dead"
+    );
+    // A late Disconnect or close of the old attachment leaves the new one alone.
+    ctrlr.handle_io_fabrics(2, epoch, &disc);
+    ctrlr.handle_queue_gone(2, epoch);
+    assert!(ctrlr.is_io_queue_live(2, again));
 }
 
 #[test]
@@ -333,7 +360,7 @@ fn cntlids_are_unique_and_reused_late() {
     assert!((1..=0xFFEF).contains(&c1.cntlid()));
     let sub = b.reg.subsystem(SUB_A).expect("exists");
     assert_eq!(sub.controllers().len(), 2);
-    c1.handle_queue_gone(0);
+    c1.handle_queue_gone(0, QueueEpoch::ADMIN);
     assert!(!c1.is_live());
     assert_eq!(sub.controllers().len(), 1);
     let c3 = b.connect_admin(SUB_A, HOST_1);
@@ -574,16 +601,13 @@ fn property_state_machine() {
     prop_set(&ctrlr, offset::CC, 0x0046_0001, b.now);
     assert_eq!(prop_get(&ctrlr, offset::CC, false, b.now).dw0, 0x0046_0001);
     assert_eq!(prop_get(&ctrlr, offset::CSTS, false, b.now).dw0, 0x1);
-    assert!(matches!(
-        b.connect_io(&ctrlr, 1, 31),
-        ConnectOutcome::Io { .. }
-    ));
+    let epoch = b.attach(&ctrlr, 1);
     assert!(ctrlr.prepare_io(&read_cmd(1, 0, 0, 4096)).is_ok());
 
     // Reset (EN 1 -> 0): I/O queues die, I/O is refused.
     prop_set(&ctrlr, offset::CC, 0x0046_0000, b.now);
     assert_eq!(prop_get(&ctrlr, offset::CSTS, false, b.now).dw0, 0);
-    assert!(!ctrlr.is_io_queue_live(1));
+    assert!(!ctrlr.is_io_queue_live(1, epoch));
     assert_eq!(
         ctrlr.prepare_io(&read_cmd(1, 0, 0, 4096)).err(),
         Some(Status::COMMAND_SEQUENCE_ERROR.with_dnr())
@@ -591,13 +615,11 @@ fn property_state_machine() {
 
     // Enable again, then a normal shutdown: SHST complete, I/O stops.
     prop_set(&ctrlr, offset::CC, 0x0046_0001, b.now);
-    assert!(matches!(
-        b.connect_io(&ctrlr, 1, 31),
-        ConnectOutcome::Io { .. }
-    ));
+    let again = b.attach(&ctrlr, 1);
+    assert!(ctrlr.is_io_queue_live(1, again) && !ctrlr.is_io_queue_live(1, epoch));
     prop_set(&ctrlr, offset::CC, 0x0046_4001, b.now);
     assert_eq!(prop_get(&ctrlr, offset::CSTS, false, b.now).dw0 & 0xC, 0x8);
-    assert!(!ctrlr.is_io_queue_live(1));
+    assert!(!ctrlr.is_io_queue_live(1, again));
     assert!(ctrlr.prepare_io(&read_cmd(1, 0, 0, 4096)).is_err());
     // Clearing SHN clears SHST.
     prop_set(&ctrlr, offset::CC, 0x0046_0000, b.now);
@@ -613,8 +635,9 @@ fn fabrics_misuse() {
     let (cqe, _) = run(&ctrlr, &sqe);
     assert_eq!(cqe.status, Status::COMMAND_SEQUENCE_ERROR.with_dnr());
     sqe.set_fctype(fctype::PROPERTY_GET);
+    let epoch = b.attach(&ctrlr, 1);
     assert_eq!(
-        ctrlr.handle_io_fabrics(1, &sqe).status,
+        ctrlr.handle_io_fabrics(1, epoch, &sqe).status,
         Status::INVALID_QUEUE_TYPE.with_dnr()
     );
     sqe.set_fctype(0x33);
@@ -999,8 +1022,9 @@ fn log_pages_and_offsets() {
     }
     .emit(&mut sqe);
     assert_eq!(run(&ctrlr, &sqe).0.status, invalid);
-    // NUMDU and the upper offset dword are honoured.
-    let mut sqe = admin_cmd(admin::GET_LOG_PAGE, 0, 0, 0, 1 << 20);
+    // NUMDU and the upper offset dword are honoured; but no transfer exceeds MDTS (128 KiB
+    // here), however large the buffer the host names.
+    let mut sqe = admin_cmd(admin::GET_LOG_PAGE, 0, 0, 0, 1 << 30);
     GetLogPageCmd {
         lid: lid::COMMAND_EFFECTS,
         lsp: 0,
@@ -1009,9 +1033,56 @@ fn log_pages_and_offsets() {
         offset: 1 << 32,
     }
     .emit(&mut sqe);
-    let (cqe, data) = run(&ctrlr, &sqe);
-    assert_eq!((cqe.status, data.len()), (Status::SUCCESS, 0x1_0001 * 4));
-    assert!(data.iter().all(|&b| b == 0));
+    assert_eq!(run(&ctrlr, &sqe).0.status, invalid);
+    let huge = GetLogPageCmd {
+        lid: lid::COMMAND_EFFECTS,
+        lsp: 0,
+        rae: false,
+        numd: (64 << 20) - 1,
+        offset: 0,
+    };
+    huge.emit(&mut sqe);
+    assert_eq!(run(&ctrlr, &sqe).0.status, invalid, "256 MiB asked for");
+    GetLogPageCmd {
+        numd: (128 << 10) / 4 - 1,
+        offset: 1 << 32,
+        ..huge
+    }
+    .emit(&mut sqe);
+    match ctrlr.handle_admin(&sqe, &[], b.now) {
+        AdminOutcome::Complete { cqe, data, zeroes } => {
+            assert_eq!(cqe.status, Status::SUCCESS);
+            // Wholly past the page: counted as zeroes, nothing stored.
+            assert_eq!((data.len(), zeroes), (0, 128 << 10));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn admin_host_data_is_known_before_any_transfer() {
+    let b = Bench::new();
+    let ctrlr = b.ready(SUB_A, HOST_1);
+    let with_sgl = |opcode: u8, len: u32| {
+        let mut sqe = Sqe::new(opcode, 1);
+        sqe.set_sgl(Sgl::transport(len));
+        ctrlr.admin_host_data_len(&sqe)
+    };
+    // Unknown opcodes, even those whose direction bits say host to controller, are refused
+    // before any R2T.
+    for opcode in [0x01, 0x05, 0x0D, 0x11, 0x81, 0xC1] {
+        assert_eq!(
+            with_sgl(opcode, 4096),
+            Err(Status::INVALID_OPCODE.with_dnr()),
+            "opcode {opcode:#x}"
+        );
+    }
+    assert_eq!(with_sgl(admin::IDENTIFY, 4096), Ok(0));
+    assert_eq!(with_sgl(admin::SET_FEATURES, 16), Ok(16));
+    assert_eq!(
+        with_sgl(admin::SET_FEATURES, 1 << 20),
+        Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr())
+    );
 }
 
 // ---- AER ----
@@ -1432,20 +1503,14 @@ fn dataset_management_ranges() {
 fn queue_gone_and_teardown() {
     let b = Bench::new();
     let ctrlr = b.ready(SUB_A, HOST_1);
-    assert!(matches!(
-        b.connect_io(&ctrlr, 1, 31),
-        ConnectOutcome::Io { .. }
-    ));
-    ctrlr.handle_queue_gone(1);
-    assert!(!ctrlr.is_io_queue_live(1));
-    assert!(matches!(
-        b.connect_io(&ctrlr, 1, 31),
-        ConnectOutcome::Io { .. }
-    ));
+    let first = b.attach(&ctrlr, 1);
+    ctrlr.handle_queue_gone(1, first);
+    assert!(!ctrlr.is_io_queue_live(1, first));
+    let second = b.attach(&ctrlr, 1);
     let aer = admin_cmd(admin::ASYNC_EVENT_REQUEST, 0, 0, 0, 0);
     assert_eq!(ctrlr.handle_admin(&aer, &[], b.now), AdminOutcome::Deferred);
-    ctrlr.handle_queue_gone(0);
-    assert!(!ctrlr.is_live() && !ctrlr.is_enabled() && !ctrlr.is_io_queue_live(1));
+    ctrlr.handle_queue_gone(0, QueueEpoch::ADMIN);
+    assert!(!ctrlr.is_live() && !ctrlr.is_enabled() && !ctrlr.is_io_queue_live(1, second));
     assert!(ctrlr.prepare_io(&read_cmd(1, 0, 0, 4096)).is_err());
     // Events no longer reach a removed controller.
     b.reg

@@ -14,6 +14,7 @@ use super::stats::ReactorStats;
 use super::timers::Timers;
 use crate::backend::{Completions, IoDone};
 use crate::controller::{Controller, ListenerAddr};
+use crate::transport::buffer_pool::{BufferPool, CreditWaker, SharedPool};
 use crate::transport::tcp::{AsyncNotifier, Flow, IoCx, TcpConnection, TcpContext};
 
 const WAKER: Token = Token(usize::MAX - 1);
@@ -146,9 +147,11 @@ impl Reactor {
 
     /// Starts the thread. `listeners` are accepted on this reactor (the first one gets them
     /// all); `peers` are every reactor's mailboxes, this one included, in index order.
+    /// `buffers` is the data buffer pool every reactor shares.
     pub fn start(
         self,
         context: Arc<TcpContext>,
+        buffers: Arc<SharedPool>,
         listeners: Vec<(std::net::TcpListener, ListenerAddr)>,
         peers: Arc<Vec<Mailbox>>,
     ) -> std::io::Result<ReactorHandle> {
@@ -156,7 +159,7 @@ impl Reactor {
         let mailbox = self.mailbox.clone();
         let name = format!("reactor_{}", config.index);
         let thread = std::thread::Builder::new().name(name).spawn(move || {
-            let mut running = Running::new(self, context, peers);
+            let mut running = Running::new(self, context, buffers, peers);
             running.add_listeners(listeners);
             running.run();
         })?;
@@ -181,13 +184,27 @@ struct Running {
     timers: Timers,
     completions: Completions,
     done: Vec<IoDone>,
+    /// Data buffers of this reactor's commands, bounded by the shared pool.
+    pool: BufferPool,
     next_peer: usize,
     shutting_down: Option<Instant>,
 }
 
 impl Running {
-    fn new(reactor: Reactor, context: Arc<TcpContext>, peers: Arc<Vec<Mailbox>>) -> Self {
+    fn new(
+        reactor: Reactor,
+        context: Arc<TcpContext>,
+        buffers: Arc<SharedPool>,
+        peers: Arc<Vec<Mailbox>>,
+    ) -> Self {
         let completions = Completions::new(Arc::clone(&reactor.mailbox.waker));
+        // Credits coming back on another reactor wake this one; its next turn serves the
+        // commands that wait for them.
+        let waker = Arc::clone(&reactor.mailbox.waker);
+        let wake: CreditWaker = Arc::new(move || {
+            let _ = waker.wake();
+        });
+        let pool = BufferPool::new(buffers, reactor.config.index, wake);
         Self {
             config: reactor.config,
             poll: reactor.poll,
@@ -201,6 +218,7 @@ impl Running {
             timers: Timers::default(),
             completions,
             done: Vec::new(),
+            pool,
             next_peer: 0,
             shutting_down: None,
         }
@@ -289,6 +307,7 @@ impl Running {
             }
             work += self.handle_inbox(after);
             work += self.handle_completions(after);
+            work += self.grant_buffers(after);
             self.timers.expire(after, &mut due);
             for key in due.drain(..) {
                 self.handle_conn_timer(key, after);
@@ -298,6 +317,7 @@ impl Running {
                 self.mailbox.stats.add_idle(after - before);
                 self.mailbox.stats.add_busy(end - after);
                 self.mailbox.stats.add_events(work);
+                self.mailbox.stats.set_buffers(&self.pool.stats());
                 last_activity = Some(end);
                 end
             } else {
@@ -468,7 +488,13 @@ impl Running {
                 ReactorMessage::AsyncEvents { index, generation } => {
                     if let Some(Some(slot)) = self.slots.get_mut(index) {
                         if slot.generation == generation {
-                            let flow = slot.conn.handle_controller_events();
+                            let mut cx = IoCx::new(
+                                &self.completions,
+                                io_token_base(index, generation),
+                                &slot.notifier,
+                                &mut self.pool,
+                            );
+                            let flow = slot.conn.handle_controller_events(&mut cx, now);
                             self.after_conn_work(index, flow);
                         }
                     }
@@ -526,6 +552,7 @@ impl Running {
                         &self.completions,
                         io_token_base(index, generation),
                         &slot.notifier,
+                        &mut self.pool,
                     );
                     let flow = slot.conn.handle_io_done(io, &mut cx, now);
                     let gone = cx.into_gone();
@@ -540,6 +567,37 @@ impl Running {
         // Keep the allocation for the next batch.
         self.done = done;
         count
+    }
+
+    /// Hands buffers to the commands that wait for them, oldest first.
+    fn grant_buffers(&mut self, now: Instant) -> u64 {
+        let mut granted = 0;
+        while let Some((key, credits)) = self.pool.poll_granted() {
+            granted += 1;
+            let (index, generation, tag) = split_token(key);
+            let Some(Some(slot)) = self.slots.get_mut(index) else {
+                self.pool.give_credits(credits);
+                continue;
+            };
+            let tag = u16::try_from(tag)
+                .ok()
+                .filter(|_| slot.generation == generation);
+            let Some(tag) = tag else {
+                self.pool.give_credits(credits);
+                continue;
+            };
+            let mut cx = IoCx::new(
+                &self.completions,
+                io_token_base(index, generation),
+                &slot.notifier,
+                &mut self.pool,
+            );
+            let flow = slot.conn.handle_buffers_granted(tag, credits, &mut cx, now);
+            let gone = cx.into_gone();
+            self.broadcast_gone(gone);
+            self.after_conn_work(index, flow);
+        }
+        granted
     }
 
     fn handle_conn_event(
@@ -557,6 +615,7 @@ impl Running {
             &self.completions,
             io_token_base(index, slot.generation),
             &slot.notifier,
+            &mut self.pool,
         );
         let flow = slot
             .conn
@@ -574,6 +633,7 @@ impl Running {
             &self.completions,
             io_token_base(index, slot.generation),
             &slot.notifier,
+            &mut self.pool,
         );
         // This entry fired; after_conn_work arms the connection's current deadline.
         slot.timer_armed = None;
@@ -634,6 +694,11 @@ impl Running {
         let mut conn = slot.conn;
         let _ = self.poll.registry().deregister(conn.source());
         let gone = conn.close();
+        let generation = slot.generation;
+        self.pool.forget_waiters(|key| {
+            let (i, g, _) = split_token(key);
+            i == index && g == generation
+        });
         debug!(slot = index, why, "connection closed");
         self.broadcast_gone(gone.into_iter().collect());
         self.generations[index] = self.generations[index].wrapping_add(1);

@@ -8,6 +8,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::transport::buffer_pool::PoolStats;
+
 /// `wait_start_ns` when the reactor is not waiting.
 const NOT_WAITING: u64 = u64::MAX;
 
@@ -18,6 +20,11 @@ pub struct ReactorStats {
     events: AtomicU64,
     wakeups: AtomicU64,
     connections: AtomicU64,
+    /// The reactor's buffer pool: credits in use and cached, commands waiting, waits so far.
+    buffers_in_use: AtomicU64,
+    buffers_cached: AtomicU64,
+    buffer_waiting: AtomicU64,
+    buffer_waits: AtomicU64,
     /// Reference point for `wait_start_ns`.
     base: Instant,
     /// When the current blocking wait began (ns after `base`), so a reactor asleep for an
@@ -33,6 +40,10 @@ impl Default for ReactorStats {
             events: AtomicU64::new(0),
             wakeups: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            buffers_in_use: AtomicU64::new(0),
+            buffers_cached: AtomicU64::new(0),
+            buffer_waiting: AtomicU64::new(0),
+            buffer_waits: AtomicU64::new(0),
             base: Instant::now(),
             wait_start_ns: AtomicU64::new(NOT_WAITING),
         }
@@ -47,6 +58,7 @@ pub struct StatsSnapshot {
     pub events: u64,
     pub wakeups: u64,
     pub connections: u64,
+    pub buffers: PoolStats,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -89,6 +101,17 @@ impl ReactorStats {
         self.connections.load(Ordering::Relaxed)
     }
 
+    /// Publishes the reactor's buffer pool figures.
+    pub fn set_buffers(&self, pool: &PoolStats) {
+        self.buffers_in_use
+            .store(u64::from(pool.in_use), Ordering::Relaxed);
+        self.buffers_cached
+            .store(u64::from(pool.cached), Ordering::Relaxed);
+        self.buffer_waiting
+            .store(u64::from(pool.waiting), Ordering::Relaxed);
+        self.buffer_waits.store(pool.waits, Ordering::Relaxed);
+    }
+
     /// The reactor is about to block at `now`.
     pub fn begin_wait(&self, now: Instant) {
         self.wait_start_ns.store(
@@ -117,8 +140,18 @@ impl ReactorStats {
             events: self.events.load(Ordering::Relaxed),
             wakeups: self.wakeups.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
+            buffers: PoolStats {
+                in_use: load_u32(&self.buffers_in_use),
+                cached: load_u32(&self.buffers_cached),
+                waiting: load_u32(&self.buffer_waiting),
+                waits: self.buffer_waits.load(Ordering::Relaxed),
+            },
         }
     }
+}
+
+fn load_u32(counter: &AtomicU64) -> u32 {
+    u32::try_from(counter.load(Ordering::Relaxed)).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]

@@ -164,7 +164,7 @@ impl Live {
     /// Tears controllers down and has every reactor close their connections.
     fn disconnect(&self, controllers: Vec<Arc<Controller>>) {
         for ctrlr in controllers {
-            ctrlr.handle_queue_gone(0);
+            ctrlr.tear_down();
             for mailbox in self.mailboxes.iter() {
                 mailbox.send(ReactorMessage::ControllerGone(Arc::clone(&ctrlr)));
             }

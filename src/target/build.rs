@@ -14,12 +14,24 @@ use crate::controller::{
     TransportLimits, TransportType,
 };
 use crate::reconcile::plan::{sockets, tcp_socket};
+use crate::transport::buffer_pool::{PoolLimits, SharedPool};
 
 pub struct Built {
     pub registry: Arc<Registry>,
     pub limits: TransportLimits,
     pub c2h_success: bool,
     pub listeners: Vec<(TcpListener, ListenerAddr)>,
+}
+
+/// The shared data buffer pool the declaration asks for, for `reactors` reactors.
+pub fn buffer_pool(config: &Config, reactors: usize) -> Arc<SharedPool> {
+    let tcp = config.transport.tcp.clone().unwrap_or_default();
+    SharedPool::new(PoolLimits::new(
+        tcp.num_shared_buffers,
+        tcp.buf_cache_size,
+        tcp.io_unit_size,
+        u32::try_from(reactors).unwrap_or(u32::MAX),
+    ))
 }
 
 pub fn limits(config: &Config) -> (TransportLimits, bool) {

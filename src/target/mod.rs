@@ -75,12 +75,18 @@ impl Target {
             .iter()
             .filter_map(|(l, addr)| Some((l.local_addr().ok()?, addr.clone())))
             .collect();
+        let buffers = build::buffer_pool(config, prepared.len());
         let mut listeners = Some(built.listeners);
         let mut reactors = Vec::new();
         for reactor in prepared {
             // The first reactor accepts for all listeners and hands connections out.
             let mine = listeners.take().unwrap_or_default();
-            reactors.push(reactor.start(Arc::clone(&context), mine, Arc::clone(&mailboxes))?);
+            reactors.push(reactor.start(
+                Arc::clone(&context),
+                Arc::clone(&buffers),
+                mine,
+                Arc::clone(&mailboxes),
+            )?);
         }
         let reloader = Reloader::start(
             config_path,

@@ -1,3 +1,4 @@
 //! Fabrics transports.
 
+pub mod buffer_pool;
 pub mod tcp;

@@ -3,10 +3,10 @@
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::qpair::{Flow, TcpQpair};
 use super::send_queue::MAX_SLICES;
@@ -16,6 +16,9 @@ use crate::controller::{Controller, ListenerAddr};
 
 /// Bytes read per `read` call at least: large reads keep syscalls per command low.
 const READ_CHUNK: usize = 64 * 1024;
+/// How long a host may leave its receive window shut (nothing of ours written) before it is
+/// taken for dead: its buffers would otherwise stay held for ever.
+pub const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct TcpConnection {
     stream: TcpStream,
@@ -24,6 +27,10 @@ pub struct TcpConnection {
     rbuf: Vec<u8>,
     rlen: usize,
     write_blocked: bool,
+    /// Since when a blocked send has made no progress.
+    stalled_since: Option<Instant>,
+    /// Reading stopped because too much waits to be written; it resumes once that is sent.
+    paused: bool,
 }
 
 impl core::fmt::Debug for TcpConnection {
@@ -50,6 +57,8 @@ impl TcpConnection {
             rbuf: vec![0; READ_CHUNK],
             rlen: 0,
             write_blocked: false,
+            stalled_since: None,
+            paused: false,
         }
     }
 
@@ -78,7 +87,14 @@ impl TcpConnection {
     }
 
     pub fn deadline(&self) -> Option<Instant> {
-        self.qpair.deadline()
+        let stall = self
+            .stalled_since
+            .filter(|_| self.write_blocked)
+            .map(|since| since + SEND_STALL_TIMEOUT);
+        match (self.qpair.deadline(), stall) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Whether the socket must be watched for writability: only while a send is blocked, so
@@ -102,41 +118,69 @@ impl TcpConnection {
             self.write_blocked = false;
         }
         let mut flow = Flow::Continue;
-        if readable || closing {
+        // While paused, new bytes wait in the socket; finish resumes reading once the
+        // output has gone.
+        if (readable || closing) && !self.paused {
             flow = self.read_all(closing, cx, now);
         }
-        self.finish(flow)
+        self.finish(flow, cx, now)
     }
 
     pub fn handle_io_done(&mut self, done: IoDone, cx: &mut IoCx<'_>, now: Instant) -> Flow {
         let flow = self.qpair.handle_io_done(done, cx, now);
-        self.finish(flow)
+        self.finish(flow, cx, now)
+    }
+
+    /// The buffers command `tag` waited for are reserved for it.
+    pub fn handle_buffers_granted(
+        &mut self,
+        tag: u16,
+        credits: u32,
+        cx: &mut IoCx<'_>,
+        now: Instant,
+    ) -> Flow {
+        let flow = self.qpair.handle_buffers_granted(tag, credits, cx, now);
+        self.finish(flow, cx, now)
     }
 
     pub fn handle_timer(&mut self, cx: &mut IoCx<'_>, now: Instant) -> Flow {
-        let _ = cx;
+        if let Some(since) = self.stalled_since.filter(|_| self.write_blocked) {
+            if now >= since + SEND_STALL_TIMEOUT {
+                warn!(peer = %self.peer, timeout_s = SEND_STALL_TIMEOUT.as_secs(),
+                      "host stopped reading its socket; closing");
+                return Flow::Close;
+            }
+        }
         let flow = self.qpair.handle_timer(now);
-        self.finish(flow)
+        self.finish(flow, cx, now)
     }
 
     /// Delivers async events the controller raised (namespace changes, discovery changes).
-    pub fn handle_controller_events(&mut self) -> Flow {
+    pub fn handle_controller_events(&mut self, cx: &mut IoCx<'_>, now: Instant) -> Flow {
         self.qpair.poll_async_events();
-        self.finish(Flow::Continue)
+        self.finish(Flow::Continue, cx, now)
     }
 
     /// Tears the queue down; returns the controller if this closed its admin queue.
     pub fn close(&mut self) -> Option<Arc<Controller>> {
-        let _ = self.flush();
+        let _ = self.flush(Instant::now());
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
         self.qpair.close()
     }
 
-    /// Reads until the socket is drained. A read shorter than the room offered drains a TCP
-    /// socket (epoll(7)), so the read that would only say `WouldBlock` is skipped: the next
-    /// bytes raise a new edge.
+    /// Reads until the socket is drained, or until the queue has too much to send. A read
+    /// shorter than the room offered drains a TCP socket (epoll(7)), so the read that would
+    /// only say `WouldBlock` is skipped: the next bytes raise a new edge.
     fn read_all(&mut self, closing: bool, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+        self.paused = false;
+        if self.rlen > 0 && self.consume(cx, now) == Flow::Close {
+            return Flow::Close;
+        }
         loop {
+            if self.qpair.is_backpressured() {
+                self.paused = true;
+                return Flow::Continue;
+            }
             let want = self.qpair.max_pdu_len().max(READ_CHUNK) + READ_CHUNK;
             if self.rbuf.len() < want {
                 self.rbuf.resize(want, 0);
@@ -149,13 +193,10 @@ impl TcpConnection {
                 }
                 Ok(n) => {
                     self.rlen += n;
-                    let (used, flow) = self.qpair.handle_input(&self.rbuf[..self.rlen], cx, now);
-                    self.rbuf.copy_within(used..self.rlen, 0);
-                    self.rlen -= used;
-                    if flow == Flow::Close {
+                    if self.consume(cx, now) == Flow::Close {
                         return Flow::Close;
                     }
-                    if n < room && !closing {
+                    if n < room && !closing && !self.qpair.is_backpressured() {
                         return Flow::Continue;
                     }
                     // A full buffer: a PDU larger than we accept would have been refused by
@@ -171,26 +212,48 @@ impl TcpConnection {
         }
     }
 
-    /// Sends what is queued, then decides whether the connection stays.
-    fn finish(&mut self, flow: Flow) -> Flow {
-        let sent = self.flush();
-        if flow == Flow::Close || self.qpair.is_terminating() || sent.is_err() {
-            return Flow::Close;
+    /// Hands the buffered bytes to the queue pair and keeps what it did not use.
+    fn consume(&mut self, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+        let (used, flow) = self.qpair.handle_input(&self.rbuf[..self.rlen], cx, now);
+        self.rbuf.copy_within(used..self.rlen, 0);
+        self.rlen -= used;
+        flow
+    }
+
+    /// Sends what is queued, gives written buffers back, resumes reading a paused queue whose
+    /// output has gone, then decides whether the connection stays.
+    fn finish(&mut self, mut flow: Flow, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+        loop {
+            let sent = self.flush(now);
+            self.qpair.handle_sent(cx);
+            if flow == Flow::Close || self.qpair.is_terminating() || sent.is_err() {
+                return Flow::Close;
+            }
+            if !self.paused || self.qpair.is_backpressured() {
+                return Flow::Continue;
+            }
+            flow = self.read_all(false, cx, now);
         }
-        Flow::Continue
     }
 
     /// Writes what is queued, a whole batch of PDUs per `writev`.
-    fn flush(&mut self) -> std::io::Result<()> {
+    fn flush(&mut self, now: Instant) -> std::io::Result<()> {
         let out = self.qpair.output();
+        let mut progressed = false;
         while !out.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_SLICES];
             let count = out.slices(&mut iov);
             match self.stream.write_vectored(&iov[..count]) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
-                Ok(n) => out.advance(n),
+                Ok(n) => {
+                    out.advance(n);
+                    progressed = true;
+                }
                 Err(err) if err.kind() == ErrorKind::WouldBlock => {
                     self.write_blocked = true;
+                    if progressed || self.stalled_since.is_none() {
+                        self.stalled_since = Some(now);
+                    }
                     return Ok(());
                 }
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
@@ -198,6 +261,7 @@ impl TcpConnection {
             }
         }
         self.write_blocked = false;
+        self.stalled_since = None;
         Ok(())
     }
 }

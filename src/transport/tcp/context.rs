@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::backend::Completions;
 use crate::controller::{Controller, Registry, TransportLimits};
+use crate::transport::buffer_pool::BufferPool;
 
 /// Shared by every TCP queue pair of the target.
 #[derive(Debug)]
@@ -15,11 +16,13 @@ pub struct TcpContext {
 }
 
 /// What a call into a queue pair may use of its reactor: the completion queue that async
-/// backends report to, and the prefix that makes backend tokens unique on the reactor.
+/// backends report to, the prefix that makes backend tokens unique on the reactor, and the
+/// reactor's buffer pool.
 pub struct IoCx<'a> {
     completions: &'a Completions,
     token_base: u64,
     notifier: &'a AsyncNotifier,
+    pub pool: &'a mut BufferPool,
     gone: Vec<Arc<Controller>>,
 }
 
@@ -27,11 +30,17 @@ pub struct IoCx<'a> {
 pub type AsyncNotifier = Arc<dyn Fn() + Send + Sync>;
 
 impl<'a> IoCx<'a> {
-    pub fn new(completions: &'a Completions, token_base: u64, notifier: &'a AsyncNotifier) -> Self {
+    pub fn new(
+        completions: &'a Completions,
+        token_base: u64,
+        notifier: &'a AsyncNotifier,
+        pool: &'a mut BufferPool,
+    ) -> Self {
         Self {
             completions,
             token_base,
             notifier,
+            pool,
             gone: Vec::new(),
         }
     }

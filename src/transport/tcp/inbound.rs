@@ -10,6 +10,8 @@ use crate::nvme::Sqe;
 
 /// In-capsule data accepted on the admin queue (fabrics Connect needs 1024; 8192 like SPDK).
 const ADMIN_IN_CAPSULE: usize = 8192;
+/// Padding a host may put between a header and its data (PDO is one byte).
+const MAX_PAD: usize = 255;
 
 /// A fatal protocol error: the FES and FEI of the C2HTermReq that reports it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +111,9 @@ pub struct Negotiated {
     pub maxh2cdata: u32,
     /// The largest PDU accepted; larger `plen` is refused before buffering it.
     pub max_pdu_len: usize,
+    /// In-capsule data accepted: 8 KiB on the admin queue (Connect and admin commands), the
+    /// advertised `in_capsule_data_size` once an I/O queue is connected.
+    capsule_data_limit: usize,
     established: bool,
 }
 
@@ -121,8 +126,20 @@ impl Negotiated {
             hpda: 0,
             maxh2cdata: 0,
             max_pdu_len: wire::IC_LEN,
+            capsule_data_limit: ADMIN_IN_CAPSULE,
             established: false,
         }
+    }
+
+    /// Fixes the in-capsule data this queue accepts from now on.
+    pub fn set_capsule_data_limit(&mut self, limit: usize) {
+        self.capsule_data_limit = limit;
+    }
+
+    /// The longest capsule PDU worth buffering: its header, digests, in-capsule data and as
+    /// much padding as a host could put before the data.
+    fn max_capsule_len(&self) -> usize {
+        wire::CAPSULE_CMD_HLEN + 2 * wire::DIGEST_LEN + MAX_PAD + self.capsule_data_limit
     }
 
     /// Checks the host's ICReq and fixes the connection's framing.
@@ -199,6 +216,12 @@ impl<'a> Inbound<'a> {
         if plen > limit {
             return Err(InboundError::invalid_field(4, "PDU longer than negotiated"));
         }
+        if kind == pdu_type::CAPSULE_CMD && neg.established && plen > neg.max_capsule_len() {
+            // Refused before it is buffered (SPDK answers the same way).
+            return Err(InboundError::limit(
+                "in-capsule data larger than the queue accepts",
+            ));
+        }
         if buf.len() < plen {
             return Ok(None);
         }
@@ -229,6 +252,11 @@ impl<'a> Inbound<'a> {
                     let Some(sqe) = Sqe::parse(&header[wire::CH_LEN..]) else {
                         return Err(InboundError::invalid_field(2, "short capsule"));
                     };
+                    if data.len() > neg.capsule_data_limit {
+                        return Err(InboundError::limit(
+                            "in-capsule data larger than the queue accepts",
+                        ));
+                    }
                     Self::Capsule {
                         sqe,
                         data,
@@ -415,6 +443,55 @@ mod tests {
         let bytes = h2c(&neg, b"data", false);
         let err = Inbound::parse(&bytes, &Negotiated::before_icreq()).expect_err("before icreq");
         assert_eq!(err.fes, fes::PDU_SEQUENCE_ERROR, "data PDU before ICReq");
+    }
+
+    fn capsule(neg: &Negotiated, data_len: usize) -> Vec<u8> {
+        let hd = if neg.header_digest { 4 } else { 0 };
+        let dd = if neg.data_digest { 4 } else { 0 };
+        let plen = 72 + hd + data_len + dd;
+        let mut pdu = vec![0u8; plen];
+        pdu[0] = pdu_type::CAPSULE_CMD;
+        pdu[1] = if hd > 0 { flags::HDGSTF } else { 0 } | if dd > 0 { flags::DDGSTF } else { 0 };
+        pdu[2] = 72;
+        pdu[3] = u8::try_from(72 + hd).expect("pdo");
+        pdu[4..8].copy_from_slice(&u32::try_from(plen).expect("plen").to_le_bytes());
+        if hd > 0 {
+            let digest = wire::digest(&pdu[..72]);
+            pdu[72..76].copy_from_slice(&digest);
+        }
+        if dd > 0 {
+            let at = 72 + hd;
+            let digest = wire::digest(&pdu[at..at + data_len]);
+            pdu[plen - 4..].copy_from_slice(&digest);
+        }
+        pdu
+    }
+
+    #[test]
+    fn in_capsule_data_beyond_the_queue_limit_is_refused() {
+        for (hd, dd) in [(false, false), (true, true)] {
+            let mut neg = established(hd, dd);
+            // Before an I/O queue connects, admin capsules may carry 8 KiB.
+            assert!(
+                Inbound::parse(&capsule(&neg, 8192), &neg)
+                    .expect("admin")
+                    .is_some()
+            );
+            let err = Inbound::parse(&capsule(&neg, 8208), &neg).expect_err("over 8 KiB");
+            assert_eq!(err.fes, fes::DATA_TRANSFER_LIMIT_EXCEEDED);
+            neg.set_capsule_data_limit(4096);
+            assert!(
+                Inbound::parse(&capsule(&neg, 4096), &neg)
+                    .expect("icd")
+                    .is_some()
+            );
+            let err = Inbound::parse(&capsule(&neg, 4112), &neg).expect_err("over icd");
+            assert_eq!(err.fes, fes::DATA_TRANSFER_LIMIT_EXCEEDED);
+            // 16 KiB is refused from its header alone, before the data is buffered.
+            let big = capsule(&neg, 16384);
+            let err = Inbound::parse(&big[..80], &neg).expect_err("from the header");
+            assert_eq!(err.fes, fes::DATA_TRANSFER_LIMIT_EXCEEDED);
+        }
     }
 
     #[test]

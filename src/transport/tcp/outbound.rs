@@ -101,7 +101,8 @@ pub fn r2t(out: &mut Vec<u8>, neg: &Negotiated, cccid: u16, ttag: u16, r2to: u32
 }
 
 /// C2HData (3.6.2.8), or H2CData for tests: header, header digest, padding to the host's
-/// alignment, data, data digest.
+/// alignment, data, data digest. The target itself sends data from where it lies.
+#[cfg(test)]
 #[allow(clippy::too_many_arguments)]
 pub fn data_pdu(
     out: &mut Vec<u8>,
@@ -177,6 +178,7 @@ fn data_pdu_header(
 }
 
 /// C2HData for command `cccid`.
+#[cfg(test)]
 pub fn c2h_data(
     out: &mut Vec<u8>,
     neg: &Negotiated,

@@ -5,6 +5,7 @@
 //! are submitted through the [`IoCx`] and come back through [`TcpQpair::handle_io_done`]. A PDU
 //! that is wrong for the state becomes a C2HTermReq and the queue terminates; it never panics.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,12 +17,21 @@ use super::send_queue::{self, SendQueue};
 use super::wire;
 use super::{IoCx, TcpContext};
 use crate::backend::{IoDone, IoKind, IoRequest};
-use crate::controller::{AdminOutcome, ConnectOutcome, Controller, IoOp, IoPlan, ListenerAddr};
+use crate::controller::{
+    AdminOutcome, ConnectOutcome, Controller, IoOp, IoPlan, ListenerAddr, QueueEpoch,
+};
 use crate::nvme::opcode::{self, fctype};
 use crate::nvme::{Cqe, Sqe, Status};
+use crate::transport::buffer_pool::DataBuf;
 
 /// How long a new connection may take to send ICReq, and then Connect.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a host may take to send the data an R2T asked for; its buffer is held meanwhile.
+/// Hosts time an I/O out after 30 s (Linux's default), so a live host never gets near it.
+pub const H2C_DATA_TIMEOUT: Duration = Duration::from_secs(30);
+/// Header and copied bytes a queue may hold unsent before it stops taking new commands from
+/// its socket: a host that does not read its completions cannot make it hold more.
+pub const BACKPRESSURE_BYTES: usize = 256 * 1024;
 
 /// The 1024-byte data of a Fabrics Connect command.
 const CONNECT_DATA_LEN: usize = 1024;
@@ -30,15 +40,21 @@ const CONNECT_DATA_LEN: usize = 1024;
 enum State {
     AwaitIcReq,
     AwaitConnect,
-    Ready { ctrlr: Arc<Controller>, qid: u16 },
+    Ready {
+        ctrlr: Arc<Controller>,
+        qid: u16,
+        epoch: QueueEpoch,
+    },
     Terminating,
 }
 
 /// Where a command is in its life.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
-    /// Waiting for H2CData after an R2T.
-    AwaitData,
+    /// Waiting for buffer credits; no data has moved yet.
+    AwaitBuffer,
+    /// Waiting for H2CData after an R2T, until `deadline`.
+    AwaitData { deadline: Instant },
     /// Handed to the backend.
     Executing,
 }
@@ -47,10 +63,18 @@ enum Stage {
 struct Command {
     sqe: Sqe,
     stage: Stage,
-    /// Host data (being) received, or the buffer a read fills.
-    data: Vec<u8>,
-    received: usize,
     plan: Option<IoPlan>,
+    /// Host data: from the capsule, or being received after R2T.
+    data: DataBuf,
+    /// Bytes of host data that come through R2T (0 when in the capsule or none).
+    r2t_len: usize,
+    received: usize,
+    /// A data PDU of this command had a bad data digest: the command fails once its data
+    /// is all in, and nothing of it reaches the backend.
+    corrupt: bool,
+    /// Where a read, or the read half of a Compare, lands.
+    read: DataBuf,
+    read_len: usize,
 }
 
 /// What the connection must do after a call.
@@ -69,12 +93,15 @@ pub struct TcpQpair {
     local_ip: Option<std::net::IpAddr>,
     state: State,
     negotiated: Negotiated,
-    /// PDUs to send, in order, and the data buffers commands reuse.
+    /// PDUs to send, in order.
     out: SendQueue,
     /// Commands in flight, indexed by tag (the R2T transfer tag and the backend token).
     commands: Vec<Option<Command>>,
     free_tags: Vec<u16>,
     in_flight: usize,
+    /// Deadlines of commands waiting for R2T data, oldest first; entries of commands that got
+    /// their data are skipped when they reach the front.
+    data_deadlines: VecDeque<(Instant, u16)>,
     queue_size: u16,
     sq_head: u16,
     sq_flow_control: bool,
@@ -106,6 +133,7 @@ impl TcpQpair {
             commands: Vec::new(),
             free_tags: Vec::new(),
             in_flight: 0,
+            data_deadlines: VecDeque::new(),
             queue_size: 1,
             sq_head: 0,
             sq_flow_control: true,
@@ -133,12 +161,24 @@ impl TcpQpair {
         }
     }
 
+    /// Commands received and not yet completed.
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
 
+    /// Commands that count against the queue depth: those in flight, and those whose
+    /// completion is queued but not written (the host cannot have seen it yet).
+    pub fn outstanding(&self) -> usize {
+        self.in_flight + self.out.unsent_completions()
+    }
+
     pub fn is_terminating(&self) -> bool {
         matches!(self.state, State::Terminating)
+    }
+
+    /// Whether so much waits to be written that no new command should be read.
+    pub fn is_backpressured(&self) -> bool {
+        self.out.unsent_copied() >= BACKPRESSURE_BYTES
     }
 
     /// The largest PDU this queue accepts, so the connection sizes its receive buffer.
@@ -148,10 +188,15 @@ impl TcpQpair {
 
     /// The next moment [`handle_timer`](Self::handle_timer) must run.
     pub fn deadline(&self) -> Option<Instant> {
-        match &self.state {
-            State::Ready { ctrlr, qid: 0 } => ctrlr.keep_alive_deadline(),
+        let own = match &self.state {
+            State::Ready { ctrlr, qid: 0, .. } => ctrlr.keep_alive_deadline(),
             State::Ready { .. } | State::Terminating => None,
             State::AwaitIcReq | State::AwaitConnect => self.setup_deadline,
+        };
+        let data = self.data_deadlines.front().map(|(at, _)| *at);
+        match (own, data) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -163,7 +208,7 @@ impl TcpQpair {
                     return Flow::Close;
                 }
             }
-            State::Ready { ctrlr, qid: 0 } => {
+            State::Ready { ctrlr, qid: 0, .. } => {
                 if ctrlr.is_expired(now) {
                     warn!(
                         subnqn = ctrlr.subnqn(),
@@ -176,14 +221,29 @@ impl TcpQpair {
             }
             State::Ready { .. } | State::Terminating => {}
         }
+        self.drop_stale_data_deadlines();
+        if let Some(&(at, tag)) = self.data_deadlines.front() {
+            if now >= at {
+                let cid = self.commands[usize::from(tag)]
+                    .as_ref()
+                    .map(|c| c.sqe.cid());
+                warn!(
+                    cid,
+                    timeout_s = H2C_DATA_TIMEOUT.as_secs(),
+                    "host did not send the data an R2T asked for; closing"
+                );
+                return Flow::Close;
+            }
+        }
         Flow::Continue
     }
 
-    /// Consumes as many whole PDUs from `input` as it holds; returns how many bytes were used.
+    /// Consumes as many whole PDUs from `input` as it holds, and stops early while
+    /// [`is_backpressured`](Self::is_backpressured); returns how many bytes were used.
     pub fn handle_input(&mut self, input: &[u8], cx: &mut IoCx<'_>, now: Instant) -> (usize, Flow) {
         let mut used = 0;
         let mut flow = Flow::Continue;
-        while !self.is_terminating() {
+        while !self.is_terminating() && !self.is_backpressured() {
             match Inbound::parse(&input[used..], &self.negotiated) {
                 Ok(None) => break,
                 Ok(Some((pdu, len))) => {
@@ -208,12 +268,38 @@ impl TcpQpair {
         (used, flow)
     }
 
+    /// Gives the buffers of written data back to the pool.
+    pub fn handle_sent(&mut self, cx: &mut IoCx<'_>) {
+        for buf in self.out.take_sent_buffers() {
+            cx.pool.give(buf);
+        }
+    }
+
+    /// The buffer credits command `tag` waited for are reserved for it.
+    pub fn handle_buffers_granted(
+        &mut self,
+        tag: u16,
+        credits: u32,
+        cx: &mut IoCx<'_>,
+        now: Instant,
+    ) -> Flow {
+        let waiting = self
+            .command_mut(tag)
+            .is_some_and(|cmd| cmd.stage == Stage::AwaitBuffer);
+        if !waiting || self.is_terminating() {
+            cx.pool.give_credits(credits);
+            return Flow::Continue;
+        }
+        self.proceed(tag, credits, cx, now)
+    }
+
     /// A backend request finished; `done.token` is the command's tag.
     pub fn handle_io_done(&mut self, done: IoDone, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+        let _ = now;
         let Ok(tag) = u16::try_from(done.token) else {
             return Flow::Continue;
         };
-        let Some(cmd) = self.take_command(tag) else {
+        let Some(mut cmd) = self.take_command(tag) else {
             return Flow::Continue;
         };
         let status = match &done.result {
@@ -224,47 +310,41 @@ impl TcpQpair {
                 err.status()
             }
         };
-        let _ = (cx, now);
-        match (&cmd.plan, status.is_success()) {
-            (
-                Some(IoPlan {
-                    op: IoOp::Read { .. },
-                    ..
-                }),
-                true,
-            ) => {
-                self.send_read_data(cmd.sqe.cid(), done.buf, Cqe::new(cmd.sqe.cid(), status));
+        let op = cmd.plan.as_ref().map(|p| &p.op);
+        match op {
+            Some(IoOp::Write { .. }) => cmd.data.put_bytes(done.buf),
+            Some(IoOp::Read { .. } | IoOp::Compare { .. }) => cmd.read.put_bytes(done.buf),
+            _ => {}
+        }
+        let cid = cmd.sqe.cid();
+        match (op, status.is_success()) {
+            (Some(IoOp::Read { .. }), true) => {
+                let read = std::mem::replace(&mut cmd.read, DataBuf::empty());
+                self.send_read_data(cid, read, Cqe::new(cid, status));
             }
-            (
-                Some(IoPlan {
-                    op: IoOp::Compare { .. },
-                    ..
-                }),
-                true,
-            ) => {
-                let status = if done.buf == cmd.data {
+            (Some(IoOp::Compare { .. }), true) => {
+                let status = if cmd.read[..] == cmd.data[..] {
                     Status::SUCCESS
                 } else {
                     Status::COMPARE_FAILURE
                 };
-                self.send_response(Cqe::new(cmd.sqe.cid(), status));
-                self.out.recycle(done.buf);
+                self.send_response(Cqe::new(cid, status));
             }
-            _ => {
-                self.send_response(Cqe::new(cmd.sqe.cid(), status));
-                self.out.recycle(done.buf);
-            }
+            _ => self.send_response(Cqe::new(cid, status)),
         }
-        self.out.recycle(cmd.data);
+        self.give_buffers(cmd, cx);
         Flow::Continue
     }
 
     /// The connection is going away: tell the controller its queue is gone. Returns the
     /// controller if that tore it down (an admin queue), so its other queues can be closed.
+    /// Buffers still held return their credits as they drop.
     pub fn close(&mut self) -> Option<Arc<Controller>> {
         let state = std::mem::replace(&mut self.state, State::Terminating);
-        if let State::Ready { ctrlr, qid } = state {
-            ctrlr.handle_queue_gone(qid);
+        self.commands.clear();
+        self.out.clear();
+        if let State::Ready { ctrlr, qid, epoch } = state {
+            ctrlr.handle_queue_gone(qid, epoch);
             if qid == 0 {
                 return Some(ctrlr);
             }
@@ -377,11 +457,15 @@ impl TcpQpair {
                 if let (true, Some(ip)) = (ctrlr.is_discovery(), self.local_ip) {
                     ctrlr.set_local_address(&ip.to_string());
                 }
-                self.become_ready(ctrlr, 0, sqe);
+                self.become_ready(ctrlr, 0, QueueEpoch::ADMIN, sqe);
                 self.send_response(cqe);
             }
             ConnectOutcome::Io {
-                ctrlr, qid, cqe, ..
+                ctrlr,
+                qid,
+                epoch,
+                cqe,
+                ..
             } => {
                 debug!(
                     subnqn = ctrlr.subnqn(),
@@ -389,7 +473,10 @@ impl TcpQpair {
                     qid,
                     "I/O queue connected"
                 );
-                self.become_ready(ctrlr, qid, sqe);
+                // I/O queues take no more in-capsule data than Identify advertises (IOCCSZ).
+                self.negotiated
+                    .set_capsule_data_limit(self.context.limits.in_capsule_data_size as usize);
+                self.become_ready(ctrlr, qid, epoch, sqe);
                 self.send_response(cqe);
             }
             ConnectOutcome::Refused(cqe) => {
@@ -400,13 +487,13 @@ impl TcpQpair {
         Flow::Continue
     }
 
-    fn become_ready(&mut self, ctrlr: Arc<Controller>, qid: u16, sqe: &Sqe) {
+    fn become_ready(&mut self, ctrlr: Arc<Controller>, qid: u16, epoch: QueueEpoch, sqe: &Sqe) {
         // SQSIZE is 0-based (NVMe-oF 1.1, 3.3).
         let sqsize = crate::nvme::connect::ConnectCmd::parse(sqe).sqsize;
         self.queue_size = sqsize.saturating_add(1);
         self.sq_flow_control = !ctrlr.sq_flow_control_disabled(qid);
         self.setup_deadline = None;
-        self.state = State::Ready { ctrlr, qid };
+        self.state = State::Ready { ctrlr, qid, epoch };
     }
 
     fn handle_capsule(
@@ -417,27 +504,28 @@ impl TcpQpair {
         cx: &mut IoCx<'_>,
         now: Instant,
     ) -> Flow {
-        let State::Ready { ctrlr, qid } = &self.state else {
+        let State::Ready { ctrlr, qid, epoch } = &self.state else {
             return Flow::Close;
         };
-        let (ctrlr, qid) = (Arc::clone(ctrlr), *qid);
-        if qid != 0 && !ctrlr.is_io_queue_live(qid) {
-            // The controller was reset, shut down or torn down: this queue is dead.
+        let (ctrlr, qid, epoch) = (Arc::clone(ctrlr), *qid, *epoch);
+        if qid != 0 && !ctrlr.is_io_queue_live(qid, epoch) {
+            // The controller was reset, shut down or torn down, or the queue disconnected:
+            // this queue is dead.
             debug!(qid, "I/O queue no longer live; closing");
             return Flow::Close;
         }
         self.sq_head = (self.sq_head + 1) % self.queue_size.max(1);
         self.active = true;
-        if !digest_ok {
-            self.send_response(Cqe::new(sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR));
-            return Flow::Continue;
-        }
-        if self.in_flight >= usize::from(self.queue_size) {
+        if self.outstanding() >= usize::from(self.queue_size) {
             self.terminate(
                 &InboundError::sequence("more commands than the queue holds"),
                 &[],
             );
             return Flow::Close;
+        }
+        if !digest_ok {
+            self.send_response(Cqe::new(sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR));
+            return Flow::Continue;
         }
         if sqe.opcode() == opcode::FABRICS && sqe.fctype() == fctype::CONNECT {
             self.send_response(Cqe::new(
@@ -447,81 +535,128 @@ impl TcpQpair {
             return Flow::Continue;
         }
         if qid != 0 && sqe.opcode() == opcode::FABRICS {
-            let cqe = ctrlr.handle_io_fabrics(qid, &sqe);
+            let cqe = ctrlr.handle_io_fabrics(qid, epoch, &sqe);
             self.send_response(cqe);
+            // After a Disconnect this queue is no longer attached: end its connection once
+            // the completion is sent, so it cannot serve I/O beside a reconnected qid.
+            if !ctrlr.is_io_queue_live(qid, epoch) {
+                return Flow::Close;
+            }
             return Flow::Continue;
         }
-        let plan = if qid == 0 {
-            None
+        let admitted = if qid == 0 {
+            ctrlr.admin_host_data_len(&sqe).map(|len| (None, len, 0))
         } else {
-            match ctrlr.prepare_io(&sqe) {
-                Ok(plan) => Some(plan),
-                Err(status) => {
-                    self.send_response(Cqe::new(sqe.cid(), status));
-                    return Flow::Continue;
-                }
-            }
+            ctrlr.prepare_io(&sqe).map(|plan| {
+                let (host, read) = transfer_lens(&plan);
+                (Some(plan), host, read)
+            })
         };
-        let host_data_len = match &plan {
-            Some(plan) => host_to_controller_len(plan),
-            None if transfer_direction(&sqe) == Direction::HostToController => {
-                sqe.sgl().length as usize
+        let (plan, host_len, read_len) = match admitted {
+            Ok(admitted) => admitted,
+            Err(status) => {
+                self.send_response(Cqe::new(sqe.cid(), status));
+                return Flow::Continue;
             }
-            None => 0,
         };
         let sgl = sqe.sgl();
-        if host_data_len > 0 {
+        let mut capsule_data = DataBuf::empty();
+        let mut r2t_len = 0;
+        if host_len > 0 {
             if sgl.is_in_capsule() {
                 if sgl.address != 0 {
                     self.send_response(Cqe::new(sqe.cid(), Status::INVALID_SGL_OFFSET.with_dnr()));
                     return Flow::Continue;
                 }
-                if data.len() < host_data_len || (sgl.length as usize) < host_data_len {
+                if data.len() < host_len || (sgl.length as usize) < host_len {
                     self.send_response(Cqe::new(
                         sqe.cid(),
                         Status::DATA_SGL_LENGTH_INVALID.with_dnr(),
                     ));
                     return Flow::Continue;
                 }
-                let mut buf = self.out.take_buffer(host_data_len);
-                buf.copy_from_slice(&data[..host_data_len]);
-                return self.execute(sqe, plan, buf, &ctrlr, cx, now);
-            }
-            if !sgl.is_transport() {
+                capsule_data = cx.pool.capsule_buffer(host_len);
+                capsule_data.copy_from_slice(&data[..host_len]);
+            } else if !sgl.is_transport() {
                 self.send_response(Cqe::new(
                     sqe.cid(),
                     Status::SGL_DESCRIPTOR_TYPE_INVALID.with_dnr(),
                 ));
                 return Flow::Continue;
-            }
-            if (sgl.length as usize) < host_data_len
-                || host_data_len > self.context.limits.max_io_size as usize
+            } else if (sgl.length as usize) < host_len
+                || host_len > self.context.limits.max_io_size as usize
             {
                 self.send_response(Cqe::new(
                     sqe.cid(),
                     Status::DATA_SGL_LENGTH_INVALID.with_dnr(),
                 ));
                 return Flow::Continue;
+            } else {
+                r2t_len = host_len;
             }
-            // Ask the host for the data; the command runs when all of it has arrived.
-            let data = self.out.take_buffer(host_data_len);
-            let Some(tag) = self.store_command(Command {
-                sqe,
-                stage: Stage::AwaitData,
-                data,
-                received: 0,
-                plan,
-            }) else {
-                self.send_response(Cqe::new(sqe.cid(), Status::INTERNAL_ERROR));
-                return Flow::Continue;
-            };
-            let r2tl = u32::try_from(host_data_len).unwrap_or(u32::MAX);
-            let neg = &self.negotiated;
-            self.out
-                .put(|out| outbound::r2t(out, neg, sqe.cid(), tag, 0, r2tl));
-            return Flow::Continue;
         }
-        self.execute(sqe, plan, Vec::new(), &ctrlr, cx, now)
+        let credits = self.credits_for(cx, r2t_len) + self.credits_for(cx, read_len);
+        let Some(tag) = self.store_command(Command {
+            sqe,
+            stage: Stage::AwaitBuffer,
+            plan,
+            data: capsule_data,
+            r2t_len,
+            received: 0,
+            corrupt: false,
+            read: DataBuf::empty(),
+            read_len,
+        }) else {
+            self.send_response(Cqe::new(sqe.cid(), Status::INTERNAL_ERROR));
+            return Flow::Continue;
+        };
+        if cx.pool.reserve(credits) {
+            return self.proceed(tag, credits, cx, now);
+        }
+        // No R2T and no backend request until the buffers are there.
+        trace!(cid = sqe.cid(), tag, credits, "waiting for buffers");
+        cx.pool.wait(cx.token(tag), credits);
+        Flow::Continue
+    }
+
+    fn credits_for(&self, cx: &IoCx<'_>, len: usize) -> u32 {
+        if len == 0 {
+            0
+        } else {
+            cx.pool.credits_for(len)
+        }
+    }
+
+    /// Turns the reserved `credits` into the command's buffers, then asks for its data or
+    /// runs it.
+    fn proceed(&mut self, tag: u16, credits: u32, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+        let Some(cmd) = self.commands.get(usize::from(tag)).and_then(Option::as_ref) else {
+            cx.pool.give_credits(credits);
+            return Flow::Continue;
+        };
+        let (r2t_len, read_len) = (cmd.r2t_len, cmd.read_len);
+        let r2t_credits = self.credits_for(cx, r2t_len);
+        let read_credits = credits - r2t_credits;
+        let Some(cmd) = self.command_mut(tag) else {
+            return Flow::Continue;
+        };
+        if read_len > 0 {
+            cmd.read = cx.pool.buffer(read_len, read_credits);
+        }
+        if r2t_len == 0 {
+            return self.execute(tag, cx, now);
+        }
+        cmd.data = cx.pool.buffer(r2t_len, r2t_credits);
+        let deadline = now + H2C_DATA_TIMEOUT;
+        cmd.stage = Stage::AwaitData { deadline };
+        let cid = cmd.sqe.cid();
+        self.data_deadlines.push_back((deadline, tag));
+        // Ask the host for the data; the command runs when all of it has arrived.
+        let r2tl = u32::try_from(r2t_len).unwrap_or(u32::MAX);
+        let neg = &self.negotiated;
+        self.out
+            .put(|out| outbound::r2t(out, neg, cid, tag, 0, r2tl));
+        Flow::Continue
     }
 
     fn handle_h2c_data(
@@ -531,35 +666,27 @@ impl TcpQpair {
         now: Instant,
     ) -> Flow {
         let tag = h2c.ttag;
-        let valid = match self.command_mut(tag) {
-            Some(cmd) if matches!(cmd.stage, Stage::AwaitData) && cmd.sqe.cid() == h2c.cccid => {
-                let offset = h2c.datao as usize;
-                offset == cmd.received && offset + h2c.data.len() <= cmd.data.len()
-            }
-            _ => false,
-        };
-        if !valid {
+        let offset = h2c.datao as usize;
+        let Some(cmd) = self
+            .command_mut(tag)
+            .filter(|cmd| matches!(cmd.stage, Stage::AwaitData { .. }))
+            .filter(|cmd| cmd.sqe.cid() == h2c.cccid)
+            .filter(|cmd| offset == cmd.received && offset + h2c.data.len() <= cmd.data.len())
+        else {
             let err = InboundError::out_of_range("H2CData does not match an outstanding R2T");
             self.terminate(&err, &[]);
             return Flow::Close;
-        }
-        let Some(cmd) = self.command_mut(tag) else {
-            return Flow::Close;
         };
-        let offset = h2c.datao as usize;
-        cmd.data[offset..offset + h2c.data.len()].copy_from_slice(h2c.data);
+        if h2c.data_digest_ok {
+            cmd.data[offset..offset + h2c.data.len()].copy_from_slice(h2c.data);
+        } else {
+            // A bad data digest fails the command but keeps the connection (NVMe/TCP 7.4.6);
+            // the rest of its data is still received, and none of it is used.
+            cmd.corrupt = true;
+        }
         cmd.received += h2c.data.len();
         let complete = cmd.received == cmd.data.len();
-        if !h2c.data_digest_ok {
-            // A bad data digest fails the command but keeps the connection (NVMe/TCP 7.4.6).
-            if complete || h2c.last {
-                if let Some(cmd) = self.take_command(tag) {
-                    self.send_response(Cqe::new(cmd.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR));
-                    self.out.recycle(cmd.data);
-                }
-            }
-            return Flow::Continue;
-        }
+        let corrupt = cmd.corrupt;
         if h2c.last != complete {
             let err = InboundError::out_of_range("LAST_PDU flag does not match the data length");
             self.terminate(&err, &[]);
@@ -568,35 +695,43 @@ impl TcpQpair {
         if !complete {
             return Flow::Continue;
         }
-        let Some(cmd) = self.take_command(tag) else {
-            return Flow::Close;
-        };
-        let Some(ctrlr) = self.controller().cloned() else {
-            return Flow::Close;
-        };
-        self.execute(cmd.sqe, cmd.plan, cmd.data, &ctrlr, cx, now)
+        cmd.stage = Stage::Executing;
+        self.drop_stale_data_deadlines();
+        if corrupt {
+            warn!(cid = h2c.cccid, "data digest error; failing the command");
+            if let Some(cmd) = self.take_command(tag) {
+                self.send_response(Cqe::new(cmd.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR));
+                self.give_buffers(cmd, cx);
+            }
+            return Flow::Continue;
+        }
+        self.execute(tag, cx, now)
     }
 
-    /// Runs a command whose host data (if any) is all here.
-    fn execute(
-        &mut self,
-        sqe: Sqe,
-        plan: Option<IoPlan>,
-        data: Vec<u8>,
-        ctrlr: &Arc<Controller>,
-        cx: &mut IoCx<'_>,
-        now: Instant,
-    ) -> Flow {
-        let Some(plan) = plan else {
-            return self.execute_admin(&sqe, &data, ctrlr, now);
+    /// Runs command `tag`, whose host data (if any) is all here and whose buffers are held.
+    fn execute(&mut self, tag: u16, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+        let Some(cmd) = self.command_mut(tag) else {
+            return Flow::Continue;
+        };
+        cmd.stage = Stage::Executing;
+        let cid = cmd.sqe.cid();
+        let Some(plan) = cmd.plan.clone() else {
+            let Some(cmd) = self.take_command(tag) else {
+                return Flow::Continue;
+            };
+            let flow = self.execute_admin(&cmd.sqe, &cmd.data, now);
+            self.give_buffers(cmd, cx);
+            return flow;
         };
         if let IoOp::Read { len, .. } = plan.op {
             if plan.ns.backend().reads_zeroes() {
                 // The controller checked the range; nothing to read, no buffer to fill.
-                trace!(cid = sqe.cid(), "read of zeroes");
+                trace!(cid, "read of zeroes");
                 let len = usize::try_from(len).unwrap_or(0);
-                self.send_zeroes(sqe.cid(), len, Cqe::new(sqe.cid(), Status::SUCCESS));
-                self.out.recycle(data);
+                self.send_zeroes(cid, len, Cqe::new(cid, Status::SUCCESS));
+                if let Some(cmd) = self.take_command(tag) {
+                    self.give_buffers(cmd, cx);
+                }
                 return Flow::Continue;
             }
         }
@@ -606,13 +741,13 @@ impl TcpQpair {
                 kind: IoKind::Read,
                 offset: *offset,
                 len: *len,
-                buf: self.out.take_buffer(usize::try_from(*len).unwrap_or(0)),
+                buf: cmd.read.take_bytes(),
             },
             IoOp::Write { offset, len, fua } => IoRequest {
                 kind: IoKind::Write { fua: *fua },
                 offset: *offset,
                 len: *len,
-                buf: Vec::new(),
+                buf: cmd.data.take_bytes(),
             },
             IoOp::Flush => IoRequest {
                 kind: IoKind::Flush,
@@ -626,67 +761,50 @@ impl TcpQpair {
                 len: *len,
                 buf: Vec::new(),
             },
-            IoOp::Deallocate(_) => match crate::controller::dsm_ranges(&plan.ns, &data) {
+            IoOp::Deallocate(_) => match crate::controller::dsm_ranges(&plan.ns, &cmd.data) {
                 Ok(ranges) => IoRequest {
                     kind: IoKind::Deallocate(ranges),
                     offset: 0,
                     len: 0,
                     buf: Vec::new(),
                 },
-                Err(status) => {
-                    self.send_response(Cqe::new(sqe.cid(), status));
-                    return Flow::Continue;
-                }
+                Err(status) => return self.fail(tag, status, cx),
             },
-            IoOp::None => {
-                self.send_response(Cqe::new(sqe.cid(), Status::SUCCESS));
-                return Flow::Continue;
-            }
+            IoOp::None => return self.fail(tag, Status::SUCCESS, cx),
         };
-        let is_write = matches!(plan.op, IoOp::Write { .. });
-        let (request, keep) = if is_write {
-            (
-                IoRequest {
-                    buf: data,
-                    ..request
-                },
-                Vec::new(),
-            )
-        } else {
-            (request, data)
-        };
-        let backend = Arc::clone(plan.ns.backend());
-        let Some(tag) = self.store_command(Command {
-            sqe,
-            stage: Stage::Executing,
-            data: keep,
-            received: 0,
-            plan: Some(plan),
-        }) else {
-            self.send_response(Cqe::new(sqe.cid(), Status::INTERNAL_ERROR));
-            return Flow::Continue;
-        };
-        trace!(cid = sqe.cid(), tag, "submit");
-        if let Some(mut done) = backend.submit(cx.token(tag), request, cx.completions()) {
+        trace!(cid, tag, "submit");
+        if let Some(mut done) = plan
+            .ns
+            .backend()
+            .submit(cx.token(tag), request, cx.completions())
+        {
             done.token = u64::from(tag);
             return self.handle_io_done(done, cx, now);
         }
         Flow::Continue
     }
 
-    fn execute_admin(
-        &mut self,
-        sqe: &Sqe,
-        data: &[u8],
-        ctrlr: &Arc<Controller>,
-        now: Instant,
-    ) -> Flow {
+    /// Completes command `tag` with `status` without running it.
+    fn fail(&mut self, tag: u16, status: Status, cx: &mut IoCx<'_>) -> Flow {
+        if let Some(cmd) = self.take_command(tag) {
+            self.send_response(Cqe::new(cmd.sqe.cid(), status));
+            self.give_buffers(cmd, cx);
+        }
+        Flow::Continue
+    }
+
+    fn execute_admin(&mut self, sqe: &Sqe, data: &[u8], now: Instant) -> Flow {
+        let Some(ctrlr) = self.controller().cloned() else {
+            return Flow::Close;
+        };
         let disconnect = sqe.opcode() == opcode::FABRICS && sqe.fctype() == fctype::DISCONNECT;
         match ctrlr.handle_admin(sqe, data, now) {
-            AdminOutcome::Complete { cqe, data } => {
-                let limit = (sqe.sgl().length as usize).min(data.len());
-                if limit > 0 && transfer_direction(sqe) == Direction::ControllerToHost {
-                    self.send_data_and_response(sqe.cid(), &data[..limit], cqe);
+            AdminOutcome::Complete { cqe, data, zeroes } => {
+                let limit = sqe.sgl().length as usize;
+                let sent = data.len().min(limit);
+                let zeroes = zeroes.min(limit - sent);
+                if sent + zeroes > 0 && transfer_direction(sqe) == Direction::ControllerToHost {
+                    self.send_data_and_response(sqe.cid(), &data[..sent], zeroes, cqe);
                 } else {
                     self.send_response(cqe);
                 }
@@ -711,6 +829,7 @@ impl TcpQpair {
         };
         let neg = &self.negotiated;
         self.out.put(|out| outbound::capsule_resp(out, neg, &cqe));
+        self.out.end_completion();
     }
 
     /// Whether a C2HData with the SUCCESS flag may stand in for the response: the host
@@ -723,20 +842,30 @@ impl TcpQpair {
             && cqe.dw1 == 0
     }
 
-    /// C2HData carrying a copy of `data`, then the response (or the SUCCESS flag).
-    fn send_data_and_response(&mut self, cid: u16, data: &[u8], cqe: Cqe) {
+    /// C2HData carrying a copy of `data` and then `zeroes` zero bytes, then the response (or
+    /// the SUCCESS flag).
+    fn send_data_and_response(&mut self, cid: u16, data: &[u8], zeroes: usize, cqe: Cqe) {
         let success_only = self.success_only(&cqe);
         let neg = &self.negotiated;
-        self.out
-            .put(|out| outbound::c2h_data(out, neg, cid, 0, data, true, success_only));
-        if !success_only {
-            self.send_response(cqe);
-        }
+        let len = data.len() + zeroes;
+        let digest = self
+            .out
+            .put(|out| {
+                let digest = outbound::c2h_data_header(out, neg, cid, len, success_only);
+                out.extend_from_slice(data);
+                digest
+            })
+            .then(|| {
+                let crc = crc32c::crc32c(data);
+                send_queue::zeroes_digest_after(crc, zeroes)
+            });
+        self.out.push_zeroes(zeroes);
+        self.finish_read_data(digest, cqe, success_only);
     }
 
     /// C2HData carrying the buffer a read filled, sent from where it lies (the data digest
     /// computed once, over it there), then the response (or the SUCCESS flag).
-    fn send_read_data(&mut self, cid: u16, data: Vec<u8>, cqe: Cqe) {
+    fn send_read_data(&mut self, cid: u16, data: DataBuf, cqe: Cqe) {
         let success_only = self.success_only(&cqe);
         let neg = &self.negotiated;
         let len = data.len();
@@ -765,7 +894,9 @@ impl TcpQpair {
         if let Some(digest) = digest {
             self.out.put(|out| out.extend_from_slice(&digest));
         }
-        if !success_only {
+        if success_only {
+            self.out.end_completion();
+        } else {
             self.send_response(cqe);
         }
     }
@@ -774,6 +905,27 @@ impl TcpQpair {
         warn!(error = %err, "terminating connection");
         self.out.put(|out| outbound::c2h_term_req(out, err, header));
         self.state = State::Terminating;
+    }
+
+    /// Gives a finished command's buffers back to the pool.
+    fn give_buffers(&mut self, cmd: Command, cx: &mut IoCx<'_>) {
+        cx.pool.give(cmd.data);
+        cx.pool.give(cmd.read);
+    }
+
+    /// Drops deadlines at the front whose command is no longer waiting for its data.
+    fn drop_stale_data_deadlines(&mut self) {
+        while let Some(&(at, tag)) = self.data_deadlines.front() {
+            let waiting = self
+                .commands
+                .get(usize::from(tag))
+                .and_then(Option::as_ref)
+                .is_some_and(|cmd| cmd.stage == Stage::AwaitData { deadline: at });
+            if waiting {
+                return;
+            }
+            self.data_deadlines.pop_front();
+        }
     }
 
     fn store_command(&mut self, cmd: Command) -> Option<u16> {
@@ -824,10 +976,17 @@ fn transfer_direction(sqe: &Sqe) -> Direction {
     }
 }
 
-fn host_to_controller_len(plan: &IoPlan) -> usize {
+/// Bytes an I/O command moves: (host to controller, controller to host through a buffer).
+/// Reads of a namespace that only holds zeroes need no buffer.
+fn transfer_lens(plan: &IoPlan) -> (usize, usize) {
+    let len = plan.data_len as usize;
     match plan.op {
-        IoOp::Write { .. } | IoOp::Compare { .. } | IoOp::Deallocate(_) => plan.data_len as usize,
-        _ => 0,
+        IoOp::Write { .. } | IoOp::Deallocate(_) => (len, 0),
+        IoOp::Compare { .. } => (len, len),
+        IoOp::Read { .. } if plan.ns.backend().reads_zeroes() => (0, 0),
+        IoOp::Read { .. } => (0, len),
+        // Dataset Management without Deallocate does nothing: its ranges are not fetched.
+        IoOp::Flush | IoOp::WriteZeroes { .. } | IoOp::None => (0, 0),
     }
 }
 

@@ -12,6 +12,7 @@ use crate::controller::{
 use crate::nvme::connect::{ConnectCmd, ConnectData};
 use crate::nvme::opcode::{admin, io};
 use crate::nvme::{Cqe, Sgl, Sqe, Status};
+use crate::transport::buffer_pool::{BufferPool, PoolLimits, SharedPool};
 use crate::transport::tcp::inbound::IcReq;
 use crate::transport::tcp::wire::{self, pdu_type};
 
@@ -65,7 +66,14 @@ struct Host {
     poll: mio::Poll,
     completions: crate::backend::Completions,
     notifier: super::super::AsyncNotifier,
+    pool: BufferPool,
     now: Instant,
+}
+
+/// A reactor's pool with SPDK's TCP defaults, alone in its shared pool.
+fn buffer_pool() -> BufferPool {
+    let shared = SharedPool::new(PoolLimits::spdk_tcp_defaults(1));
+    BufferPool::new(shared, 0, Arc::new(|| {}))
 }
 
 #[derive(Debug)]
@@ -96,6 +104,7 @@ impl Host {
             poll,
             completions,
             notifier: Arc::new(|| {}),
+            pool: buffer_pool(),
             now,
         };
         let mut icreq = vec![0u8; 128];
@@ -121,11 +130,19 @@ impl Host {
     }
 
     fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut cx = IoCx::new(&self.completions, 0, &self.notifier);
+        let mut cx = IoCx::new(&self.completions, 0, &self.notifier, &mut self.pool);
         let (used, flow) = self.qpair.handle_input(bytes, &mut cx, self.now);
         assert_eq!(used, bytes.len(), "whole PDUs consumed");
         let _ = flow;
-        self.qpair.output().take_all()
+        self.take_output()
+    }
+
+    /// What the queue pair sent, as a host reads it; written buffers go back to the pool.
+    fn take_output(&mut self) -> Vec<u8> {
+        let out = self.qpair.output().take_all();
+        let mut cx = IoCx::new(&self.completions, 0, &self.notifier, &mut self.pool);
+        self.qpair.handle_sent(&mut cx);
+        out
     }
 
     fn capsule(&self, sqe: &Sqe, data: &[u8]) -> Vec<u8> {
@@ -221,13 +238,17 @@ impl Host {
     }
 
     fn connect_admin(&mut self) -> u16 {
+        self.connect_admin_with(31)
+    }
+
+    fn connect_admin_with(&mut self, sqsize: u16) -> u16 {
         let mut sqe = Sqe::new(crate::nvme::opcode::FABRICS, 1);
         sqe.set_fctype(crate::nvme::opcode::fctype::CONNECT);
         sqe.set_sgl(Sgl::in_capsule(1024));
         ConnectCmd {
             recfmt: 0,
             qid: 0,
-            sqsize: 31,
+            sqsize,
             cattr: 0,
             kato: 5000,
         }
@@ -538,5 +559,244 @@ fn keep_alive_expiry_closes_the_admin_queue() {
     assert_eq!(
         host.qpair.handle_timer(deadline + Duration::from_secs(1)),
         Flow::Close
+    );
+}
+
+/// H2CData for command `cccid` (transfer tag `ttag`) at `datao`, with the data digest of
+/// `digest_of` (pass the data itself for a good digest).
+fn h2c(neg: &Negotiated, cccid: u16, ttag: u16, datao: u32, data: &[u8], last: bool) -> Vec<u8> {
+    let mut pdu = Vec::new();
+    outbound::data_pdu(
+        &mut pdu,
+        neg,
+        pdu_type::H2C_DATA,
+        cccid,
+        ttag,
+        datao,
+        data,
+        last,
+        false,
+    );
+    pdu
+}
+
+fn write_sqe(cid: u16, slba: u32, len: u32) -> Sqe {
+    let mut sqe = Sqe::new(io::WRITE, cid);
+    sqe.set_nsid(1)
+        .set_cdw(10, slba)
+        .set_cdw(12, len / 512 - 1)
+        .set_sgl(Sgl::transport(len));
+    sqe
+}
+
+fn read_sqe(cid: u16, slba: u32, len: u32) -> Sqe {
+    let mut sqe = Sqe::new(io::READ, cid);
+    sqe.set_nsid(1)
+        .set_cdw(10, slba)
+        .set_cdw(12, len / 512 - 1)
+        .set_sgl(Sgl::transport(len));
+    sqe
+}
+
+fn r2t_of(replies: &[Reply]) -> (u16, u32) {
+    match replies {
+        [Reply::R2t { ttag, r2tl, .. }] => (*ttag, *r2tl),
+        other => panic!("expected one R2T: {other:?}"),
+    }
+}
+
+fn status_of(replies: &[Reply]) -> Status {
+    match replies {
+        [Reply::Resp(cqe)] => cqe.status,
+        other => panic!("expected one response: {other:?}"),
+    }
+}
+
+#[test]
+fn a_bad_data_digest_in_any_h2c_pdu_fails_the_write_and_stores_nothing() {
+    let context = context();
+    let (_admin, mut ioq) = io_queue(&context, true);
+    let payload = vec![0xA5u8; 16384];
+    let (ttag, _) = r2t_of(&ioq.command(&write_sqe(10, 0, 16384), &[]));
+    // The first of two PDUs: a byte flipped after the digest of the original was taken.
+    let mut first = h2c(&ioq.neg, 10, ttag, 0, &payload[..8192], false);
+    let pdo = usize::from(first[3]);
+    first[pdo + 100] ^= 0xFF;
+    assert!(ioq.feed(&first).is_empty(), "no answer before the last PDU");
+    let second = h2c(&ioq.neg, 10, ttag, 8192, &payload[8192..], true);
+    let out = ioq.feed(&second);
+    assert_eq!(
+        status_of(&ioq.replies(&out)),
+        Status::TRANSIENT_TRANSPORT_ERROR
+    );
+    // Nothing of it reached the namespace, and the connection still serves.
+    let replies = ioq.command(&read_sqe(11, 0, 16384), &[]);
+    let [Reply::Data { data, .. }, Reply::Resp(cqe)] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    assert!(cqe.status.is_success());
+    assert!(data.iter().all(|&b| b == 0), "corrupted data was stored");
+    let (ttag, _) = r2t_of(&ioq.command(&write_sqe(12, 0, 16384), &[]));
+    let out = ioq.feed(&h2c(&ioq.neg, 12, ttag, 0, &payload, true));
+    assert_eq!(status_of(&ioq.replies(&out)), Status::SUCCESS);
+    assert_eq!(ioq.qpair.in_flight(), 0);
+}
+
+#[test]
+fn commands_wait_for_buffers_and_get_no_r2t_until_they_have_one() {
+    let context = context();
+    let (_admin, mut ioq) = io_queue(&context, false);
+    // Room for two 128 KiB transfers only.
+    let shared = SharedPool::new(PoolLimits::new(2, Some(0), 131_072, 1));
+    ioq.pool = BufferPool::new(Arc::clone(&shared), 0, Arc::new(|| {}));
+    let payload = vec![7u8; 131_072];
+    let (a, _) = r2t_of(&ioq.command(&write_sqe(1, 0, 131_072), &[]));
+    let (b, _) = r2t_of(&ioq.command(&write_sqe(2, 256, 131_072), &[]));
+    // The third waits: no R2T, no buffer, and reads wait behind it.
+    assert!(ioq.command(&write_sqe(3, 512, 131_072), &[]).is_empty());
+    assert!(ioq.command(&read_sqe(4, 0, 4096), &[]).is_empty());
+    assert_eq!(ioq.pool.stats().waiting, 2);
+    assert_eq!(shared.available(), 0);
+    assert!(ioq.pool.poll_granted().is_none());
+    let out = ioq.feed(&h2c(&ioq.neg, 1, a, 0, &payload, true));
+    assert_eq!(status_of(&ioq.replies(&out)), Status::SUCCESS);
+    // The write's buffer came back: the oldest waiter gets it, and now its R2T.
+    let (key, credits) = ioq.pool.poll_granted().expect("granted");
+    let tag = u16::try_from(key & 0xFFFF).expect("tag");
+    let mut cx = IoCx::new(&ioq.completions, 0, &ioq.notifier, &mut ioq.pool);
+    let flow = ioq
+        .qpair
+        .handle_buffers_granted(tag, credits, &mut cx, ioq.now);
+    assert_eq!(flow, Flow::Continue);
+    let out = ioq.take_output();
+    let (c, r2tl) = r2t_of(&ioq.replies(&out));
+    assert_eq!(r2tl, 131_072);
+    assert!(ioq.pool.poll_granted().is_none(), "the read still waits");
+    for (cid, ttag) in [(2, b), (3, c)] {
+        let out = ioq.feed(&h2c(&ioq.neg, cid, ttag, 0, &payload, true));
+        assert_eq!(status_of(&ioq.replies(&out)), Status::SUCCESS);
+    }
+    let (key, credits) = ioq.pool.poll_granted().expect("read granted");
+    let tag = u16::try_from(key & 0xFFFF).expect("tag");
+    let mut cx = IoCx::new(&ioq.completions, 0, &ioq.notifier, &mut ioq.pool);
+    ioq.qpair
+        .handle_buffers_granted(tag, credits, &mut cx, ioq.now);
+    let out = ioq.take_output();
+    let replies = ioq.replies(&out);
+    assert!(
+        matches!(replies.as_slice(), [Reply::Data { cccid: 4, data, .. }, Reply::Resp(_)] if data == &payload[..4096]),
+        "{replies:?}"
+    );
+    assert_eq!(ioq.pool.stats().in_use, 0, "every credit came back");
+    assert_eq!(ioq.pool.stats().cached + shared.available(), 2);
+}
+
+#[test]
+fn completions_not_yet_written_count_against_the_queue_depth() {
+    let context = context();
+    let (_admin, mut ioq) = io_queue(&context, false);
+    // 128 reads complete at once (RAM) but the host reads none of the answers.
+    let pdus: Vec<Vec<u8>> = (0..=128)
+        .map(|cid| ioq.capsule(&read_sqe(cid, 0, 131_072), &[]))
+        .collect();
+    let mut cx = IoCx::new(&ioq.completions, 0, &ioq.notifier, &mut ioq.pool);
+    for pdu in &pdus[..128] {
+        let (used, flow) = ioq.qpair.handle_input(pdu, &mut cx, ioq.now);
+        assert_eq!((used, flow), (pdu.len(), Flow::Continue));
+    }
+    assert_eq!(ioq.qpair.in_flight(), 0);
+    assert_eq!(ioq.qpair.outstanding(), 128);
+    // One more than the queue holds: terminated, not buffered.
+    let (_, flow) = ioq.qpair.handle_input(&pdus[128], &mut cx, ioq.now);
+    assert_eq!(flow, Flow::Close);
+    assert!(ioq.qpair.is_terminating());
+}
+
+#[test]
+fn a_queue_whose_answers_pile_up_stops_taking_commands() {
+    let mut admin = Host::new(false);
+    admin.connect_admin_with(127);
+    let mut sqe = Sqe::new(crate::nvme::opcode::FABRICS, 2);
+    sqe.set_fctype(crate::nvme::opcode::fctype::PROPERTY_SET);
+    sqe.set_cdw(11, 0x14).set_cdw(12, 0x0046_0001);
+    admin.command(&sqe, &[]);
+    // Identify pages are copied into the send queue: 100 of them in one batch, unread.
+    let mut batch = Vec::new();
+    for cid in 0..100 {
+        let mut sqe = Sqe::new(admin::IDENTIFY, cid);
+        sqe.set_cdw(10, 1).set_sgl(Sgl::transport(4096));
+        batch.extend_from_slice(&admin.capsule(&sqe, &[]));
+    }
+    let mut cx = IoCx::new(&admin.completions, 0, &admin.notifier, &mut admin.pool);
+    let (used, flow) = admin.qpair.handle_input(&batch, &mut cx, admin.now);
+    assert_eq!(flow, Flow::Continue);
+    assert!(used < batch.len(), "stopped before the end of the batch");
+    assert!(admin.qpair.is_backpressured());
+    let held = admin.qpair.output().unsent_copied();
+    assert!(held < BACKPRESSURE_BYTES + 8192, "{held} bytes held");
+    // Once the host reads, the rest is taken.
+    let first = admin.take_output();
+    assert!(!first.is_empty());
+    let mut cx = IoCx::new(&admin.completions, 0, &admin.notifier, &mut admin.pool);
+    let (rest, flow) = admin.qpair.handle_input(&batch[used..], &mut cx, admin.now);
+    assert_eq!((used + rest, flow), (batch.len(), Flow::Continue));
+}
+
+#[test]
+fn a_host_that_never_sends_r2t_data_is_dropped_after_the_timeout() {
+    let context = context();
+    let (_admin, mut ioq) = io_queue(&context, false);
+    let start = ioq.now;
+    r2t_of(&ioq.command(&write_sqe(1, 0, 131_072), &[]));
+    let deadline = ioq.qpair.deadline().expect("data deadline");
+    assert_eq!(deadline, start + H2C_DATA_TIMEOUT);
+    assert_eq!(
+        ioq.qpair.handle_timer(start + Duration::from_secs(1)),
+        Flow::Continue
+    );
+    assert_eq!(
+        ioq.qpair.handle_timer(deadline + Duration::from_millis(1)),
+        Flow::Close
+    );
+    // A write whose data came in time leaves no deadline behind.
+    let (_admin, mut ioq) = io_queue(&context, false);
+    let (ttag, _) = r2t_of(&ioq.command(&write_sqe(1, 0, 4096 * 2), &[]));
+    ioq.feed(&h2c(&ioq.neg, 1, ttag, 0, &[1; 8192], true));
+    assert_eq!(ioq.qpair.deadline(), None);
+}
+
+#[test]
+fn unknown_admin_opcodes_get_invalid_opcode_and_no_r2t() {
+    let mut host = Host::new(false);
+    host.connect_admin();
+    let mut sqe = Sqe::new(crate::nvme::opcode::FABRICS, 2);
+    sqe.set_fctype(crate::nvme::opcode::fctype::PROPERTY_SET);
+    sqe.set_cdw(11, 0x14).set_cdw(12, 0x0046_0001);
+    host.command(&sqe, &[]);
+    // 0x81: vendor specific, its direction bits say host to controller.
+    let mut sqe = Sqe::new(0x81, 3);
+    sqe.set_sgl(Sgl::transport(1 << 20));
+    assert_eq!(
+        status_of(&host.command(&sqe, &[])),
+        Status::INVALID_OPCODE.with_dnr()
+    );
+    assert_eq!(host.qpair.in_flight(), 0);
+}
+
+#[test]
+fn in_capsule_data_beyond_the_advertised_size_is_refused() {
+    let context = context();
+    let (_admin, mut ioq) = io_queue(&context, false);
+    let mut sqe = write_sqe(1, 0, 16384);
+    sqe.set_sgl(Sgl::in_capsule(16384));
+    let pdu = ioq.capsule(&sqe, &[0x11; 16384]);
+    let mut cx = IoCx::new(&ioq.completions, 0, &ioq.notifier, &mut ioq.pool);
+    let (_, flow) = ioq.qpair.handle_input(&pdu, &mut cx, ioq.now);
+    assert_eq!(flow, Flow::Close);
+    let out = ioq.take_output();
+    let replies = ioq.replies(&out);
+    assert!(
+        matches!(replies.as_slice(), [Reply::Term { fes: 0x05 }]),
+        "{replies:?}"
     );
 }

@@ -1,17 +1,21 @@
 //! What a queue pair has to send, kept so that one `writev` sends a whole batch without
 //! copying read data: PDU headers (and small payloads) go into one byte buffer, and the data
-//! buffers of C2HData are lent to the queue in place. Once sent, those buffers are kept for
-//! the next commands, so a command in steady state allocates nothing. Reads of a namespace
-//! that holds only zeroes are sent from one static zeroed block, with no buffer at all.
+//! buffers of C2HData are lent to the queue in place. Each lent buffer goes back to the buffer
+//! pool as soon as it is written, not when the whole queue drains, so a host that reads slowly
+//! but steadily holds only what is unsent. Reads of a namespace that holds only zeroes, and
+//! the zero tail of a log page, are sent from one static zeroed block, with no buffer at all.
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
+
+use crate::transport::buffer_pool::DataBuf;
 
 /// Data buffers shorter than this are copied next to the headers: one slice fewer is worth
 /// more than a small copy.
 const LEND_MIN: usize = 512;
-/// Buffers kept for reuse hold at most this many bytes in all, per queue: enough for QD32 of
-/// 32 KiB (or QD8 of 128 KiB) without allocating, and a bounded cost for idle connections.
-const POOL_BYTES: usize = 1 << 20;
+/// Written header bytes are dropped from the front once at least this many have piled up
+/// (and they are half the buffer), so a queue that never quite drains stays bounded.
+const COMPACT_MIN: usize = 64 * 1024;
 /// Slices handed to one `writev`; a larger batch takes more than one call.
 pub const MAX_SLICES: usize = 128;
 /// Zeroes sent in place of data; longer runs take several slices of it.
@@ -20,12 +24,11 @@ static ZEROES: [u8; 64 * 1024] = [0; 64 * 1024];
 /// Data that goes out as it lies, after the header bytes before it.
 #[derive(Debug)]
 enum Lent {
-    Buffer(Vec<u8>),
+    Buffer(DataBuf),
     Zeroes(usize),
 }
 
 impl Lent {
-    #[cfg(test)]
     fn len(&self) -> usize {
         match self {
             Self::Buffer(buf) => buf.len(),
@@ -34,18 +37,33 @@ impl Lent {
     }
 }
 
-/// Bytes to send, in order, and the buffers that are free for the next commands.
+/// A lent piece: it goes after `bytes[..at]`, and starts at stream offset `start`.
+#[derive(Debug)]
+struct LentAt {
+    at: usize,
+    start: usize,
+    piece: Lent,
+}
+
+/// Bytes to send, in order. Offsets count bytes queued since the queue was last empty.
 #[derive(Debug, Default)]
 pub struct SendQueue {
     /// Headers and copied payloads.
     bytes: Vec<u8>,
-    /// Lent data in send order: each goes after `bytes[..at]`.
-    lent: Vec<(usize, Lent)>,
-    /// Bytes queued in all, and how many of them are already written.
+    /// Lent data in send order.
+    lent: VecDeque<LentAt>,
+    /// Bytes queued in all, and how many of them are written.
     total: usize,
     sent: usize,
-    pool: Vec<Vec<u8>>,
-    pool_bytes: usize,
+    /// `bytes[front_at..]` holds everything unsent that is not lent; `bytes[front_at]` is at
+    /// stream offset `front_stream`.
+    front_at: usize,
+    front_stream: usize,
+    /// Stream offsets where a command's completion ends, oldest first: a command counts
+    /// against its queue's depth until the host could have read its completion.
+    completions: VecDeque<usize>,
+    /// Lent buffers that are written, for the caller to give back.
+    sent_buffers: Vec<DataBuf>,
 }
 
 impl SendQueue {
@@ -61,6 +79,17 @@ impl SendQueue {
         self.sent == self.total
     }
 
+    /// Bytes queued and not written that are held here (headers and copies), not counting
+    /// lent buffers, which the buffer pool bounds.
+    pub fn unsent_copied(&self) -> usize {
+        self.bytes.len() - self.front_at
+    }
+
+    /// Completions queued and not yet written.
+    pub fn unsent_completions(&self) -> usize {
+        self.completions.len()
+    }
+
     /// Appends header bytes through `f`, which writes at the end of the buffer it is given.
     pub fn put<R>(&mut self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
         let before = self.bytes.len();
@@ -69,47 +98,56 @@ impl SendQueue {
         result
     }
 
+    /// Marks the end of a command's completion (a response, or data with the SUCCESS flag).
+    pub fn end_completion(&mut self) {
+        self.completions.push_back(self.total);
+    }
+
     /// Queues a data buffer to be sent as it is, after the bytes queued so far.
-    pub fn push_data(&mut self, buf: Vec<u8>) {
+    pub fn push_data(&mut self, buf: DataBuf) {
         if buf.len() < LEND_MIN {
             self.put(|out| out.extend_from_slice(&buf));
-            self.recycle(buf);
+            self.sent_buffers.push(buf);
             return;
         }
-        self.total += buf.len();
-        self.lent.push((self.bytes.len(), Lent::Buffer(buf)));
+        self.push_lent(Lent::Buffer(buf));
     }
 
     /// Queues `len` zero bytes, sent from a static block.
     pub fn push_zeroes(&mut self, len: usize) {
         if len > 0 {
-            self.total += len;
-            self.lent.push((self.bytes.len(), Lent::Zeroes(len)));
+            self.push_lent(Lent::Zeroes(len));
         }
     }
 
-    /// A buffer of `len` bytes for a command's data. Its contents are left over from an earlier
-    /// command of this queue: whoever takes it overwrites all of it before it is sent.
-    pub fn take_buffer(&mut self, len: usize) -> Vec<u8> {
-        let mut buf = match self.pool.iter().rposition(|b| b.capacity() >= len) {
-            Some(i) => {
-                let buf = self.pool.swap_remove(i);
-                self.pool_bytes -= buf.capacity();
-                buf
+    fn push_lent(&mut self, piece: Lent) {
+        let start = self.total;
+        self.total += piece.len();
+        self.lent.push_back(LentAt {
+            at: self.bytes.len(),
+            start,
+            piece,
+        });
+    }
+
+    /// Buffers that are written (or were copied), to give back to the pool.
+    pub fn take_sent_buffers(&mut self) -> std::vec::Drain<'_, DataBuf> {
+        self.sent_buffers.drain(..)
+    }
+
+    /// Empties the queue, written or not; the lent buffers join the sent ones.
+    pub fn clear(&mut self) {
+        for lent in self.lent.drain(..) {
+            if let Lent::Buffer(buf) = lent.piece {
+                self.sent_buffers.push(buf);
             }
-            None => Vec::with_capacity(len),
-        };
-        buf.resize(len, 0);
-        buf
-    }
-
-    /// Gives back a buffer from [`take_buffer`](Self::take_buffer) (or any other).
-    pub fn recycle(&mut self, buf: Vec<u8>) {
-        let capacity = buf.capacity();
-        if capacity > 0 && self.pool_bytes + capacity <= POOL_BYTES {
-            self.pool_bytes += capacity;
-            self.pool.push(buf);
         }
+        self.bytes.clear();
+        self.completions.clear();
+        self.total = 0;
+        self.sent = 0;
+        self.front_at = 0;
+        self.front_stream = 0;
     }
 
     /// Fills `iov` with the unsent bytes, in order; returns how many slices it used.
@@ -117,15 +155,15 @@ impl SendQueue {
         let mut fill = Fill {
             iov,
             count: 0,
-            skip: self.sent,
+            skip: self.sent - self.front_stream,
         };
-        let mut from = 0;
-        for (at, lent) in &self.lent {
-            if !fill.piece(&self.bytes[from..*at]) {
+        let mut from = self.front_at;
+        for lent in &self.lent {
+            if !fill.piece(&self.bytes[from..lent.at]) {
                 return fill.count;
             }
-            from = *at;
-            let more = match lent {
+            from = lent.at;
+            let more = match &lent.piece {
                 Lent::Buffer(buf) => fill.piece(buf),
                 Lent::Zeroes(len) => {
                     let mut left = *len;
@@ -146,28 +184,70 @@ impl SendQueue {
         fill.count
     }
 
-    /// Records that `n` more bytes were written; once all are, the lent buffers go back to the
-    /// pool.
+    /// Records that `n` more bytes were written. Lent buffers go to the sent list as soon as
+    /// they are written, not when the whole queue is; the count of completions drops as they
+    /// go out.
     pub fn advance(&mut self, n: usize) {
         self.sent = (self.sent + n).min(self.total);
+        while self
+            .completions
+            .front()
+            .is_some_and(|&end| end <= self.sent)
+        {
+            self.completions.pop_front();
+        }
         if self.sent == self.total {
-            self.bytes.clear();
-            let mut lent = std::mem::take(&mut self.lent);
-            for (_, piece) in lent.drain(..) {
-                if let Lent::Buffer(buf) = piece {
-                    self.recycle(buf);
+            // The common case: everything went out; start again from empty buffers.
+            self.clear();
+            return;
+        }
+        loop {
+            match self.lent.front() {
+                Some(lent) if lent.start + lent.piece.len() <= self.sent => {
+                    self.front_at = lent.at;
+                    self.front_stream = lent.start + lent.piece.len();
+                    if let Some(LentAt {
+                        piece: Lent::Buffer(buf),
+                        ..
+                    }) = self.lent.pop_front()
+                    {
+                        self.sent_buffers.push(buf);
+                    }
+                }
+                Some(lent) if lent.start <= self.sent => {
+                    // Inside this piece: the header bytes before it are all written.
+                    self.front_at = lent.at;
+                    self.front_stream = lent.start;
+                    break;
+                }
+                _ => {
+                    // Inside the header bytes before the next piece (or the end).
+                    self.front_at += self.sent - self.front_stream;
+                    self.front_stream = self.sent;
+                    break;
                 }
             }
-            self.lent = lent;
-            self.total = 0;
-            self.sent = 0;
         }
+        self.compact();
     }
 
-    /// Bytes queued in all, sent or not.
+    /// Drops written header bytes from the front once they are many.
+    fn compact(&mut self) {
+        let done = self.front_at;
+        if done < COMPACT_MIN || done * 2 < self.bytes.len() {
+            return;
+        }
+        self.bytes.drain(..done);
+        for lent in &mut self.lent {
+            lent.at -= done;
+        }
+        self.front_at = 0;
+    }
+
+    /// Bytes queued and not written, lent or not.
     #[cfg(test)]
-    fn queued(&self) -> usize {
-        self.bytes.len() + self.lent.iter().map(|(_, l)| l.len()).sum::<usize>()
+    fn unsent(&self) -> usize {
+        self.total - self.sent
     }
 
     /// Everything unsent as one byte string, emptying the queue (tests read replies this way).
@@ -214,7 +294,12 @@ impl<'a> Fill<'_, 'a> {
 
 /// CRC32C of `len` zero bytes, as NVMe/TCP sends a data digest.
 pub fn zeroes_digest(len: usize) -> [u8; 4] {
-    let mut crc = 0;
+    zeroes_digest_after(0, len)
+}
+
+/// The data digest of bytes whose CRC32C so far is `crc`, followed by `len` zero bytes.
+pub fn zeroes_digest_after(crc: u32, len: usize) -> [u8; 4] {
+    let mut crc = crc;
     let mut left = len;
     while left > 0 {
         let n = left.min(ZEROES.len());
@@ -227,17 +312,44 @@ pub fn zeroes_digest(len: usize) -> [u8; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::buffer_pool::{BufferPool, PoolLimits, SharedPool};
+
+    fn pool() -> BufferPool {
+        let shared = SharedPool::new(PoolLimits::spdk_tcp_defaults(1));
+        BufferPool::new(shared, 0, std::sync::Arc::new(|| {}))
+    }
+
+    fn filled(pool: &mut BufferPool, len: usize, byte: u8) -> DataBuf {
+        let mut buf = pool.capsule_buffer(len);
+        buf.fill(byte);
+        buf
+    }
+
+    /// Writes at most `room` bytes of what `queue` offers, as a congested socket would.
+    fn write_some(queue: &mut SendQueue, room: usize, out: &mut Vec<u8>) {
+        let mut iov = [IoSlice::new(&[]); 3];
+        let n = queue.slices(&mut iov);
+        assert!(n > 0);
+        let mut room = room;
+        let before = out.len();
+        for slice in &iov[..n] {
+            let take = slice.len().min(room);
+            out.extend_from_slice(&slice[..take]);
+            room -= take;
+        }
+        let written = out.len() - before;
+        queue.advance(written);
+    }
 
     #[test]
     fn headers_and_lent_data_come_out_in_order_across_partial_writes() {
+        let mut pool = pool();
         let mut queue = SendQueue::default();
         queue.put(|out| out.extend_from_slice(b"h1"));
-        let mut data = queue.take_buffer(600);
-        data.fill(b'a');
-        queue.push_data(data);
+        queue.push_data(filled(&mut pool, 600, b'a'));
         queue.put(|out| out.extend_from_slice(b"r1h2"));
-        queue.push_data(vec![b'b'; 700]);
-        queue.push_data(vec![b'c'; 3]);
+        queue.push_data(filled(&mut pool, 700, b'b'));
+        queue.push_data(filled(&mut pool, 3, b'c'));
         queue.put(|out| out.extend_from_slice(b"r2"));
         queue.push_zeroes(ZEROES.len() + 10);
         queue.put(|out| out.extend_from_slice(b"r3"));
@@ -248,28 +360,80 @@ mod tests {
         expected.extend_from_slice(b"cccr2");
         expected.extend_from_slice(&vec![0; ZEROES.len() + 10]);
         expected.extend_from_slice(b"r3");
-        assert_eq!(queue.queued(), expected.len());
+        assert_eq!(queue.unsent(), expected.len());
         let mut got = Vec::new();
+        let mut returned = 0;
         while !queue.is_empty() {
-            let mut iov = [IoSlice::new(&[]); 3];
-            let n = queue.slices(&mut iov);
-            assert!(n > 0);
-            // Write a little at a time, as a congested socket would (more once into the zeroes).
-            let mut room = if got.len() > 2000 { 40_000 } else { 250 };
-            let before = got.len();
-            for slice in &iov[..n] {
-                let take = slice.len().min(room);
-                got.extend_from_slice(&slice[..take]);
-                room -= take;
+            // A little at a time, more once into the zeroes.
+            let room = if got.len() > 2000 { 40_000 } else { 250 };
+            write_some(&mut queue, room, &mut got);
+            returned += queue.take_sent_buffers().count();
+            if got.len() >= 2 + 600 && got.len() < 2 + 600 + 4 + 700 {
+                assert!(returned >= 2, "the first buffer is back once it is written");
             }
-            let written = got.len() - before;
-            queue.advance(written);
         }
         assert_eq!(got, expected);
-        assert_eq!(queue.pool.len(), 3, "lent and copied buffers come back");
-        let again = queue.take_buffer(650);
-        assert_eq!(again.len(), 650);
-        assert!(again.capacity() >= 700, "reuses the larger buffer");
+        assert_eq!(returned, 3, "lent and copied buffers come back");
+    }
+
+    #[test]
+    fn a_queue_that_never_drains_stays_bounded() {
+        // A slow host reads a little less than is queued each turn, for a long time.
+        let mut pool = pool();
+        let mut queue = SendQueue::default();
+        let mut got = Vec::new();
+        for round in 0..2000 {
+            queue.put(|out| out.extend_from_slice(&[1; 24]));
+            queue.push_data(filled(&mut pool, 4096, 2));
+            queue.put(|out| out.extend_from_slice(&[3; 24]));
+            queue.end_completion();
+            for buf in queue.take_sent_buffers() {
+                pool.give(buf);
+            }
+            write_some(&mut queue, 4096 + 40, &mut got);
+            assert!(!queue.is_empty() || round == 0);
+            assert!(
+                queue.unsent_copied() <= 2 * COMPACT_MIN,
+                "round {round}: {} header bytes kept",
+                queue.unsent_copied()
+            );
+            assert!(
+                queue.lent.len() <= 2 + round / 4,
+                "sent buffers are returned"
+            );
+        }
+        assert!(queue.unsent_completions() > 0);
+        let left = queue.unsent();
+        let mut rest = Vec::new();
+        while !queue.is_empty() {
+            write_some(&mut queue, 1 << 20, &mut rest);
+        }
+        assert_eq!(rest.len(), left);
+        assert_eq!(queue.unsent_completions(), 0);
+        // The stream is the pattern, whole, in order.
+        got.extend_from_slice(&rest);
+        let mut expected = Vec::new();
+        for _ in 0..2000 {
+            expected.extend_from_slice(&[1; 24]);
+            expected.extend_from_slice(&[2; 4096]);
+            expected.extend_from_slice(&[3; 24]);
+        }
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn completions_count_until_written() {
+        let mut queue = SendQueue::default();
+        queue.put(|out| out.extend_from_slice(&[0; 24]));
+        queue.end_completion();
+        queue.put(|out| out.extend_from_slice(&[0; 24]));
+        queue.end_completion();
+        assert_eq!(queue.unsent_completions(), 2);
+        let mut got = Vec::new();
+        write_some(&mut queue, 30, &mut got);
+        assert_eq!(queue.unsent_completions(), 1);
+        write_some(&mut queue, 30, &mut got);
+        assert_eq!(queue.unsent_completions(), 0);
     }
 
     #[test]
@@ -280,15 +444,5 @@ mod tests {
                 super::super::wire::digest(&vec![0; len])
             );
         }
-    }
-
-    #[test]
-    fn pool_is_bounded() {
-        let mut queue = SendQueue::default();
-        for _ in 0..100 {
-            queue.recycle(vec![0; 1 << 20]);
-        }
-        assert!(queue.pool_bytes <= POOL_BYTES);
-        assert_eq!(queue.pool.len(), POOL_BYTES >> 20);
     }
 }
