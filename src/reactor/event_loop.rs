@@ -571,6 +571,7 @@ impl Running {
 
     /// Hands buffers to the commands that wait for them, oldest first.
     fn grant_buffers(&mut self, now: Instant) -> u64 {
+        self.pool.collect_strays();
         let mut granted = 0;
         while let Some((key, credits)) = self.pool.poll_granted() {
             granted += 1;

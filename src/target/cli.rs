@@ -62,7 +62,19 @@ pub fn render_status(status: &Value) -> String {
             r["wakeups"],
             r["connections"],
         );
+        let b = &r["buffers"];
+        let _ = writeln!(
+            out,
+            "    buffers: {} in use, {} cached, {} commands waiting ({} waits so far)",
+            b["in_use"], b["cached"], b["waiting"], b["waits"],
+        );
     }
+    let pool = &status["buffer_pool"];
+    let _ = writeln!(
+        out,
+        "buffer pool: {} of {} buffers of {} bytes free in the shared pool, {} cached per reactor at most",
+        pool["available"], pool["num_shared_buffers"], pool["io_unit_size"], pool["buf_cache_size"],
+    );
     let _ = writeln!(out, "subsystems:");
     for s in status["subsystems"].as_array().into_iter().flatten() {
         let _ = writeln!(out, "  {}", serde_json::to_string(s).unwrap_or_default());

@@ -112,6 +112,7 @@ impl Target {
                 .iter()
                 .map(|r| (r.config.clone(), Arc::clone(r.stats())))
                 .collect(),
+            buffers,
             Instant::now(),
         ));
         let control = ControlServer::spawn(&config.target.control_socket, status::handler(report))

@@ -11,6 +11,7 @@ use crate::control::{Handler, RpcError};
 use crate::controller::Registry;
 use crate::reactor::{ReactorConfig, ReactorStats};
 use crate::target::reload::{Reloader, Trigger};
+use crate::transport::buffer_pool::SharedPool;
 
 /// Everything the status methods read; shared with the control thread.
 pub struct StatusReport {
@@ -19,6 +20,7 @@ pub struct StatusReport {
     registry: Arc<Registry>,
     reloader: Arc<Reloader>,
     reactors: Vec<(ReactorConfig, Arc<ReactorStats>)>,
+    buffers: Arc<SharedPool>,
     started: Instant,
 }
 
@@ -29,6 +31,7 @@ impl StatusReport {
         registry: Arc<Registry>,
         reloader: Arc<Reloader>,
         reactors: Vec<(ReactorConfig, Arc<ReactorStats>)>,
+        buffers: Arc<SharedPool>,
         started: Instant,
     ) -> Self {
         Self {
@@ -37,8 +40,20 @@ impl StatusReport {
             registry,
             reloader,
             reactors,
+            buffers,
             started,
         }
+    }
+
+    /// The shared data buffer pool: its size and the buffers no reactor holds.
+    fn buffer_pool_json(&self) -> Value {
+        let limits = self.buffers.limits();
+        json!({
+            "num_shared_buffers": limits.num_shared_buffers,
+            "buf_cache_size": limits.buf_cache_size,
+            "io_unit_size": limits.io_unit_size,
+            "available": self.buffers.available(),
+        })
     }
 
     fn reactors_json(&self) -> Vec<Value> {
@@ -55,6 +70,7 @@ impl StatusReport {
                     "events": snap.events,
                     "wakeups": snap.wakeups,
                     "connections": snap.connections,
+                    "buffers": snap.buffers,
                 })
             })
             .collect()
@@ -69,6 +85,7 @@ impl StatusReport {
             "uptime_s": self.started.elapsed().as_secs_f64(),
             "interrupt_mode": self.config.target.interrupt_mode,
             "reactors": self.reactors_json(),
+            "buffer_pool": self.buffer_pool_json(),
             "process_cpu_s": crate::sys::process_cpu_time(std::process::id())
                 .map(|d| d.as_secs_f64()).ok(),
             "subsystems": subsystems_json(&self.registry),

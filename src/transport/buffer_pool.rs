@@ -410,7 +410,8 @@ impl BufferPool {
         }
     }
 
-    fn collect_strays(&mut self) {
+    /// Takes back the credits of buffers that were dropped instead of given back.
+    pub fn collect_strays(&mut self) {
         if self.strays.credits.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -427,7 +428,8 @@ impl BufferPool {
             }
             None => Vec::with_capacity(len),
         };
-        // A reused buffer only needs its length set; its old contents get overwritten.
+        // A reused buffer keeps its old length, so setting the new one touches only what it
+        // did not hold before: no memset per command. Whoever takes it overwrites it all.
         bytes.resize(len, 0);
         bytes
     }
