@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{HOSTNQN, SUBNQN, TargetProcess, TargetSpec};
+use common::{HOSTNQN, SUBNQN, TargetProcess, TargetSpec, without_colours};
 use nvmf_tgt::host::{HostQueue, QueueOptions};
 
 /// Descriptors the target may hold: a dozen or so for itself, the rest for connections.
@@ -43,25 +43,6 @@ fn wait_for_log(target: &TargetProcess, needle: &str, within: Duration) -> bool 
         std::thread::sleep(Duration::from_millis(50));
     }
     false
-}
-
-/// The log with its ANSI colour codes removed, so fields read `name=value`.
-fn without_colours(log: &str) -> String {
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            // CSI sequences end with a letter (`m` for colours).
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 #[test]

@@ -262,6 +262,25 @@ pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// The log with its ANSI colour codes removed, so fields read `name=value`.
+pub fn without_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI sequences end with a letter (`m` for colours).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 pub fn write_file(dir: &Path, name: &str, len: u64) -> PathBuf {
     let path = dir.join(name);
     let file = std::fs::File::create(&path).expect("create backing file");
