@@ -2,7 +2,8 @@
 # Installs the Debian packages the harness needs, only those missing.
 set -euo pipefail
 need=()
-for p in qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2 nvme-cli fio python3; do
+# strace and prlimit (util-linux) are for cargo test: the flush at SIGTERM and the fd limit.
+for p in qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2 nvme-cli fio python3 strace util-linux; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

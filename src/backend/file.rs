@@ -64,8 +64,9 @@ pub struct FileBackend {
     shared: Arc<Shared>,
     size: u64,
     read_only: bool,
+    /// `None` once closed: requests are refused from then on.
     queue: Mutex<Option<Sender<Job>>>,
-    workers: Vec<JoinHandle<()>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl core::fmt::Debug for FileBackend {
@@ -128,29 +129,47 @@ impl FileBackend {
             size,
             read_only,
             queue: Mutex::new(Some(tx)),
-            workers,
+            workers: Mutex::new(workers),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.shared.path
     }
+
+    /// Refuses new requests, lets the workers finish the queued ones and stops them, then
+    /// makes every write durable. Only the first call does anything: nothing can be written
+    /// after it.
+    fn close(&self) -> Result<(), BackendError> {
+        let Some(queue) = self
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return Ok(());
+        };
+        // Workers return once the channel is empty and has no sender left.
+        drop(queue);
+        let workers =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        for worker in workers {
+            let _ = worker.join();
+        }
+        if self.read_only {
+            return Ok(());
+        }
+        self.shared.file.sync_data().map_err(BackendError::Flush)
+    }
 }
 
 impl Drop for FileBackend {
-    /// Finishes queued requests, stops the workers and makes everything durable.
+    /// A namespace removed by reload is flushed here, when its last request has finished;
+    /// at shutdown [`Backend::flush_for_shutdown`] has done it already.
     fn drop(&mut self) {
-        self.queue
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
-        }
-        if !self.read_only {
-            if let Err(err) = self.shared.file.sync_data() {
-                warn!(path = %self.shared.path.display(), %err, "final flush failed");
-            }
+        if let Err(err) = self.close() {
+            warn!(path = %self.shared.path.display(), error = %err,
+                  cause = ?std::error::Error::source(&err), "final flush failed");
         }
     }
 }
@@ -166,6 +185,10 @@ impl Backend for FileBackend {
 
     fn volatile_write_cache(&self) -> bool {
         true
+    }
+
+    fn flush_for_shutdown(&self) -> Result<(), BackendError> {
+        self.close()
     }
 
     fn submit(&self, token: u64, req: IoRequest, completions: &Completions) -> Option<IoDone> {
@@ -526,6 +549,61 @@ mod tests {
             vec![0; 512],
         );
         assert!(matches!(done.result, Err(BackendError::ReadOnly)));
+    }
+
+    #[test]
+    fn flush_for_shutdown_finishes_queued_writes_then_refuses_requests() {
+        let dir = disk_dir();
+        let path = dir.path().join("ns.img");
+        std::fs::File::create(&path)
+            .expect("create")
+            .set_len(1 << 20)
+            .expect("size");
+        let backend = FileBackend::open(&path, false, false).expect("open");
+        let (_poll, c) = completions();
+        for n in 0..16u8 {
+            let req = IoRequest {
+                kind: IoKind::Write { fua: false },
+                offset: u64::from(n) * 4096,
+                len: 4096,
+                buf: vec![n + 1; 4096],
+            };
+            assert!(backend.submit(u64::from(n), req, &c).is_none(), "queued");
+        }
+        backend.flush_for_shutdown().expect("flush");
+        // Every queued write ran before the flush returned.
+        let mut done = Vec::new();
+        assert!(c.drain_into(&mut done));
+        assert_eq!(done.len(), 16);
+        assert!(done.iter().all(|d| d.result.is_ok()), "{done:?}");
+        let on_disk = std::fs::read(&path).expect("read back");
+        for n in 0..16u8 {
+            let block = &on_disk[usize::from(n) * 4096..][..4096];
+            assert!(block.iter().all(|&b| b == n + 1), "block {n}");
+        }
+        let late = backend.submit(
+            99,
+            IoRequest {
+                kind: IoKind::Read,
+                offset: 0,
+                len: 512,
+                buf: vec![0; 512],
+            },
+            &c,
+        );
+        assert!(
+            matches!(
+                late,
+                Some(IoDone {
+                    result: Err(BackendError::ShuttingDown),
+                    ..
+                })
+            ),
+            "{late:?}"
+        );
+        backend
+            .flush_for_shutdown()
+            .expect("a second flush has nothing to do");
     }
 
     #[test]

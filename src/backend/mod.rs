@@ -102,6 +102,14 @@ pub trait Backend: Send + Sync + core::fmt::Debug {
         false
     }
 
+    /// Stops taking requests, finishes those already queued and makes every completed write
+    /// durable (fdatasync for files). Shutdown calls it once no reactor runs any more;
+    /// requests after it fail with [`BackendError::ShuttingDown`]. Backends with nothing to
+    /// make durable (`ram`, `null`) do nothing.
+    fn flush_for_shutdown(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Starts `req`. Returns `Some` when it finished inline; otherwise the result arrives later
     /// through `completions`, tagged with `token`.
     fn submit(&self, token: u64, req: IoRequest, completions: &Completions) -> Option<IoDone>;

@@ -18,7 +18,22 @@ use crate::transport::buffer_pool::{BufferPool, CreditWaker, SharedPool};
 use crate::transport::tcp::{AsyncNotifier, Flow, IoCx, TcpConnection, TcpContext};
 
 const WAKER: Token = Token(usize::MAX - 1);
+/// Tokens and timer keys from here up are listener indexes (an accept retry, for timers);
+/// below it they are connection slots.
 const LISTENER_BASE: usize = 1 << 30;
+/// How long a listener waits to accept again after running out of descriptors or memory.
+///
+/// Epoll is edge-triggered, so a backlog left non-empty after a failed accept raises no new
+/// event: without this timer the listener would never accept again. The timer is the only
+/// extra wake-up, and only while the shortage lasts. We retry rather than keep a reserve
+/// descriptor to accept-and-close pending hosts with: a shortage usually passes (connections
+/// close, setup timeouts free theirs), and a host waiting in the backlog is then served
+/// within one retry period, while a host whose connection was closed is lost until it
+/// reconnects by itself (the Linux host waits `reconnect_delay`, 10 s by default, and a
+/// plain `nvme connect` just fails). A reserve descriptor is also not reliable here: any of
+/// the target's other threads (file workers, control socket, reload) may take the slot it
+/// frees before the reactor does.
+const ACCEPT_RETRY: Duration = Duration::from_millis(200);
 /// How long shutdown waits for in-flight commands before closing anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -108,6 +123,60 @@ impl ReactorHandle {
     }
 }
 
+/// A listening socket on the acceptor reactor.
+struct Listener {
+    socket: TcpListener,
+    addr: ListenerAddr,
+    /// Set from the first accept that fails for want of resources until the backlog is
+    /// drained again.
+    shortage: Option<AcceptShortage>,
+}
+
+/// One burst of failed accepts: logged once when it starts and once when it ends.
+struct AcceptShortage {
+    started: Instant,
+    failed_attempts: u64,
+    /// Connections accepted between failures, while the backlog was still not drained.
+    accepted: u64,
+    /// When the armed retry is due; at most one is armed per listener.
+    retry_at: Option<Instant>,
+}
+
+/// What a failed `accept` means for the listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AcceptFailure {
+    /// The pending connection failed before it was taken (reset, network error, a signal)
+    /// and the kernel dropped it, or the call was interrupted: take the next one.
+    Connection,
+    /// Out of descriptors or memory, or an error that should not happen: nothing more can be
+    /// accepted now, and no event will say when it can; retry on a timer.
+    Resources,
+}
+
+impl AcceptFailure {
+    fn of(err: &std::io::Error) -> Self {
+        // accept(2): Linux passes pending network errors of the new socket up from accept,
+        // and they should be treated like EAGAIN (go on).
+        match err.raw_os_error() {
+            Some(
+                libc::ECONNABORTED
+                | libc::EINTR
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH,
+            ) => Self::Connection,
+            // EMFILE, ENFILE, ENOBUFS, ENOMEM, and anything unexpected: never stop accepting.
+            _ => Self::Resources,
+        }
+    }
+}
+
 struct Slot {
     conn: TcpConnection,
     generation: u16,
@@ -177,7 +246,7 @@ struct Running {
     mailbox: Mailbox,
     context: Arc<TcpContext>,
     peers: Arc<Vec<Mailbox>>,
-    listeners: Vec<Option<(TcpListener, ListenerAddr)>>,
+    listeners: Vec<Option<Listener>>,
     slots: Vec<Option<Slot>>,
     generations: Vec<u16>,
     free: Vec<usize>,
@@ -227,13 +296,17 @@ impl Running {
     fn add_listeners(&mut self, listeners: Vec<(std::net::TcpListener, ListenerAddr)>) {
         for (listener, addr) in listeners {
             let index = self.listeners.len();
-            let mut listener = TcpListener::from_std(listener);
+            let mut socket = TcpListener::from_std(listener);
             match self.poll.registry().register(
-                &mut listener,
+                &mut socket,
                 Token(LISTENER_BASE + index),
                 Interest::READABLE,
             ) {
-                Ok(()) => self.listeners.push(Some((listener, addr))),
+                Ok(()) => self.listeners.push(Some(Listener {
+                    socket,
+                    addr,
+                    shortage: None,
+                })),
                 Err(err) => warn!(%err, traddr = %addr.traddr, "cannot watch listener"),
             }
         }
@@ -243,10 +316,10 @@ impl Running {
         for slot in &mut self.listeners {
             let bound = slot
                 .as_ref()
-                .and_then(|(listener, _)| listener.local_addr().ok());
+                .and_then(|listener| listener.socket.local_addr().ok());
             if bound == Some(socket) {
-                if let Some((mut listener, _)) = slot.take() {
-                    let _ = self.poll.registry().deregister(&mut listener);
+                if let Some(mut listener) = slot.take() {
+                    let _ = self.poll.registry().deregister(&mut listener.socket);
                     info!(%socket, "stopped listening");
                 }
             }
@@ -310,7 +383,10 @@ impl Running {
             work += self.grant_buffers(after);
             self.timers.expire(after, &mut due);
             for key in due.drain(..) {
-                self.handle_conn_timer(key, after);
+                match key.checked_sub(LISTENER_BASE) {
+                    Some(listener) => self.retry_accept(listener, after),
+                    None => self.handle_conn_timer(key, after),
+                }
             }
             let end = if work > 0 {
                 let end = Instant::now();
@@ -363,23 +439,85 @@ impl Running {
         self.slots.iter().filter(|s| s.is_some()).count()
     }
 
+    /// Accepts until the backlog is empty, or until accepting fails for want of descriptors
+    /// or memory; then retries on a timer (see [`ACCEPT_RETRY`]).
+    ///
+    /// A shortage is logged once when it starts and once when the backlog has been drained,
+    /// not at the first success: with the target held at its limit, accepts would alternate
+    /// between success and failure on every retry and flood the log.
     fn accept(&mut self, index: usize, now: Instant) {
         loop {
-            let Some(Some((listener, addr))) = self.listeners.get(index) else {
+            let Some(Some(listener)) = self.listeners.get_mut(index) else {
                 return;
             };
-            match listener.accept() {
+            match listener.socket.accept() {
                 Ok((stream, peer)) => {
-                    let addr = addr.clone();
+                    if let Some(shortage) = &mut listener.shortage {
+                        shortage.accepted += 1;
+                    }
+                    let addr = listener.addr.clone();
                     self.hand_off(stream, peer, addr, now);
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(err) => {
-                    // Out of descriptors and the like: leave the rest for the next event.
-                    warn!(%err, "accept failed");
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Some(shortage) = listener.shortage.take() {
+                        let lasted = now.saturating_duration_since(shortage.started);
+                        info!(
+                            traddr = %listener.addr.traddr,
+                            trsvcid = %listener.addr.trsvcid,
+                            failed_attempts = shortage.failed_attempts,
+                            accepted_meanwhile = shortage.accepted,
+                            lasted_ms = lasted.as_millis(),
+                            "accepting again: the backlog is drained"
+                        );
+                    }
                     return;
                 }
+                Err(err) => match AcceptFailure::of(&err) {
+                    AcceptFailure::Connection => {
+                        debug!(%err, "pending connection lost before accept");
+                    }
+                    AcceptFailure::Resources => {
+                        let shortage = listener.shortage.get_or_insert_with(|| {
+                            warn!(
+                                traddr = %listener.addr.traddr,
+                                trsvcid = %listener.addr.trsvcid,
+                                %err,
+                                retry_ms = ACCEPT_RETRY.as_millis(),
+                                "accept failed; retrying on a timer, silently until the \
+                                 backlog is drained"
+                            );
+                            AcceptShortage {
+                                started: now,
+                                failed_attempts: 0,
+                                accepted: 0,
+                                retry_at: None,
+                            }
+                        });
+                        shortage.failed_attempts += 1;
+                        if shortage.retry_at.is_none() {
+                            let at = now + ACCEPT_RETRY;
+                            shortage.retry_at = Some(at);
+                            self.timers.arm(at, LISTENER_BASE + index);
+                        }
+                        return;
+                    }
+                },
             }
+        }
+    }
+
+    /// The accept retry timer of listener `index` fired. Entries left over from an earlier
+    /// shortage, or from a listener since removed, do nothing.
+    fn retry_accept(&mut self, index: usize, now: Instant) {
+        let Some(Some(listener)) = self.listeners.get_mut(index) else {
+            return;
+        };
+        let Some(shortage) = &mut listener.shortage else {
+            return;
+        };
+        if shortage.retry_at.is_some_and(|at| at <= now) {
+            shortage.retry_at = None;
+            self.accept(index, now);
         }
     }
 
@@ -477,8 +615,10 @@ impl Running {
                     peer,
                     listener,
                 } => {
-                    if stream.set_nonblocking(true).is_ok() {
-                        self.adopt(TcpStream::from_std(stream), peer, listener, now);
+                    // Dropping the stream on failure closes it: nothing leaks.
+                    match stream.set_nonblocking(true) {
+                        Ok(()) => self.adopt(TcpStream::from_std(stream), peer, listener, now),
+                        Err(err) => warn!(%err, %peer, "cannot adopt connection"),
                     }
                 }
                 ReactorMessage::ControllerGone(ctrlr) => self.close_where(
@@ -522,8 +662,8 @@ impl Running {
         info!("shutting down: no new connections, finishing in-flight commands");
         self.shutting_down = Some(now);
         for slot in &mut self.listeners {
-            if let Some((mut listener, _)) = slot.take() {
-                let _ = self.poll.registry().deregister(&mut listener);
+            if let Some(mut listener) = slot.take() {
+                let _ = self.poll.registry().deregister(&mut listener.socket);
             }
         }
         let idle: Vec<usize> = self
@@ -746,6 +886,29 @@ fn split_token(token: u64) -> (usize, u16, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accept_failures_for_want_of_resources_retry_and_lost_connections_go_on() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EINVAL,
+        ] {
+            let err = std::io::Error::from_raw_os_error(errno);
+            assert_eq!(AcceptFailure::of(&err), AcceptFailure::Resources, "{err}");
+        }
+        for errno in [
+            libc::ECONNABORTED,
+            libc::EINTR,
+            libc::EPROTO,
+            libc::ENETUNREACH,
+        ] {
+            let err = std::io::Error::from_raw_os_error(errno);
+            assert_eq!(AcceptFailure::of(&err), AcceptFailure::Connection, "{err}");
+        }
+    }
 
     #[test]
     fn tokens_round_trip() {

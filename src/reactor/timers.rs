@@ -1,5 +1,9 @@
 //! Deadlines of a reactor's connections, earliest first.
 //!
+//! A key is what the reactor does when the entry fires: keys are connection slots, and the
+//! event loop keeps a second key space above them for listeners that retry accepting after
+//! running out of file descriptors. This module only orders keys.
+//!
 //! Connections move their deadlines (keep-alive is pushed forward by traffic), so entries are
 //! never updated in place: an entry that fires early is checked against the connection's real
 //! deadline, which re-arms itself. That keeps wake-ups to about one per deadline period.

@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use tracing::info;
+use tracing::{error, info};
 
 use crate::config::Config;
 use crate::control::ControlServer;
+use crate::controller::Registry;
 use crate::reactor::{Reactor, ReactorConfig, ReactorHandle, ReactorMessage};
 use crate::transport::tcp::TcpContext;
 
@@ -31,7 +32,18 @@ pub struct Target {
     reactors: Vec<ReactorHandle>,
     control: Option<ControlServer>,
     reloader: Arc<Reloader>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    watcher: Option<notify::RecommendedWatcher>,
+    /// Every namespace, for the flush at shutdown.
+    registry: Arc<Registry>,
+}
+
+/// Why the target did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ShutdownError {
+    #[error(
+        "{failed} of {writable} writable namespaces could not be flushed; their last writes may not be durable"
+    )]
+    Flush { failed: usize, writable: usize },
 }
 
 impl Target {
@@ -129,24 +141,68 @@ impl Target {
             reactors,
             control: Some(control),
             reloader,
-            _watcher: watcher,
+            watcher,
+            registry: Arc::clone(&built.registry),
         })
     }
 
     /// Stops accepting, lets in-flight commands finish (a few seconds at most), closes every
-    /// connection and joins the reactors. Dropping the registry afterwards closes backends,
-    /// which flush file namespaces.
-    pub fn shutdown(mut self) {
+    /// connection, joins the reactors, then flushes every writable namespace.
+    ///
+    /// The flush is explicit because dropping would not do it: the reloader and the status
+    /// report hold the registry until the process exits. A failed flush is an error (exit
+    /// status 1): the host was told those writes completed, and the service manager should
+    /// see that they may be lost rather than a clean stop.
+    pub fn shutdown(mut self) -> Result<(), ShutdownError> {
         systemd::notify_stopping();
+        // No more reloads (control socket, file watch) that could add namespaces meanwhile.
         self.control.take();
+        self.watcher.take();
         for reactor in &self.reactors {
             reactor.send(ReactorMessage::Shutdown);
         }
         for reactor in self.reactors.drain(..) {
             reactor.join();
         }
+        let flushed = flush_namespaces(&self.registry);
         info!("target stopped");
+        flushed
     }
+}
+
+/// Flushes every namespace's backend once no reactor submits to them any more, logging each
+/// failure and one line with the count.
+fn flush_namespaces(registry: &Registry) -> Result<(), ShutdownError> {
+    let (mut writable, mut failed) = (0, 0);
+    for subsystem in registry.subsystems() {
+        for ns in subsystem.namespaces() {
+            let backend = ns.backend();
+            // Read-only and cacheless backends are called too (a file stops its workers) but
+            // are not counted: they have nothing to make durable.
+            let counts = !ns.read_only() && backend.volatile_write_cache();
+            writable += usize::from(counts);
+            if let Err(err) = backend.flush_for_shutdown() {
+                failed += 1;
+                error!(
+                    subnqn = subsystem.nqn(),
+                    nsid = ns.nsid(),
+                    ?backend,
+                    error = %err,
+                    cause = ?std::error::Error::source(&err),
+                    "cannot flush namespace at shutdown; its last writes may not be durable"
+                );
+            }
+        }
+    }
+    if failed > 0 {
+        error!(
+            writable,
+            failed, "flush at shutdown failed for some namespaces"
+        );
+        return Err(ShutdownError::Flush { failed, writable });
+    }
+    info!(namespaces = writable, "writable namespaces flushed");
+    Ok(())
 }
 
 /// Serves `config` until SIGTERM or SIGINT; SIGHUP reloads the declaration.
@@ -165,8 +221,7 @@ pub fn serve(config: &Config, config_path: &Path, text: &str, watch: bool) -> an
         info!(signal, "signal received; shutting down");
         break;
     }
-    target.shutdown();
-    Ok(())
+    Ok(target.shutdown()?)
 }
 
 /// Where the control socket of the target declared in `path` is, falling back to the
@@ -176,4 +231,108 @@ pub fn control_socket_of(config: Option<&Config>) -> PathBuf {
         || PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET),
         |c| c.target.control_socket.clone(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::backend::{Backend, BackendError, Completions, IoDone, IoRequest};
+    use crate::controller::{NamespaceSpec, SubsystemSpec, TransportLimits};
+
+    /// A backend with a volatile cache whose flush succeeds or fails, counting the calls.
+    #[derive(Debug)]
+    struct Flushable {
+        fails: bool,
+        flushes: AtomicUsize,
+    }
+
+    impl Backend for Flushable {
+        fn size(&self) -> u64 {
+            1 << 20
+        }
+
+        fn volatile_write_cache(&self) -> bool {
+            true
+        }
+
+        fn flush_for_shutdown(&self) -> Result<(), BackendError> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            if self.fails {
+                Err(BackendError::Flush(std::io::Error::from_raw_os_error(
+                    libc::EIO,
+                )))
+            } else {
+                Ok(())
+            }
+        }
+
+        fn submit(&self, token: u64, req: IoRequest, _: &Completions) -> Option<IoDone> {
+            Some(IoDone {
+                token,
+                result: Ok(()),
+                buf: req.buf,
+            })
+        }
+    }
+
+    fn registry_of(namespaces: &[(Arc<Flushable>, bool)]) -> Registry {
+        let namespaces = namespaces
+            .iter()
+            .zip(1..)
+            .map(|((backend, read_only), nsid)| NamespaceSpec {
+                nsid,
+                backend: Arc::clone(backend) as Arc<dyn Backend>,
+                block_size: 512,
+                read_only: *read_only,
+                uuid: None,
+                nguid: None,
+                eui64: None,
+            })
+            .collect();
+        let spec = SubsystemSpec {
+            nqn: "nqn.2026-11.io.nvmf-tgt:flush".into(),
+            serial: "S".into(),
+            model: "M".into(),
+            allow_any_host: true,
+            hosts: Vec::new(),
+            max_namespaces: 32,
+            namespaces,
+            listeners: Vec::new(),
+        };
+        Registry::new(vec![spec], TransportLimits::default()).expect("registry")
+    }
+
+    fn backend(fails: bool) -> Arc<Flushable> {
+        Arc::new(Flushable {
+            fails,
+            flushes: AtomicUsize::new(0),
+        })
+    }
+
+    #[test]
+    fn every_namespace_is_flushed_and_a_failure_is_an_error() {
+        let (good, bad, read_only) = (backend(false), backend(true), backend(false));
+        let registry = registry_of(&[
+            (Arc::clone(&good), false),
+            (Arc::clone(&bad), false),
+            (Arc::clone(&read_only), true),
+        ]);
+        let result = flush_namespaces(&registry);
+        assert!(
+            matches!(
+                result,
+                Err(ShutdownError::Flush {
+                    failed: 1,
+                    writable: 2
+                })
+            ),
+            "{result:?}"
+        );
+        for backend in [&good, &bad, &read_only] {
+            assert_eq!(backend.flushes.load(Ordering::Relaxed), 1);
+        }
+        assert!(flush_namespaces(&registry_of(&[(backend(false), false)])).is_ok());
+    }
 }

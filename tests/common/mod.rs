@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::Read as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -47,6 +48,12 @@ impl Default for TargetSpec {
 
 impl TargetProcess {
     pub fn start(spec: &TargetSpec) -> Self {
+        Self::start_wrapped(spec, &[])
+    }
+
+    /// Runs the target as the last arguments of `wrapper`, a command that runs or traces it
+    /// (`prlimit --nofile=64:64`, `strace -o FILE`). An empty wrapper runs it directly.
+    pub fn start_wrapped(spec: &TargetSpec, wrapper: &[&OsStr]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = format!(
@@ -60,7 +67,9 @@ impl TargetProcess {
             spec.extra_subsystem_keys,
             spec.namespaces,
         );
-        Self::start_with_config(dir, port, &config)
+        let config_path = dir.path().join("target.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        Self::spawn(dir, port, &config_path, &[], &[], wrapper)
     }
 
     pub fn start_with_config(dir: tempfile::TempDir, port: u16, config: &str) -> Self {
@@ -92,10 +101,31 @@ impl TargetProcess {
         args: &[&str],
         envs: &[(&str, &Path)],
     ) -> Self {
+        Self::spawn(dir, port, config_path, args, envs, &[])
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        port: u16,
+        config_path: &Path,
+        args: &[&str],
+        envs: &[(&str, &Path)],
+        wrapper: &[&OsStr],
+    ) -> Self {
         let config_path = config_path.to_owned();
         let log_path = dir.path().join("target.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_nvmf-tgt"))
+        let binary = OsStr::new(env!("CARGO_BIN_EXE_nvmf-tgt"));
+        let (program, leading) = match wrapper.split_first() {
+            Some((program, rest)) => (*program, rest),
+            None => (binary, &[][..]),
+        };
+        let mut command = Command::new(program);
+        command.args(leading);
+        if !wrapper.is_empty() {
+            command.arg(binary);
+        }
+        let child = command
             .args(["run", "-c"])
             .arg(&config_path)
             .args(args)
@@ -158,8 +188,14 @@ impl TargetProcess {
 
     /// Sends SIGTERM and waits for the exit status (at most 10 s).
     pub fn stop(&mut self) -> ExitStatus {
+        self.stop_by_signalling(self.pid())
+    }
+
+    /// Sends SIGTERM to `pid` (the target itself when a wrapper such as strace runs it) and
+    /// waits for the spawned process to exit (at most 10 s).
+    pub fn stop_by_signalling(&mut self, pid: u32) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        signal(child.id(), "TERM");
+        signal(pid, "TERM");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -224,6 +260,25 @@ pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
             Ok(n) => all.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// The log with its ANSI colour codes removed, so fields read `name=value`.
+pub fn without_colours(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI sequences end with a letter (`m` for colours).
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 pub fn write_file(dir: &Path, name: &str, len: u64) -> PathBuf {
