@@ -43,8 +43,13 @@ pub struct TargetSection {
     pub interrupt_mode: bool,
     /// CPUs that run reactors, one reactor per CPU: "0x3" or "0-1,4".
     pub core_mask: CoreMask,
-    /// The UNIX socket `nvmf-tgt status` (and SPDK's rpc.py) talk to.
+    /// The UNIX socket `nvmf-tgt status` (and SPDK's rpc.py) talk to. It is created mode
+    /// 0600, for the target's user alone.
     pub control_socket: PathBuf,
+    /// A group that may use the control socket too (it is then 0660 and owned by the group).
+    /// Whoever can connect can reload the target.
+    #[schemars(length(min = 1))]
+    pub control_socket_group: Option<String>,
     /// Interrupt mode: how long a reactor keeps polling after activity before it sleeps.
     #[schemars(range(max = 1_000_000))]
     pub busy_poll_us: u32,
@@ -57,6 +62,7 @@ impl Default for TargetSection {
             interrupt_mode: false,
             core_mask: CoreMask::default(),
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            control_socket_group: None,
             busy_poll_us: 50,
         }
     }
