@@ -24,6 +24,20 @@ pub struct TargetProcess {
     pub port: u16,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// Where the declaration puts the control socket (`dir/ctl.sock` unless told otherwise).
+    pub control_socket: PathBuf,
+}
+
+/// How to start the target beyond its declaration.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// Extra `run` arguments.
+    pub args: &'a [&'a str],
+    pub envs: &'a [(&'a str, &'a Path)],
+    /// Start it under this umask (through `sh`), e.g. "000".
+    pub umask: Option<&'a str>,
+    /// The control socket the declaration names, when not `dir/ctl.sock`.
+    pub control_socket: Option<PathBuf>,
 }
 
 /// What to put in the generated config.
@@ -92,14 +106,38 @@ impl TargetProcess {
         args: &[&str],
         envs: &[(&str, &Path)],
     ) -> Self {
+        Self::launch(
+            dir,
+            port,
+            config_path,
+            &Launch {
+                args,
+                envs,
+                ..Launch::default()
+            },
+        )
+    }
+
+    /// Runs the target as `launch` says and waits until it listens.
+    pub fn launch(dir: tempfile::TempDir, port: u16, config_path: &Path, launch: &Launch) -> Self {
         let config_path = config_path.to_owned();
         let log_path = dir.path().join("target.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_nvmf-tgt"))
+        let mut command = match launch.umask {
+            Some(umask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_nvmf-tgt"));
+                sh
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_nvmf-tgt")),
+        };
+        let child = command
             .args(["run", "-c"])
             .arg(&config_path)
-            .args(args)
-            .envs(envs.iter().map(|(k, v)| (*k, *v)))
+            .args(launch.args)
+            .envs(launch.envs.iter().map(|(k, v)| (*k, *v)))
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_TARGET_LOG").unwrap_or_else(|_| "info".into()),
@@ -109,12 +147,17 @@ impl TargetProcess {
             .stderr(log)
             .spawn()
             .expect("spawn nvmf-tgt");
+        let control_socket = launch
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| dir.path().join("ctl.sock"));
         let mut target = Self {
             child: Some(child),
             dir,
             port,
             config_path,
             log_path,
+            control_socket,
         };
         target.wait_listening();
         target
@@ -129,7 +172,7 @@ impl TargetProcess {
     }
 
     pub fn control_socket(&self) -> PathBuf {
-        self.dir.path().join("ctl.sock")
+        self.control_socket.clone()
     }
 
     pub fn log(&self) -> String {
