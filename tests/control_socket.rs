@@ -1,11 +1,13 @@
 //! The control socket with the real binary: its mode whatever the umask, its group, the
-//! directories it is created in, and the paths it refuses to replace.
+//! directories it is created in, the paths it refuses to replace, and `plan` sending the
+//! declaration's text instead of a path for the target to open.
 
 // Helpers outside #[test] functions panic on purpose: a broken target fails the test.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
+use std::io::Write as _;
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
@@ -13,8 +15,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Launch, SUBNQN, TargetProcess, free_port};
-use nvmf_tgt::control::call;
-use serde_json::Value;
+use nvmf_tgt::control::{ControlClientError, call};
+use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_nvmf-tgt");
 
@@ -331,6 +333,160 @@ fn directories_others_may_write_to_are_refused_unless_sticky() {
             "{} belongs to nobody (uid {nobody}), so another user could replace the socket",
             theirs.display()
         )),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn rpc_error(result: Result<Value, ControlClientError>) -> (i64, String) {
+    match result {
+        Err(ControlClientError::Rpc { code, message }) => (code, message),
+        other => panic!("expected a JSON-RPC error, got {other:?}"),
+    }
+}
+
+const NAMESPACE_2: &str = "[[subsystem.namespace]]\nnsid = 2\nram = { size = \"4MiB\" }\n";
+
+#[test]
+fn plan_takes_the_text_and_names_it_by_the_label_the_client_sent() {
+    let target = TargetProcess::start(&common::TargetSpec::default());
+    let socket = target.control_socket();
+    let serving = std::fs::read_to_string(&target.config_path).unwrap();
+
+    // The path form is gone: the target opens no file a client names.
+    let (code, message) = rpc_error(call(
+        &socket,
+        "nvmf_tgt_plan",
+        json!({"path": target.config_path.display().to_string()}),
+    ));
+    assert_eq!(code, -32602);
+    assert_eq!(
+        message,
+        "nvmf_tgt_plan takes the declaration's text in \"text\", not a \"path\": the target opens no file a client names"
+    );
+    let (code, message) = rpc_error(call(&socket, "nvmf_tgt_plan", json!({})));
+    assert_eq!(code, -32602);
+    assert!(
+        message.contains("needs the declaration's text"),
+        "{message}"
+    );
+
+    let answer = call(
+        &socket,
+        "nvmf_tgt_plan",
+        json!({"text": format!("{serving}{NAMESPACE_2}"), "label": "client-label.toml"}),
+    )
+    .unwrap();
+    assert_eq!(answer["changes"], true);
+    assert_eq!(
+        answer["steps"],
+        json!([format!("+ add namespace 2 to {SUBNQN}")])
+    );
+    assert_eq!(answer["diagnostics"], Value::Null);
+
+    // Diagnostics name the text by its label, at the line and column in that text.
+    let invalid = format!("{serving}bogus = 1\n");
+    let line = invalid.lines().count();
+    let (code, message) = rpc_error(call(
+        &socket,
+        "nvmf_tgt_plan",
+        json!({"text": invalid, "label": "client-label.toml"}),
+    ));
+    assert_eq!(code, -32602);
+    assert!(
+        message.contains(&format!(
+            "client-label.toml:{line}:1: error: unknown key `bogus`"
+        )),
+        "{message}"
+    );
+    let closed = serving.replace("allow_any_host = true", "allow_any_host = false");
+    let answer = call(
+        &socket,
+        "nvmf_tgt_plan",
+        json!({"text": closed, "label": "client-label.toml"}),
+    )
+    .unwrap();
+    let diagnostics = answer["diagnostics"].as_str().unwrap();
+    assert!(
+        diagnostics.contains("client-label.toml:")
+            && diagnostics.contains("warning: no host may connect"),
+        "{diagnostics}"
+    );
+    assert!(
+        !diagnostics.contains(&target.config_path.display().to_string()),
+        "{diagnostics}"
+    );
+
+    // A backing file the text names is not even looked at; the answer says so.
+    let missing = target.dir.path().join("never-created.img");
+    let with_file = format!(
+        "{serving}[[subsystem.namespace]]\nnsid = 3\nfile = {{ path = \"{}\" }}\n",
+        missing.display()
+    );
+    let answer = call(
+        &socket,
+        "nvmf_tgt_plan",
+        json!({"text": with_file, "label": "client-label.toml"}),
+    )
+    .unwrap();
+    assert_eq!(
+        answer["steps"],
+        json!([format!("+ add namespace 3 to {SUBNQN}")])
+    );
+    assert_eq!(answer["diagnostics"], Value::Null);
+    assert!(
+        answer["notes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("backing files of file namespaces are not probed by plan"),
+        "{answer:#}"
+    );
+    // The same text from the target's own file is probed by reload: it is refused.
+    std::fs::write(&target.config_path, &with_file).unwrap();
+    let outcome = call(&socket, "nvmf_tgt_reload", Value::Null).unwrap();
+    assert_eq!(outcome["result"], "invalid", "{outcome:#}");
+    assert!(
+        outcome["diagnostics"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{} does not exist", missing.display())),
+        "{outcome:#}"
+    );
+}
+
+#[test]
+fn plan_reads_the_file_itself_and_sends_it() {
+    let target = TargetProcess::start(&common::TargetSpec::default());
+    let serving = std::fs::read_to_string(&target.config_path).unwrap();
+    // /dev/stdin is a pipe only this command holds: a target that opened the path itself
+    // would read its own (empty) stdin and plan to remove everything.
+    let mut plan = Command::new(BIN)
+        .args(["plan", "-c", "/dev/stdin", "--socket"])
+        .arg(target.control_socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    plan.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{serving}{NAMESPACE_2}").as_bytes())
+        .unwrap();
+    let out = plan.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    assert_eq!(text, format!("+ add namespace 2 to {SUBNQN}\n"));
+
+    // What the command cannot read it reports itself, without asking the target.
+    let out = Command::new(BIN)
+        .args(["plan", "-c", "/nonexistent/target.toml", "--socket"])
+        .arg(target.control_socket())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("nvmf-tgt plan: cannot read /nonexistent/target.toml"),
         "{}",
         stderr(&out)
     );
