@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::units::{CoreMask, Eui64, Nguid, Size, Uuid, eui64_schema, nguid_schema, uuid_schema};
 
-pub const DEFAULT_CONTROL_SOCKET: &str = "/var/tmp/nvmf-tgt.sock";
+/// In the directory systemd creates for the unit (`RuntimeDirectory=nvmf-tgt`); the target
+/// creates it (0700) when it runs without systemd.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/nvmf-tgt/nvmf-tgt.sock";
 pub const DEFAULT_PORT: u16 = 4420;
 
 /// An nvmf-tgt declaration: the target, its transports, named hosts and subsystems.
