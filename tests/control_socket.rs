@@ -214,6 +214,20 @@ fn a_file_or_a_link_at_the_socket_path_is_refused_and_left_intact() {
         stderr(&out)
     );
     assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious\n");
+    // Nor is a file where a directory of the path should be.
+    let under_a_file = socket.join("ctl.sock");
+    let out = run_refused(dir.path(), &under_a_file, "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!(
+            "refusing the control socket {}: {} is not a directory",
+            under_a_file.display(),
+            socket.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&socket).unwrap(), "precious\n");
 
     // A symbolic link is not followed, and neither it nor what it points to is touched.
     let elsewhere = dir.path().join("elsewhere");

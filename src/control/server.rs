@@ -74,6 +74,8 @@ pub enum ControlServerError {
         dir: PathBuf,
         why: String,
     },
+    #[error("refusing the control socket {path}: {dir} is not a directory")]
+    NotADirectory { path: PathBuf, dir: PathBuf },
     #[error("cannot create the directory {dir} for the control socket")]
     CreateDirectory {
         dir: PathBuf,
@@ -229,6 +231,12 @@ fn prepare_directory(path: &Path, dir: &Path, gid: Option<u32>) -> Result<(), Co
             path: ancestor.to_owned(),
             source,
         })?;
+        if !meta.is_dir() {
+            return Err(ControlServerError::NotADirectory {
+                path: path.to_owned(),
+                dir: ancestor.to_owned(),
+            });
+        }
         if let Some(why) = unsafe_directory(&meta, me) {
             return Err(ControlServerError::UnsafeDirectory {
                 path: path.to_owned(),
@@ -258,9 +266,6 @@ fn prepare_directory(path: &Path, dir: &Path, gid: Option<u32>) -> Result<(), Co
 
 /// Why another user could rename or remove entries of this directory, if they could.
 fn unsafe_directory(meta: &std::fs::Metadata, me: u32) -> Option<String> {
-    if !meta.is_dir() {
-        return Some("is not a directory".into());
-    }
     if meta.uid() != me && meta.uid() != 0 {
         return Some(format!("belongs to {}", os::describe_user(meta.uid())));
     }
