@@ -89,7 +89,14 @@ fn buffer_use(target: &TargetProcess) -> (u64, u64) {
 
 /// NVMe/TCP H2CData with both digests: the data digest is of `digest_of`, the payload is
 /// `data` (they differ when a test corrupts the payload in flight).
-fn h2c_with_digests(cccid: u16, ttag: u16, datao: u32, data: &[u8], digest_of: &[u8], last: bool) -> Vec<u8> {
+fn h2c_with_digests(
+    cccid: u16,
+    ttag: u16,
+    datao: u32,
+    data: &[u8],
+    digest_of: &[u8],
+    last: bool,
+) -> Vec<u8> {
     let plen = 24 + 4 + data.len() + 4;
     let mut pdu = vec![0x06, 0x01 | 0x02 | if last { 0x04 } else { 0 }, 24, 28];
     pdu.extend_from_slice(&u32::try_from(plen).expect("plen").to_le_bytes());
@@ -121,10 +128,24 @@ fn a_bad_data_digest_in_the_first_of_two_h2c_pdus_fails_the_write_and_keeps_the_
     let good = vec![0xC3u8; 16384];
     let mut flipped = good[..8192].to_vec();
     flipped[100] ^= 0xFF;
-    io.send_raw(&h2c_with_digests(cid, ttag, 0, &flipped, &good[..8192], false))
-        .expect("first H2CData");
-    io.send_raw(&h2c_with_digests(cid, ttag, 8192, &good[8192..], &good[8192..], true))
-        .expect("second H2CData");
+    io.send_raw(&h2c_with_digests(
+        cid,
+        ttag,
+        0,
+        &flipped,
+        &good[..8192],
+        false,
+    ))
+    .expect("first H2CData");
+    io.send_raw(&h2c_with_digests(
+        cid,
+        ttag,
+        8192,
+        &good[8192..],
+        &good[8192..],
+        true,
+    ))
+    .expect("second H2CData");
     let done = io.wait().expect("completion");
     assert_eq!(done.cqe.cid, cid);
     assert_eq!(done.cqe.status, Status::TRANSIENT_TRANSPORT_ERROR);
@@ -242,9 +263,8 @@ fn transfers_are_bounded_by_mdts_even_for_hosts_on_no_allow_list() {
     let target = ram_target("16MiB");
     let before = rss(target.pid());
     let stranger = "nqn.2014-08.org.nvmexpress:uuid:99999999-9999-9999-9999-999999999999";
-    let mut disc =
-        HostQueue::connect(target.addr(), &QueueOptions::admin(DISCOVERY_NQN, stranger))
-            .expect("discovery connect");
+    let mut disc = HostQueue::connect(target.addr(), &QueueOptions::admin(DISCOVERY_NQN, stranger))
+        .expect("discovery connect");
     disc.enable_controller().expect("enable");
     let mut cids = Vec::new();
     for _ in 0..20 {
@@ -287,8 +307,12 @@ fn writes_that_never_send_their_data_hold_no_more_than_the_buffer_pool() {
             .expect("io connect");
         for i in 0..128u64 {
             // A 128 KiB write whose data would follow an R2T that this host ignores.
-            io.submit(HostQueue::write_sqe(1, i * 256 % 32768, 256, false), None, 131_072)
-                .expect("submit write");
+            io.submit(
+                HostQueue::write_sqe(1, i * 256 % 32768, 256, false),
+                None,
+                131_072,
+            )
+            .expect("submit write");
         }
         queues.push(io);
     }
@@ -341,7 +365,10 @@ fn is_closed(queue: HostQueue) -> bool {
     };
     common::read_until_closed(&mut stream);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    matches!(std::io::Read::read(&mut stream, &mut [0u8; 1]), Ok(0) | Err(_))
+    matches!(
+        std::io::Read::read(&mut stream, &mut [0u8; 1]),
+        Ok(0) | Err(_)
+    )
 }
 
 #[test]

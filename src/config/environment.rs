@@ -1,5 +1,6 @@
-//! What the rules need to know about the machine: its CPUs and the namespace files. Kept
-//! behind one struct so the rules stay pure and tests can describe any machine.
+//! What the rules need to know about the machine: its CPUs, the namespace files and the
+//! control socket's group. Kept behind one struct so the rules stay pure and tests can
+//! describe any machine.
 
 use std::path::Path;
 
@@ -15,15 +16,22 @@ pub enum FileProbe {
     Unusable(String),
     /// A directory, socket, character device...
     WrongKind(&'static str),
+    /// Not looked at (see [`Environment::for_client_text`]).
+    NotProbed,
 }
 
 /// Probes a path; the flag says whether it must be writable.
 pub type FileProber = Box<dyn Fn(&Path, bool) -> FileProbe + Send + Sync>;
 
+/// The gid of a group name: `Ok(None)` when there is no such group, `Err` when the lookup
+/// itself failed (NSS unreachable, ...).
+pub type GroupLookup = Box<dyn Fn(&str) -> Result<Option<u32>, String> + Send + Sync>;
+
 pub struct Environment {
     /// Online CPUs; `None` skips the check.
     pub online_cpus: Option<Vec<usize>>,
     pub probe_file: FileProber,
+    pub group_id: GroupLookup,
 }
 
 impl Environment {
@@ -32,14 +40,28 @@ impl Environment {
         Self {
             online_cpus: Some(crate::sys::online_cpus()),
             probe_file: Box::new(probe),
+            group_id: Box::new(|name| {
+                crate::control::os::group_id(name).map_err(|e| e.to_string())
+            }),
         }
     }
 
-    /// A machine with `cpus` and no files at all: for tests of the rules.
+    /// This machine, for a declaration a client sent (`nvmf-tgt plan`): backing files are not
+    /// probed, because the target opens no path that a client names. What `reload` reads
+    /// from the target's own file is probed as usual.
+    pub fn for_client_text() -> Self {
+        Self {
+            probe_file: Box::new(|_, _| FileProbe::NotProbed),
+            ..Self::this_machine()
+        }
+    }
+
+    /// A machine with `cpus`, no files and no groups at all: for tests of the rules.
     pub fn fixed(cpus: Vec<usize>) -> Self {
         Self {
             online_cpus: Some(cpus),
             probe_file: Box::new(|_, _| FileProbe::Missing),
+            group_id: Box::new(|_| Ok(None)),
         }
     }
 }

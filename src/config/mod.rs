@@ -24,7 +24,7 @@ pub use model::*;
 pub use nqn::validate as validate_nqn;
 pub use rules::Purpose;
 pub use schema::json_schema;
-pub use source::{MAX_FILE_BYTES, SourceError};
+pub use source::{MAX_FILE_BYTES, SourceError, read as read_text};
 pub use units::{CoreMask, Eui64, HexId, Nguid, Size, Uuid, parse_size};
 
 /// A declaration that passed every check, with the report (which may hold warnings).

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::units::{CoreMask, Eui64, Nguid, Size, Uuid, eui64_schema, nguid_schema, uuid_schema};
 
-pub const DEFAULT_CONTROL_SOCKET: &str = "/var/tmp/nvmf-tgt.sock";
+/// In the directory systemd creates for the unit (`RuntimeDirectory=nvmf-tgt`); the target
+/// creates it (0700) when it runs without systemd.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/nvmf-tgt/nvmf-tgt.sock";
 pub const DEFAULT_PORT: u16 = 4420;
 
 /// An nvmf-tgt declaration: the target, its transports, named hosts and subsystems.
@@ -43,8 +45,13 @@ pub struct TargetSection {
     pub interrupt_mode: bool,
     /// CPUs that run reactors, one reactor per CPU: "0x3" or "0-1,4".
     pub core_mask: CoreMask,
-    /// The UNIX socket `nvmf-tgt status` (and SPDK's rpc.py) talk to.
+    /// The UNIX socket `nvmf-tgt status` (and SPDK's rpc.py) talk to. It is created mode
+    /// 0600, for the target's user alone.
     pub control_socket: PathBuf,
+    /// A group that may use the control socket too (it is then 0660 and owned by the group).
+    /// Whoever can connect can reload the target.
+    #[schemars(length(min = 1))]
+    pub control_socket_group: Option<String>,
     /// Interrupt mode: how long a reactor keeps polling after activity before it sleeps.
     #[schemars(range(max = 1_000_000))]
     pub busy_poll_us: u32,
@@ -57,6 +64,7 @@ impl Default for TargetSection {
             interrupt_mode: false,
             core_mask: CoreMask::default(),
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            control_socket_group: None,
             busy_poll_us: 50,
         }
     }

@@ -72,6 +72,7 @@ impl Rules<'_> {
     }
 
     fn target(&mut self) {
+        self.control_socket();
         let mask = &self.config.target.core_mask;
         match mask.cores() {
             Err(why) => {
@@ -98,6 +99,33 @@ impl Rules<'_> {
                             ),
                         );
                     }
+                }
+            }
+        }
+    }
+
+    fn control_socket(&mut self) {
+        let target = &self.config.target;
+        let len = target.control_socket.as_os_str().len();
+        let max = crate::control::os::max_socket_path_len();
+        if len > max {
+            self.error(
+                ptr!("target", "control_socket"),
+                format!(
+                    "`control_socket` is {len} bytes long; a UNIX socket path may be at most {max}"
+                ),
+            );
+        }
+        if let Some(group) = &target.control_socket_group {
+            let pointer = ptr!("target", "control_socket_group");
+            match (self.env.group_id)(group) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    self.machine(pointer, format!("group {group:?} does not exist"))
+                        .help("create it (groupadd) or name an existing group");
+                }
+                Err(why) => {
+                    self.machine(pointer, format!("cannot look up group {group:?}: {why}"));
                 }
             }
         }
@@ -546,6 +574,7 @@ impl Rules<'_> {
             FileProbe::Unusable(why) => {
                 self.machine(pointer, format!("{} cannot be used: {why}", path.display()));
             }
+            FileProbe::NotProbed => {}
             FileProbe::WrongKind(kind) => {
                 self.error(
                     pointer,

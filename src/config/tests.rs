@@ -319,6 +319,68 @@ fn transport_limits() {
 }
 
 #[test]
+fn control_socket_group_against_this_machine() {
+    // A machine with one group, "nvmf", and one whose group database cannot be reached.
+    let with_nvmf = Environment {
+        group_id: Box::new(|name| Ok((name == "nvmf").then_some(1234))),
+        ..env()
+    };
+    let unreachable = Environment {
+        group_id: Box::new(|_| Err("no NSS service answers".into())),
+        ..env()
+    };
+    let rendered = |text: &str, purpose, env: &Environment| {
+        check_text("t.toml", text.to_string(), purpose, env)
+            .1
+            .to_json()["diagnostics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}:{} {}: {}",
+                    d["line"],
+                    d["column"],
+                    d["severity"].as_str().unwrap(),
+                    d["message"].as_str().unwrap()
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let text = with("[target]", "[target]\ncontrol_socket_group = \"nvmf\"");
+    assert!(rendered(&text, Purpose::Run, &with_nvmf).is_empty());
+    let missing = with("[target]", "[target]\ncontrol_socket_group = \"storage\"");
+    assert_eq!(
+        rendered(&missing, Purpose::Check, &with_nvmf),
+        ["2:24 warning: group \"storage\" does not exist"]
+    );
+    assert_eq!(
+        rendered(&missing, Purpose::Run, &with_nvmf),
+        ["2:24 error: group \"storage\" does not exist"]
+    );
+    assert_eq!(
+        rendered(&text, Purpose::Run, &unreachable),
+        ["2:24 error: cannot look up group \"nvmf\": no NSS service answers"]
+    );
+    assert_findings(
+        &with("[target]", "[target]\ncontrol_socket_group = \"\""),
+        &["2:24 error: \"\" is shorter than 1 character"],
+    );
+}
+
+#[test]
+fn control_socket_must_fit_a_unix_socket_address() {
+    let long = format!("/run/{}.sock", "n".repeat(100));
+    assert_findings(
+        &with(
+            "[target]",
+            &format!("[target]\ncontrol_socket = \"{long}\""),
+        ),
+        &["2:18 error: `control_socket` is 110 bytes long; a UNIX socket path may be at most 107"],
+    );
+}
+
+#[test]
 fn core_mask_against_this_machine() {
     let text = with("core_mask = \"0x1\"", "core_mask = \"0-3\"");
     let expected =

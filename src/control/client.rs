@@ -68,6 +68,7 @@ mod tests {
         let path = dir.path().join("ctl.sock");
         let server = ControlServer::spawn(
             &path,
+            None,
             Arc::new(|method: &str, params: &Value| match method {
                 "echo" => Ok(params.clone()),
                 other => Err(RpcError::method_not_found(other)),
@@ -83,7 +84,7 @@ mod tests {
         );
         // A second server on the same live socket is refused.
         assert!(matches!(
-            ControlServer::spawn(&path, Arc::new(|_: &str, _: &Value| Ok(Value::Null))),
+            ControlServer::spawn(&path, None, Arc::new(|_: &str, _: &Value| Ok(Value::Null))),
             Err(crate::control::ControlServerError::InUse(_))
         ));
         drop(server);

@@ -188,6 +188,11 @@ fn restart_fields(live: &Config, new: &Config) -> Vec<RestartField> {
         "target.control_socket",
     );
     field(
+        a.control_socket_group != b.control_socket_group,
+        "/target/control_socket_group",
+        "target.control_socket_group",
+    );
+    field(
         a.busy_poll_us != b.busy_poll_us,
         "/target/busy_poll_us",
         "target.busy_poll_us",

@@ -188,6 +188,17 @@ fn process_wide_changes_need_a_restart() {
         .map(|f| f.what.as_str())
         .collect();
     assert_eq!(fields, ["target.interrupt_mode", "transport.tcp"]);
+    // The socket's group is set when it is created: a new one needs a new socket.
+    let grouped = BASE.replace("[target]", "[target]\ncontrol_socket_group = \"nvmf\"");
+    let refused = plan(&parse(BASE), &parse(&grouped));
+    assert_eq!(
+        refused
+            .restart_required
+            .iter()
+            .map(|f| f.what.as_str())
+            .collect::<Vec<_>>(),
+        ["target.control_socket_group"]
+    );
     // The same mask written differently is no change.
     let same = BASE.replace("core_mask = \"0x1\"", "core_mask = \"0\"");
     assert!(plan(&parse(BASE), &parse(&same)).is_empty());

@@ -159,15 +159,30 @@ pub fn print_reload(socket: &std::path::Path, as_json: bool) -> std::process::Ex
 }
 
 /// `nvmf-tgt plan`: the plan from what serves to `path`, not applied. Exit 0 no changes,
-/// 1 changes, 2 error (unreachable target, invalid file, refused plan).
+/// 1 changes, 2 error (unreadable or invalid file, unreachable target, refused plan).
+///
+/// This command reads the file, with its own rights, and sends the text; the path goes along
+/// only as the label diagnostics name the text by. The target opens no path a client names.
 #[allow(clippy::print_stdout, clippy::print_stderr)]
 pub fn print_plan(
     socket: &std::path::Path,
     path: &std::path::Path,
     as_json: bool,
 ) -> std::process::ExitCode {
-    let absolute = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
-    let params = json!({"path": absolute.display().to_string()});
+    let text = match crate::config::read_text(path) {
+        Ok(text) => text,
+        Err(err @ crate::config::SourceError::Unreadable { .. }) => {
+            eprintln!("nvmf-tgt plan: {err}");
+            return std::process::ExitCode::from(2);
+        }
+        Err(err) => {
+            eprintln!("nvmf-tgt plan: {}: {err}", path.display());
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // Absolute, so that diagnostics name the file the same whatever the working directory.
+    let label = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let params = json!({"text": text, "label": label.display().to_string()});
     let answer = match call(socket, "plan", "nvmf_tgt_plan", params) {
         Ok(answer) => answer,
         Err(code) => return code,
@@ -200,6 +215,9 @@ pub fn print_plan(
         }
         for w in answer["plan"]["warnings"].as_array().into_iter().flatten() {
             println!("warning: {}", w.as_str().unwrap_or(""));
+        }
+        for note in answer["notes"].as_array().into_iter().flatten() {
+            println!("note: {}", note.as_str().unwrap_or(""));
         }
     }
     if answer["refused"] == true {

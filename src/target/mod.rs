@@ -127,8 +127,12 @@ impl Target {
             buffers,
             Instant::now(),
         ));
-        let control = ControlServer::spawn(&config.target.control_socket, status::handler(report))
-            .context("cannot open the control socket")?;
+        let control = ControlServer::spawn(
+            &config.target.control_socket,
+            config.target.control_socket_group.as_deref(),
+            status::handler(report),
+        )
+        .context("cannot open the control socket")?;
         info!(
             subsystems = config.subsystem.len(),
             reactors = reactors.len(),

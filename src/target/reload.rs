@@ -65,6 +65,16 @@ impl Outcome {
     }
 }
 
+/// What `plan` answers for a declaration a client sent.
+#[derive(Debug)]
+pub struct TextPlan {
+    pub plan: Plan,
+    /// `check`'s text for its warnings, if any.
+    pub diagnostics: Option<String>,
+    /// What this plan could not tell.
+    pub notes: Vec<String>,
+}
+
 /// The applied configuration's identity, for `status`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Applied {
@@ -303,19 +313,34 @@ impl Reloader {
         }
     }
 
-    /// The plan from what serves to the declaration in `path`, without applying it.
-    pub fn plan_for(&self, path: &Path) -> Result<(Plan, Option<String>), String> {
-        let env = Environment::this_machine();
-        let (config, report) =
-            config::check_file(path, Purpose::Run, &env).map_err(|e| e.to_string())?;
+    /// The plan from what serves to a declaration a client sent as text, without applying
+    /// it. `label` names the text in diagnostics (the client's file name); no file is opened,
+    /// not even the backing files the text names (see [`Environment::for_client_text`]).
+    pub fn plan_text(&self, label: &str, text: String) -> Result<TextPlan, String> {
+        let env = Environment::for_client_text();
+        let (config, report) = config::check_text(label, text, Purpose::Run, &env);
         let Some(new) = config else {
             return Err(report.render());
         };
+        let has_files = new
+            .subsystem
+            .iter()
+            .flat_map(|s| &s.namespace)
+            .any(|ns| matches!(ns.backend(), Some(config::BackendRef::File { .. })));
+        let notes = if has_files {
+            vec![
+                "backing files of file namespaces are not probed by plan (the target opens no path a client names); reload checks them"
+                    .to_string(),
+            ]
+        } else {
+            Vec::new()
+        };
         let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok((
-            plan(&live.config, &new),
-            (!report.diagnostics.is_empty()).then(|| report.render()),
-        ))
+        Ok(TextPlan {
+            plan: plan(&live.config, &new),
+            diagnostics: (!report.diagnostics.is_empty()).then(|| report.render()),
+            notes,
+        })
     }
 
     fn outcome(

@@ -6,12 +6,15 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::config::Config;
+use crate::config::{Config, MAX_FILE_BYTES};
 use crate::control::{Handler, RpcError};
 use crate::controller::Registry;
 use crate::reactor::{ReactorConfig, ReactorStats};
-use crate::target::reload::{Reloader, Trigger};
+use crate::target::reload::{Reloader, TextPlan, Trigger};
 use crate::transport::buffer_pool::SharedPool;
+
+/// What diagnostics call a declaration sent without a label.
+const UNLABELLED: &str = "<plan>";
 
 /// Everything the status methods read; shared with the control thread.
 pub struct StatusReport {
@@ -225,22 +228,45 @@ pub fn handler(report: Arc<StatusReport>) -> Handler {
             .request_and_wait(Trigger::Rpc)
             .and_then(|outcome| serde_json::to_value(outcome).ok())
             .ok_or_else(|| RpcError::internal("the reload worker is not running")),
-        "nvmf_tgt_plan" => {
-            let path = params
-                .get("path")
-                .and_then(Value::as_str)
-                .map_or_else(|| report.config_path.clone(), PathBuf::from);
-            match report.reloader.plan_for(&path) {
-                Ok((plan, diagnostics)) => Ok(json!({
-                    "changes": !plan.is_empty(),
-                    "refused": plan.is_refused(),
-                    "steps": plan.steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "plan": plan,
-                    "diagnostics": diagnostics,
-                })),
-                Err(diagnostics) => Err(RpcError::invalid_params(diagnostics)),
-            }
-        }
+        "nvmf_tgt_plan" => plan(&report.reloader, params),
         other => Err(RpcError::method_not_found(other)),
     })
+}
+
+/// `nvmf_tgt_plan {text, label}`: the plan for a declaration the client read and sent. The
+/// target never opens a path a client names (it runs as root; a path would let any client
+/// read any file through the diagnostics), so the old `{path}` form is refused by name.
+fn plan(reloader: &Reloader, params: &Value) -> Result<Value, RpcError> {
+    let Some(text) = params.get("text").and_then(Value::as_str) else {
+        return Err(RpcError::invalid_params(if params.get("path").is_some() {
+            "nvmf_tgt_plan takes the declaration's text in \"text\", not a \"path\": the target opens no file a client names"
+        } else {
+            "nvmf_tgt_plan needs the declaration's text in \"text\" (and a \"label\" to name it in diagnostics)"
+        }));
+    };
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(RpcError::invalid_params(format!(
+            "the declaration is {} bytes; a declaration may be at most {MAX_FILE_BYTES} bytes",
+            text.len()
+        )));
+    }
+    let label = params
+        .get("label")
+        .and_then(Value::as_str)
+        .unwrap_or(UNLABELLED);
+    match reloader.plan_text(label, text.to_owned()) {
+        Ok(TextPlan {
+            plan,
+            diagnostics,
+            notes,
+        }) => Ok(json!({
+            "changes": !plan.is_empty(),
+            "refused": plan.is_refused(),
+            "steps": plan.steps.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "plan": plan,
+            "diagnostics": diagnostics,
+            "notes": notes,
+        })),
+        Err(diagnostics) => Err(RpcError::invalid_params(diagnostics)),
+    }
 }

@@ -25,6 +25,23 @@ pub struct TargetProcess {
     pub port: u16,
     pub config_path: PathBuf,
     pub log_path: PathBuf,
+    /// Where the declaration puts the control socket (`dir/ctl.sock` unless told otherwise).
+    pub control_socket: PathBuf,
+}
+
+/// How to start the target beyond its declaration.
+#[derive(Default)]
+pub struct Launch<'a> {
+    /// Extra `run` arguments.
+    pub args: &'a [&'a str],
+    pub envs: &'a [(&'a str, &'a Path)],
+    /// Start it under this umask (through `sh`), e.g. "000".
+    pub umask: Option<&'a str>,
+    /// The control socket the declaration names, when not `dir/ctl.sock`.
+    pub control_socket: Option<PathBuf>,
+    /// A command that runs or traces the target, which comes as its last arguments
+    /// (`prlimit --nofile=64:64`, `strace -o FILE`).
+    pub wrapper: &'a [&'a OsStr],
 }
 
 /// What to put in the generated config.
@@ -69,7 +86,15 @@ impl TargetProcess {
         );
         let config_path = dir.path().join("target.toml");
         std::fs::write(&config_path, config).expect("write config");
-        Self::spawn(dir, port, &config_path, &[], &[], wrapper)
+        Self::launch(
+            dir,
+            port,
+            &config_path,
+            &Launch {
+                wrapper,
+                ..Launch::default()
+            },
+        )
     }
 
     pub fn start_with_config(dir: tempfile::TempDir, port: u16, config: &str) -> Self {
@@ -101,35 +126,46 @@ impl TargetProcess {
         args: &[&str],
         envs: &[(&str, &Path)],
     ) -> Self {
-        Self::spawn(dir, port, config_path, args, envs, &[])
+        Self::launch(
+            dir,
+            port,
+            config_path,
+            &Launch {
+                args,
+                envs,
+                ..Launch::default()
+            },
+        )
     }
 
-    fn spawn(
-        dir: tempfile::TempDir,
-        port: u16,
-        config_path: &Path,
-        args: &[&str],
-        envs: &[(&str, &Path)],
-        wrapper: &[&OsStr],
-    ) -> Self {
+    /// Runs the target as `launch` says and waits until it listens.
+    pub fn launch(dir: tempfile::TempDir, port: u16, config_path: &Path, launch: &Launch) -> Self {
         let config_path = config_path.to_owned();
         let log_path = dir.path().join("target.log");
         let log = std::fs::File::create(&log_path).expect("log file");
+        // The wrapper (if any) runs the binary; a umask is set by a shell that execs them.
         let binary = OsStr::new(env!("CARGO_BIN_EXE_nvmf-tgt"));
-        let (program, leading) = match wrapper.split_first() {
-            Some((program, rest)) => (*program, rest),
-            None => (binary, &[][..]),
+        let mut program: Vec<&OsStr> = launch.wrapper.to_vec();
+        program.push(binary);
+        let mut command = match launch.umask {
+            Some(umask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {umask}; exec \"$0\" \"$@\""))
+                    .args(&program);
+                sh
+            }
+            None => {
+                let mut direct = Command::new(program[0]);
+                direct.args(&program[1..]);
+                direct
+            }
         };
-        let mut command = Command::new(program);
-        command.args(leading);
-        if !wrapper.is_empty() {
-            command.arg(binary);
-        }
         let child = command
             .args(["run", "-c"])
             .arg(&config_path)
-            .args(args)
-            .envs(envs.iter().map(|(k, v)| (*k, *v)))
+            .args(launch.args)
+            .envs(launch.envs.iter().map(|(k, v)| (*k, *v)))
             .env(
                 "RUST_LOG",
                 std::env::var("TEST_TARGET_LOG").unwrap_or_else(|_| "info".into()),
@@ -139,12 +175,17 @@ impl TargetProcess {
             .stderr(log)
             .spawn()
             .expect("spawn nvmf-tgt");
+        let control_socket = launch
+            .control_socket
+            .clone()
+            .unwrap_or_else(|| dir.path().join("ctl.sock"));
         let mut target = Self {
             child: Some(child),
             dir,
             port,
             config_path,
             log_path,
+            control_socket,
         };
         target.wait_listening();
         target
@@ -159,7 +200,7 @@ impl TargetProcess {
     }
 
     pub fn control_socket(&self) -> PathBuf {
-        self.dir.path().join("ctl.sock")
+        self.control_socket.clone()
     }
 
     pub fn log(&self) -> String {
