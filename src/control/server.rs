@@ -8,15 +8,16 @@
 //! every connection). A path that is not ours is refused rather than replaced.
 
 use std::fs::Permissions;
-use std::io::{BufReader, Write};
+use std::io::{BufReader, Read, Write};
 use std::os::unix::fs::{
     DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _,
 };
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tracing::warn;
@@ -378,17 +379,54 @@ fn bind_restricted(path: &Path, gid: Option<u32>) -> Result<UnixListener, Contro
     })
 }
 
+/// Clients served at once; more wait in the socket's backlog.
+const MAX_CLIENTS: usize = 16;
+/// Bytes one client may send in all: a declaration of the largest size `check` reads,
+/// escaped into JSON, with room to spare.
+const MAX_CLIENT_BYTES: u64 = 4 * crate::config::MAX_FILE_BYTES;
+/// How long accepting pauses after it failed (out of descriptors, say), instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 fn accept_loop(listener: &UnixListener, handler: &Handler, stopping: &AtomicBool) {
+    let clients = Arc::new(AtomicUsize::new(0));
+    let mut failing = false;
     for stream in listener.incoming() {
         if stopping.load(Ordering::SeqCst) {
             return;
         }
-        let Ok(stream) = stream else { continue };
+        let stream = match stream {
+            Ok(stream) => {
+                failing = false;
+                stream
+            }
+            Err(err) => {
+                if !failing {
+                    warn!(%err, "control socket: accept failed; retrying");
+                    failing = true;
+                }
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        while clients.load(Ordering::Acquire) >= MAX_CLIENTS {
+            std::thread::sleep(ACCEPT_BACKOFF);
+            if stopping.load(Ordering::SeqCst) {
+                return;
+            }
+        }
         let handler = Arc::clone(handler);
+        let count = Arc::clone(&clients);
+        count.fetch_add(1, Ordering::AcqRel);
         // One short-lived thread per client: clients are rare (an admin, a script).
-        let _ = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("nvmf-control-client".into())
-            .spawn(move || serve_client(stream, &handler));
+            .spawn(move || {
+                serve_client(stream, &handler);
+                count.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            clients.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -396,8 +434,8 @@ fn serve_client(stream: UnixStream, handler: &Handler) {
     let Ok(mut writer) = stream.try_clone() else {
         return;
     };
-    let requests =
-        serde_json::Deserializer::from_reader(BufReader::new(stream)).into_iter::<Value>();
+    let reader = BufReader::new(stream.take(MAX_CLIENT_BYTES));
+    let requests = serde_json::Deserializer::from_reader(reader).into_iter::<Value>();
     for request in requests {
         let response = match request {
             Ok(request) => answer(&request, handler),
