@@ -4,6 +4,7 @@
     bench.py free-port                  a free TCP port on 127.0.0.1
     bench.py reactors STATUS.json       "busy_ns idle_ns connections", summed over reactors
     bench.py report RAW.jsonl OUT_BASE  writes OUT_BASE.md and OUT_BASE.json, prints the .md
+    bench.py compare RAW.jsonl OUT_BASE the same for compare.sh: two builds side by side
 
 RAW.jsonl has one object per measurement, written by run.sh:
   {"kind": "run", "mode", "case", "repeat", "clk_tck", "target_ticks",
@@ -312,6 +313,114 @@ def markdown(result):
     return "\n".join(out)
 
 
+# What compare.sh runs, in its order.
+COMPARE_CASES = [
+    ("randread-4k-qd1", "4K randread QD1"),
+    ("randread-4k-qd32", "4K randread QD32"),
+    ("randwrite-4k-qd32", "4K randwrite QD32"),
+]
+BUILDS = ["baseline", "candidate"]
+
+
+def paired_ratio(records, mode, case, metric):
+    """Median over the repeats of candidate/baseline, each repeat paired with itself: the
+    builds of one repeat ran back to back, so a slow spell of the machine cancels out."""
+    by_rep = {}
+    for r in records:
+        if r["kind"] == "run" and r["mode"] == mode and r["case"] == case:
+            by_rep.setdefault(r["repeat"], {})[r.get("build")] = metric(r)
+    ratios = [
+        v["candidate"] / v["baseline"]
+        for v in by_rep.values()
+        if v.get("baseline") and v.get("candidate") is not None
+    ]
+    return spread(ratios)
+
+
+def compare(raw_path, out_base):
+    records = []
+    with open(raw_path) as f:
+        for line in f:
+            if line.strip():
+                records.append(json.loads(line))
+    meta = machine()
+    meta["baseline"] = os.environ.get("BENCH_BASELINE_DESC")
+    meta["candidate"] = os.environ.get("BENCH_CANDIDATE_DESC")
+    runs, ratios = {}, {}
+    for mode in MODES:
+        for case, _ in COMPARE_CASES:
+            for build in BUILDS:
+                rs = [
+                    r
+                    for r in records
+                    if r["kind"] == "run"
+                    and r["mode"] == mode
+                    and r["case"] == case
+                    and r.get("build") == build
+                ]
+                if rs:
+                    runs.setdefault(mode, {}).setdefault(case, {})[build] = summarize_run(rs)
+            ratios.setdefault(mode, {})[case] = {
+                "iops": paired_ratio(records, mode, case, lambda r: r["perf"]["iops"]),
+                "lat_avg_us": paired_ratio(
+                    records, mode, case, lambda r: r["perf"]["latency_us"]["avg"]
+                ),
+            }
+    result = {"machine": meta, "runs": runs, "ratios": ratios}
+    with open(out_base + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    md = compare_markdown(result)
+    with open(out_base + ".md", "w") as f:
+        f.write(md)
+    sys.stdout.write(md)
+
+
+def compare_markdown(result):
+    m = result["machine"]
+    s = m["settings"]
+    out = ["# nvmf-tgt: two builds compared\n", "| | |\n|---|---|"]
+    for k, v in [
+        ("date", m["date"]),
+        ("host", m["hostname"]),
+        ("CPU", m["cpu_model"]),
+        ("kernel", m["kernel"]),
+        ("baseline", m["baseline"]),
+        ("candidate", m["candidate"]),
+        ("placement", m["placement"]),
+        ("client", "the candidate's nvmf-perf " + (os.environ.get("BENCH_PERF_ARGS") or "")),
+        ("durations", f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats"),
+    ]:
+        out.append(f"| {k} | {v} |")
+    out.append("")
+    out.append(
+        "Loopback NVMe/TCP, null namespace of 1 GiB. Each repeat runs both builds back to "
+        "back (which goes first alternates). Cells are medians over the repeats with "
+        "(min..max); the ratio is the median of the per-repeat candidate / baseline ratios.\n"
+    )
+    for mode, cases in result["runs"].items():
+        out.append(f"## {mode} mode\n")
+        out.append(
+            "| workload | baseline IOPS | candidate IOPS | IOPS ratio | baseline avg us "
+            "| candidate avg us | latency ratio | target CPU us/IO (baseline / candidate) |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|")
+        for case, label in COMPARE_CASES:
+            by_build = cases.get(case, {})
+            b, c = by_build.get("baseline"), by_build.get("candidate")
+            if b is None or c is None:
+                continue
+            rt = result["ratios"][mode][case]
+            out.append(
+                f"| {label} | {cell(b['iops'])} | {cell(c['iops'])} | {cell(rt['iops'], 3)} "
+                f"| {cell(b['lat_avg_us'], 1)} | {cell(c['lat_avg_us'], 1)} "
+                f"| {cell(rt['lat_avg_us'], 3)} "
+                f"| {cell(b['target_cpu_us_per_io'], 2)} / {cell(c['target_cpu_us_per_io'], 2)} |"
+            )
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv):
     if len(argv) == 2 and argv[1] == "free-port":
         free_port()
@@ -319,6 +428,8 @@ def main(argv):
         reactors(argv[2])
     elif len(argv) == 4 and argv[1] == "report":
         report(argv[2], argv[3])
+    elif len(argv) == 4 and argv[1] == "compare":
+        compare(argv[2], argv[3])
     else:
         sys.stderr.write(__doc__)
         return 2

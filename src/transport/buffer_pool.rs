@@ -183,6 +183,12 @@ impl DataBuf {
         self.credits
     }
 
+    /// Holds neither credits nor storage: giving it back would do nothing.
+    #[inline]
+    pub fn is_vacant(&self) -> bool {
+        self.credits == 0 && self.bytes.capacity() == 0
+    }
+
     /// Lends the bytes out (to a backend request) and keeps the credits here until
     /// [`put_bytes`](Self::put_bytes) brings them back.
     pub fn take_bytes(&mut self) -> Vec<u8> {

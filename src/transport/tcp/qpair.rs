@@ -290,7 +290,10 @@ impl TcpQpair {
             cx.pool.give_credits(credits);
             return Flow::Continue;
         }
-        self.proceed(tag, credits, cx, now)
+        match self.take_command(tag) {
+            Some(cmd) => self.proceed(cmd, credits, cx, now),
+            None => Flow::Continue,
+        }
     }
 
     /// A backend request finished; `done.token` is the command's tag.
@@ -547,18 +550,27 @@ impl TcpQpair {
         let admitted = if qid == 0 {
             ctrlr.admin_host_data_len(&sqe).map(|len| (None, len, 0))
         } else {
-            ctrlr.prepare_io(&sqe).map(|plan| {
-                let (host, read) = transfer_lens(&plan);
-                (Some(plan), host, read)
-            })
+            ctrlr.prepare_io(&sqe).map(|plan| (Some(plan), 0, 0))
         };
-        let (plan, host_len, read_len) = match admitted {
+        let (plan, mut host_len, mut read_len) = match admitted {
             Ok(admitted) => admitted,
             Err(status) => {
                 self.send_response(Cqe::new(sqe.cid(), status));
                 return Flow::Continue;
             }
         };
+        if let Some(plan) = &plan {
+            if let IoOp::Read { len, .. } = plan.op {
+                if plan.ns.backend().reads_zeroes() {
+                    // The controller checked the range; nothing to read, no buffer to fill.
+                    trace!(cid = sqe.cid(), "read of zeroes");
+                    let len = usize::try_from(len).unwrap_or(0);
+                    self.send_zeroes(sqe.cid(), len, Cqe::new(sqe.cid(), Status::SUCCESS));
+                    return Flow::Continue;
+                }
+            }
+            (host_len, read_len) = transfer_lens(plan);
+        }
         let sgl = sqe.sgl();
         let mut capsule_data = DataBuf::empty();
         let mut r2t_len = 0;
@@ -596,7 +608,7 @@ impl TcpQpair {
             }
         }
         let credits = self.credits_for(cx, r2t_len) + self.credits_for(cx, read_len);
-        let Some(tag) = self.store_command(Command {
+        let cmd = Command {
             sqe,
             stage: Stage::AwaitBuffer,
             plan,
@@ -606,14 +618,15 @@ impl TcpQpair {
             corrupt: false,
             read: DataBuf::empty(),
             read_len,
-        }) else {
+        };
+        if cx.pool.reserve(credits) {
+            return self.proceed(cmd, credits, cx, now);
+        }
+        // No R2T and no backend request until the buffers are there.
+        let Some(tag) = self.store_command(cmd) else {
             self.send_response(Cqe::new(sqe.cid(), Status::INTERNAL_ERROR));
             return Flow::Continue;
         };
-        if cx.pool.reserve(credits) {
-            return self.proceed(tag, credits, cx, now);
-        }
-        // No R2T and no backend request until the buffers are there.
         trace!(cid = sqe.cid(), tag, credits, "waiting for buffers");
         cx.pool.wait(cx.token(tag), credits);
         Flow::Continue
@@ -629,30 +642,25 @@ impl TcpQpair {
 
     /// Turns the reserved `credits` into the command's buffers, then asks for its data or
     /// runs it.
-    fn proceed(&mut self, tag: u16, credits: u32, cx: &mut IoCx<'_>, now: Instant) -> Flow {
-        let Some(cmd) = self.commands.get(usize::from(tag)).and_then(Option::as_ref) else {
-            cx.pool.give_credits(credits);
-            return Flow::Continue;
-        };
-        let (r2t_len, read_len) = (cmd.r2t_len, cmd.read_len);
-        let r2t_credits = self.credits_for(cx, r2t_len);
-        let read_credits = credits - r2t_credits;
-        let Some(cmd) = self.command_mut(tag) else {
-            return Flow::Continue;
-        };
-        if read_len > 0 {
-            cmd.read = cx.pool.buffer(read_len, read_credits);
+    fn proceed(&mut self, mut cmd: Command, credits: u32, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+        let r2t_credits = self.credits_for(cx, cmd.r2t_len);
+        if cmd.read_len > 0 {
+            cmd.read = cx.pool.buffer(cmd.read_len, credits - r2t_credits);
         }
-        if r2t_len == 0 {
-            return self.execute(tag, cx, now);
+        if cmd.r2t_len == 0 {
+            return self.execute(cmd, cx, now);
         }
-        cmd.data = cx.pool.buffer(r2t_len, r2t_credits);
+        cmd.data = cx.pool.buffer(cmd.r2t_len, r2t_credits);
         let deadline = now + H2C_DATA_TIMEOUT;
         cmd.stage = Stage::AwaitData { deadline };
         let cid = cmd.sqe.cid();
+        let r2tl = u32::try_from(cmd.r2t_len).unwrap_or(u32::MAX);
+        let Some(tag) = self.store_command(cmd) else {
+            self.send_response(Cqe::new(cid, Status::INTERNAL_ERROR));
+            return Flow::Continue;
+        };
         self.data_deadlines.push_back((deadline, tag));
         // Ask the host for the data; the command runs when all of it has arrived.
-        let r2tl = u32::try_from(r2t_len).unwrap_or(u32::MAX);
         let neg = &self.negotiated;
         self.out
             .put(|out| outbound::r2t(out, neg, cid, tag, 0, r2tl));
@@ -695,46 +703,27 @@ impl TcpQpair {
         if !complete {
             return Flow::Continue;
         }
-        cmd.stage = Stage::Executing;
+        let Some(cmd) = self.take_command(tag) else {
+            return Flow::Close;
+        };
         self.drop_stale_data_deadlines();
         if corrupt {
             warn!(cid = h2c.cccid, "data digest error; failing the command");
-            if let Some(cmd) = self.take_command(tag) {
-                self.send_response(Cqe::new(cmd.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR));
-                self.give_buffers(cmd, cx);
-            }
+            self.send_response(Cqe::new(cmd.sqe.cid(), Status::TRANSIENT_TRANSPORT_ERROR));
+            self.give_buffers(cmd, cx);
             return Flow::Continue;
         }
-        self.execute(tag, cx, now)
+        self.execute(cmd, cx, now)
     }
 
-    /// Runs command `tag`, whose host data (if any) is all here and whose buffers are held.
-    fn execute(&mut self, tag: u16, cx: &mut IoCx<'_>, now: Instant) -> Flow {
-        let Some(cmd) = self.command_mut(tag) else {
-            return Flow::Continue;
-        };
-        cmd.stage = Stage::Executing;
+    /// Runs `cmd`, whose host data (if any) is all here and whose buffers are held.
+    fn execute(&mut self, mut cmd: Command, cx: &mut IoCx<'_>, now: Instant) -> Flow {
         let cid = cmd.sqe.cid();
-        let Some(plan) = cmd.plan.clone() else {
-            let Some(cmd) = self.take_command(tag) else {
-                return Flow::Continue;
-            };
+        let Some(plan) = &cmd.plan else {
             let flow = self.execute_admin(&cmd.sqe, &cmd.data, now);
             self.give_buffers(cmd, cx);
             return flow;
         };
-        if let IoOp::Read { len, .. } = plan.op {
-            if plan.ns.backend().reads_zeroes() {
-                // The controller checked the range; nothing to read, no buffer to fill.
-                trace!(cid, "read of zeroes");
-                let len = usize::try_from(len).unwrap_or(0);
-                self.send_zeroes(cid, len, Cqe::new(cid, Status::SUCCESS));
-                if let Some(cmd) = self.take_command(tag) {
-                    self.give_buffers(cmd, cx);
-                }
-                return Flow::Continue;
-            }
-        }
         let request = match &plan.op {
             // Backends fill the whole buffer of a read that succeeds.
             IoOp::Read { offset, len } | IoOp::Compare { offset, len } => IoRequest {
@@ -768,28 +757,28 @@ impl TcpQpair {
                     len: 0,
                     buf: Vec::new(),
                 },
-                Err(status) => return self.fail(tag, status, cx),
+                Err(status) => return self.fail(cmd, status, cx),
             },
-            IoOp::None => return self.fail(tag, Status::SUCCESS, cx),
+            IoOp::None => return self.fail(cmd, Status::SUCCESS, cx),
+        };
+        let backend = Arc::clone(plan.ns.backend());
+        cmd.stage = Stage::Executing;
+        let Some(tag) = self.store_command(cmd) else {
+            self.send_response(Cqe::new(cid, Status::INTERNAL_ERROR));
+            return Flow::Continue;
         };
         trace!(cid, tag, "submit");
-        if let Some(mut done) = plan
-            .ns
-            .backend()
-            .submit(cx.token(tag), request, cx.completions())
-        {
+        if let Some(mut done) = backend.submit(cx.token(tag), request, cx.completions()) {
             done.token = u64::from(tag);
             return self.handle_io_done(done, cx, now);
         }
         Flow::Continue
     }
 
-    /// Completes command `tag` with `status` without running it.
-    fn fail(&mut self, tag: u16, status: Status, cx: &mut IoCx<'_>) -> Flow {
-        if let Some(cmd) = self.take_command(tag) {
-            self.send_response(Cqe::new(cmd.sqe.cid(), status));
-            self.give_buffers(cmd, cx);
-        }
+    /// Completes `cmd` with `status` without running it.
+    fn fail(&mut self, cmd: Command, status: Status, cx: &mut IoCx<'_>) -> Flow {
+        self.send_response(Cqe::new(cmd.sqe.cid(), status));
+        self.give_buffers(cmd, cx);
         Flow::Continue
     }
 
@@ -909,8 +898,11 @@ impl TcpQpair {
 
     /// Gives a finished command's buffers back to the pool.
     fn give_buffers(&mut self, cmd: Command, cx: &mut IoCx<'_>) {
-        cx.pool.give(cmd.data);
-        cx.pool.give(cmd.read);
+        for buf in [cmd.data, cmd.read] {
+            if !buf.is_vacant() {
+                cx.pool.give(buf);
+            }
+        }
     }
 
     /// Drops deadlines at the front whose command is no longer waiting for its data.
@@ -977,13 +969,11 @@ fn transfer_direction(sqe: &Sqe) -> Direction {
 }
 
 /// Bytes an I/O command moves: (host to controller, controller to host through a buffer).
-/// Reads of a namespace that only holds zeroes need no buffer.
 fn transfer_lens(plan: &IoPlan) -> (usize, usize) {
     let len = plan.data_len as usize;
     match plan.op {
         IoOp::Write { .. } | IoOp::Deallocate(_) => (len, 0),
         IoOp::Compare { .. } => (len, len),
-        IoOp::Read { .. } if plan.ns.backend().reads_zeroes() => (0, 0),
         IoOp::Read { .. } => (0, len),
         // Dataset Management without Deallocate does nothing: its ranges are not fetched.
         IoOp::Flush | IoOp::WriteZeroes { .. } | IoOp::None => (0, 0),

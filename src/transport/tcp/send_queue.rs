@@ -59,9 +59,11 @@ pub struct SendQueue {
     /// stream offset `front_stream`.
     front_at: usize,
     front_stream: usize,
-    /// Stream offsets where a command's completion ends, oldest first: a command counts
-    /// against its queue's depth until the host could have read its completion.
-    completions: VecDeque<usize>,
+    /// Stream offsets where a command's completion ends, oldest first, from
+    /// `completions_sent` on: a command counts against its queue's depth until the host could
+    /// have read its completion. (A Vec and an index: cheaper per command than a VecDeque.)
+    completions: Vec<usize>,
+    completions_sent: usize,
     /// Lent buffers that are written, for the caller to give back.
     sent_buffers: Vec<DataBuf>,
 }
@@ -87,7 +89,7 @@ impl SendQueue {
 
     /// Completions queued and not yet written.
     pub fn unsent_completions(&self) -> usize {
-        self.completions.len()
+        self.completions.len() - self.completions_sent
     }
 
     /// Appends header bytes through `f`, which writes at the end of the buffer it is given.
@@ -100,7 +102,7 @@ impl SendQueue {
 
     /// Marks the end of a command's completion (a response, or data with the SUCCESS flag).
     pub fn end_completion(&mut self) {
-        self.completions.push_back(self.total);
+        self.completions.push(self.total);
     }
 
     /// Queues a data buffer to be sent as it is, after the bytes queued so far.
@@ -144,6 +146,7 @@ impl SendQueue {
         }
         self.bytes.clear();
         self.completions.clear();
+        self.completions_sent = 0;
         self.total = 0;
         self.sent = 0;
         self.front_at = 0;
@@ -189,18 +192,13 @@ impl SendQueue {
     /// go out.
     pub fn advance(&mut self, n: usize) {
         self.sent = (self.sent + n).min(self.total);
-        while self
-            .completions
-            .front()
-            .is_some_and(|&end| end <= self.sent)
-        {
-            self.completions.pop_front();
-        }
         if self.sent == self.total {
             // The common case: everything went out; start again from empty buffers.
             self.clear();
             return;
         }
+        let ends = &self.completions[self.completions_sent..];
+        self.completions_sent += ends.iter().take_while(|&&end| end <= self.sent).count();
         loop {
             match self.lent.front() {
                 Some(lent) if lent.start + lent.piece.len() <= self.sent => {
@@ -242,6 +240,8 @@ impl SendQueue {
             lent.at -= done;
         }
         self.front_at = 0;
+        self.completions.drain(..self.completions_sent);
+        self.completions_sent = 0;
     }
 
     /// Bytes queued and not written, lent or not.

@@ -1,0 +1,162 @@
+# Shared by contrib/bench/run.sh and contrib/bench/compare.sh: starting and stopping a target
+# on CPU 0, one nvmf-perf run on CPU 1, and the target's CPU and reactor figures.
+#
+# The sourcing script sets ROOT, HELPER, TGT (the nvmf-tgt binary under test), PERF,
+# SUBNQN, CLK_TCK, BENCH_SECONDS, BENCH_PERF_ARGS, and WORK and RAW before starting targets.
+# BUILD, when set, labels each run record (compare.sh runs two builds).
+
+TGT_PID=
+PERF_PID=
+WORK=
+
+say() { printf 'bench: %s\n' "$*" >&2; }
+
+die() {
+  say "error: $*"
+  if [ -n "$TGT_PID" ] && [ -f "$WORK/target.log" ]; then
+    say "last lines of the target log ($WORK/target.log):"
+    tail -n 20 "$WORK/target.log" >&2 || true
+  fi
+  exit 1
+}
+
+cleanup() {
+  local rc=$?
+  if [ -n "$PERF_PID" ]; then kill "$PERF_PID" 2>/dev/null || true; fi
+  stop_target
+  if [ -n "$WORK" ] && [ "$rc" -eq 0 ]; then rm -rf "$WORK"; fi
+  if [ -n "$WORK" ] && [ "$rc" -ne 0 ]; then say "kept $WORK for inspection"; fi
+}
+
+# utime + stime of a process in clock ticks (fields 14 and 15 of /proc/PID/stat; the name in
+# field 2 may hold spaces, so count from the last ')').
+cpu_ticks() {
+  local stat
+  stat=$(<"/proc/$1/stat") || die "process $1 is gone"
+  stat=${stat##*) }
+  # shellcheck disable=SC2086
+  set -- $stat
+  echo $((${12} + ${13}))
+}
+
+# "busy_ns idle_ns connections" of the target's reactors, from its control socket.
+reactor_ns() {
+  "$TGT" status --socket "$WORK/ctl.sock" --json >"$WORK/status.json" \
+    || die "nvmf-tgt status failed"
+  python3 "$HELPER" reactors "$WORK/status.json"
+}
+
+# write_config MODE NAMESPACE -> $WORK/target.toml, sets PORT.
+write_config() {
+  local mode=$1 ns=$2 interrupt backend
+  case $mode in
+    interrupt) interrupt=true ;;
+    poll) interrupt=false ;;
+    *) die "unknown mode $mode" ;;
+  esac
+  case $ns in
+    null) backend='null = { size = "1GiB" }' ;;
+    ram) backend='ram = { size = "1GiB" }' ;;
+    file)
+      rm -f "$WORK/ns.img"
+      truncate -s 1G "$WORK/ns.img"
+      backend="file = { path = \"$WORK/ns.img\" }"
+      ;;
+    *) die "unknown namespace kind $ns" ;;
+  esac
+  PORT=$(python3 "$HELPER" free-port)
+  cat >"$WORK/target.toml" <<EOF
+[target]
+interrupt_mode = $interrupt
+core_mask = "0x1"
+control_socket = "$WORK/ctl.sock"
+
+[transport.tcp]
+# 128 entries leave 127 usable slots; QD128 needs more.
+max_queue_depth = 256
+
+[[subsystem]]
+nqn = "$SUBNQN"
+allow_any_host = true
+
+[[subsystem.listener]]
+transport = "tcp"
+address = "127.0.0.1"
+port = $PORT
+
+[[subsystem.namespace]]
+nsid = 1
+$backend
+EOF
+  "$TGT" check -c "$WORK/target.toml" >"$WORK/check.log" 2>&1 \
+    || { cat "$WORK/check.log" >&2; die "generated config does not pass nvmf-tgt check"; }
+}
+
+start_target() {
+  local mode=$1 ns=$2 i
+  write_config "$mode" "$ns"
+  RUST_LOG=warn taskset -c 0 "$TGT" run -c "$WORK/target.toml" >"$WORK/target.log" 2>&1 &
+  TGT_PID=$!
+  for i in $(seq 200); do
+    kill -0 "$TGT_PID" 2>/dev/null || die "nvmf-tgt ($mode, $ns) exited during startup"
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && [ -S "$WORK/ctl.sock" ]; then
+      say "target up: $mode mode, $ns namespace, port $PORT, pid $TGT_PID"
+      return 0
+    fi
+    sleep 0.1
+  done
+  die "nvmf-tgt ($mode, $ns) did not listen on 127.0.0.1:$PORT within 20 s"
+}
+
+stop_target() {
+  [ -n "$TGT_PID" ] || return 0
+  local pid=$TGT_PID i
+  TGT_PID=
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+perf_id() {
+  echo "trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:$SUBNQN"
+}
+
+# run_case MODE CASE REPEAT PERF-ARGS...: one nvmf-perf run, appended to $RAW.
+run_case() {
+  local mode=$1 case=$2 rep=$3 rc=0 t0 t1 r0 r1
+  shift 3
+  r0=$(reactor_ns)
+  t0=$(cpu_ticks "$TGT_PID")
+  local extra=$BENCH_PERF_ARGS
+  case "$case" in *-epoll-client) extra= ;; esac
+  # In the background so that a signal to this script is handled at once.
+  # shellcheck disable=SC2086
+  "$PERF" -r "$(perf_id)" --core 1 --json -t "$BENCH_SECONDS" $extra "$@" \
+    >"$WORK/perf.json" 2>"$WORK/perf.err" &
+  PERF_PID=$!
+  wait "$PERF_PID" || rc=$?
+  PERF_PID=
+  t1=$(cpu_ticks "$TGT_PID")
+  if [ "$rc" -ne 0 ]; then
+    cat "$WORK/perf.err" >&2
+    die "nvmf-perf failed (exit $rc) in $mode mode, $case, repeat $rep: nvmf-perf $*"
+  fi
+  r1=$(reactor_ns)
+  read -r b0 i0 _ <<<"$r0"
+  read -r b1 i1 _ <<<"$r1"
+  printf '{"kind":"run","build":"%s","mode":"%s","case":"%s","repeat":%d,"clk_tck":%d,"target_ticks":%d,"reactor_busy_ns":%d,"reactor_idle_ns":%d,"perf":%s}\n' \
+    "${BUILD:-}" "$mode" "$case" "$rep" "$CLK_TCK" $((t1 - t0)) $((b1 - b0)) $((i1 - i0)) \
+    "$(<"$WORK/perf.json")" >>"$RAW"
+  python3 - "$WORK/perf.json" "$mode" "$case" "$rep" <<'EOF' >&2
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"bench:   {sys.argv[2]:9} {sys.argv[3]:22} #{sys.argv[4]} {r['iops']:>10.0f} IOPS "
+      f"{r['mib_s']:>8.1f} MiB/s avg {r['latency_us']['avg']:>7.1f} us "
+      f"perf CPU {r['cpu_percent']:.0f}%")
+EOF
+}
+
