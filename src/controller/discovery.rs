@@ -8,12 +8,10 @@ use crate::nvme::log::{
 };
 
 use super::Controller;
-use super::subsystem::{AddressFamily, ListenerAddr};
+use super::subsystem::{AddressFamily, ListenerAddr, TransportType};
 
 fn is_wildcard(l: &ListenerAddr) -> bool {
-    l.traddr
-        .parse::<std::net::IpAddr>()
-        .is_ok_and(|ip| ip.is_unspecified())
+    l.socket().is_some_and(|s| s.ip().is_unspecified())
 }
 
 fn family_of(addr: &str) -> Option<AddressFamily> {
@@ -51,19 +49,20 @@ impl Controller {
         let local = self.local_address();
         let traddr = |l: &ListenerAddr| -> String {
             match &local {
-                Some(addr) if is_wildcard(l) && family_of(addr) == Some(l.adrfam) => addr.clone(),
-                _ => l.traddr.clone(),
+                Some(addr) if is_wildcard(l) && family_of(addr) == l.adrfam() => addr.clone(),
+                _ => l.traddr(),
             }
         };
+        // Only fabrics listeners are discoverable (a vfio-user controller is a PCIe device).
         let entry = |l: &ListenerAddr, portid: u16, kind: u8, nqn: &str| DiscoveryLogEntry {
-            trtype: l.trtype.to_u8(),
-            adrfam: l.adrfam.to_u8(),
+            trtype: l.trtype().map_or(0, TransportType::to_u8),
+            adrfam: l.adrfam().map_or(0, AddressFamily::to_u8),
             subtype: kind,
             treq: treq::SECURE_CHANNEL_NOT_REQUIRED | treq::DISABLE_SQ_FLOW_CONTROL,
             portid,
             cntlid: 0xFFFF,
             asqsz,
-            trsvcid: l.trsvcid.clone(),
+            trsvcid: l.trsvcid(),
             subnqn: nqn.to_owned(),
             traddr: traddr(l),
             // TCP: SECTYPE 0, no security.
@@ -76,7 +75,7 @@ impl Controller {
             DISCOVERY_NQN,
         )];
         for subsys in subsystems.iter().filter(|s| s.allows_host(&self.hostnqn)) {
-            for l in &subsys.listeners() {
+            for l in subsys.listeners().iter().filter(|l| l.trtype().is_some()) {
                 entries.push(entry(l, port_id(l), subtype::NVME, subsys.nqn()));
             }
         }

@@ -239,7 +239,7 @@ impl Registry {
             .ok_or(Refusal::param(true, data_offset::SUBNQN))?;
         if !subsys.allows_listener(listener) || !subsys.allows_host(&data.hostnqn) {
             tracing::info!(
-                subnqn = %data.subnqn, hostnqn = %data.hostnqn, traddr = %listener.traddr,
+                subnqn = %data.subnqn, hostnqn = %data.hostnqn, listener = %listener,
                 "host not allowed"
             );
             return Err(Refusal::status(Status::CONNECT_INVALID_HOST.with_dnr()));

@@ -2,6 +2,8 @@
 //! the controllers currently associated with it.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use arc_swap::ArcSwap;
@@ -58,13 +60,85 @@ impl AddressFamily {
     }
 }
 
-/// A transport address a subsystem listens on.
+/// A listener a subsystem is reachable through, whatever its transport: its identity for
+/// access checks, reload (opened and closed by it) and the discovery log. Subsystems that
+/// declare the same one share it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ListenerAddr {
-    pub trtype: TransportType,
-    pub adrfam: AddressFamily,
-    pub traddr: String,
-    pub trsvcid: String,
+pub enum ListenerAddr {
+    Tcp(SocketAddr),
+    Rdma(SocketAddr),
+    /// The directory of a vfio-user controller's socket.
+    VfioUser(PathBuf),
+}
+
+impl ListenerAddr {
+    /// The fabrics transport type, for the discovery log; `None` for vfio-user (a PCIe
+    /// controller, which discovery does not list).
+    pub fn trtype(&self) -> Option<TransportType> {
+        match self {
+            Self::Tcp(_) => Some(TransportType::Tcp),
+            Self::Rdma(_) => Some(TransportType::Rdma),
+            Self::VfioUser(_) => None,
+        }
+    }
+
+    /// The IP address and port of a TCP or RDMA listener.
+    pub fn socket(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(socket) | Self::Rdma(socket) => Some(*socket),
+            Self::VfioUser(_) => None,
+        }
+    }
+
+    pub fn adrfam(&self) -> Option<AddressFamily> {
+        self.socket().map(|s| {
+            if s.is_ipv4() {
+                AddressFamily::Ipv4
+            } else {
+                AddressFamily::Ipv6
+            }
+        })
+    }
+
+    /// TRADDR as the discovery log and SPDK's RPCs write it: the IP address, or the path.
+    pub fn traddr(&self) -> String {
+        match self {
+            Self::Tcp(socket) | Self::Rdma(socket) => socket.ip().to_string(),
+            Self::VfioUser(path) => path.display().to_string(),
+        }
+    }
+
+    /// TRSVCID: the port, or nothing for vfio-user.
+    pub fn trsvcid(&self) -> String {
+        self.socket()
+            .map(|s| s.port().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The transport's name as SPDK's RPCs spell it.
+    pub fn transport_name(&self) -> &'static str {
+        match self {
+            Self::Tcp(_) => "TCP",
+            Self::Rdma(_) => "RDMA",
+            Self::VfioUser(_) => "VFIOUSER",
+        }
+    }
+}
+
+impl core::fmt::Display for ListenerAddr {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Tcp(socket) => write!(f, "tcp {socket}"),
+            Self::Rdma(socket) => write!(f, "rdma {socket}"),
+            Self::VfioUser(path) => write!(f, "vfiouser {}", path.display()),
+        }
+    }
+}
+
+impl serde::Serialize for ListenerAddr {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
 }
 
 /// Controller IDs handed out in the dynamic model (NVMe-oF 1.1, 4.2): 0xFFF0 and above are

@@ -57,12 +57,7 @@ fn backend(size: u64) -> Arc<dyn Backend> {
 }
 
 fn listener(port: &str) -> ListenerAddr {
-    ListenerAddr {
-        trtype: TransportType::Tcp,
-        adrfam: AddressFamily::Ipv4,
-        traddr: "127.0.0.1".into(),
-        trsvcid: port.into(),
-    }
+    ListenerAddr::Tcp(format!("127.0.0.1:{port}").parse().expect("socket address"))
 }
 
 fn ns(nsid: u32, blocks: u64, read_only: bool) -> NamespaceSpec {
@@ -1523,12 +1518,7 @@ fn queue_gone_and_teardown() {
 
 #[test]
 fn discovery_substitutes_wildcard_listener_addresses() {
-    let any = ListenerAddr {
-        trtype: TransportType::Tcp,
-        adrfam: AddressFamily::Ipv4,
-        traddr: "0.0.0.0".into(),
-        trsvcid: "4420".into(),
-    };
+    let any = ListenerAddr::Tcp("0.0.0.0:4420".parse().expect("socket address"));
     let reg = Registry::new(
         vec![SubsystemSpec {
             nqn: SUB_A.into(),

@@ -66,8 +66,8 @@ pub enum ReactorMessage {
         listener: std::net::TcpListener,
         addr: ListenerAddr,
     },
-    /// Stop accepting on the socket bound to this address (sent to the acceptor reactor).
-    RemoveListener(SocketAddr),
+    /// Stop accepting on this listener (sent to the acceptor reactor).
+    RemoveListener(ListenerAddr),
     /// Close every connection accepted on this listener (its socket is gone).
     CloseConnections(ListenerAddr),
     /// Stop accepting, let in-flight commands finish, close everything and exit.
@@ -307,20 +307,17 @@ impl Running {
                     addr,
                     shortage: None,
                 })),
-                Err(err) => warn!(%err, traddr = %addr.traddr, "cannot watch listener"),
+                Err(err) => warn!(%err, listener = %addr, "cannot watch listener"),
             }
         }
     }
 
-    fn remove_listener(&mut self, socket: SocketAddr) {
+    fn remove_listener(&mut self, addr: &ListenerAddr) {
         for slot in &mut self.listeners {
-            let bound = slot
-                .as_ref()
-                .and_then(|listener| listener.socket.local_addr().ok());
-            if bound == Some(socket) {
+            if slot.as_ref().is_some_and(|listener| &listener.addr == addr) {
                 if let Some(mut listener) = slot.take() {
                     let _ = self.poll.registry().deregister(&mut listener.socket);
-                    info!(%socket, "stopped listening");
+                    info!(listener = %addr, "stopped listening");
                 }
             }
         }
@@ -462,8 +459,7 @@ impl Running {
                     if let Some(shortage) = listener.shortage.take() {
                         let lasted = now.saturating_duration_since(shortage.started);
                         info!(
-                            traddr = %listener.addr.traddr,
-                            trsvcid = %listener.addr.trsvcid,
+                            listener = %listener.addr,
                             failed_attempts = shortage.failed_attempts,
                             accepted_meanwhile = shortage.accepted,
                             lasted_ms = lasted.as_millis(),
@@ -479,8 +475,7 @@ impl Running {
                     AcceptFailure::Resources => {
                         let shortage = listener.shortage.get_or_insert_with(|| {
                             warn!(
-                                traddr = %listener.addr.traddr,
-                                trsvcid = %listener.addr.trsvcid,
+                                listener = %listener.addr,
                                 %err,
                                 retry_ms = ACCEPT_RETRY.as_millis(),
                                 "accept failed; retrying on a timer, silently until the \
@@ -644,7 +639,7 @@ impl Running {
                         self.add_listeners(vec![(listener, addr)]);
                     }
                 }
-                ReactorMessage::RemoveListener(socket) => self.remove_listener(socket),
+                ReactorMessage::RemoveListener(addr) => self.remove_listener(&addr),
                 ReactorMessage::CloseConnections(listener) => {
                     self.close_where(|conn| conn.listener() == &listener, "listener removed");
                 }

@@ -1,7 +1,7 @@
 //! The plan: steps keyed by identity (subsystem NQN, namespace nsid, listener transport +
-//! address + port, host NQN), in a fixed order: removals in reverse dependency order
-//! (namespaces, subsystems, listeners, sockets), then in-place changes, then additions
-//! forward (sockets, subsystems, listeners, namespaces).
+//! address + port or path, host NQN), in a fixed order: removals in reverse dependency order
+//! (namespaces, subsystems, access, listeners), then additions forward (listeners,
+//! subsystems, namespaces).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 
 use crate::config::{Config, Listener, Namespace, Subsystem, TransportKind};
+use crate::controller::ListenerAddr;
 
 /// One change to apply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -30,13 +31,13 @@ pub enum Step {
         allow_any_host: bool,
         hosts_added: Vec<String>,
         hosts_removed: Vec<String>,
-        listeners_added: Vec<SocketAddr>,
-        listeners_removed: Vec<SocketAddr>,
+        listeners_added: Vec<ListenerAddr>,
+        listeners_removed: Vec<ListenerAddr>,
     },
-    /// Stop listening on a socket no subsystem declares any more; its connections close.
-    CloseSocket { socket: SocketAddr },
-    /// Start listening on a socket a subsystem now declares.
-    OpenSocket { socket: SocketAddr },
+    /// Stop a listener no subsystem declares any more; its connections close.
+    CloseListener { listener: ListenerAddr },
+    /// Start a listener a subsystem now declares.
+    OpenListener { listener: ListenerAddr },
     /// Create a subsystem with its namespaces and listeners.
     AddSubsystem { nqn: String, replaced: bool },
     /// Attach a namespace; connected hosts get a Namespace Attribute Changed event.
@@ -136,21 +137,27 @@ pub fn plan(live: &Config, new: &Config) -> Plan {
         }
     }
 
-    let old_sockets = sockets(live);
-    let new_sockets = sockets(new);
+    let old_listeners = listeners(live);
+    let new_listeners = listeners(new);
     plan.steps.extend(remove_ns);
     plan.steps.extend(remove_subs);
     plan.steps.extend(access);
-    plan.steps.extend(
-        old_sockets
-            .difference(&new_sockets)
-            .map(|&socket| Step::CloseSocket { socket }),
-    );
-    plan.steps.extend(
-        new_sockets
-            .difference(&old_sockets)
-            .map(|&socket| Step::OpenSocket { socket }),
-    );
+    plan.steps
+        .extend(
+            old_listeners
+                .difference(&new_listeners)
+                .map(|listener| Step::CloseListener {
+                    listener: listener.clone(),
+                }),
+        );
+    plan.steps
+        .extend(
+            new_listeners
+                .difference(&old_listeners)
+                .map(|listener| Step::OpenListener {
+                    listener: listener.clone(),
+                }),
+        );
     plan.steps.extend(add_subs);
     plan.steps.extend(add_ns);
     if live.target.name != new.target.name {
@@ -263,9 +270,10 @@ fn namespace_steps(
 fn access_step(live: &Config, new: &Config, old: &Subsystem, new_sub: &Subsystem) -> Option<Step> {
     let old_hosts: BTreeSet<String> = old.host_nqns(live).into_iter().collect();
     let new_hosts: BTreeSet<String> = new_sub.host_nqns(new).into_iter().collect();
-    let old_listeners: BTreeSet<SocketAddr> = old.listener.iter().filter_map(tcp_socket).collect();
-    let new_listeners: BTreeSet<SocketAddr> =
-        new_sub.listener.iter().filter_map(tcp_socket).collect();
+    let old_listeners: BTreeSet<ListenerAddr> =
+        old.listener.iter().filter_map(listener_addr).collect();
+    let new_listeners: BTreeSet<ListenerAddr> =
+        new_sub.listener.iter().filter_map(listener_addr).collect();
     if old.allow_any_host == new_sub.allow_any_host
         && old_hosts == new_hosts
         && old_listeners == new_listeners
@@ -277,26 +285,32 @@ fn access_step(live: &Config, new: &Config, old: &Subsystem, new_sub: &Subsystem
         allow_any_host: new_sub.allow_any_host,
         hosts_added: new_hosts.difference(&old_hosts).cloned().collect(),
         hosts_removed: old_hosts.difference(&new_hosts).cloned().collect(),
-        listeners_added: new_listeners.difference(&old_listeners).copied().collect(),
-        listeners_removed: old_listeners.difference(&new_listeners).copied().collect(),
+        listeners_added: new_listeners.difference(&old_listeners).cloned().collect(),
+        listeners_removed: old_listeners.difference(&new_listeners).cloned().collect(),
     })
 }
 
-/// The TCP socket a listener declares (validated declarations always parse).
-pub fn tcp_socket(listener: &Listener) -> Option<SocketAddr> {
-    if listener.transport != TransportKind::Tcp {
-        return None;
+/// The listener a declaration names (validated declarations always parse); `None` for a
+/// transport that has none (FC is refused by the rules).
+pub fn listener_addr(listener: &Listener) -> Option<ListenerAddr> {
+    let socket = || -> Option<SocketAddr> {
+        let ip: IpAddr = listener.address.as_deref()?.parse().ok()?;
+        Some(SocketAddr::new(ip, listener.port_or_default()))
+    };
+    match listener.transport {
+        TransportKind::Tcp => socket().map(ListenerAddr::Tcp),
+        TransportKind::Rdma => socket().map(ListenerAddr::Rdma),
+        TransportKind::Vfiouser => listener.path.clone().map(ListenerAddr::VfioUser),
+        TransportKind::Fc => None,
     }
-    let ip: IpAddr = listener.address.as_deref()?.parse().ok()?;
-    Some(SocketAddr::new(ip, listener.port_or_default()))
 }
 
-/// Every distinct TCP socket a declaration listens on.
-pub fn sockets(config: &Config) -> BTreeSet<SocketAddr> {
+/// Every distinct listener a declaration opens.
+pub fn listeners(config: &Config) -> BTreeSet<ListenerAddr> {
     config
         .subsystem
         .iter()
-        .flat_map(|s| s.listener.iter().filter_map(tcp_socket))
+        .flat_map(|s| s.listener.iter().filter_map(listener_addr))
         .collect()
 }
 
@@ -333,15 +347,15 @@ impl fmt::Display for Step {
                     write!(f, "; - host {h}")?;
                 }
                 for l in listeners_added {
-                    write!(f, "; + listener tcp {l}")?;
+                    write!(f, "; + listener {l}")?;
                 }
                 for l in listeners_removed {
-                    write!(f, "; - listener tcp {l}")?;
+                    write!(f, "; - listener {l}")?;
                 }
                 Ok(())
             }
-            Self::CloseSocket { socket } => write!(f, "- stop listening on tcp {socket}"),
-            Self::OpenSocket { socket } => write!(f, "+ listen on tcp {socket}"),
+            Self::CloseListener { listener } => write!(f, "- stop listening on {listener}"),
+            Self::OpenListener { listener } => write!(f, "+ listen on {listener}"),
             Self::AddSubsystem { nqn, replaced } => {
                 write!(f, "+ add subsystem {nqn}{}", again(replaced))
             }

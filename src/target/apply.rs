@@ -3,8 +3,8 @@
 //! commit then makes the changes, none of which can fail. A failure in prepare therefore
 //! leaves the previous state serving untouched: the rollback is dropping what was prepared.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{SocketAddr, TcpListener};
+use std::collections::{BTreeSet, HashMap};
+use std::net::TcpListener;
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
@@ -20,8 +20,8 @@ use crate::reconcile::{Plan, Step};
 pub struct Live {
     pub config: Config,
     pub registry: Arc<Registry>,
-    /// Sockets being accepted on, by address.
-    pub sockets: BTreeMap<SocketAddr, ListenerAddr>,
+    /// Listeners being accepted on.
+    pub listeners: BTreeSet<ListenerAddr>,
     /// Every reactor; the first one accepts for all listeners.
     pub mailboxes: Arc<Vec<Mailbox>>,
 }
@@ -30,7 +30,7 @@ pub struct Live {
 struct Prepared {
     subsystems: HashMap<String, Arc<Subsystem>>,
     namespaces: HashMap<(String, u32), Arc<Namespace>>,
-    sockets: HashMap<SocketAddr, TcpListener>,
+    listeners: HashMap<ListenerAddr, TcpListener>,
     access: HashMap<String, Access>,
 }
 
@@ -65,8 +65,10 @@ impl Live {
                         .namespaces
                         .insert((nqn.clone(), *nsid), build::namespace(nqn, ns)?);
                 }
-                Step::OpenSocket { socket } => {
-                    prepared.sockets.insert(*socket, build::bind(*socket)?);
+                Step::OpenListener { listener } => {
+                    prepared
+                        .listeners
+                        .insert(listener.clone(), build::open_listener(listener)?);
                 }
                 Step::SetAccess { nqn, .. } => {
                     // Listener addresses are resolved here so commit cannot fail on them.
@@ -116,21 +118,22 @@ impl Live {
                     self.disconnect(refused);
                     discovery_changed = true;
                 }
-                Step::CloseSocket { socket } => {
-                    if let Some(addr) = self.sockets.remove(socket) {
+                Step::CloseListener { listener } => {
+                    if self.listeners.remove(listener) {
                         self.acceptor()
-                            .send(ReactorMessage::RemoveListener(*socket));
+                            .send(ReactorMessage::RemoveListener(listener.clone()));
                         for mailbox in self.mailboxes.iter() {
-                            mailbox.send(ReactorMessage::CloseConnections(addr.clone()));
+                            mailbox.send(ReactorMessage::CloseConnections(listener.clone()));
                         }
                     }
                 }
-                Step::OpenSocket { socket } => {
-                    if let Some(listener) = prepared.sockets.remove(socket) {
-                        let addr = build::listener_addr(*socket);
-                        self.sockets.insert(*socket, addr.clone());
-                        self.acceptor()
-                            .send(ReactorMessage::AddListener { listener, addr });
+                Step::OpenListener { listener } => {
+                    if let Some(socket) = prepared.listeners.remove(listener) {
+                        self.listeners.insert(listener.clone());
+                        self.acceptor().send(ReactorMessage::AddListener {
+                            listener: socket,
+                            addr: listener.clone(),
+                        });
                     }
                 }
                 Step::AddSubsystem { nqn, .. } => {

@@ -8,12 +8,11 @@ use anyhow::{Context as _, bail};
 use tracing::info;
 
 use crate::backend::Backend;
-use crate::config::{self, Config, Subsystem as SubsystemDecl, TransportKind};
+use crate::config::{self, Config, Subsystem as SubsystemDecl};
 use crate::controller::{
-    AddressFamily, ListenerAddr, Namespace, NamespaceSpec, Registry, SubsystemSpec,
-    TransportLimits, TransportType,
+    ListenerAddr, Namespace, NamespaceSpec, Registry, SubsystemSpec, TransportLimits,
 };
-use crate::reconcile::plan::{sockets, tcp_socket};
+use crate::reconcile::plan::{listener_addr, listeners as listeners_of};
 use crate::transport::buffer_pool::{PoolLimits, SharedPool};
 
 pub struct Built {
@@ -58,8 +57,8 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
     }
     let registry = Arc::new(Registry::new(specs, limits).context("invalid subsystems")?);
     let mut listeners = Vec::new();
-    for socket in sockets(config) {
-        listeners.push((bind(socket)?, listener_addr(socket)));
+    for addr in listeners_of(config) {
+        listeners.push((open_listener(&addr)?, addr));
     }
     Ok(Built {
         registry,
@@ -69,27 +68,23 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
     })
 }
 
+/// Opens a listener: the one place where each transport's listening endpoint is made.
+pub fn open_listener(addr: &ListenerAddr) -> anyhow::Result<TcpListener> {
+    match addr {
+        ListenerAddr::Tcp(socket) => bind(*socket),
+        ListenerAddr::Rdma(_) | ListenerAddr::VfioUser(_) => {
+            bail!("{addr}: this transport is not served by this build")
+        }
+    }
+}
+
 /// Binds a listening socket (non-blocking, for the reactor).
-pub fn bind(socket: SocketAddr) -> anyhow::Result<TcpListener> {
+fn bind(socket: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener =
         TcpListener::bind(socket).with_context(|| format!("cannot listen on {socket}"))?;
     listener.set_nonblocking(true)?;
     info!(%socket, "listening");
     Ok(listener)
-}
-
-/// How the controller core names a TCP socket.
-pub fn listener_addr(socket: SocketAddr) -> ListenerAddr {
-    ListenerAddr {
-        trtype: TransportType::Tcp,
-        adrfam: if socket.is_ipv4() {
-            AddressFamily::Ipv4
-        } else {
-            AddressFamily::Ipv6
-        },
-        traddr: socket.ip().to_string(),
-        trsvcid: socket.port().to_string(),
-    }
 }
 
 /// A subsystem's spec with its namespaces' backends opened.
@@ -113,26 +108,20 @@ pub fn subsystem_spec(config: &Config, subsystem: &SubsystemDecl) -> anyhow::Res
     })
 }
 
-/// The TCP listeners of a subsystem as the controller core names them.
+/// The listeners of a subsystem as the controller core names them.
 pub fn subsystem_listeners(subsystem: &SubsystemDecl) -> anyhow::Result<Vec<ListenerAddr>> {
-    let mut listeners = Vec::new();
-    for listener in &subsystem.listener {
-        if listener.transport != TransportKind::Tcp {
-            bail!(
-                "subsystem {}: {} listeners are not served by this build",
-                subsystem.nqn,
-                listener.transport
-            );
-        }
-        let socket = tcp_socket(listener).with_context(|| {
-            format!(
-                "subsystem {}: listener address is not an IP address",
-                subsystem.nqn
-            )
-        })?;
-        listeners.push(listener_addr(socket));
-    }
-    Ok(listeners)
+    subsystem
+        .listener
+        .iter()
+        .map(|listener| {
+            listener_addr(listener).with_context(|| {
+                format!(
+                    "subsystem {}: a {} listener without a valid address",
+                    subsystem.nqn, listener.transport
+                )
+            })
+        })
+        .collect()
 }
 
 /// A namespace with its backend opened, ready to attach.

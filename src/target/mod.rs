@@ -82,10 +82,10 @@ impl Target {
             limits: built.limits,
             c2h_success: built.c2h_success,
         });
-        let sockets = built
+        let listeners_open = built
             .listeners
             .iter()
-            .filter_map(|(l, addr)| Some((l.local_addr().ok()?, addr.clone())))
+            .map(|(_, addr)| addr.clone())
             .collect();
         let buffers = build::buffer_pool(config, prepared.len());
         let mut listeners = Some(built.listeners);
@@ -105,7 +105,7 @@ impl Target {
             apply::Live {
                 config: config.clone(),
                 registry: Arc::clone(&built.registry),
-                sockets,
+                listeners: listeners_open,
                 mailboxes: Arc::clone(&mailboxes),
             },
             text,

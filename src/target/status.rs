@@ -119,13 +119,14 @@ impl StatusReport {
 fn nvmf_get_subsystems(registry: &Registry) -> Value {
     let listener = |l: &crate::controller::ListenerAddr| {
         json!({
-            "trtype": "TCP",
-            "adrfam": match l.adrfam {
-                crate::controller::AddressFamily::Ipv4 => "IPv4",
-                _ => "IPv6",
+            "trtype": l.transport_name(),
+            "adrfam": match l.adrfam() {
+                Some(crate::controller::AddressFamily::Ipv4) => "IPv4",
+                Some(crate::controller::AddressFamily::Ipv6) => "IPv6",
+                None => "",
             },
-            "traddr": l.traddr,
-            "trsvcid": l.trsvcid,
+            "traddr": l.traddr(),
+            "trsvcid": l.trsvcid(),
         })
     };
     let discovery = registry.discovery_subsystem();
@@ -191,14 +192,14 @@ fn subsystems_json(registry: &Registry) -> Vec<Value> {
             let listeners: Vec<Value> = s
                 .listeners()
                 .iter()
-                .map(|l| json!({"trtype": format!("{:?}", l.trtype), "traddr": l.traddr, "trsvcid": l.trsvcid}))
+                .map(|l| json!({"trtype": l.transport_name(), "traddr": l.traddr(), "trsvcid": l.trsvcid()}))
                 .collect();
             let controllers: Vec<Value> = s
                 .controllers()
                 .iter()
                 .map(|c| {
                     json!({"cntlid": c.cntlid(), "hostnqn": c.hostnqn(), "enabled": c.is_enabled(),
-                        "traddr": c.listener().traddr, "trsvcid": c.listener().trsvcid,
+                        "traddr": c.listener().traddr(), "trsvcid": c.listener().trsvcid(),
                         "io_queues": c.connected_io_queues()})
                 })
                 .collect();

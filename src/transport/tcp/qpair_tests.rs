@@ -6,9 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::backend::ram::RamBackend;
-use crate::controller::{
-    AddressFamily, NamespaceSpec, Registry, SubsystemSpec, TransportLimits, TransportType,
-};
+use crate::controller::{NamespaceSpec, Registry, SubsystemSpec, TransportLimits};
 use crate::nvme::connect::{ConnectCmd, ConnectData};
 use crate::nvme::opcode::{admin, io};
 use crate::nvme::{Cqe, Sgl, Sqe, Status};
@@ -20,12 +18,7 @@ const SUBNQN: &str = "nqn.2026-11.io.nvmf-tgt:unit";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
 
 fn listener() -> ListenerAddr {
-    ListenerAddr {
-        trtype: TransportType::Tcp,
-        adrfam: AddressFamily::Ipv4,
-        traddr: "127.0.0.1".into(),
-        trsvcid: "4420".into(),
-    }
+    ListenerAddr::Tcp("127.0.0.1:4420".parse().expect("socket address"))
 }
 
 fn context() -> Arc<TcpContext> {
