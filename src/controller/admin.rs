@@ -12,7 +12,8 @@ use crate::nvme::opcode::{self, admin, io};
 use crate::nvme::properties::VS_1_3;
 use crate::nvme::{Cqe, Sqe, Status};
 
-use super::ctrlr::{AdminState, MAX_AERS};
+use super::ctrlr::{AdminState, ControllerKind, MAX_AERS};
+use super::pcie::QueueRequest;
 use super::{AdminOutcome, Controller};
 
 /// Error log entries minus one (ELPE); the log itself is always empty.
@@ -34,15 +35,24 @@ enum Reply {
     /// A finished completion (fabrics commands, an AER that found an event).
     Cqe(Cqe),
     Deferred,
+    Queue(QueueRequest),
 }
 
 impl Controller {
     /// An admin queue command: admin opcodes and fabrics Property Get/Set/Disconnect. `data`
-    /// is the host-to-controller data already received.
-    pub fn handle_admin(&self, sqe: &Sqe, data: &[u8], now: Instant) -> AdminOutcome {
+    /// is the host-to-controller data already received; `buffer_len` is how much data the
+    /// command's data pointer describes, as the transport found it (see
+    /// [`prepare_io`](Self::prepare_io)): no more is returned.
+    pub fn handle_admin(
+        &self,
+        sqe: &Sqe,
+        data: &[u8],
+        buffer_len: u32,
+        now: Instant,
+    ) -> AdminOutcome {
         self.handle_activity(now);
-        let max = usize::try_from(sqe.sgl().length).unwrap_or(usize::MAX);
-        match self.admin(sqe, data) {
+        let max = usize::try_from(buffer_len).unwrap_or(usize::MAX);
+        match self.admin(sqe, data, buffer_len) {
             Ok(Reply::Done(dw0, mut out)) => {
                 out.truncate(max);
                 let mut cqe = Cqe::new(sqe.cid(), Status::SUCCESS);
@@ -68,6 +78,10 @@ impl Controller {
                 zeroes: 0,
             },
             Ok(Reply::Deferred) => AdminOutcome::Deferred,
+            Ok(Reply::Queue(request)) => AdminOutcome::Queue {
+                cid: sqe.cid(),
+                request,
+            },
             Err(status) => {
                 tracing::debug!(opcode = sqe.opcode(), %status, cntlid = self.cntlid, "admin error");
                 AdminOutcome::status(sqe.cid(), status)
@@ -75,11 +89,14 @@ impl Controller {
         }
     }
 
-    fn admin(&self, sqe: &Sqe, data: &[u8]) -> Result<Reply, Status> {
+    fn admin(&self, sqe: &Sqe, data: &[u8], buffer_len: u32) -> Result<Reply, Status> {
         if !self.is_live() {
             return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
         }
         if sqe.opcode() == opcode::FABRICS {
+            if self.kind == ControllerKind::Pcie {
+                return Err(Status::INVALID_OPCODE.with_dnr());
+            }
             return self.handle_admin_fabrics(sqe).map(Reply::Cqe);
         }
         // SPDK: anything but fabrics commands before CC.EN = 1 is out of sequence.
@@ -93,7 +110,7 @@ impl Controller {
         match sqe.opcode() {
             admin::IDENTIFY => self.identify(sqe).map(|page| Reply::Done(0, page)),
             admin::GET_LOG_PAGE => self
-                .get_log_page(sqe)
+                .get_log_page(sqe, buffer_len)
                 .map(|(part, zeroes)| Reply::Log(part, zeroes)),
             admin::GET_FEATURES => {
                 let (dw0, out) = self.get_features(&self.lock(), sqe)?;
@@ -112,6 +129,14 @@ impl Controller {
             admin::KEEP_ALIVE => Ok(Reply::Done(0, Vec::new())),
             // "Not aborted" (dword 0 bit 0) is always a legal answer.
             admin::ABORT if !discovery => Ok(Reply::Done(1, Vec::new())),
+            admin::CREATE_IO_CQ
+            | admin::CREATE_IO_SQ
+            | admin::DELETE_IO_SQ
+            | admin::DELETE_IO_CQ
+                if self.kind == ControllerKind::Pcie =>
+            {
+                self.queue_command(&mut self.lock(), sqe).map(Reply::Queue)
+            }
             _ => Err(Status::INVALID_OPCODE.with_dnr()),
         }
     }
@@ -153,7 +178,7 @@ impl Controller {
             .namespaces()
             .iter()
             .any(|ns| ns.backend().volatile_write_cache());
-        IdentifyController {
+        let io = IdentifyController {
             cntrltype: cntrltype::IO,
             rab: 6,
             // Multiple controllers may attach to the subsystem; several ports possible.
@@ -188,6 +213,18 @@ impl Controller {
                 exit_lat: 4,
             },
             ..common
+        };
+        match self.kind {
+            ControllerKind::Fabrics => io,
+            // PCIe: PRPs only, no capsules, no fabrics commands.
+            ControllerKind::Pcie => IdentifyController {
+                sgls: 0,
+                ioccsz: 0,
+                iorcsz: 0,
+                msdbd: 0,
+                ofcs: 0,
+                ..io
+            },
         }
     }
 
@@ -267,7 +304,7 @@ impl Controller {
     }
 
     /// The part of the log page the host asked for, and how many zero bytes follow it.
-    fn get_log_page(&self, sqe: &Sqe) -> Result<(Vec<u8>, usize), Status> {
+    fn get_log_page(&self, sqe: &Sqe, buffer_len: u32) -> Result<(Vec<u8>, usize), Status> {
         let cmd = GetLogPageCmd::parse(sqe);
         let invalid = Status::INVALID_FIELD.with_dnr();
         if cmd.offset % 4 != 0 {
@@ -275,7 +312,7 @@ impl Controller {
         }
         // SPDK: asking for more than the command's buffer holds is an invalid field; and no
         // transfer is larger than MDTS, whoever asks (discovery hosts are on no allow-list).
-        if cmd.byte_len() > u64::from(sqe.sgl().length)
+        if cmd.byte_len() > u64::from(buffer_len)
             || cmd.byte_len() > u64::from(self.limits.max_io_size)
         {
             return Err(invalid);
@@ -315,10 +352,11 @@ impl Controller {
         Ok((part, zeroes))
     }
 
-    /// How much host data admin command `sqe` may bring (0 for most), or the status that
-    /// fails it before any data moves: an unknown opcode gets Invalid Opcode, not an R2T.
-    pub fn admin_host_data_len(&self, sqe: &Sqe) -> Result<usize, Status> {
-        let sgl_len = sqe.sgl().length;
+    /// How much host data admin command `sqe`, whose data pointer describes `buffer_len`
+    /// bytes, may bring (0 for most), or the status that fails it before any data moves: an
+    /// unknown opcode gets Invalid Opcode, not an R2T.
+    pub fn admin_host_data_len(&self, sqe: &Sqe, buffer_len: u32) -> Result<usize, Status> {
+        let sgl_len = buffer_len;
         match sqe.opcode() {
             // Property Get/Set and Disconnect carry no data; Connect was handled before.
             opcode::FABRICS => Ok(0),

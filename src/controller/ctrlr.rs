@@ -11,6 +11,7 @@ use crate::nvme::log::{async_event_dw0, event_type, lid, notice};
 use crate::nvme::{Cqe, Status};
 
 use super::TransportLimits;
+use super::pcie::PcieQueues;
 use super::registry::RegistryShared;
 use super::subsystem::{ListenerAddr, Subsystem};
 
@@ -41,8 +42,24 @@ pub(crate) struct ControllerInit {
     pub(crate) hostid: [u8; 16],
     pub(crate) listener: ListenerAddr,
     pub(crate) limits: TransportLimits,
-    pub(crate) cmd: ConnectCmd,
+    pub(crate) admin: AdminQueueInit,
     pub(crate) now: Instant,
+}
+
+/// How the admin queue comes to exist: a fabrics Connect, or a PCIe controller whose host
+/// sets it up through AQA/ASQ/ACQ and CC.EN.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AdminQueueInit {
+    Fabrics(ConnectCmd),
+    Pcie,
+}
+
+/// Which kind of transport a controller lives on: it decides which admin commands exist
+/// (fabrics commands, or Create/Delete I/O Queue) and what Identify reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControllerKind {
+    Fabrics,
+    Pcie,
 }
 
 /// State only admin commands touch, behind the controller's mutex.
@@ -67,6 +84,8 @@ pub(crate) struct AdminState {
     aen_masked: u32,
     changed_ns: Vec<u32>,
     changed_ns_overflow: bool,
+    /// The I/O queues a PCIe host created (empty on fabrics, where Connect makes them).
+    pub(crate) pcie: PcieQueues,
 }
 
 /// Current values of the features that are only stored and reported.
@@ -121,6 +140,7 @@ const DETACHED: u32 = 0;
 
 /// A controller: created by an admin-queue Connect, shared by its admin and I/O queues.
 pub struct Controller {
+    pub(crate) kind: ControllerKind,
     pub(crate) cntlid: u16,
     pub(crate) subsys: Arc<Subsystem>,
     pub(crate) registry: Weak<RegistryShared>,
@@ -164,7 +184,17 @@ impl core::fmt::Debug for Controller {
 impl Controller {
     pub(crate) fn new(init: ControllerInit) -> Self {
         let discovery = init.subsys.is_discovery();
-        let mut kato = round_kato(init.cmd.kato);
+        let (kind, kato_ms, admin_sqsize, admin_sqfc_disabled) = match init.admin {
+            AdminQueueInit::Fabrics(cmd) => (
+                ControllerKind::Fabrics,
+                cmd.kato,
+                cmd.sqsize,
+                cmd.sq_flow_control_disabled(),
+            ),
+            // PCIe has no keep-alive by default and learns its admin queue from AQA.
+            AdminQueueInit::Pcie => (ControllerKind::Pcie, 0, 0, false),
+        };
+        let mut kato = round_kato(kato_ms);
         if discovery && kato == 0 {
             kato = DISCOVERY_DEFAULT_KATO_MS;
         }
@@ -174,9 +204,10 @@ impl Controller {
             usize::try_from(init.limits.max_io_qpairs_per_ctrlr).unwrap_or(0)
         };
         let sqfc: Box<[AtomicBool]> = (0..=io_count).map(|_| AtomicBool::new(false)).collect();
-        sqfc[0].store(init.cmd.sq_flow_control_disabled(), Ordering::Relaxed);
-        let sqsize = u32::from(init.cmd.sqsize);
+        sqfc[0].store(admin_sqfc_disabled, Ordering::Relaxed);
+        let sqsize = u32::from(admin_sqsize);
         Self {
+            kind,
             cntlid: init.cntlid,
             hostnqn: init.hostnqn,
             hostid: init.hostid,
@@ -206,6 +237,7 @@ impl Controller {
                 aen_masked: 0,
                 changed_ns: Vec::new(),
                 changed_ns_overflow: false,
+                pcie: PcieQueues::default(),
             }),
             notifier: Mutex::new(None),
             local_traddr: Mutex::new(None),
@@ -215,6 +247,10 @@ impl Controller {
 
     pub fn cntlid(&self) -> u16 {
         self.cntlid
+    }
+
+    pub fn kind(&self) -> ControllerKind {
+        self.kind
     }
 
     pub fn subnqn(&self) -> &str {

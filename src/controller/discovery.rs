@@ -21,6 +21,26 @@ fn family_of(addr: &str) -> Option<AddressFamily> {
     }
 }
 
+/// The transport specific address subtype of a listener's entry (NVMe-oF 1.1, Figure 38).
+fn tsas(l: &ListenerAddr) -> [u8; 256] {
+    let mut tsas = [0u8; 256];
+    if let ListenerAddr::Rdma(_) = l {
+        // RDMA: reliable connected QPs, no provider type named, the RDMA CM; PKEY 0.
+        tsas[0] = rdma_tsas::QPTYPE_CONNECTED;
+        tsas[1] = rdma_tsas::PRTYPE_NOT_SPECIFIED;
+        tsas[2] = rdma_tsas::CMS_RDMA_CM;
+    }
+    // TCP: SECTYPE 0, no security.
+    tsas
+}
+
+/// RDMA's TSAS fields (NVMe-oF 1.1, Figure 40).
+mod rdma_tsas {
+    pub const QPTYPE_CONNECTED: u8 = 0x01;
+    pub const PRTYPE_NOT_SPECIFIED: u8 = 0x01;
+    pub const CMS_RDMA_CM: u8 = 0x01;
+}
+
 impl Controller {
     /// The whole discovery log for this controller's host: first the discovery subsystem
     /// itself on the listener the host used, then one entry per (subsystem the host may
@@ -30,7 +50,6 @@ impl Controller {
         let Some(registry) = self.registry.upgrade() else {
             return vec![0u8; DISCOVERY_HEADER_LEN];
         };
-        let asqsz = u16::try_from(registry.limits.max_aq_depth).unwrap_or(u16::MAX);
         let mut ports: Vec<ListenerAddr> = Vec::new();
         let mut port_id = |l: &ListenerAddr| -> u16 {
             let at = ports.iter().position(|p| p == l).unwrap_or_else(|| {
@@ -61,12 +80,12 @@ impl Controller {
             treq: treq::SECURE_CHANNEL_NOT_REQUIRED | treq::DISABLE_SQ_FLOW_CONTROL,
             portid,
             cntlid: 0xFFFF,
-            asqsz,
+            // The admin queue a host may ask for on that listener's transport.
+            asqsz: u16::try_from(registry.limits.of(l).max_aq_depth).unwrap_or(u16::MAX),
             trsvcid: l.trsvcid(),
             subnqn: nqn.to_owned(),
             traddr: traddr(l),
-            // TCP: SECTYPE 0, no security.
-            tsas: [0; 256],
+            tsas: tsas(l),
         };
         let mut entries = vec![entry(
             &self.listener,

@@ -8,7 +8,24 @@ use crate::nvme::properties::{Cap, PropertyCmd, PropertySize, VS_1_3, cc, csts, 
 use crate::nvme::{Cqe, Sqe, Status};
 
 use super::Controller;
-use super::ctrlr::{AdminState, QueueEpoch};
+use super::ctrlr::{AdminState, ControllerKind, QueueEpoch};
+
+/// What a register write asks of the transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterEffect {
+    None,
+    /// CC.EN 0 -> 1 was accepted (CSTS.RDY set): a PCIe transport creates the admin queue
+    /// from these registers.
+    Enabled {
+        aqa: u32,
+        asq: u64,
+        acq: u64,
+    },
+    /// CC.EN 1 -> 0: every queue but the registers is gone; I/O in flight completes or fails.
+    Reset,
+    /// CC.SHN set: the controller is shut down.
+    ShutDown,
+}
 
 /// CAP.TO: 15 * 500 ms for CSTS.RDY to follow CC.EN (Linux nvmet's value).
 const CAP_TO: u8 = 15;
@@ -43,6 +60,7 @@ impl Controller {
                 cqe.dw1 = u32::from_le_bytes([v[4], v[5], v[6], v[7]]);
             }
             fctype::PROPERTY_SET => {
+                // Fabrics queues are the transport's own: nothing follows from CC here.
                 self.property_set(&mut self.lock(), &PropertyCmd::parse(sqe))?;
             }
             // The transport closes the queue once this completion is sent.
@@ -108,7 +126,7 @@ impl Controller {
         &self,
         st: &mut AdminState,
         cmd: &PropertyCmd,
-    ) -> Result<(), Status> {
+    ) -> Result<RegisterEffect, Status> {
         let invalid = Status::INVALID_FIELD.with_dnr();
         let low = u32::try_from(cmd.value & 0xFFFF_FFFF).unwrap_or(0);
         let four = cmd.size == PropertySize::Four;
@@ -133,18 +151,18 @@ impl Controller {
                     return Err(invalid);
                 }
                 st.aqa = low & 0x0FFF_0FFF;
-                return Ok(());
+                return Ok(RegisterEffect::None);
             }
             o if (offset::ASQ..offset::ASQ + 8).contains(&o) => {
                 return if set_half(&mut st.asq, offset::ASQ) {
-                    Ok(())
+                    Ok(RegisterEffect::None)
                 } else {
                     Err(invalid)
                 };
             }
             o if (offset::ACQ..offset::ACQ + 8).contains(&o) => {
                 return if set_half(&mut st.acq, offset::ACQ) {
-                    Ok(())
+                    Ok(RegisterEffect::None)
                 } else {
                     Err(invalid)
                 };
@@ -155,43 +173,87 @@ impl Controller {
         let old = st.cc;
         st.cc = new;
         let en = |v: u32| v & cc::EN != 0;
-        if en(new) && !en(old) {
-            self.enable(st);
+        let mut effect = RegisterEffect::None;
+        if en(new) && !en(old) && self.enable(st) {
+            effect = RegisterEffect::Enabled {
+                aqa: st.aqa,
+                asq: st.asq,
+                acq: st.acq,
+            };
         }
         if !en(new) && en(old) {
             // Controller reset: I/O queues stop being usable; the admin queue stays.
             self.stop_io();
+            Controller::forget_pcie_queues(st);
             st.csts = 0;
             tracing::info!(subnqn = %self.subnqn(), cntlid = self.cntlid, "controller reset");
+            effect = RegisterEffect::Reset;
         }
         if cc::shn(new) != 0 && cc::shn(old) == 0 {
             self.stop_io();
+            Controller::forget_pcie_queues(st);
             st.csts = (st.csts & !(csts::RDY | csts::SHST_MASK)) | csts::SHST_COMPLETE;
             tracing::info!(subnqn = %self.subnqn(), cntlid = self.cntlid, "controller shut down");
+            effect = RegisterEffect::ShutDown;
         }
         if cc::shn(new) == 0 && cc::shn(old) != 0 {
             st.csts &= !csts::SHST_MASK;
         }
-        Ok(())
+        Ok(effect)
     }
 
     /// CC.EN 0 -> 1: check the configuration the host chose (as Linux nvmet does); a bad one
-    /// is reported through CSTS.CFS instead of RDY.
-    fn enable(&self, st: &mut AdminState) {
+    /// is reported through CSTS.CFS instead of RDY. Returns whether the controller is ready.
+    fn enable(&self, st: &mut AdminState) -> bool {
         let c = st.cc;
         let sizes_ok = self.is_discovery() || (cc::iosqes(c) == IOSQES && cc::iocqes(c) == IOCQES);
-        if cc::mps(c) != 0 || cc::ams(c) != 0 || cc::css(c) != 0 || !sizes_ok {
+        // A PCIe host must have set up its admin queue: sizes and page-aligned bases.
+        let admin_queue_ok = self.kind == ControllerKind::Fabrics
+            || (st.asq & 0xFFF == 0 && st.acq & 0xFFF == 0 && st.asq != 0 && st.acq != 0);
+        if cc::mps(c) != 0 || cc::ams(c) != 0 || cc::css(c) != 0 || !sizes_ok || !admin_queue_ok {
             tracing::warn!(
                 cc = c,
                 cntlid = self.cntlid,
                 "invalid controller configuration"
             );
             st.csts |= csts::CFS;
-            return;
+            return false;
         }
         st.csts = (st.csts & !csts::CFS) | csts::RDY;
         if self.is_live() {
             self.enabled.store(true, Ordering::Release);
         }
+        true
+    }
+
+    /// A register read by a transport that maps the registers (PCIe BAR0); fabrics hosts use
+    /// Property Get, which ends here too.
+    pub fn read_register(&self, offset: u32, size: PropertySize) -> Result<u64, Status> {
+        self.property_get(
+            &self.lock(),
+            &PropertyCmd {
+                size,
+                offset,
+                value: 0,
+            },
+        )
+    }
+
+    /// A register write by a transport that maps the registers, and what the transport must
+    /// do about it (create the admin queue, tear queues down).
+    pub fn write_register(
+        &self,
+        offset: u32,
+        size: PropertySize,
+        value: u64,
+    ) -> Result<RegisterEffect, Status> {
+        self.property_set(
+            &mut self.lock(),
+            &PropertyCmd {
+                size,
+                offset,
+                value,
+            },
+        )
     }
 }

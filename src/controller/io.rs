@@ -61,9 +61,11 @@ const FUA: u32 = 1 << 30;
 const DSM_AD: u32 = 1 << 2;
 
 impl Controller {
-    /// Validates an I/O command and says what the transport must do. Never blocks: reads only
-    /// atomics and the namespace map.
-    pub fn prepare_io(&self, sqe: &Sqe) -> Result<IoPlan, Status> {
+    /// Validates an I/O command and says what the transport must do. `buffer_len` is how much
+    /// data the command's data pointer describes, as the transport found it (an SGL's length
+    /// on fabrics; a PCIe transport, whose PRPs describe what the command needs, passes
+    /// `u32::MAX`). Never blocks: reads only atomics and the namespace map.
+    pub fn prepare_io(&self, sqe: &Sqe, buffer_len: u32) -> Result<IoPlan, Status> {
         if !self.is_enabled() {
             return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
         }
@@ -86,7 +88,6 @@ impl Controller {
             .subsys
             .namespace(sqe.nsid())
             .ok_or(Status::INVALID_NAMESPACE.with_dnr())?;
-        let sgl_len = sqe.sgl().length;
         let writes = matches!(
             sqe.opcode(),
             io::WRITE | io::WRITE_ZEROES | io::DATASET_MANAGEMENT
@@ -101,7 +102,7 @@ impl Controller {
             io::DATASET_MANAGEMENT => {
                 let nr = (sqe.cdw(10) & 0xFF) + 1;
                 let data_len = nr * 16;
-                if sgl_len < data_len {
+                if buffer_len < data_len {
                     return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
                 }
                 let op = if sqe.cdw(11) & DSM_AD != 0 {
@@ -122,7 +123,7 @@ impl Controller {
                         .ok()
                         .filter(|&n| n <= self.limits.max_io_size)
                         .ok_or(Status::INVALID_FIELD.with_dnr())?;
-                    if sgl_len < data_len {
+                    if buffer_len < data_len {
                         return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
                     }
                     let op = match opc {

@@ -16,14 +16,17 @@ mod fabrics;
 mod features;
 mod io;
 mod namespace;
+mod pcie;
 mod registry;
 mod subsystem;
 #[cfg(test)]
 mod tests;
 
-pub use ctrlr::{Controller, QueueEpoch};
+pub use ctrlr::{Controller, ControllerKind, QueueEpoch};
+pub use fabrics::RegisterEffect;
 pub use io::{IoOp, IoPlan, dsm_ranges};
 pub use namespace::{Namespace, NamespaceSpec};
+pub use pcie::{PcieParams, QueueRequest};
 pub use registry::{ConnectOutcome, Registry, RegistryError};
 pub use subsystem::{Access, AddressFamily, ListenerAddr, Subsystem, SubsystemSpec, TransportType};
 
@@ -57,6 +60,40 @@ impl Default for TransportLimits {
     }
 }
 
+/// The limits of each transport: a controller gets those of the transport it is reached
+/// through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitsByTransport {
+    pub tcp: TransportLimits,
+    pub rdma: TransportLimits,
+    pub vfio_user: TransportLimits,
+}
+
+impl LimitsByTransport {
+    pub fn of(&self, listener: &ListenerAddr) -> TransportLimits {
+        match listener {
+            ListenerAddr::Tcp(_) => self.tcp,
+            ListenerAddr::Rdma(_) => self.rdma,
+            ListenerAddr::VfioUser(_) => self.vfio_user,
+        }
+    }
+
+    fn all(&self) -> [TransportLimits; 3] {
+        [self.tcp, self.rdma, self.vfio_user]
+    }
+}
+
+/// The same limits for every transport (tests, and a target with one transport).
+impl From<TransportLimits> for LimitsByTransport {
+    fn from(limits: TransportLimits) -> Self {
+        Self {
+            tcp: limits,
+            rdma: limits,
+            vfio_user: limits,
+        }
+    }
+}
+
 /// The result of an admin queue command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminOutcome {
@@ -71,6 +108,10 @@ pub enum AdminOutcome {
     /// An Asynchronous Event Request was parked; it completes through
     /// [`Controller::poll_async_event`].
     Deferred,
+    /// A PCIe host's Create/Delete I/O Queue was accepted: the transport carries it out and
+    /// completes command `cid` (or undoes it with [`Controller::undo_queue_request`] and
+    /// fails it).
+    Queue { cid: u16, request: QueueRequest },
 }
 
 impl AdminOutcome {

@@ -11,9 +11,9 @@ use crate::nvme::connect::{
 };
 use crate::nvme::{Cqe, DISCOVERY_NQN, Sqe, Status, opcode};
 
-use super::TransportLimits;
-use super::ctrlr::{Controller, ControllerInit, QueueEpoch};
+use super::ctrlr::{AdminQueueInit, Controller, ControllerInit, QueueEpoch};
 use super::subsystem::{ListenerAddr, Subsystem, SubsystemSpec};
+use super::{LimitsByTransport, TransportLimits};
 
 /// Why the registry could not be built from the declaration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +32,12 @@ pub enum RegistryError {
     },
     #[error("transport limit {0} is out of range")]
     BadLimit(&'static str),
+    #[error("no subsystem {0}")]
+    UnknownSubsystem(String),
+    #[error("subsystem {nqn} is not reachable through {listener}")]
+    ListenerNotAllowed { nqn: String, listener: String },
+    #[error("subsystem {0} has no controller ID left")]
+    NoControllerId(String),
 }
 
 /// What a Connect command produced.
@@ -56,7 +62,7 @@ pub enum ConnectOutcome {
 pub(crate) struct RegistryShared {
     pub(crate) subsystems: RwLock<BTreeMap<String, Arc<Subsystem>>>,
     pub(crate) discovery: Arc<Subsystem>,
-    pub(crate) limits: TransportLimits,
+    pub(crate) limits: LimitsByTransport,
     /// Discovery log generation counter; bumped on every change a host could see.
     pub(crate) genctr: AtomicU64,
 }
@@ -81,9 +87,12 @@ pub struct Registry {
 impl Registry {
     pub fn new(
         subsystems: Vec<SubsystemSpec>,
-        limits: TransportLimits,
+        limits: impl Into<LimitsByTransport>,
     ) -> Result<Self, RegistryError> {
-        check_limits(&limits)?;
+        let limits = limits.into();
+        for transport in limits.all() {
+            check_limits(&transport)?;
+        }
         let mut map = BTreeMap::new();
         for spec in subsystems {
             if spec.nqn == DISCOVERY_NQN {
@@ -109,8 +118,12 @@ impl Registry {
         })
     }
 
-    pub fn limits(&self) -> TransportLimits {
+    pub fn limits(&self) -> LimitsByTransport {
         self.shared.limits
+    }
+
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<RegistryShared> {
+        Arc::downgrade(&self.shared)
     }
 
     /// The subsystem named `nqn` (the discovery NQN gives the discovery subsystem).
@@ -244,7 +257,7 @@ impl Registry {
             );
             return Err(Refusal::status(Status::CONNECT_INVALID_HOST.with_dnr()));
         }
-        let limits = self.shared.limits;
+        let limits = self.shared.limits.of(listener);
         if cmd.qid == 0 {
             if cmd.sqsize == 0 || u32::from(cmd.sqsize) >= limits.max_aq_depth {
                 return Err(Refusal::param(false, sqe_offset::SQSIZE));
@@ -263,7 +276,7 @@ impl Registry {
                         hostid: data.hostid,
                         listener: listener.clone(),
                         limits,
-                        cmd,
+                        admin: AdminQueueInit::Fabrics(cmd),
                         now,
                     })
                 })
@@ -286,7 +299,11 @@ impl Registry {
         if ctrlr.hostnqn() != data.hostnqn {
             return Err(Refusal::param(true, data_offset::HOSTNQN));
         }
-        if cmd.sqsize == 0 || u32::from(cmd.sqsize) >= limits.max_queue_depth {
+        // An association lives on one transport: its I/O queues come the way its admin did.
+        if ctrlr.listener().trtype() != listener.trtype() {
+            return Err(Refusal::param(true, data_offset::CNTLID));
+        }
+        if cmd.sqsize == 0 || u32::from(cmd.sqsize) >= ctrlr.limits.max_queue_depth {
             return Err(Refusal::param(false, sqe_offset::SQSIZE));
         }
         let epoch = ctrlr.attach_io_queue(&cmd, now).map_err(|status| {

@@ -56,6 +56,27 @@ fn backend(size: u64) -> Arc<dyn Backend> {
     })
 }
 
+/// The calls as a fabrics transport makes them: the data buffer is what the SGL describes.
+trait ViaSgl {
+    fn prepare_io_sgl(&self, sqe: &Sqe) -> Result<IoPlan, Status>;
+    fn handle_admin_sgl(&self, sqe: &Sqe, data: &[u8], now: Instant) -> AdminOutcome;
+    fn admin_host_data_len_sgl(&self, sqe: &Sqe) -> Result<usize, Status>;
+}
+
+impl ViaSgl for Controller {
+    fn prepare_io_sgl(&self, sqe: &Sqe) -> Result<IoPlan, Status> {
+        self.prepare_io(sqe, sqe.sgl().length)
+    }
+
+    fn handle_admin_sgl(&self, sqe: &Sqe, data: &[u8], now: Instant) -> AdminOutcome {
+        self.handle_admin(sqe, data, sqe.sgl().length, now)
+    }
+
+    fn admin_host_data_len_sgl(&self, sqe: &Sqe) -> Result<usize, Status> {
+        self.admin_host_data_len(sqe, sqe.sgl().length)
+    }
+}
+
 fn listener(port: &str) -> ListenerAddr {
     ListenerAddr::Tcp(format!("127.0.0.1:{port}").parse().expect("socket address"))
 }
@@ -214,7 +235,7 @@ fn prop_get(ctrlr: &Controller, off: u32, eight: bool, now: Instant) -> Cqe {
         value: 0,
     }
     .emit(&mut sqe);
-    complete(ctrlr.handle_admin(&sqe, &[], now)).0
+    complete(ctrlr.handle_admin_sgl(&sqe, &[], now)).0
 }
 
 fn prop_set(ctrlr: &Controller, off: u32, value: u64, now: Instant) -> Cqe {
@@ -226,7 +247,7 @@ fn prop_set(ctrlr: &Controller, off: u32, value: u64, now: Instant) -> Cqe {
         value,
     }
     .emit(&mut sqe);
-    complete(ctrlr.handle_admin(&sqe, &[], now)).0
+    complete(ctrlr.handle_admin_sgl(&sqe, &[], now)).0
 }
 
 fn complete(outcome: AdminOutcome) -> (Cqe, Vec<u8>) {
@@ -240,6 +261,7 @@ fn complete(outcome: AdminOutcome) -> (Cqe, Vec<u8>) {
             (cqe, data)
         }
         AdminOutcome::Deferred => panic!("unexpectedly deferred"),
+        AdminOutcome::Queue { .. } => panic!("a queue request from a fabrics controller"),
     }
 }
 
@@ -253,7 +275,7 @@ fn admin_cmd(opcode: u8, nsid: u32, cdw10: u32, cdw11: u32, len: u32) -> Sqe {
 }
 
 fn run(ctrlr: &Controller, sqe: &Sqe) -> (Cqe, Vec<u8>) {
-    complete(ctrlr.handle_admin(sqe, &[], Instant::now()))
+    complete(ctrlr.handle_admin_sgl(sqe, &[], Instant::now()))
 }
 
 fn identify(ctrlr: &Controller, cns: u8, nsid: u32) -> (Cqe, Vec<u8>) {
@@ -597,14 +619,14 @@ fn property_state_machine() {
     assert_eq!(prop_get(&ctrlr, offset::CC, false, b.now).dw0, 0x0046_0001);
     assert_eq!(prop_get(&ctrlr, offset::CSTS, false, b.now).dw0, 0x1);
     let epoch = b.attach(&ctrlr, 1);
-    assert!(ctrlr.prepare_io(&read_cmd(1, 0, 0, 4096)).is_ok());
+    assert!(ctrlr.prepare_io_sgl(&read_cmd(1, 0, 0, 4096)).is_ok());
 
     // Reset (EN 1 -> 0): I/O queues die, I/O is refused.
     prop_set(&ctrlr, offset::CC, 0x0046_0000, b.now);
     assert_eq!(prop_get(&ctrlr, offset::CSTS, false, b.now).dw0, 0);
     assert!(!ctrlr.is_io_queue_live(1, epoch));
     assert_eq!(
-        ctrlr.prepare_io(&read_cmd(1, 0, 0, 4096)).err(),
+        ctrlr.prepare_io_sgl(&read_cmd(1, 0, 0, 4096)).err(),
         Some(Status::COMMAND_SEQUENCE_ERROR.with_dnr())
     );
 
@@ -615,7 +637,7 @@ fn property_state_machine() {
     prop_set(&ctrlr, offset::CC, 0x0046_4001, b.now);
     assert_eq!(prop_get(&ctrlr, offset::CSTS, false, b.now).dw0 & 0xC, 0x8);
     assert!(!ctrlr.is_io_queue_live(1, again));
-    assert!(ctrlr.prepare_io(&read_cmd(1, 0, 0, 4096)).is_err());
+    assert!(ctrlr.prepare_io_sgl(&read_cmd(1, 0, 0, 4096)).is_err());
     // Clearing SHN clears SHST.
     prop_set(&ctrlr, offset::CC, 0x0046_0000, b.now);
     assert_eq!(prop_get(&ctrlr, offset::CSTS, false, b.now).dw0 & 0xC, 0);
@@ -933,7 +955,7 @@ fn features() {
     );
     set_feature(&ctrlr, fid::VOLATILE_WRITE_CACHE, 0);
     let plan = ctrlr
-        .prepare_io(&write_cmd(1, 0, 0, 4096, false))
+        .prepare_io_sgl(&write_cmd(1, 0, 0, 4096, false))
         .expect("valid");
     assert_eq!(
         plan.op,
@@ -1044,7 +1066,7 @@ fn log_pages_and_offsets() {
         ..huge
     }
     .emit(&mut sqe);
-    match ctrlr.handle_admin(&sqe, &[], b.now) {
+    match ctrlr.handle_admin_sgl(&sqe, &[], b.now) {
         AdminOutcome::Complete { cqe, data, zeroes } => {
             assert_eq!(cqe.status, Status::SUCCESS);
             // Wholly past the page: counted as zeroes, nothing stored.
@@ -1061,7 +1083,7 @@ fn admin_host_data_is_known_before_any_transfer() {
     let with_sgl = |opcode: u8, len: u32| {
         let mut sqe = Sqe::new(opcode, 1);
         sqe.set_sgl(Sgl::transport(len));
-        ctrlr.admin_host_data_len(&sqe)
+        ctrlr.admin_host_data_len_sgl(&sqe)
     };
     // Unknown opcodes, even those whose direction bits say host to controller, are refused
     // before any R2T.
@@ -1094,7 +1116,10 @@ fn aer_delivered_after_namespace_change() {
     for cid in 0..4u16 {
         let mut sqe = admin_cmd(admin::ASYNC_EVENT_REQUEST, 0, 0, 0, 0);
         sqe.set_cid(100 + cid);
-        assert_eq!(ctrlr.handle_admin(&sqe, &[], b.now), AdminOutcome::Deferred);
+        assert_eq!(
+            ctrlr.handle_admin_sgl(&sqe, &[], b.now),
+            AdminOutcome::Deferred
+        );
     }
     // A fifth is over the limit (AERL 3).
     let (cqe, _) = run(&ctrlr, &admin_cmd(admin::ASYNC_EVENT_REQUEST, 0, 0, 0, 0));
@@ -1152,7 +1177,7 @@ fn keep_alive_deadline_follows_activity() {
     assert!(ctrlr.is_expired(b.now + kato));
     let later = b.now + Duration::from_secs(3);
     let (cqe, _) =
-        complete(ctrlr.handle_admin(&admin_cmd(admin::KEEP_ALIVE, 0, 0, 0, 0), &[], later));
+        complete(ctrlr.handle_admin_sgl(&admin_cmd(admin::KEEP_ALIVE, 0, 0, 0, 0), &[], later));
     assert_eq!(cqe.status, Status::SUCCESS);
     assert_eq!(ctrlr.keep_alive_deadline(), Some(later + kato));
     // Traffic on an I/O queue counts too; time never goes backwards.
@@ -1277,7 +1302,7 @@ fn discovery_generation_and_change_notice() {
     let (_, page) = get_log(&d, lid::DISCOVERY, 1024, 0, false);
     let gen1 = DiscoveryLogHeader::parse(&page).expect("header").genctr;
     let aer = admin_cmd(admin::ASYNC_EVENT_REQUEST, 0, 0, 0, 0);
-    assert_eq!(d.handle_admin(&aer, &[], b.now), AdminOutcome::Deferred);
+    assert_eq!(d.handle_admin_sgl(&aer, &[], b.now), AdminOutcome::Deferred);
 
     // A new subsystem any host may see: generation bumps, the notice fires.
     b.reg
@@ -1335,7 +1360,9 @@ fn write_cmd(nsid: u32, slba: u64, nlb0: u16, len: u32, fua: bool) -> Sqe {
 fn io_plans() {
     let b = Bench::new();
     let ctrlr = b.ready(SUB_A, HOST_1);
-    let plan = ctrlr.prepare_io(&read_cmd(1, 10, 1, 8192)).expect("valid");
+    let plan = ctrlr
+        .prepare_io_sgl(&read_cmd(1, 10, 1, 8192))
+        .expect("valid");
     assert_eq!(plan.ns.nsid(), 1);
     assert_eq!(
         plan.op,
@@ -1346,7 +1373,7 @@ fn io_plans() {
     );
     assert_eq!(plan.data_len, 8192);
     let plan = ctrlr
-        .prepare_io(&write_cmd(1, 0, 0, 4096, true))
+        .prepare_io_sgl(&write_cmd(1, 0, 0, 4096, true))
         .expect("valid");
     assert_eq!(
         plan.op,
@@ -1357,7 +1384,7 @@ fn io_plans() {
         }
     );
     let plan = ctrlr
-        .prepare_io(&write_cmd(1, 0, 0, 4096, false))
+        .prepare_io_sgl(&write_cmd(1, 0, 0, 4096, false))
         .expect("valid");
     assert_eq!(
         plan.op,
@@ -1368,7 +1395,7 @@ fn io_plans() {
         }
     );
     let plan = ctrlr
-        .prepare_io(&io_cmd(io::COMPARE, 1, 2, 0, 4096))
+        .prepare_io_sgl(&io_cmd(io::COMPARE, 1, 2, 0, 4096))
         .expect("valid");
     assert_eq!(
         plan.op,
@@ -1378,12 +1405,12 @@ fn io_plans() {
         }
     );
     let plan = ctrlr
-        .prepare_io(&io_cmd(io::FLUSH, 1, 0, 0, 0))
+        .prepare_io_sgl(&io_cmd(io::FLUSH, 1, 0, 0, 0))
         .expect("valid");
     assert_eq!((plan.op, plan.data_len), (IoOp::Flush, 0));
     // Write Zeroes moves no data and is not bound by MDTS.
     let plan = ctrlr
-        .prepare_io(&io_cmd(io::WRITE_ZEROES, 1, 0, 0xFFFF, 0))
+        .prepare_io_sgl(&io_cmd(io::WRITE_ZEROES, 1, 0, 0xFFFF, 0))
         .expect("valid");
     assert_eq!(
         (plan.op, plan.data_len),
@@ -1397,14 +1424,14 @@ fn io_plans() {
         )
     );
     // The last block is in range.
-    assert!(ctrlr.prepare_io(&read_cmd(1, 65535, 0, 4096)).is_ok());
+    assert!(ctrlr.prepare_io_sgl(&read_cmd(1, 65535, 0, 4096)).is_ok());
 }
 
 #[test]
 fn io_validation_errors() {
     let b = Bench::new();
     let ctrlr = b.ready(SUB_A, HOST_1);
-    let err = |sqe: Sqe| ctrlr.prepare_io(&sqe).err();
+    let err = |sqe: Sqe| ctrlr.prepare_io_sgl(&sqe).err();
     let dnr = Status::with_dnr;
     assert_eq!(
         err(read_cmd(2, 0, 0, 4096)),
@@ -1427,14 +1454,14 @@ fn io_validation_errors() {
         err(read_cmd(1, 0, 32, 135_168)),
         Some(dnr(Status::INVALID_FIELD))
     );
-    assert!(ctrlr.prepare_io(&read_cmd(1, 0, 31, 131_072)).is_ok());
+    assert!(ctrlr.prepare_io_sgl(&read_cmd(1, 0, 31, 131_072)).is_ok());
     // The SGL carries less than NLB blocks.
     assert_eq!(
         err(read_cmd(1, 0, 1, 4096)),
         Some(dnr(Status::DATA_SGL_LENGTH_INVALID))
     );
     // Read-only namespace: reads fine, writes refused.
-    assert!(ctrlr.prepare_io(&read_cmd(3, 0, 0, 4096)).is_ok());
+    assert!(ctrlr.prepare_io_sgl(&read_cmd(3, 0, 0, 4096)).is_ok());
     let wp = Status::new(0, 0x20).with_dnr();
     assert_eq!(err(write_cmd(3, 0, 0, 4096, false)), Some(wp));
     assert_eq!(err(io_cmd(io::WRITE_ZEROES, 3, 0, 0, 0)), Some(wp));
@@ -1460,7 +1487,7 @@ fn dataset_management_ranges() {
     // NR = 2 (0-based 1), AD set.
     let mut sqe = io_cmd(io::DATASET_MANAGEMENT, 1, 0, 0, 32);
     sqe.set_cdw(10, 1).set_cdw(11, 1 << 2);
-    let plan = ctrlr.prepare_io(&sqe).expect("valid");
+    let plan = ctrlr.prepare_io_sgl(&sqe).expect("valid");
     assert_eq!(
         (plan.op.clone(), plan.data_len),
         (IoOp::Deallocate(Vec::new()), 32)
@@ -1485,11 +1512,11 @@ fn dataset_management_ranges() {
     );
     // Without AD: nothing to do but receive the data.
     sqe.set_cdw(11, 0);
-    assert_eq!(ctrlr.prepare_io(&sqe).map(|p| p.op), Ok(IoOp::None));
+    assert_eq!(ctrlr.prepare_io_sgl(&sqe).map(|p| p.op), Ok(IoOp::None));
     // SGL shorter than 16 * NR.
     sqe.set_sgl(Sgl::transport(16));
     assert_eq!(
-        ctrlr.prepare_io(&sqe).err(),
+        ctrlr.prepare_io_sgl(&sqe).err(),
         Some(Status::DATA_SGL_LENGTH_INVALID.with_dnr())
     );
 }
@@ -1503,10 +1530,13 @@ fn queue_gone_and_teardown() {
     assert!(!ctrlr.is_io_queue_live(1, first));
     let second = b.attach(&ctrlr, 1);
     let aer = admin_cmd(admin::ASYNC_EVENT_REQUEST, 0, 0, 0, 0);
-    assert_eq!(ctrlr.handle_admin(&aer, &[], b.now), AdminOutcome::Deferred);
+    assert_eq!(
+        ctrlr.handle_admin_sgl(&aer, &[], b.now),
+        AdminOutcome::Deferred
+    );
     ctrlr.handle_queue_gone(0, QueueEpoch::ADMIN);
     assert!(!ctrlr.is_live() && !ctrlr.is_enabled() && !ctrlr.is_io_queue_live(1, second));
-    assert!(ctrlr.prepare_io(&read_cmd(1, 0, 0, 4096)).is_err());
+    assert!(ctrlr.prepare_io_sgl(&read_cmd(1, 0, 0, 4096)).is_err());
     // Events no longer reach a removed controller.
     b.reg
         .subsystem(SUB_A)
@@ -1564,4 +1594,76 @@ fn shared_types_cross_threads() {
     send_sync::<Controller>();
     send_sync::<Namespace>();
     send_sync::<IoPlan>();
+}
+
+#[test]
+fn fabrics_controllers_create_no_queues_with_admin_commands() {
+    let b = Bench::new();
+    let ctrlr = b.ready(SUB_A, HOST_1);
+    for opcode in [
+        admin::CREATE_IO_CQ,
+        admin::CREATE_IO_SQ,
+        admin::DELETE_IO_SQ,
+        admin::DELETE_IO_CQ,
+    ] {
+        let (cqe, _) = run(&ctrlr, &admin_cmd(opcode, 0, 1 | (63 << 16), 1, 0));
+        assert_eq!(cqe.status, Status::INVALID_OPCODE.with_dnr(), "{opcode:#x}");
+    }
+}
+
+#[test]
+fn each_transport_has_its_own_limits_and_keeps_its_queues() {
+    let tcp = listener("4420");
+    let rdma = ListenerAddr::Rdma("127.0.0.1:4420".parse().expect("socket"));
+    let small = TransportLimits {
+        max_queue_depth: 16,
+        ..limits()
+    };
+    let reg = Registry::new(
+        vec![SubsystemSpec {
+            nqn: SUB_A.into(),
+            serial: "s".into(),
+            model: "m".into(),
+            allow_any_host: true,
+            hosts: vec![],
+            max_namespaces: 1,
+            namespaces: vec![],
+            listeners: vec![tcp.clone(), rdma.clone()],
+        }],
+        LimitsByTransport {
+            tcp: limits(),
+            rdma: small,
+            vfio_user: limits(),
+        },
+    )
+    .expect("registry");
+    let now = Instant::now();
+    let connect = |qid: u16, sqsize: u16, cntlid: u16, via: &ListenerAddr| {
+        reg.handle_connect(
+            &connect_sqe(qid, sqsize, 0),
+            &connect_data(SUB_A, HOST_1, cntlid),
+            via,
+            now,
+        )
+    };
+    let ConnectOutcome::Admin { ctrlr, .. } = connect(0, 31, 0xFFFF, &rdma) else {
+        panic!("rdma admin connect");
+    };
+    assert_eq!(ctrlr.limits.max_queue_depth, 16, "RDMA's limits");
+    // CAP.MQES follows the transport.
+    assert_eq!(ctrlr.cap() & 0xFFFF, 15);
+    prop_set(&ctrlr, offset::CC, 0x0046_0001, now);
+    let cqe = refused(connect(1, 31, ctrlr.cntlid(), &rdma));
+    assert_eq!(
+        cqe.status,
+        Status::CONNECT_INVALID_PARAMETERS.with_dnr(),
+        "sqsize past RDMA's depth"
+    );
+    // Its I/O queues come the way its admin queue did.
+    let cqe = refused(connect(1, 15, ctrlr.cntlid(), &tcp));
+    assert_eq!(cqe.status, Status::CONNECT_INVALID_PARAMETERS.with_dnr());
+    assert!(matches!(
+        connect(1, 15, ctrlr.cntlid(), &rdma),
+        ConnectOutcome::Io { .. }
+    ));
 }

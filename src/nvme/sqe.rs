@@ -101,6 +101,20 @@ impl Sqe {
     }
 
     /// The data pointer read as an SGL descriptor.
+    /// PRP Entry 1 (dwords 6-7), the data pointer of a PCIe command that uses PRPs.
+    pub fn prp1(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.as_bytes()[24..32]);
+        u64::from_le_bytes(b)
+    }
+
+    /// PRP Entry 2 (dwords 8-9).
+    pub fn prp2(&self) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.as_bytes()[32..40]);
+        u64::from_le_bytes(b)
+    }
+
     pub fn sgl(&self) -> Sgl {
         let mut raw = [0u8; 16];
         raw.copy_from_slice(&self.bytes[field::DPTR]);

@@ -126,7 +126,9 @@ impl Status {
     pub const ABORT_COMMAND_LIMIT_EXCEEDED: Self = specific(0x03);
     pub const ASYNC_EVENT_REQUEST_LIMIT_EXCEEDED: Self = specific(0x05);
     pub const INVALID_FIRMWARE_SLOT: Self = specific(0x06);
+    pub const INVALID_INTERRUPT_VECTOR: Self = specific(0x08);
     pub const INVALID_LOG_PAGE: Self = specific(0x09);
+    pub const INVALID_QUEUE_DELETION: Self = specific(0x0C);
     pub const FEATURE_ID_NOT_SAVEABLE: Self = specific(0x0D);
     pub const FEATURE_NOT_CHANGEABLE: Self = specific(0x0E);
     pub const FEATURE_NOT_NAMESPACE_SPECIFIC: Self = specific(0x0F);

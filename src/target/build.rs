@@ -10,14 +10,15 @@ use tracing::info;
 use crate::backend::Backend;
 use crate::config::{self, Config, Subsystem as SubsystemDecl};
 use crate::controller::{
-    ListenerAddr, Namespace, NamespaceSpec, Registry, SubsystemSpec, TransportLimits,
+    LimitsByTransport, ListenerAddr, Namespace, NamespaceSpec, Registry, SubsystemSpec,
+    TransportLimits,
 };
 use crate::reconcile::plan::{listener_addr, listeners as listeners_of};
 use crate::transport::buffer_pool::{PoolLimits, SharedPool};
 
 pub struct Built {
     pub registry: Arc<Registry>,
-    pub limits: TransportLimits,
+    pub limits: LimitsByTransport,
     pub c2h_success: bool,
     pub listeners: Vec<(TcpListener, ListenerAddr)>,
 }
@@ -33,20 +34,39 @@ pub fn buffer_pool(config: &Config, reactors: usize) -> Arc<SharedPool> {
     ))
 }
 
-pub fn limits(config: &Config) -> (TransportLimits, bool) {
-    // Without [transport.tcp] nothing listens yet; discovery and the control socket still
-    // serve, and a reload may add listeners.
-    let tcp = config.transport.tcp.clone().unwrap_or_default();
-    (
-        TransportLimits {
+/// What each transport allows, from its `[transport.*]` section (its defaults when absent:
+/// without [transport.tcp] nothing listens yet; discovery and the control socket still serve,
+/// and a reload may add listeners), and whether TCP may send C2HData with SUCCESS.
+pub fn limits(config: &Config) -> (LimitsByTransport, bool) {
+    let transports = &config.transport;
+    let tcp = transports.tcp.clone().unwrap_or_default();
+    let rdma = transports.rdma.clone().unwrap_or_default();
+    let vfio = transports.vfiouser.clone().unwrap_or_default();
+    let limits = LimitsByTransport {
+        tcp: TransportLimits {
             max_queue_depth: tcp.max_queue_depth,
             max_aq_depth: tcp.max_aq_depth,
             max_io_qpairs_per_ctrlr: tcp.max_io_qpairs_per_ctrlr,
             in_capsule_data_size: tcp.in_capsule_data_size,
             max_io_size: tcp.max_io_size,
         },
-        tcp.c2h_success,
-    )
+        rdma: TransportLimits {
+            max_queue_depth: rdma.max_queue_depth,
+            max_aq_depth: rdma.max_aq_depth,
+            max_io_qpairs_per_ctrlr: rdma.max_io_qpairs_per_ctrlr,
+            in_capsule_data_size: rdma.in_capsule_data_size,
+            max_io_size: rdma.max_io_size,
+        },
+        vfio_user: TransportLimits {
+            max_queue_depth: vfio.max_queue_depth,
+            max_aq_depth: vfio.max_aq_depth,
+            max_io_qpairs_per_ctrlr: vfio.max_io_qpairs_per_ctrlr,
+            // PCIe has no capsules.
+            in_capsule_data_size: 0,
+            max_io_size: vfio.max_io_size,
+        },
+    };
+    (limits, tcp.c2h_success)
 }
 
 pub fn build(config: &Config) -> anyhow::Result<Built> {

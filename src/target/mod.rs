@@ -79,7 +79,7 @@ impl Target {
         let mailboxes = Arc::new(prepared.iter().map(Reactor::mailbox).collect::<Vec<_>>());
         let context = Arc::new(TcpContext {
             registry: Arc::clone(&built.registry),
-            limits: built.limits,
+            limits: built.limits.tcp,
             c2h_success: built.c2h_success,
         });
         let listeners_open = built

@@ -548,9 +548,13 @@ impl TcpQpair {
             return Flow::Continue;
         }
         let admitted = if qid == 0 {
-            ctrlr.admin_host_data_len(&sqe).map(|len| (None, len, 0))
+            ctrlr
+                .admin_host_data_len(&sqe, sqe.sgl().length)
+                .map(|len| (None, len, 0))
         } else {
-            ctrlr.prepare_io(&sqe).map(|plan| (Some(plan), 0, 0))
+            ctrlr
+                .prepare_io(&sqe, sqe.sgl().length)
+                .map(|plan| (Some(plan), 0, 0))
         };
         let (plan, mut host_len, mut read_len) = match admitted {
             Ok(admitted) => admitted,
@@ -787,7 +791,7 @@ impl TcpQpair {
             return Flow::Close;
         };
         let disconnect = sqe.opcode() == opcode::FABRICS && sqe.fctype() == fctype::DISCONNECT;
-        match ctrlr.handle_admin(sqe, data, now) {
+        match ctrlr.handle_admin(sqe, data, sqe.sgl().length, now) {
             AdminOutcome::Complete { cqe, data, zeroes } => {
                 let limit = sqe.sgl().length as usize;
                 let sent = data.len().min(limit);
@@ -799,6 +803,11 @@ impl TcpQpair {
                 }
             }
             AdminOutcome::Deferred => {}
+            // Only PCIe controllers create queues with admin commands; never on fabrics.
+            AdminOutcome::Queue { cid, request } => {
+                ctrlr.undo_queue_request(&request);
+                self.send_response(Cqe::new(cid, Status::INVALID_OPCODE.with_dnr()));
+            }
         }
         self.poll_async_events();
         if disconnect {
