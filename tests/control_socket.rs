@@ -292,7 +292,10 @@ fn a_stale_socket_of_our_own_is_replaced() {
     // The stale file already exists, so "the socket exists" says nothing: wait for an answer.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while call(&socket, "nvmf_tgt_status", Value::Null).is_err() {
-        assert!(std::time::Instant::now() < deadline, "no answer on the new socket");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer on the new socket"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert_eq!(mode(&socket), 0o600);

@@ -125,7 +125,7 @@ fn io_commands_statuses() {
     let done = q.execute(cmp, Some(pattern(8192, 9)), 0).expect("compare");
     assert!(done.cqe.status.is_success(), "{:?}", done.cqe);
     let done = q.execute(cmp, Some(pattern(8192, 10)), 0).expect("compare");
-    assert_eq!(done.cqe.status.sc, Status::COMPARE_FAILURE.sc);
+    assert_eq!(done.cqe.status, Status::COMPARE_FAILURE);
     // Write Zeroes, Flush, Dataset Management deallocate.
     let mut wz = Sqe::new(io::WRITE_ZEROES, 0);
     wz.set_nsid(2).set_cdw(12, 7);
@@ -164,16 +164,16 @@ fn io_commands_statuses() {
         .read(1, (16 << 20) / 512, 1, BS)
         .expect_err("beyond the end");
     assert!(
-        matches!(err, HostError::Status(s) if s.sc == Status::LBA_OUT_OF_RANGE.sc),
+        matches!(err, HostError::Status(s) if s == Status::LBA_OUT_OF_RANGE.with_dnr()),
         "{err}"
     );
     let err = q.read(7, 0, 1, BS).expect_err("no such namespace");
     assert!(
-        matches!(err, HostError::Status(s) if s.sc == Status::INVALID_NAMESPACE.sc),
+        matches!(err, HostError::Status(s) if s == Status::INVALID_NAMESPACE.with_dnr()),
         "{err}"
     );
     let done = q.execute(Sqe::new(0x7E, 0), None, 0).expect("odd opcode");
-    assert_eq!(done.cqe.status.sc, Status::INVALID_OPCODE.sc);
+    assert_eq!(done.cqe.status, Status::INVALID_OPCODE.with_dnr());
     let err = q.read(1, 0, 1024, BS).expect_err("512 KiB is over MDTS");
     assert!(matches!(err, HostError::Status(_)), "{err}");
     // The queue still works after all of that.

@@ -111,13 +111,7 @@ fn hosts_not_on_the_allow_list_are_refused() {
         ..TargetSpec::default()
     });
     let (_stream, cqe) = connect_admin(target.addr(), SUBNQN, HOSTNQN, 30_000);
-    assert_eq!(
-        (cqe.status.sct, cqe.status.sc),
-        (
-            Status::CONNECT_INVALID_HOST.sct,
-            Status::CONNECT_INVALID_HOST.sc
-        )
-    );
+    assert_eq!(cqe.status, Status::CONNECT_INVALID_HOST.with_dnr());
     let (_stream, cqe) = connect_admin(target.addr(), SUBNQN, allowed, 30_000);
     assert!(cqe.status.is_success(), "{cqe:?}");
     let (_stream, cqe) = connect_admin(

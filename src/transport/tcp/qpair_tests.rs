@@ -415,14 +415,14 @@ fn io_queue_write_via_r2t_then_read_back() {
         .set_sgl(Sgl::transport(1024));
     let replies = ioq.command(&read, &[]);
     assert!(
-        matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.sc == Status::LBA_OUT_OF_RANGE.sc),
+        matches!(replies.as_slice(), [Reply::Resp(c)] if c.status == Status::LBA_OUT_OF_RANGE.with_dnr()),
         "{replies:?}"
     );
     let mut read = Sqe::new(io::READ, 13);
     read.set_nsid(9).set_cdw(12, 0).set_sgl(Sgl::transport(512));
     let replies = ioq.command(&read, &[]);
     assert!(
-        matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.sc == Status::INVALID_NAMESPACE.sc),
+        matches!(replies.as_slice(), [Reply::Resp(c)] if c.status == Status::INVALID_NAMESPACE.with_dnr()),
         "{replies:?}"
     );
     let mut stray = Vec::new();
@@ -536,7 +536,7 @@ fn null_reads_send_zeroes_with_the_right_digest() {
             .set_sgl(Sgl::transport(1024));
         let replies = ioq.command(&past, &[]);
         assert!(
-            matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.sc == Status::LBA_OUT_OF_RANGE.sc),
+            matches!(replies.as_slice(), [Reply::Resp(c)] if c.status == Status::LBA_OUT_OF_RANGE.with_dnr()),
             "{replies:?}"
         );
     }
