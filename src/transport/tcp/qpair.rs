@@ -45,7 +45,22 @@ enum State {
         qid: u16,
         epoch: QueueEpoch,
     },
-    Terminating,
+    /// A C2HTermReq is queued; nothing more is read. It keeps the queue's attachment so
+    /// that `close` still detaches it (and tears an admin queue's controller down).
+    Terminating {
+        attached: Option<(Arc<Controller>, u16, QueueEpoch)>,
+    },
+}
+
+impl State {
+    /// The controller, qid and epoch this queue is attached to, if any.
+    fn into_attached(self) -> Option<(Arc<Controller>, u16, QueueEpoch)> {
+        match self {
+            Self::Ready { ctrlr, qid, epoch } => Some((ctrlr, qid, epoch)),
+            Self::Terminating { attached } => attached,
+            Self::AwaitIcReq | Self::AwaitConnect => None,
+        }
+    }
 }
 
 /// Where a command is in its life.
@@ -173,7 +188,7 @@ impl TcpQpair {
     }
 
     pub fn is_terminating(&self) -> bool {
-        matches!(self.state, State::Terminating)
+        matches!(self.state, State::Terminating { .. })
     }
 
     /// Whether so much waits to be written that no new command should be read.
@@ -190,7 +205,7 @@ impl TcpQpair {
     pub fn deadline(&self) -> Option<Instant> {
         let own = match &self.state {
             State::Ready { ctrlr, qid: 0, .. } => ctrlr.keep_alive_deadline(),
-            State::Ready { .. } | State::Terminating => None,
+            State::Ready { .. } | State::Terminating { .. } => None,
             State::AwaitIcReq | State::AwaitConnect => self.setup_deadline,
         };
         let data = self.data_deadlines.front().map(|(at, _)| *at);
@@ -219,7 +234,7 @@ impl TcpQpair {
                     return Flow::Close;
                 }
             }
-            State::Ready { .. } | State::Terminating => {}
+            State::Ready { .. } | State::Terminating { .. } => {}
         }
         self.drop_stale_data_deadlines();
         if let Some(&(at, tag)) = self.data_deadlines.front() {
@@ -343,10 +358,10 @@ impl TcpQpair {
     /// controller if that tore it down (an admin queue), so its other queues can be closed.
     /// Buffers still held return their credits as they drop.
     pub fn close(&mut self) -> Option<Arc<Controller>> {
-        let state = std::mem::replace(&mut self.state, State::Terminating);
+        let state = std::mem::replace(&mut self.state, State::Terminating { attached: None });
         self.commands.clear();
         self.out.clear();
-        if let State::Ready { ctrlr, qid, epoch } = state {
+        if let Some((ctrlr, qid, epoch)) = state.into_attached() {
             ctrlr.handle_queue_gone(qid, epoch);
             if qid == 0 {
                 return Some(ctrlr);
@@ -412,7 +427,7 @@ impl TcpQpair {
                 self.terminate(&InboundError::sequence("H2CData before Connect"), &[]);
                 Flow::Close
             }
-            (State::Terminating, _) => Flow::Close,
+            (State::Terminating { .. }, _) => Flow::Close,
         }
     }
 
@@ -902,7 +917,9 @@ impl TcpQpair {
     fn terminate(&mut self, err: &InboundError, header: &[u8]) {
         warn!(error = %err, "terminating connection");
         self.out.put(|out| outbound::c2h_term_req(out, err, header));
-        self.state = State::Terminating;
+        let attached = std::mem::replace(&mut self.state, State::Terminating { attached: None })
+            .into_attached();
+        self.state = State::Terminating { attached };
     }
 
     /// Gives a finished command's buffers back to the pool.

@@ -793,3 +793,87 @@ fn in_capsule_data_beyond_the_advertised_size_is_refused() {
         "{replies:?}"
     );
 }
+
+/// Connects `host` as I/O queue `qid` of controller `cntlid`; the replies.
+fn connect_io(host: &mut Host, cntlid: u16, qid: u16) -> Vec<Reply> {
+    let mut sqe = Sqe::new(crate::nvme::opcode::FABRICS, 1);
+    sqe.set_fctype(crate::nvme::opcode::fctype::CONNECT);
+    sqe.set_sgl(Sgl::in_capsule(1024));
+    ConnectCmd {
+        recfmt: 0,
+        qid,
+        sqsize: 31,
+        cattr: 0,
+        kato: 0,
+    }
+    .emit(&mut sqe);
+    let mut data = vec![0u8; 1024];
+    ConnectData {
+        hostid: [1; 16],
+        cntlid,
+        subnqn: SUBNQN.into(),
+        hostnqn: HOSTNQN.into(),
+    }
+    .emit(&mut data);
+    host.command(&sqe, &data)
+}
+
+/// A PDU type only controllers send: the queue answers with a C2HTermReq.
+fn terminate_with_a_bad_pdu(host: &mut Host) {
+    let mut pdu = vec![0u8; 24];
+    pdu[0] = pdu_type::CAPSULE_RESP;
+    pdu[2] = 24;
+    pdu[4] = 24;
+    let mut cx = IoCx::new(&host.completions, 0, &host.notifier, &mut host.pool);
+    let (_, flow) = host.qpair.handle_input(&pdu, &mut cx, host.now);
+    assert_eq!(flow, Flow::Close);
+    assert!(host.qpair.is_terminating());
+    let out = host.take_output();
+    assert!(matches!(
+        host.replies(&out).as_slice(),
+        [Reply::Term { fes: 0x01 }]
+    ));
+}
+
+/// Found by the fuzzer: a queue ended by a C2HTermReq used to stay attached, so the host's
+/// reconnect of the same qid was refused.
+#[test]
+fn an_io_queue_ended_by_a_termination_request_frees_its_qid() {
+    let context = context();
+    let (admin, mut ioq) = io_queue(&context, false);
+    let cntlid = admin.qpair.controller().expect("admin").cntlid();
+    terminate_with_a_bad_pdu(&mut ioq);
+    assert!(
+        ioq.qpair.close().is_none(),
+        "an I/O queue takes no controller down"
+    );
+    let mut again = Host::new(false);
+    again.qpair.context = Arc::clone(&context);
+    let replies = connect_io(&mut again, cntlid, 1);
+    assert!(
+        matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.is_success()),
+        "{replies:?}"
+    );
+}
+
+/// Found by the fuzzer: an admin queue ended by a C2HTermReq used to leave its controller
+/// live (no keep-alive any more, still serving its I/O queues).
+#[test]
+fn an_admin_queue_ended_by_a_termination_request_tears_its_controller_down() {
+    let context = context();
+    let (mut admin, mut ioq) = io_queue(&context, false);
+    let ctrlr = Arc::clone(admin.qpair.controller().expect("admin"));
+    terminate_with_a_bad_pdu(&mut admin);
+    let gone = admin
+        .qpair
+        .close()
+        .expect("the admin queue takes its controller down");
+    assert!(Arc::ptr_eq(&gone, &ctrlr));
+    assert!(!ctrlr.is_live());
+    let subsys = context.registry.subsystem(SUBNQN).expect("subsystem");
+    assert!(subsys.controller(ctrlr.cntlid()).is_none());
+    // Its I/O queue no longer serves.
+    let replies = ioq.command(&read_sqe(5, 0, 512), &[]);
+    assert!(replies.is_empty(), "{replies:?}");
+    assert!(!ioq.qpair.is_terminating());
+}
