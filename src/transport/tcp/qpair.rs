@@ -398,12 +398,14 @@ impl TcpQpair {
                     }
                 }
             }
-            (State::AwaitIcReq, _) | (_, Inbound::IcReq(_)) => {
-                self.terminate(&InboundError::sequence("PDU before or after ICReq"), &[]);
-                Flow::Close
-            }
+            // Before the sequence checks: a host may give up at any time, even before ICReq,
+            // and a termination request is answered by closing, not by another one.
             (_, Inbound::TermReq { fes }) => {
                 debug!(fes, "host terminated the connection");
+                Flow::Close
+            }
+            (State::AwaitIcReq, _) | (_, Inbound::IcReq(_)) => {
+                self.terminate(&InboundError::sequence("PDU before or after ICReq"), &[]);
                 Flow::Close
             }
             (

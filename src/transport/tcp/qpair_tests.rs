@@ -877,3 +877,25 @@ fn an_admin_queue_ended_by_a_termination_request_tears_its_controller_down() {
     assert!(replies.is_empty(), "{replies:?}");
     assert!(!ioq.qpair.is_terminating());
 }
+
+/// Found by the fuzzer: a host's H2CTermReq before ICReq got a C2HTermReq back; a
+/// termination request is answered by closing, whatever the state.
+#[test]
+fn a_termination_request_before_icreq_closes_without_an_answer() {
+    let (_poll, completions) = crate::backend::tests::completions();
+    let notifier: super::super::AsyncNotifier = Arc::new(|| {});
+    let mut pool = buffer_pool();
+    let mut qpair = TcpQpair::new(context(), listener(), None, Instant::now());
+    let mut pdu = vec![0u8; 24];
+    pdu[0] = pdu_type::H2C_TERM_REQ;
+    pdu[2] = 24;
+    pdu[4] = 24;
+    pdu[8] = 0x01;
+    let mut cx = IoCx::new(&completions, 0, &notifier, &mut pool);
+    let (used, flow) = qpair.handle_input(&pdu, &mut cx, Instant::now());
+    assert_eq!((used, flow), (24, Flow::Close));
+    assert!(
+        qpair.output().take_all().is_empty(),
+        "no C2HTermReq in answer"
+    );
+}
