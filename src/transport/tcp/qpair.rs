@@ -191,6 +191,21 @@ impl TcpQpair {
         matches!(self.state, State::Terminating { .. })
     }
 
+    /// Whether this is an I/O queue that no longer serves: its controller was reset, shut
+    /// down or torn down, or the queue disconnected. Checked wherever a command could start
+    /// moving data (a capsule, R2T data, granted buffers), so a queue that outlived its
+    /// controller serves nothing more.
+    fn is_stale(&self) -> bool {
+        let State::Ready { ctrlr, qid, epoch } = &self.state else {
+            return false;
+        };
+        let stale = *qid != 0 && !ctrlr.is_io_queue_live(*qid, *epoch);
+        if stale {
+            debug!(qid, "I/O queue no longer live; closing");
+        }
+        stale
+    }
+
     /// Whether so much waits to be written that no new command should be read.
     pub fn is_backpressured(&self) -> bool {
         self.out.unsent_copied() >= BACKPRESSURE_BYTES
@@ -304,6 +319,10 @@ impl TcpQpair {
         if !waiting || self.is_terminating() {
             cx.pool.give_credits(credits);
             return Flow::Continue;
+        }
+        if self.is_stale() {
+            cx.pool.give_credits(credits);
+            return Flow::Close;
         }
         match self.take_command(tag) {
             Some(cmd) => self.proceed(cmd, credits, cx, now),
@@ -528,10 +547,7 @@ impl TcpQpair {
             return Flow::Close;
         };
         let (ctrlr, qid, epoch) = (Arc::clone(ctrlr), *qid, *epoch);
-        if qid != 0 && !ctrlr.is_io_queue_live(qid, epoch) {
-            // The controller was reset, shut down or torn down, or the queue disconnected:
-            // this queue is dead.
-            debug!(qid, "I/O queue no longer live; closing");
+        if self.is_stale() {
             return Flow::Close;
         }
         self.sq_head = (self.sq_head + 1) % self.queue_size.max(1);
@@ -694,6 +710,9 @@ impl TcpQpair {
         cx: &mut IoCx<'_>,
         now: Instant,
     ) -> Flow {
+        if self.is_stale() {
+            return Flow::Close;
+        }
         let tag = h2c.ttag;
         let offset = h2c.datao as usize;
         let Some(cmd) = self

@@ -899,3 +899,77 @@ fn a_termination_request_before_icreq_closes_without_an_answer() {
         "no C2HTermReq in answer"
     );
 }
+
+/// Property Set CC on `admin`, which must succeed.
+fn set_cc(admin: &mut Host, cid: u16, cc: u32) {
+    let mut sqe = Sqe::new(crate::nvme::opcode::FABRICS, cid);
+    sqe.set_fctype(crate::nvme::opcode::fctype::PROPERTY_SET);
+    sqe.set_cdw(11, 0x14).set_cdw(12, cc);
+    assert_eq!(status_of(&admin.command(&sqe, &[])), Status::SUCCESS);
+}
+
+/// Found by the fuzzer: write data that arrived after the controller was reset (or its
+/// admin queue gone) was still written, on a queue that no longer served.
+#[test]
+fn r2t_data_for_a_queue_that_outlived_its_controller_is_not_written() {
+    for reset in [true, false] {
+        let context = context();
+        let (mut admin, mut ioq) = io_queue(&context, false);
+        let (ttag, _) = r2t_of(&ioq.command(&write_sqe(7, 0, 4096), &[]));
+        if reset {
+            set_cc(&mut admin, 9, 0x0046_0000);
+        } else {
+            admin.qpair.close();
+        }
+        let pdu = h2c(&ioq.neg, 7, ttag, 0, &[0x5A; 4096], true);
+        let mut cx = IoCx::new(&ioq.completions, 0, &ioq.notifier, &mut ioq.pool);
+        let (_, flow) = ioq.qpair.handle_input(&pdu, &mut cx, ioq.now);
+        assert_eq!(flow, Flow::Close, "reset {reset}");
+        assert!(
+            ioq.take_output().is_empty(),
+            "no completion (reset {reset})"
+        );
+        let ns = context
+            .registry
+            .subsystem(SUBNQN)
+            .and_then(|s| s.namespace(1));
+        let backend = Arc::clone(ns.expect("namespace").backend());
+        let done = crate::backend::tests::run(
+            &*backend,
+            &ioq.completions,
+            crate::backend::IoKind::Read,
+            0,
+            vec![0xEE; 4096],
+        );
+        assert!(
+            done.buf.iter().all(|&b| b == 0),
+            "the write landed (reset {reset})"
+        );
+    }
+}
+
+/// The same for a command that waited for buffers while its controller was reset: it gets
+/// no R2T and does not run.
+#[test]
+fn a_command_granted_buffers_after_a_reset_does_not_run() {
+    let context = context();
+    let (mut admin, mut ioq) = io_queue(&context, false);
+    let shared = SharedPool::new(PoolLimits::new(1, Some(0), 131_072, 1));
+    ioq.pool = BufferPool::new(Arc::clone(&shared), 0, Arc::new(|| {}));
+    let (ttag, _) = r2t_of(&ioq.command(&write_sqe(1, 0, 4096), &[]));
+    assert!(ioq.command(&read_sqe(2, 0, 4096), &[]).is_empty(), "waits");
+    let out = ioq.feed(&h2c(&ioq.neg, 1, ttag, 0, &[1; 4096], true));
+    assert_eq!(status_of(&ioq.replies(&out)), Status::SUCCESS);
+    set_cc(&mut admin, 9, 0x0046_0000);
+    let (key, credits) = ioq.pool.poll_granted().expect("granted");
+    let tag = u16::try_from(key & 0xFFFF).expect("tag");
+    let mut cx = IoCx::new(&ioq.completions, 0, &ioq.notifier, &mut ioq.pool);
+    let flow = ioq
+        .qpair
+        .handle_buffers_granted(tag, credits, &mut cx, ioq.now);
+    assert_eq!(flow, Flow::Close);
+    assert!(ioq.take_output().is_empty(), "no data, no completion");
+    ioq.qpair.close();
+    ioq.pool.collect_strays();
+    assert_eq!(ioq.pool.stats().in_use, 0, "the credits came back");
+}
