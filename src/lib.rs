@@ -9,6 +9,8 @@ pub mod backend;
 pub mod config;
 pub mod control;
 pub mod controller;
+#[cfg(test)]
+mod fuzz;
 pub mod host;
 pub mod nvme;
 pub mod perf;
