@@ -15,3 +15,6 @@ pub use qpair::{Flow, TcpQpair};
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
 mod fixture_tests;
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+mod fuzz_tests;
