@@ -7,6 +7,8 @@
 //! on a failure the runner replays the session with its trace switched on, prints the trace,
 //! and fails with the seed that `NVMF_FUZZ_REPLAY` replays alone.
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -157,6 +159,16 @@ impl Trace {
     }
 }
 
+thread_local! {
+    static COUNTS: RefCell<BTreeMap<&'static str, u64>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+/// Counts an event of interest; `run` prints the counts at the end, so a grammar that stops
+/// reaching deep shows.
+pub fn count(what: &'static str) {
+    COUNTS.with(|counts| *counts.borrow_mut().entry(what).or_default() += 1);
+}
+
 /// How long each fuzzer runs, from `NVMF_FUZZ_SECONDS`.
 pub fn budget() -> Duration {
     let seconds = std::env::var("NVMF_FUZZ_SECONDS")
@@ -244,6 +256,15 @@ pub fn run(name: &str, mut session: impl FnMut(&mut Rng, &mut Trace)) {
         "fuzz {name}: {sessions} sessions in {:.1} s, no finding",
         start.elapsed().as_secs_f64()
     );
+    let reached = COUNTS.with(|counts| {
+        let counts = std::mem::take(&mut *counts.borrow_mut());
+        counts
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    eprintln!("fuzz {name}: reached {reached}");
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

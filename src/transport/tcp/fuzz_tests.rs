@@ -30,7 +30,7 @@ use crate::backend::{Backend, Completions, IoDone, IoKind, IoRequest};
 use crate::controller::{
     ListenerAddr, NamespaceSpec, Registry, Subsystem, SubsystemSpec, TransportLimits,
 };
-use crate::fuzz::{self, Rng, Trace};
+use crate::fuzz::{self, Rng, Trace, count};
 use crate::nvme::connect::{ConnectCmd, ConnectData};
 use crate::nvme::opcode::{FABRICS, admin, fctype, io};
 use crate::nvme::{Cqe, DISCOVERY_NQN, Sgl, Sqe, Status};
@@ -58,21 +58,6 @@ fn fuzz_tcp_qpair_sessions() {
     fuzz::run("fuzz_tcp_qpair_sessions", |rng, trace| {
         session(rng, trace, &completions);
     });
-    // What the sessions reached, so a grammar that stops going deep shows.
-    COUNTS.with(|counts| {
-        let counts = counts.borrow();
-        let line: Vec<String> = counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        eprintln!("fuzz_tcp_qpair_sessions reached: {}", line.join(", "));
-    });
-}
-
-thread_local! {
-    static COUNTS: std::cell::RefCell<BTreeMap<&'static str, u64>> =
-        const { std::cell::RefCell::new(BTreeMap::new()) };
-}
-
-fn count(what: &'static str) {
-    COUNTS.with(|counts| *counts.borrow_mut().entry(what).or_default() += 1);
 }
 
 /// One session: build a world, run its steps, drain it, close everything, check the pool.
