@@ -201,4 +201,6 @@ fn summarize(config: &Config) -> Summary {
 }
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;
