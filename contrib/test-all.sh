@@ -17,6 +17,10 @@ run "cargo fmt" cargo fmt --all -- --check
 run "cargo clippy" cargo clippy --all-targets -- -D warnings
 run "cargo build --release" cargo build --release
 run "cargo test" cargo test
+# The in-tree fuzzers (queue pair, declaration) again, for longer: the debug build the stage
+# above made (no rebuild; overflow checks on), in parallel, NVMF_FUZZ_SECONDS each. A finding
+# fails the stage and prints the seed that replays it (NVMF_FUZZ_REPLAY=...).
+run "fuzz" env NVMF_FUZZ_SECONDS="${NVMF_FUZZ_SECONDS:-120}" cargo test --lib fuzz -- --nocapture
 run "linux host" contrib/linux-host/run-matrix.sh
 
 stage "summary"
