@@ -3210,6 +3210,20 @@ impl World<'_> {
                     cqe.cid, cqe.sqid
                 );
             }
+            // SQHD: 0xFFFF once the host disabled SQ flow control, else a slot of the queue.
+            if !by_data && !p.pipelined && !matches!(p.cmd, Cmd::Connect { .. }) {
+                let host = &self.conns[c].host;
+                if host.flow_disabled {
+                    assert_eq!(cqe.sqhd, 0xFFFF, "conn {c}: SQHD without SQ flow control");
+                } else {
+                    assert!(
+                        cqe.sqhd <= host.sqsize,
+                        "conn {c}: SQHD {} in a queue of {}",
+                        cqe.sqhd,
+                        u32::from(host.sqsize) + 1
+                    );
+                }
+            }
             if p.data > 0 && !ok {
                 panic!(
                     "conn {c}: cid {} sent data and then failed with {status}",
@@ -3236,6 +3250,9 @@ impl World<'_> {
     /// What a successful command changes in the model.
     fn effects(&mut self, c: usize, p: &Pending, cqe: &Cqe) {
         let ok = cqe.status.is_success();
+        if ok && matches!(p.cmd, Cmd::Aer) {
+            count("AERs completed");
+        }
         match &p.cmd {
             Cmd::Connect {
                 qid,
