@@ -43,6 +43,9 @@ const OTHER_HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-
 /// as zeroes.
 const RO_NSID: u32 = 2;
 const RO_BLOCKS: u64 = 128;
+/// A `null` namespace: reads are zeroes sent without a buffer, writes are dropped.
+const NULL_NSID: u32 = 3;
+const NULL_BLOCKS: u64 = 2048;
 /// Parked AERs do not count against a queue's depth (the target takes them off the queue).
 const MAX_AERS: usize = 4;
 /// CC values the model understands: enable with 64/16-byte entries, disable, shutdown.
@@ -311,13 +314,22 @@ impl<'a> World<'a> {
         if nsid2 {
             namespaces.push(ro_namespace());
         }
+        namespaces.push(NamespaceSpec {
+            nsid: NULL_NSID,
+            backend: Arc::new(crate::backend::null::NullBackend::new(NULL_BLOCKS * 512)),
+            block_size: 512,
+            read_only: false,
+            uuid: None,
+            nguid: None,
+            eui64: None,
+        });
         let spec = SubsystemSpec {
             nqn: SUBNQN.into(),
             serial: "FUZZ0001".into(),
             model: "nvmf-tgt".into(),
             allow_any_host: true,
             hosts: Vec::new(),
-            max_namespaces: *rng.pick(&[2, 32, 1024]),
+            max_namespaces: *rng.pick(&[3, 32, 1024]),
             namespaces,
             listeners: vec![listener()],
         };
@@ -2010,11 +2022,10 @@ impl World<'_> {
             0x7E,
             0x90,
         ]);
-        let nsid2 = rng.chance(8);
-        let (nsid, block, blocks) = if nsid2 {
-            (RO_NSID, 512u64, RO_BLOCKS)
-        } else {
-            (1, u64::from(self.block), self.blocks)
+        let (nsid, block, blocks) = match rng.below(100) {
+            0..=7 => (RO_NSID, 512u64, RO_BLOCKS),
+            8..=15 => (NULL_NSID, 512u64, NULL_BLOCKS),
+            _ => (1, u64::from(self.block), self.blocks),
         };
         let max_nlb = (u64::from(self.limits.max_io_size) / block)
             .min(blocks)
@@ -2078,7 +2089,7 @@ impl World<'_> {
         in_capsule &= len <= icd;
         let mut sqe = Sqe::new(opc, cid);
         let nsid = match fault {
-            Some(IoFault::BadNsid) => *rng.pick(&[0u32, 3, 77, 0xFFFF_FFFE, 0xFFFF_FFFF]),
+            Some(IoFault::BadNsid) => *rng.pick(&[0u32, 4, 77, 0xFFFF_FFFE, 0xFFFF_FFFF]),
             _ => nsid,
         };
         sqe.set_nsid(nsid)
@@ -2112,7 +2123,7 @@ impl World<'_> {
                             .data
                             .get(at..end)
                             .map_or_else(Vec::new, <[u8]>::to_vec)
-                    } else if nsid == RO_NSID && opc == io::COMPARE && rng.bool() {
+                    } else if nsid != 1 && opc == io::COMPARE && rng.bool() {
                         vec![0; usize::try_from(len).unwrap_or(0)]
                     } else {
                         rng.bytes(usize::try_from(len).unwrap_or(0))
@@ -3110,10 +3121,11 @@ impl World<'_> {
                     io.len
                 );
                 count("reads checked against the shadow");
-                if io.nsid == RO_NSID {
+                if io.nsid == RO_NSID || io.nsid == NULL_NSID {
                     assert!(
                         data.iter().all(|&b| b == 0),
-                        "conn {c}: namespace 2 is not zero"
+                        "conn {c}: namespace {} is not zero",
+                        io.nsid
                     );
                 } else if let Some(at) = self.shadow.mismatch(io.offset, data) {
                     panic!(
@@ -3163,7 +3175,9 @@ impl World<'_> {
             let same = |s: &Status| (s.sct, s.sc) == (status.sct, status.sc);
             let compare = match &p.cmd {
                 Cmd::Io(io) if io.opc != io::COMPARE => None,
-                Cmd::Io(io) if io.nsid == RO_NSID => Some(io.data.iter().all(|&b| b == 0)),
+                Cmd::Io(io) if io.nsid == RO_NSID || io.nsid == NULL_NSID => {
+                    Some(io.data.iter().all(|&b| b == 0))
+                }
                 Cmd::Io(io) => self.shadow.equals(io.offset, &io.data),
                 _ => None,
             };
