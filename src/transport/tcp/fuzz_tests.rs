@@ -150,7 +150,11 @@ impl Shadow {
 
     fn write(&mut self, offset: u64, bytes: &[u8]) {
         let at = usize::try_from(offset).unwrap_or(usize::MAX);
-        self.data[at..at + bytes.len()].copy_from_slice(bytes);
+        let Some(dst) = self.data.get_mut(at..at.saturating_add(bytes.len())) else {
+            // Only a mutated command gets here, and then the shadow is not used.
+            return;
+        };
+        dst.copy_from_slice(bytes);
         let blocks = self.blocks(offset, bytes.len());
         self.known[blocks].fill(true);
     }
@@ -3334,7 +3338,7 @@ impl World<'_> {
                     }
                 }
             }
-            Cmd::Io(io) if ok && io.nsid == 1 => match io.opc {
+            Cmd::Io(io) if ok && io.nsid == 1 && self.clean => match io.opc {
                 io::WRITE => {
                     count("writes into the shadow");
                     self.shadow.write(io.offset, &io.data);
