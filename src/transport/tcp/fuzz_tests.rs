@@ -459,6 +459,7 @@ impl<'a> World<'a> {
                 pending: BTreeMap::new(),
                 r2ts: Vec::new(),
                 blocking: None,
+                lazy: rng.chance(15),
             },
             terminated: false,
         });
@@ -501,6 +502,9 @@ impl<'a> World<'a> {
             }
             2 => {
                 let c = *rng.pick(&open);
+                if self.conns[c].host.lazy && rng.chance(90) {
+                    return;
+                }
                 let n = match rng.below(4) {
                     0 => 1 + rng.below(64),
                     1 => 1 + rng.below(8192),
@@ -882,6 +886,9 @@ impl<'a> World<'a> {
         let fresh = peek_unsent(qpair, conn.out.seen_unsent);
         conn.out.seen_unsent += fresh.len();
         let (in_flight, outstanding) = (qpair.in_flight(), qpair.outstanding());
+        if qpair.is_backpressured() {
+            count("calls that left a queue backpressured");
+        }
         let terminating = qpair.is_terminating();
         if was_terminating {
             assert!(
@@ -1195,6 +1202,9 @@ struct Host {
     r2ts: Vec<R2tAsk>,
     /// A Property Set of CC the host waits for before sending anything else.
     blocking: Option<u16>,
+    /// A host that seldom reads its socket, so that the target's output piles up
+    /// (backpressure, completions counted until written).
+    lazy: bool,
 }
 
 impl Host {
@@ -1340,10 +1350,36 @@ impl World<'_> {
             self.clean = false;
         } else if !self.room_for_one(c) {
             self.feed(c, usize::MAX);
+            if self.conns[c].host.lazy {
+                return;
+            }
             self.read_output(c, usize::MAX);
             if !self.room_for_one(c) {
                 return;
             }
+        }
+        let host = &self.conns[c].host;
+        if host.lazy && host.role == Role::Admin && rng.chance(10) {
+            // Identify pages are copied into the send queue: a host that asks for many and
+            // reads none is what backpressure is for.
+            let ask = host.ask;
+            while self.room_for_one(c) {
+                let cid = self.conns[c].host.cid();
+                let mut sqe = Sqe::new(admin::IDENTIFY, cid);
+                sqe.set_cdw(10, 1).set_sgl(Sgl::transport(4096));
+                let pdu = capsule_pdu(&ask, &sqe, &[], 0);
+                let cmd = Cmd::Identify { sgl: 4096 };
+                self.command(
+                    rng,
+                    c,
+                    cid,
+                    cmd,
+                    false,
+                    pdu,
+                    &format!("cid {cid} Identify (burst)"),
+                );
+            }
+            return;
         }
         match self.conns[c].host.role {
             Role::Io => {
