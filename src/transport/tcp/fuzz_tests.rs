@@ -1,20 +1,35 @@
 //! Structure-aware fuzzing of the NVMe/TCP queue pair and the controller behind it.
 //!
-//! A session is a small world (a registry with one subsystem, RAM namespaces, a buffer pool,
-//! up to four connections) driven the way a reactor drives it: host bytes in random chunks
+//! A session is a small world (a registry with one subsystem whose namespaces are RAM,
+//! completing inline or later and out of order, a read-only RAM namespace that comes and goes,
+//! and a null one; a buffer pool on one or two reactors, some so small that commands wait; up
+//! to five connections) driven the way a reactor drives it: host bytes in random chunks
 //! through `handle_input`, output taken a little at a time through `slices`/`advance` and
-//! given back with `handle_sent`, buffers granted, backend requests completed out of order,
-//! timers at random instants, and `close`. The host side follows a grammar (ICReq, Connect of
-//! admin, I/O and discovery queues, properties, Identify, log pages, features, AER, keep
-//! alive, every I/O opcode, H2CData answering R2Ts, each valid or with one known fault), so
-//! parsing goes deep; some sessions then get byte-level mutations.
+//! given back with `handle_sent`, buffers granted, backend requests completed, timers at
+//! random instants, async events delivered, and `close` (with the controller's other queues,
+//! or leaving them to find out). The host side follows a grammar (ICReq, Connect of admin,
+//! I/O and discovery queues, properties, Identify, log pages, features, AER, keep alive,
+//! every I/O opcode, H2CData answering R2Ts, each valid or with one known fault, digests
+//! right or corrupted; hosts that seldom read), so parsing goes deep; a third of the sessions
+//! also get byte-level mutations.
 //!
-//! Every byte the target sends is checked as it is queued (well-formed PDUs of the types a
-//! controller sends, digests right, nothing after a C2HTermReq), and so are the queue depth
-//! and, once everything is closed, the buffer pool. Sessions without byte mutations are also
-//! checked against a model: each command's status (for the faults the grammar introduced),
-//! which PDUs must terminate the connection and with which FES, and the data of every read
-//! against a shadow copy of the namespace.
+//! Every byte the target sends is checked as it is queued (whole, well-formed PDUs of the
+//! types a controller sends, digests right, nothing after a C2HTermReq and nothing from a
+//! terminating queue), and so are queue depths, timers and, once everything is closed, the
+//! buffer pool. Sessions without byte mutations are also checked against a model: each
+//! command's status for the fault the grammar put in, which PDUs must end the connection
+//! and with which FES, SQID and SQHD, data only for commands that read and no more than
+//! they asked, every command completed in the end, and every read (and at last the whole
+//! namespace) against a shadow copy of the namespace.
+//!
+//! What a command must do depends on the state the target is in when it takes the capsule
+//! in, not when the host wrote it (another queue may have reset the controller in between),
+//! so expectations are decided as the target consumes each PDU, before the answers of that
+//! same call are applied to the model. A host that writes CC waits for the answer before
+//! sending anything else, as real hosts do, so that order is unambiguous.
+//!
+//! A failure prints the session's trace and the seed that replays it:
+//! `NVMF_FUZZ_REPLAY=0x... cargo test --lib fuzz_tcp_qpair_sessions -- --nocapture`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::IoSlice;
