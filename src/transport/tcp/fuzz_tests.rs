@@ -992,7 +992,12 @@ impl<'a> World<'a> {
         pool.forget_waiters(|key| key >> 32 == c as u64);
         if let Some(ready) = &conn.host.ready {
             let (cntlid, qid) = (ready.cntlid, ready.qid);
-            if let Some(ctrl) = self.ctrls.get_mut(&cntlid) {
+            // A queue that outlived a reset no longer holds its qid: its replacement may.
+            if let Some(ctrl) = self
+                .ctrls
+                .get_mut(&cntlid)
+                .filter(|m| m.generation == ready.generation)
+            {
                 ctrl.qids.retain(|&q| q != qid);
             }
         }
