@@ -195,17 +195,27 @@ impl Report {
             Severity::Warning => "warning",
         };
         let Some(span) = &d.span else {
-            let _ = writeln!(out, "{}: {severity}: {}", self.file, d.message);
+            let _ = writeln!(
+                out,
+                "{}: {severity}: {}",
+                printable(&self.file),
+                printable(&d.message)
+            );
             if let Some(help) = &d.help {
                 let _ = writeln!(out, "  = help: {help}");
             }
             return;
         };
         let (line, col) = line_col(&self.text, span.start);
-        let _ = writeln!(out, "{}:{line}:{col}: {severity}: {}", self.file, d.message);
+        let _ = writeln!(
+            out,
+            "{}:{line}:{col}: {severity}: {}",
+            printable(&self.file),
+            printable(&d.message)
+        );
         let source = line_text(&self.text, span.start);
         let gutter = line.to_string().len();
-        let shown: String = source.chars().take(160).collect();
+        let shown = printable(&source.chars().take(160).collect::<String>());
         let _ = writeln!(out, " {line} | {shown}");
         let end_col = if line_col(&self.text, span.end).0 == line {
             line_col(&self.text, span.end).1
@@ -225,7 +235,7 @@ impl Report {
         }
     }
 
-    /// The same findings as JSON, for tools.
+    /// The same findings as JSON, for tools (JSON escapes control characters itself).
     pub fn to_json(&self) -> serde_json::Value {
         let diagnostics: Vec<serde_json::Value> = self
             .sorted()
@@ -272,6 +282,22 @@ fn plural_counts(errors: usize, warnings: usize) -> String {
     parts.join(", ")
 }
 
+/// Text from a declaration (or a label a client sent) made safe for a terminal or a log:
+/// control characters and bidirectional overrides, which could rewrite what an operator
+/// sees, become U+FFFD, one character for one, so carets stay under their column.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+            if (c.is_control() && c != '\t') || bidi {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +309,14 @@ mod tests {
             Some("did you mean `max_queue_depth`?".into())
         );
         assert_eq!(suggest("colour", ["max_io_size", "nsid"]), None);
+    }
+
+    #[test]
+    fn control_characters_and_bidi_overrides_are_not_echoed() {
+        assert_eq!(
+            printable("a\u{1b}[31mb\u{202E}c\td\0"),
+            "a\u{FFFD}[31mb\u{FFFD}c\td\u{FFFD}"
+        );
     }
 
     #[test]

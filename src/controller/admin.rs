@@ -357,6 +357,10 @@ impl Controller {
     /// unknown opcode gets Invalid Opcode, not an R2T.
     pub fn admin_host_data_len(&self, sqe: &Sqe, buffer_len: u32) -> Result<usize, Status> {
         let sgl_len = buffer_len;
+        // As in `admin`: before CC.EN only fabrics commands are in sequence.
+        if sqe.opcode() != opcode::FABRICS && !self.is_enabled() {
+            return Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr());
+        }
         match sqe.opcode() {
             // Property Get/Set and Disconnect carry no data; Connect was handled before.
             opcode::FABRICS => Ok(0),

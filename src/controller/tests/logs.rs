@@ -119,4 +119,14 @@ fn admin_host_data_is_known_before_any_transfer() {
         with_sgl(admin::SET_FEATURES, 1 << 20),
         Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr())
     );
+    // Before CC.EN, anything but a fabrics command is out of sequence, known or not.
+    let fresh = b.connect_admin(SUB_A, HOST_1);
+    for opcode in [0x81, admin::IDENTIFY] {
+        let mut sqe = Sqe::new(opcode, 1);
+        sqe.set_sgl(Sgl::transport(4096));
+        assert_eq!(
+            fresh.admin_host_data_len_sgl(&sqe),
+            Err(Status::COMMAND_SEQUENCE_ERROR.with_dnr())
+        );
+    }
 }
