@@ -1,7 +1,7 @@
 //! nvmf-tgt: a declarative NVMe-over-Fabrics target.
 //!
 //! Dependencies point one way (see `../shared/STYLE.md`):
-//! `nvme` (spec types) <- `controller` (no I/O) <- `transport` <- `reactor` <- `target` <- `main`;
+//! `nvme` (spec types) <- `controller` (no I/O) <- `transport` <- `reactor` <- `daemon` <- `main`;
 //! `config` parses, checks and explains the declaration; `backend` stores namespace data.
 //! `host` and `perf` are the other side: an NVMe/TCP initiator and the `nvmf-perf` tool.
 
@@ -9,6 +9,7 @@ pub mod backend;
 pub mod config;
 pub mod control;
 pub mod controller;
+pub mod daemon;
 #[cfg(test)]
 mod fuzz;
 pub mod host;
@@ -17,5 +18,4 @@ pub mod perf;
 pub mod reactor;
 pub mod reconcile;
 pub mod sys;
-pub mod target;
 pub mod transport;

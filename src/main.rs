@@ -71,7 +71,7 @@ struct TargetArgs {
 impl TargetArgs {
     fn socket(&self) -> PathBuf {
         self.socket.clone().unwrap_or_else(|| {
-            nvmf_tgt::target::control_socket_of(config::read_unchecked(&self.config).as_ref())
+            nvmf_tgt::daemon::control_socket_of(config::read_unchecked(&self.config).as_ref())
         })
     }
 }
@@ -107,11 +107,11 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Reload(args) => nvmf_tgt::target::print_reload(&args.socket(), args.json),
+        Command::Reload(args) => nvmf_tgt::daemon::print_reload(&args.socket(), args.json),
         Command::Plan(args) => {
-            nvmf_tgt::target::print_plan(&args.socket(), &args.config, args.json)
+            nvmf_tgt::daemon::print_plan(&args.socket(), &args.config, args.json)
         }
-        Command::Status(args) => nvmf_tgt::target::print_status(&args.socket(), args.json),
+        Command::Status(args) => nvmf_tgt::daemon::print_status(&args.socket(), args.json),
     }
 }
 
@@ -130,7 +130,7 @@ fn run(path: &std::path::Path, watch: bool) -> ExitCode {
     if !checked.report.diagnostics.is_empty() {
         eprint!("{}", checked.report.render());
     }
-    match nvmf_tgt::target::serve(&checked.config, path, &checked.report.text, watch) {
+    match nvmf_tgt::daemon::serve(&checked.config, path, &checked.report.text, watch) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("nvmf-tgt: {err:#}");

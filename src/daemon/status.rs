@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use crate::config::{Config, MAX_FILE_BYTES};
 use crate::control::{Handler, RpcError};
 use crate::controller::Registry;
+use crate::daemon::reload::{Reloader, TextPlan, Trigger};
 use crate::reactor::{ReactorConfig, ReactorStats};
-use crate::target::reload::{Reloader, TextPlan, Trigger};
 use crate::transport::buffer_pool::SharedPool;
 
 /// What diagnostics call a declaration sent without a label.
