@@ -15,7 +15,8 @@ use super::timers::Timers;
 use crate::backend::{Completions, IoDone};
 use crate::controller::{Controller, ListenerAddr};
 use crate::transport::buffer_pool::{BufferPool, CreditWaker, SharedPool};
-use crate::transport::tcp::{AsyncNotifier, Flow, IoCx, TcpConnection, TcpContext};
+use crate::transport::context::{AsyncNotifier, Flow, IoCx};
+use crate::transport::tcp::{TcpConnection, TcpContext};
 
 const WAKER: Token = Token(usize::MAX - 1);
 /// Tokens and timer keys from here up are listener indexes (an accept retry, for timers);

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use tracing::{debug, warn};
 
-use super::qpair::{Flow, TcpQpair};
+use super::TcpContext;
+use super::qpair::TcpQpair;
 use super::send_queue::MAX_SLICES;
-use super::{IoCx, TcpContext};
 use crate::backend::IoDone;
 use crate::controller::{Controller, ListenerAddr};
+use crate::transport::context::{Flow, IoCx};
 
 /// Bytes read per `read` call at least: large reads keep syscalls per command low.
 const READ_CHUNK: usize = 64 * 1024;

@@ -1,10 +1,8 @@
-//! What every NVMe/TCP queue pair shares, and what one call into it may use.
+//! What every NVMe/TCP queue pair shares.
 
 use std::sync::Arc;
 
-use crate::backend::Completions;
-use crate::controller::{Controller, Registry, TransportLimits};
-use crate::transport::buffer_pool::BufferPool;
+use crate::controller::{Registry, TransportLimits};
 
 /// Shared by every TCP queue pair of the target.
 #[derive(Debug)]
@@ -13,59 +11,4 @@ pub struct TcpContext {
     pub limits: TransportLimits,
     /// Send C2HData with the SUCCESS flag instead of a response where the host allows it.
     pub c2h_success: bool,
-}
-
-/// What a call into a queue pair may use of its reactor: the completion queue that async
-/// backends report to, the prefix that makes backend tokens unique on the reactor, and the
-/// reactor's buffer pool.
-pub struct IoCx<'a> {
-    completions: &'a Completions,
-    token_base: u64,
-    notifier: &'a AsyncNotifier,
-    pub pool: &'a mut BufferPool,
-    gone: Vec<Arc<Controller>>,
-}
-
-/// Wakes the reactor that owns a connection so it delivers the controller's async events.
-pub type AsyncNotifier = Arc<dyn Fn() + Send + Sync>;
-
-impl<'a> IoCx<'a> {
-    pub fn new(
-        completions: &'a Completions,
-        token_base: u64,
-        notifier: &'a AsyncNotifier,
-        pool: &'a mut BufferPool,
-    ) -> Self {
-        Self {
-            completions,
-            token_base,
-            notifier,
-            pool,
-            gone: Vec::new(),
-        }
-    }
-
-    /// What a controller calls, from any thread, when it has an async event to deliver on
-    /// this connection.
-    pub fn async_notifier(&self) -> AsyncNotifier {
-        Arc::clone(self.notifier)
-    }
-
-    /// The backend token for the command with this tag.
-    pub fn token(&self, tag: u16) -> u64 {
-        self.token_base | u64::from(tag)
-    }
-
-    pub fn completions(&self) -> &Completions {
-        self.completions
-    }
-
-    /// Records a controller this call tore down, so its other queues get closed.
-    pub fn controller_gone(&mut self, ctrlr: Arc<Controller>) {
-        self.gone.push(ctrlr);
-    }
-
-    pub fn into_gone(self) -> Vec<Arc<Controller>> {
-        self.gone
-    }
 }

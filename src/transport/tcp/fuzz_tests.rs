@@ -37,9 +37,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::qpair::{Flow, TcpQpair};
+use super::TcpContext;
+use super::qpair::TcpQpair;
 use super::wire::{self, flags, pdu_type};
-use super::{AsyncNotifier, IoCx, TcpContext};
 use crate::backend::ram::RamBackend;
 use crate::backend::{Backend, Completions, IoDone, IoKind, IoRequest};
 use crate::controller::{
@@ -50,6 +50,7 @@ use crate::nvme::connect::{ConnectCmd, ConnectData};
 use crate::nvme::opcode::{FABRICS, admin, fctype, io};
 use crate::nvme::{Cqe, DISCOVERY_NQN, Sgl, Sqe, Status};
 use crate::transport::buffer_pool::{BufferPool, PoolLimits, SharedPool};
+use crate::transport::context::{AsyncNotifier, Flow, IoCx};
 
 const SUBNQN: &str = "nqn.2026-11.io.nvmf-tgt:fuzz";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-0000000000f1";

@@ -9,8 +9,8 @@ mod send_queue;
 pub mod wire;
 
 pub use connection::TcpConnection;
-pub use context::{AsyncNotifier, IoCx, TcpContext};
-pub use qpair::{Flow, TcpQpair};
+pub use context::TcpContext;
+pub use qpair::TcpQpair;
 
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, trace, warn};
 
+use super::TcpContext;
 use super::inbound::{Inbound, InboundError, Negotiated};
 use super::outbound;
 use super::send_queue::{self, SendQueue};
 use super::wire;
-use super::{IoCx, TcpContext};
 use crate::backend::{IoDone, IoKind, IoRequest};
 use crate::controller::{
     AdminOutcome, ConnectOutcome, Controller, IoOp, IoPlan, ListenerAddr, QueueEpoch,
@@ -23,6 +23,7 @@ use crate::controller::{
 use crate::nvme::opcode::{self, fctype};
 use crate::nvme::{Cqe, Sqe, Status};
 use crate::transport::buffer_pool::DataBuf;
+use crate::transport::context::{Flow, IoCx};
 
 /// How long a new connection may take to send ICReq, and then Connect.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -90,13 +91,6 @@ struct Command {
     /// Where a read, or the read half of a Compare, lands.
     read: DataBuf,
     read_len: usize,
-}
-
-/// What the connection must do after a call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
-    Continue,
-    Close,
 }
 
 /// The state machine of one queue pair.

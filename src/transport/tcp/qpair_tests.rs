@@ -58,7 +58,7 @@ struct Host {
     neg: Negotiated,
     poll: mio::Poll,
     completions: crate::backend::Completions,
-    notifier: super::super::AsyncNotifier,
+    notifier: crate::transport::context::AsyncNotifier,
     pool: BufferPool,
     now: Instant,
 }
@@ -883,7 +883,7 @@ fn an_admin_queue_ended_by_a_termination_request_tears_its_controller_down() {
 #[test]
 fn a_termination_request_before_icreq_closes_without_an_answer() {
     let (_poll, completions) = crate::backend::tests::completions();
-    let notifier: super::super::AsyncNotifier = Arc::new(|| {});
+    let notifier: crate::transport::context::AsyncNotifier = Arc::new(|| {});
     let mut pool = buffer_pool();
     let mut qpair = TcpQpair::new(context(), listener(), None, Instant::now());
     let mut pdu = vec![0u8; 24];
