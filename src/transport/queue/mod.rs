@@ -757,3 +757,7 @@ fn give_buffers(cmd: Command, cx: &mut IoCx<'_>) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+mod tests;
