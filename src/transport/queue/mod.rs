@@ -341,6 +341,12 @@ impl QueueCore {
                 return None;
             }
         };
+        // The owner's span (`qpair{peer, qid, subnqn, cntlid}`, where it declares them) now
+        // says whose queue this is, on every line logged inside it.
+        let span = tracing::Span::current();
+        span.record("qid", qid);
+        span.record("subnqn", ctrlr.subnqn());
+        span.record("cntlid", ctrlr.cntlid());
         self.attach(ctrlr, qid, epoch, entries);
         self.respond(cqe, out);
         Some(qid)
