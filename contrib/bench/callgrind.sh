@@ -4,12 +4,18 @@
 # target on CPU 0 under valgrind, nvmf-perf on CPU 1. Instructions of the whole target
 # process (start-up and shutdown included) divided by the I/Os.
 #
+# A poll-mode reactor spins while it waits, and its idle turns count too: on a busy machine
+# the client is slower, so there are more idle turns per I/O (seen: 1,650 with two builds
+# running beside it, ~900 on a quiet machine). Compare builds in the same run, on a quiet
+# machine, and repeat them in turn (A B A B) to see the spread.
+#
 #   ./contrib/bench/callgrind.sh [REV-OR-DIR ...]
 #
 # Each argument is a git revision (built in a scratch worktree, cached under
 # /var/tmp/nvmf-bench-builds) or a directory holding nvmf-tgt; none means this working tree.
 # Writes contrib/bench/results/callgrind-DATE.md. Environment: CALLGRIND_IOS (200000),
-# BENCH_RESULTS_DIR.
+# BENCH_RESULTS_DIR, CALLGRIND_KEEP (a path prefix: keep each callgrind.out there, for
+# callgrind_annotate).
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
@@ -71,6 +77,7 @@ EOF
   wait "$TGT_PID" 2>/dev/null || true
   TGT_PID=
   TGT=$real
+  [ -z "${CALLGRIND_KEEP:-}" ] || cp "$out" "$CALLGRIND_KEEP.$(basename "$dir")"
   total=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p' "$out")
   [ -n "$total" ] || die "no totals in $out"
   python3 -c "print(round($total / $IOS))"
