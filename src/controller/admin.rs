@@ -83,7 +83,7 @@ impl Controller {
                 request,
             },
             Err(status) => {
-                tracing::debug!(opcode = sqe.opcode(), %status, cntlid = self.cntlid, "admin error");
+                tracing::debug!(opcode = sqe.opcode(), %status, cntlid = %self.cntlid, "admin error");
                 AdminOutcome::status(sqe.cid(), status)
             }
         }
@@ -153,7 +153,7 @@ impl Controller {
             mn: self.subsys.model().to_owned(),
             fr: FIRMWARE_REVISION.to_owned(),
             mdts,
-            cntlid: self.cntlid,
+            cntlid: self.cntlid.0,
             ver: VS_1_3,
             aerl: u8::try_from(MAX_AERS - 1).unwrap_or(0),
             kas: KAS,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::nvme::connect::ConnectCmd;
 use crate::nvme::features::aec;
 use crate::nvme::log::{async_event_dw0, event_type, lid, notice};
-use crate::nvme::{Cqe, Status};
+use crate::nvme::{CntlId, Cqe, Status};
 
 use super::TransportLimits;
 use super::pcie::PcieQueues;
@@ -35,7 +35,7 @@ fn round_kato(ms: u32) -> u64 {
 
 /// Everything `Controller::new` needs, gathered by the Connect handler.
 pub(crate) struct ControllerInit {
-    pub(crate) cntlid: u16,
+    pub(crate) cntlid: CntlId,
     pub(crate) subsys: Arc<Subsystem>,
     pub(crate) registry: Weak<RegistryShared>,
     pub(crate) hostnqn: String,
@@ -141,7 +141,7 @@ const DETACHED: u32 = 0;
 /// A controller: created by an admin-queue Connect, shared by its admin and I/O queues.
 pub struct Controller {
     pub(crate) kind: ControllerKind,
-    pub(crate) cntlid: u16,
+    pub(crate) cntlid: CntlId,
     pub(crate) subsys: Arc<Subsystem>,
     pub(crate) registry: Weak<RegistryShared>,
     pub(crate) hostnqn: String,
@@ -245,7 +245,7 @@ impl Controller {
         }
     }
 
-    pub fn cntlid(&self) -> u16 {
+    pub fn cntlid(&self) -> CntlId {
         self.cntlid
     }
 
@@ -367,7 +367,7 @@ impl Controller {
             st.ready.clear();
             drop(st);
             self.subsys.remove_controller(self.cntlid);
-            tracing::info!(subnqn = %self.subnqn(), cntlid = self.cntlid, "controller removed");
+            tracing::info!(subnqn = %self.subnqn(), cntlid = %self.cntlid, "controller removed");
         }
     }
 

@@ -100,7 +100,7 @@ impl Registry {
             })
             .ok_or_else(|| RegistryError::NoControllerId(subnqn.to_owned()))?;
         ctrlr.lock().pcie.params = Some(params);
-        tracing::info!(subnqn, cntlid = ctrlr.cntlid(), %listener, "PCIe controller created");
+        tracing::info!(subnqn, cntlid = %ctrlr.cntlid(), %listener, "PCIe controller created");
         Ok(ctrlr)
     }
 }

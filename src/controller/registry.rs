@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::nvme::connect::{
     CNTLID_DYNAMIC, ConnectCmd, ConnectData, data_offset, invalid_parameter_dw0, sqe_offset,
 };
-use crate::nvme::{Cqe, DISCOVERY_NQN, Sqe, Status, opcode};
+use crate::nvme::{CntlId, Cqe, DISCOVERY_NQN, Sqe, Status, opcode};
 
 use super::ctrlr::{AdminQueueInit, Controller, ControllerInit, QueueEpoch};
 use super::subsystem::{ListenerAddr, Subsystem, SubsystemSpec};
@@ -282,11 +282,11 @@ impl Registry {
                 })
                 .ok_or(Refusal::status(Status::CONNECT_CONTROLLER_BUSY))?;
             tracing::info!(
-                subnqn = %subsys.nqn(), cntlid = ctrlr.cntlid(), hostnqn = %data.hostnqn,
+                subnqn = %subsys.nqn(), cntlid = %ctrlr.cntlid(), hostnqn = %data.hostnqn,
                 "controller created"
             );
             let mut cqe = Cqe::new(sqe.cid(), Status::SUCCESS);
-            cqe.dw0 = u32::from(ctrlr.cntlid());
+            cqe.dw0 = u32::from(ctrlr.cntlid().0);
             return Ok(ConnectOutcome::Admin { ctrlr, cqe });
         }
 
@@ -294,7 +294,7 @@ impl Registry {
             return Err(Refusal::param(false, sqe_offset::QID));
         }
         let ctrlr = subsys
-            .controller(data.cntlid)
+            .controller(CntlId(data.cntlid))
             .ok_or(Refusal::param(true, data_offset::CNTLID))?;
         if ctrlr.hostnqn() != data.hostnqn {
             return Err(Refusal::param(true, data_offset::HOSTNQN));
@@ -315,7 +315,7 @@ impl Registry {
             }
         })?;
         let mut cqe = Cqe::new(sqe.cid(), Status::SUCCESS);
-        cqe.dw0 = u32::from(ctrlr.cntlid());
+        cqe.dw0 = u32::from(ctrlr.cntlid().0);
         Ok(ConnectOutcome::Io {
             ctrlr,
             qid: cmd.qid,

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use arc_swap::ArcSwap;
 
+use crate::nvme::CntlId;
+
 use super::namespace::{Namespace, NamespaceSpec};
 use super::{Controller, RegistryError};
 
@@ -147,7 +149,7 @@ const MAX_CNTLID: u16 = 0xFFEF;
 
 #[derive(Debug, Default)]
 struct Controllers {
-    by_id: BTreeMap<u16, Weak<Controller>>,
+    by_id: BTreeMap<CntlId, Weak<Controller>>,
     /// Where the round-robin search for a free ID starts, so a torn-down ID is not reused at
     /// once (a host could still hold it).
     next: u16,
@@ -353,7 +355,7 @@ impl Subsystem {
     }
 
     /// The live controller with `cntlid`.
-    pub fn controller(&self, cntlid: u16) -> Option<Arc<Controller>> {
+    pub fn controller(&self, cntlid: CntlId) -> Option<Arc<Controller>> {
         let ctrls = self.lock_controllers();
         ctrls
             .by_id
@@ -366,25 +368,25 @@ impl Subsystem {
     /// when all 0xFFEF IDs are taken.
     pub(crate) fn add_controller(
         &self,
-        make: impl FnOnce(u16) -> Controller,
+        make: impl FnOnce(CntlId) -> Controller,
     ) -> Option<Arc<Controller>> {
         let mut ctrls = self.lock_controllers();
         ctrls.by_id.retain(|_, c| c.strong_count() > 0);
         let start = ctrls.next.clamp(1, MAX_CNTLID);
         let mut id = start;
-        while ctrls.by_id.contains_key(&id) {
+        while ctrls.by_id.contains_key(&CntlId(id)) {
             id = if id == MAX_CNTLID { 1 } else { id + 1 };
             if id == start {
                 return None;
             }
         }
         ctrls.next = if id == MAX_CNTLID { 1 } else { id + 1 };
-        let ctrlr = Arc::new(make(id));
-        ctrls.by_id.insert(id, Arc::downgrade(&ctrlr));
+        let ctrlr = Arc::new(make(CntlId(id)));
+        ctrls.by_id.insert(CntlId(id), Arc::downgrade(&ctrlr));
         Some(ctrlr)
     }
 
-    pub(crate) fn remove_controller(&self, cntlid: u16) {
+    pub(crate) fn remove_controller(&self, cntlid: CntlId) {
         self.lock_controllers().by_id.remove(&cntlid);
     }
 

@@ -56,7 +56,7 @@ fn identify_controller_matches_nvmet_where_it_applies() {
     );
     // Values from this target's configuration.
     assert_eq!(id.subnqn, SUB_A);
-    assert_eq!(id.cntlid, ctrlr.cntlid());
+    assert_eq!(id.cntlid, ctrlr.cntlid().0);
     assert_eq!(id.mn, "nvmf-tgt");
     assert_eq!(id.mdts, 5, "128 KiB = 2^5 pages of 4 KiB");
     assert_eq!(id.maxcmd, 128);

@@ -192,7 +192,7 @@ impl Bench {
         match out {
             ConnectOutcome::Admin { ctrlr, cqe } => {
                 assert_eq!(cqe.status, Status::SUCCESS);
-                assert_eq!(cqe.dw0, u32::from(ctrlr.cntlid()));
+                assert_eq!(cqe.dw0, u32::from(ctrlr.cntlid().0));
                 assert_eq!(cqe.cid, 0x10);
                 ctrlr
             }
@@ -207,7 +207,7 @@ impl Bench {
     fn connect_io(&self, ctrlr: &Controller, qid: u16, sqsize: u16) -> ConnectOutcome {
         self.reg.handle_connect(
             &connect_sqe(qid, sqsize, 0),
-            &connect_data(ctrlr.subnqn(), ctrlr.hostnqn(), ctrlr.cntlid()),
+            &connect_data(ctrlr.subnqn(), ctrlr.hostnqn(), ctrlr.cntlid().0),
             &listener("4420"),
             self.now,
         )

@@ -226,7 +226,7 @@ impl QueueCore {
             if ctrlr.is_expired(now) {
                 warn!(
                     subnqn = ctrlr.subnqn(),
-                    cntlid = ctrlr.cntlid(),
+                    cntlid = %ctrlr.cntlid(),
                     hostnqn = ctrlr.hostnqn(),
                     "keep-alive timeout expired; disconnecting the controller"
                 );
@@ -310,7 +310,7 @@ impl QueueCore {
             ConnectOutcome::Admin { ctrlr, cqe } => {
                 debug!(
                     subnqn = ctrlr.subnqn(),
-                    cntlid = ctrlr.cntlid(),
+                    cntlid = %ctrlr.cntlid(),
                     hostnqn = ctrlr.hostnqn(),
                     "admin queue connected"
                 );
@@ -329,7 +329,7 @@ impl QueueCore {
             } => {
                 debug!(
                     subnqn = ctrlr.subnqn(),
-                    cntlid = ctrlr.cntlid(),
+                    cntlid = %ctrlr.cntlid(),
                     qid,
                     "I/O queue connected"
                 );
@@ -346,7 +346,7 @@ impl QueueCore {
         let span = tracing::Span::current();
         span.record("qid", qid);
         span.record("subnqn", ctrlr.subnqn());
-        span.record("cntlid", ctrlr.cntlid());
+        span.record("cntlid", ctrlr.cntlid().0);
         self.attach(ctrlr, qid, epoch, entries);
         self.respond(cqe, out);
         Some(qid)

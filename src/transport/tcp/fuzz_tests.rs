@@ -929,7 +929,7 @@ impl<'a> World<'a> {
             );
         }
         for ctrl in gone {
-            self.controller_gone((ctrl.is_discovery(), ctrl.cntlid()));
+            self.controller_gone((ctrl.is_discovery(), ctrl.cntlid().0));
         }
         flow
     }
@@ -1006,7 +1006,7 @@ impl<'a> World<'a> {
         }
         self.trace.log(|| format!("conn {c}: closed"));
         if let Some(ctrl) = gone {
-            self.controller_gone((ctrl.is_discovery(), ctrl.cntlid()));
+            self.controller_gone((ctrl.is_discovery(), ctrl.cntlid().0));
             let others: Vec<usize> = self
                 .open_conns()
                 .into_iter()

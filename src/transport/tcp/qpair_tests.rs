@@ -841,7 +841,7 @@ fn terminate_with_a_bad_pdu(host: &mut Host) {
 fn an_io_queue_ended_by_a_termination_request_frees_its_qid() {
     let context = context();
     let (admin, mut ioq) = io_queue(&context, false);
-    let cntlid = admin.qpair.controller().expect("admin").cntlid();
+    let cntlid = admin.qpair.controller().expect("admin").cntlid().0;
     terminate_with_a_bad_pdu(&mut ioq);
     assert!(
         ioq.qpair.close().is_none(),
