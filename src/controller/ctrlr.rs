@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::nvme::connect::ConnectCmd;
 use crate::nvme::features::aec;
 use crate::nvme::log::{async_event_dw0, event_type, lid, notice};
-use crate::nvme::{CntlId, Cqe, Status};
+use crate::nvme::{CntlId, Cqe, Nsid, Status};
 
 use super::TransportLimits;
 use super::pcie::PcieQueues;
@@ -499,13 +499,13 @@ impl Controller {
         st.aen_masked &= !bit;
     }
 
-    pub(crate) fn handle_namespaces_changed(&self, nsids: &[u32]) {
+    pub(crate) fn handle_namespaces_changed(&self, nsids: &[Nsid]) {
         if !self.is_live() {
             return;
         }
         let ready = {
             let mut st = self.lock();
-            for &nsid in nsids {
+            for &Nsid(nsid) in nsids {
                 if st.changed_ns.contains(&nsid) {
                     continue;
                 }

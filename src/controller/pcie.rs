@@ -272,7 +272,7 @@ mod tests {
             hosts: vec![],
             max_namespaces: 8,
             namespaces: vec![NamespaceSpec {
-                nsid: 1,
+                nsid: crate::nvme::Nsid(1),
                 backend: Arc::new(RamBackend::new(1 << 20)),
                 block_size: 512,
                 read_only: false,

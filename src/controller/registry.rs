@@ -27,7 +27,7 @@ pub enum RegistryError {
     #[error("namespace {nsid} of {nqn}: {why}")]
     BadNamespace {
         nqn: String,
-        nsid: u32,
+        nsid: crate::nvme::Nsid,
         why: &'static str,
     },
     #[error("transport limit {0} is out of range")]

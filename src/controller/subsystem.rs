@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use arc_swap::ArcSwap;
 
-use crate::nvme::CntlId;
+use crate::nvme::{CntlId, Nsid};
 
 use super::namespace::{Namespace, NamespaceSpec};
 use super::{Controller, RegistryError};
@@ -179,7 +179,7 @@ pub struct Subsystem {
     access: ArcSwap<Access>,
     max_namespaces: u32,
     is_discovery: bool,
-    namespaces: ArcSwap<BTreeMap<u32, Arc<Namespace>>>,
+    namespaces: ArcSwap<BTreeMap<Nsid, Arc<Namespace>>>,
     controllers: Mutex<Controllers>,
 }
 
@@ -188,7 +188,7 @@ impl Subsystem {
         let mut namespaces = BTreeMap::new();
         for ns in spec.namespaces {
             let nsid = ns.nsid;
-            if nsid > spec.max_namespaces {
+            if nsid.0 > spec.max_namespaces {
                 return Err(RegistryError::BadNamespace {
                     nqn: spec.nqn,
                     nsid,
@@ -292,7 +292,7 @@ impl Subsystem {
     }
 
     /// The namespace with `nsid`, if attached. Lock-free: the I/O path calls it per command.
-    pub fn namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
+    pub fn namespace(&self, nsid: Nsid) -> Option<Arc<Namespace>> {
         self.namespaces.load().get(&nsid).cloned()
     }
 
@@ -311,7 +311,7 @@ impl Subsystem {
     /// anything) and tells every controller.
     pub fn attach_namespace(&self, ns: Arc<Namespace>) -> Result<(), RegistryError> {
         let nsid = ns.nsid();
-        if nsid > self.max_namespaces || self.namespace(nsid).is_some() {
+        if nsid.0 > self.max_namespaces || self.namespace(nsid).is_some() {
             return Err(RegistryError::BadNamespace {
                 nqn: self.nqn.clone(),
                 nsid,
@@ -329,7 +329,7 @@ impl Subsystem {
 
     /// Detaches a namespace (commands already planned keep their `Arc`) and tells every
     /// controller.
-    pub fn remove_namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
+    pub fn remove_namespace(&self, nsid: Nsid) -> Option<Arc<Namespace>> {
         let old = self.namespace(nsid)?;
         self.namespaces.rcu(|map| {
             let mut map = BTreeMap::clone(map);
@@ -342,7 +342,7 @@ impl Subsystem {
 
     /// Records a namespace change in every controller's Changed Namespace List and completes
     /// a parked Asynchronous Event Request where the host enabled the notice.
-    pub fn notify_namespaces_changed(&self, nsids: &[u32]) {
+    pub fn notify_namespaces_changed(&self, nsids: &[Nsid]) {
         for ctrlr in self.controllers() {
             ctrlr.handle_namespaces_changed(nsids);
         }

@@ -153,7 +153,7 @@ pub fn namespace(nqn: &str, ns: &config::Namespace) -> anyhow::Result<Arc<Namesp
 
 fn namespace_spec(ns: &config::Namespace) -> anyhow::Result<NamespaceSpec> {
     Ok(NamespaceSpec {
-        nsid: ns.nsid,
+        nsid: crate::nvme::Nsid(ns.nsid),
         backend: open_backend(ns)?,
         block_size: ns.block_size,
         read_only: ns.read_only,

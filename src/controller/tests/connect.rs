@@ -263,7 +263,7 @@ fn queue_gone_and_teardown() {
     b.reg
         .subsystem(SUB_A)
         .expect("a")
-        .notify_namespaces_changed(&[1]);
+        .notify_namespaces_changed(&[Nsid(1)]);
     assert_eq!(ctrlr.poll_async_event(), None);
     assert!(b.reg.subsystem(SUB_A).expect("a").controllers().is_empty());
 }

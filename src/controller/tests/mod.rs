@@ -22,7 +22,7 @@ use crate::nvme::identify::{IdentifyController, IdentifyNamespace, NsDescriptor}
 use crate::nvme::log::{DiscoveryLogEntry, DiscoveryLogHeader, GetLogPageCmd, lid};
 use crate::nvme::opcode::{FABRICS, admin, fctype, io};
 use crate::nvme::properties::{PropertyCmd, PropertySize, offset};
-use crate::nvme::{Cqe, DISCOVERY_NQN, Sgl, Sqe, Status};
+use crate::nvme::{Cqe, DISCOVERY_NQN, Nsid, Sgl, Sqe, Status};
 
 const SUB_A: &str = "nqn.2024-01.io.test:a";
 const SUB_B: &str = "nqn.2024-01.io.test:b";
@@ -92,7 +92,7 @@ fn listener(port: &str) -> ListenerAddr {
 
 fn ns(nsid: u32, blocks: u64, read_only: bool) -> NamespaceSpec {
     NamespaceSpec {
-        nsid,
+        nsid: Nsid(nsid),
         backend: backend(blocks * 4096),
         block_size: 4096,
         read_only,

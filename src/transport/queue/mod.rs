@@ -649,7 +649,7 @@ impl QueueCore {
         let status = match &done.result {
             Ok(()) => Status::SUCCESS,
             Err(err) => {
-                let nsid = cmd.plan.as_ref().map_or(0, |p| p.ns.nsid());
+                let nsid = cmd.plan.as_ref().map_or(0, |p| p.ns.nsid().0);
                 warn!(nsid, error = %err, source = ?std::error::Error::source(err), "namespace I/O failed");
                 err.status()
             }

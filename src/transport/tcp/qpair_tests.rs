@@ -34,7 +34,7 @@ fn context_with(backend: Arc<dyn crate::backend::Backend>) -> Arc<TcpContext> {
         hosts: Vec::new(),
         max_namespaces: 32,
         namespaces: vec![NamespaceSpec {
-            nsid: 1,
+            nsid: crate::nvme::Nsid(1),
             backend,
             block_size: 512,
             read_only: false,
@@ -932,7 +932,7 @@ fn r2t_data_for_a_queue_that_outlived_its_controller_is_not_written() {
         let ns = context
             .registry
             .subsystem(SUBNQN)
-            .and_then(|s| s.namespace(1));
+            .and_then(|s| s.namespace(crate::nvme::Nsid(1)));
         let backend = Arc::clone(ns.expect("namespace").backend());
         let done = crate::backend::tests::run(
             &*backend,
