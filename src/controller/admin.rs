@@ -161,7 +161,7 @@ impl Controller {
             sgls: identify::sgls::SUPPORTED
                 | identify::sgls::OFFSET
                 | identify::sgls::TRANSPORT_DATA_BLOCK,
-            subnqn: self.subsys.nqn().to_owned(),
+            subnqn: self.subsys.nqn().to_string(),
             ..IdentifyController::default()
         };
         if self.is_discovery() {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::nvme::connect::ConnectCmd;
 use crate::nvme::features::aec;
 use crate::nvme::log::{async_event_dw0, event_type, lid, notice};
-use crate::nvme::{CntlId, Cqe, Nsid, Status};
+use crate::nvme::{CntlId, Cqe, Nqn, Nsid, Status};
 
 use super::TransportLimits;
 use super::pcie::PcieQueues;
@@ -38,7 +38,7 @@ pub(crate) struct ControllerInit {
     pub(crate) cntlid: CntlId,
     pub(crate) subsys: Arc<Subsystem>,
     pub(crate) registry: Weak<RegistryShared>,
-    pub(crate) hostnqn: String,
+    pub(crate) hostnqn: Nqn,
     pub(crate) hostid: [u8; 16],
     pub(crate) listener: ListenerAddr,
     pub(crate) limits: TransportLimits,
@@ -144,7 +144,7 @@ pub struct Controller {
     pub(crate) cntlid: CntlId,
     pub(crate) subsys: Arc<Subsystem>,
     pub(crate) registry: Weak<RegistryShared>,
-    pub(crate) hostnqn: String,
+    pub(crate) hostnqn: Nqn,
     pub(crate) hostid: [u8; 16],
     pub(crate) listener: ListenerAddr,
     pub(crate) limits: TransportLimits,
@@ -253,7 +253,7 @@ impl Controller {
         self.kind
     }
 
-    pub fn subnqn(&self) -> &str {
+    pub fn subnqn(&self) -> &Nqn {
         self.subsys.nqn()
     }
 
@@ -261,7 +261,7 @@ impl Controller {
         &self.subsys
     }
 
-    pub fn hostnqn(&self) -> &str {
+    pub fn hostnqn(&self) -> &Nqn {
         &self.hostnqn
     }
 

@@ -40,7 +40,7 @@ impl Namespace {
     /// stay the same across restarts and differ between namespaces.
     pub fn new(spec: NamespaceSpec, subnqn: &str) -> Result<Self, RegistryError> {
         let bad = |why: &'static str| RegistryError::BadNamespace {
-            nqn: subnqn.to_owned(),
+            nqn: subnqn.into(),
             nsid: spec.nsid,
             why,
         };

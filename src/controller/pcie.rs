@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::nvme::opcode::admin;
-use crate::nvme::{Sqe, Status};
+use crate::nvme::{Nqn, Sqe, Status};
 
 use super::ctrlr::{AdminQueueInit, AdminState, ControllerInit};
 use super::registry::RegistryError;
@@ -90,7 +90,7 @@ impl Registry {
                     cntlid,
                     subsys: Arc::clone(&subsys),
                     registry: self.downgrade(),
-                    hostnqn: String::new(),
+                    hostnqn: Nqn::from(""),
                     hostid: [0; 16],
                     listener: listener.clone(),
                     limits,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use arc_swap::ArcSwap;
 
-use crate::nvme::{CntlId, Nsid};
+use crate::nvme::{CntlId, Nqn, Nsid};
 
 use super::namespace::{Namespace, NamespaceSpec};
 use super::{Controller, RegistryError};
@@ -16,7 +16,7 @@ use super::{Controller, RegistryError};
 /// A subsystem as declared in the configuration.
 #[derive(Clone, Debug)]
 pub struct SubsystemSpec {
-    pub nqn: String,
+    pub nqn: Nqn,
     pub serial: String,
     pub model: String,
     pub allow_any_host: bool,
@@ -172,7 +172,7 @@ impl Access {
 /// One subsystem, shared by every reactor.
 #[derive(Debug)]
 pub struct Subsystem {
-    nqn: String,
+    nqn: Nqn,
     serial: String,
     model: String,
     /// Who may connect and through which listeners; a reload swaps it whole.
@@ -223,7 +223,7 @@ impl Subsystem {
     /// The well-known discovery subsystem: any host, every listener, no namespaces.
     pub(crate) fn discovery() -> Self {
         Self {
-            nqn: crate::nvme::DISCOVERY_NQN.to_owned(),
+            nqn: Nqn::from(crate::nvme::DISCOVERY_NQN),
             serial: "nvmf-tgt-discovery".to_owned(),
             model: "nvmf-tgt discovery".to_owned(),
             access: ArcSwap::from_pointee(Access {
@@ -238,7 +238,7 @@ impl Subsystem {
         }
     }
 
-    pub fn nqn(&self) -> &str {
+    pub fn nqn(&self) -> &Nqn {
         &self.nqn
     }
 

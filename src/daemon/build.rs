@@ -117,7 +117,7 @@ pub fn subsystem_spec(config: &Config, subsystem: &SubsystemDecl) -> anyhow::Res
         );
     }
     Ok(SubsystemSpec {
-        nqn: subsystem.nqn.clone(),
+        nqn: subsystem.nqn.as_str().into(),
         serial: subsystem.serial.clone(),
         model: subsystem.model.clone(),
         allow_any_host: subsystem.allow_any_host,

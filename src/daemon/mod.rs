@@ -188,7 +188,7 @@ fn flush_namespaces(registry: &Registry) -> Result<(), ShutdownError> {
             if let Err(err) = backend.flush_for_shutdown() {
                 failed += 1;
                 error!(
-                    subnqn = subsystem.nqn(),
+                    subnqn = %subsystem.nqn(),
                     nsid = %ns.nsid(),
                     ?backend,
                     error = %err,

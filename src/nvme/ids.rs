@@ -85,6 +85,15 @@ impl From<String> for Nqn {
     }
 }
 
+/// An NQN reads as the text it is wherever text is expected (lengths, prefixes, messages).
+impl std::ops::Deref for Nqn {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for Nqn {
     fn as_ref(&self) -> &str {
         &self.0

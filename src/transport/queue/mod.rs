@@ -225,9 +225,9 @@ impl QueueCore {
         if let Some(Attachment { ctrlr, qid: 0, .. }) = &self.attachment {
             if ctrlr.is_expired(now) {
                 warn!(
-                    subnqn = ctrlr.subnqn(),
+                    subnqn = %ctrlr.subnqn(),
                     cntlid = %ctrlr.cntlid(),
-                    hostnqn = ctrlr.hostnqn(),
+                    hostnqn = %ctrlr.hostnqn(),
                     "keep-alive timeout expired; disconnecting the controller"
                 );
                 return Flow::Close;
@@ -309,9 +309,9 @@ impl QueueCore {
         let (ctrlr, qid, epoch, cqe) = match registry.handle_connect(sqe, data, listener, now) {
             ConnectOutcome::Admin { ctrlr, cqe } => {
                 debug!(
-                    subnqn = ctrlr.subnqn(),
+                    subnqn = %ctrlr.subnqn(),
                     cntlid = %ctrlr.cntlid(),
-                    hostnqn = ctrlr.hostnqn(),
+                    hostnqn = %ctrlr.hostnqn(),
                     "admin queue connected"
                 );
                 ctrlr.set_async_event_notifier(cx.async_notifier());
@@ -328,7 +328,7 @@ impl QueueCore {
                 ..
             } => {
                 debug!(
-                    subnqn = ctrlr.subnqn(),
+                    subnqn = %ctrlr.subnqn(),
                     cntlid = %ctrlr.cntlid(),
                     qid,
                     "I/O queue connected"
@@ -345,7 +345,7 @@ impl QueueCore {
         // says whose queue this is, on every line logged inside it.
         let span = tracing::Span::current();
         span.record("qid", qid);
-        span.record("subnqn", ctrlr.subnqn());
+        span.record("subnqn", ctrlr.subnqn().as_str());
         span.record("cntlid", ctrlr.cntlid().0);
         self.attach(ctrlr, qid, epoch, entries);
         self.respond(cqe, out);
