@@ -225,9 +225,9 @@ impl QueueCore {
         if let Some(Attachment { ctrlr, qid: 0, .. }) = &self.attachment {
             if ctrlr.is_expired(now) {
                 warn!(
-                    subnqn = ctrlr.subnqn(),
-                    cntlid = ctrlr.cntlid(),
-                    hostnqn = ctrlr.hostnqn(),
+                    subnqn = %ctrlr.subnqn(),
+                    cntlid = %ctrlr.cntlid(),
+                    hostnqn = %ctrlr.hostnqn(),
                     "keep-alive timeout expired; disconnecting the controller"
                 );
                 return Flow::Close;
@@ -309,9 +309,9 @@ impl QueueCore {
         let (ctrlr, qid, epoch, cqe) = match registry.handle_connect(sqe, data, listener, now) {
             ConnectOutcome::Admin { ctrlr, cqe } => {
                 debug!(
-                    subnqn = ctrlr.subnqn(),
-                    cntlid = ctrlr.cntlid(),
-                    hostnqn = ctrlr.hostnqn(),
+                    subnqn = %ctrlr.subnqn(),
+                    cntlid = %ctrlr.cntlid(),
+                    hostnqn = %ctrlr.hostnqn(),
                     "admin queue connected"
                 );
                 ctrlr.set_async_event_notifier(cx.async_notifier());
@@ -328,8 +328,8 @@ impl QueueCore {
                 ..
             } => {
                 debug!(
-                    subnqn = ctrlr.subnqn(),
-                    cntlid = ctrlr.cntlid(),
+                    subnqn = %ctrlr.subnqn(),
+                    cntlid = %ctrlr.cntlid(),
                     qid,
                     "I/O queue connected"
                 );
@@ -345,8 +345,8 @@ impl QueueCore {
         // says whose queue this is, on every line logged inside it.
         let span = tracing::Span::current();
         span.record("qid", qid);
-        span.record("subnqn", ctrlr.subnqn());
-        span.record("cntlid", ctrlr.cntlid());
+        span.record("subnqn", ctrlr.subnqn().as_str());
+        span.record("cntlid", ctrlr.cntlid().0);
         self.attach(ctrlr, qid, epoch, entries);
         self.respond(cqe, out);
         Some(qid)
@@ -649,7 +649,7 @@ impl QueueCore {
         let status = match &done.result {
             Ok(()) => Status::SUCCESS,
             Err(err) => {
-                let nsid = cmd.plan.as_ref().map_or(0, |p| p.ns.nsid());
+                let nsid = cmd.plan.as_ref().map_or(0, |p| p.ns.nsid().0);
                 warn!(nsid, error = %err, source = ?std::error::Error::source(err), "namespace I/O failed");
                 err.status()
             }

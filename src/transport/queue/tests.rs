@@ -90,7 +90,7 @@ impl Rig {
             hosts: Vec::new(),
             max_namespaces: 32,
             namespaces: vec![NamespaceSpec {
-                nsid: 1,
+                nsid: crate::nvme::Nsid(1),
                 backend: Arc::new(RamBackend::new(1 << 20)),
                 block_size: 512,
                 read_only: false,
