@@ -4,6 +4,7 @@ mod connection;
 mod context;
 mod inbound;
 mod outbound;
+pub mod pdu;
 mod qpair;
 mod send_queue;
 pub mod wire;
