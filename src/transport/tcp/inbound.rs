@@ -4,7 +4,11 @@
 //! connection simply reads more. Every structural problem becomes an [`InboundError`], the one
 //! place that decides the termination request's FES and FEI.
 
-use super::wire::{self, fes, flags, pdu_type};
+use super::pdu::{
+    self, CapsuleCmd, CommonHeader, DataPdu, Digests, Framing, PduError, PduView, TermReq, fes,
+    pdu_type,
+};
+pub use super::pdu::{IcReq, IcResp};
 use crate::controller::TransportLimits;
 use crate::nvme::Sqe;
 
@@ -56,23 +60,20 @@ impl InboundError {
     }
 }
 
-/// The ICReq fields the target acts on (NVMe/TCP 1.0, 3.6.2.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IcReq {
-    pub pfv: u16,
-    pub hpda: u8,
-    pub header_digest: bool,
-    pub data_digest: bool,
-    pub maxr2t: u32,
-}
-
-/// The ICResp the target sends (NVMe/TCP 1.0, 3.6.2.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IcResp {
-    pub cpda: u8,
-    pub header_digest: bool,
-    pub data_digest: bool,
-    pub maxh2cdata: u32,
+/// A PDU that does not hold together is a fatal error on the field at fault; a bad header
+/// digest has its own status.
+impl From<PduError> for InboundError {
+    fn from(err: PduError) -> Self {
+        let fes = match err {
+            PduError::HeaderDigest => fes::HEADER_DIGEST_ERROR,
+            _ => fes::INVALID_HEADER_FIELD,
+        };
+        Self {
+            fes,
+            fei: err.field(),
+            why: err.why(),
+        }
+    }
 }
 
 /// An H2CData PDU; `data` borrows the receive buffer.
@@ -125,9 +126,25 @@ impl Negotiated {
             data_digest: false,
             hpda: 0,
             maxh2cdata: 0,
-            max_pdu_len: wire::IC_LEN,
+            max_pdu_len: pdu::IC_LEN,
             capsule_data_limit: ADMIN_IN_CAPSULE,
             established: false,
+        }
+    }
+
+    /// The digests the host's capsule and data PDUs carry, and the target's.
+    pub fn digests(&self) -> Digests {
+        Digests {
+            header: self.header_digest,
+            data: self.data_digest,
+        }
+    }
+
+    /// How the target frames what it sends: the digests, and data aligned to HPDA.
+    pub fn framing(&self) -> Framing {
+        Framing {
+            digests: self.digests(),
+            pda: self.hpda,
         }
     }
 
@@ -139,7 +156,7 @@ impl Negotiated {
     /// The longest capsule PDU worth buffering: its header, digests, in-capsule data and as
     /// much padding as a host could put before the data.
     fn max_capsule_len(&self) -> usize {
-        wire::CAPSULE_CMD_HLEN + 2 * wire::DIGEST_LEN + MAX_PAD + self.capsule_data_limit
+        pdu::CAPSULE_CMD_HLEN + 2 * pdu::DIGEST_LEN + MAX_PAD + self.capsule_data_limit
     }
 
     /// Checks the host's ICReq and fixes the connection's framing.
@@ -162,11 +179,11 @@ impl Negotiated {
         self.data_digest = icreq.data_digest;
         self.hpda = icreq.hpda;
         self.maxh2cdata = maxh2cdata;
-        let digests = 2 * wire::DIGEST_LEN;
-        let capsule = wire::CAPSULE_CMD_HLEN
+        let digests = 2 * pdu::DIGEST_LEN;
+        let capsule = pdu::CAPSULE_CMD_HLEN
             + digests
             + ADMIN_IN_CAPSULE.max(limits.in_capsule_data_size as usize);
-        let data = wire::DATA_HLEN + digests + 128 + maxh2cdata as usize;
+        let data = pdu::DATA_HLEN + digests + 128 + maxh2cdata as usize;
         self.max_pdu_len = capsule.max(data);
         self.established = true;
         Ok(IcResp {
@@ -181,35 +198,21 @@ impl Negotiated {
 impl<'a> Inbound<'a> {
     /// Parses one PDU from the front of `buf`: `Ok(None)` if it is not all here yet.
     pub fn parse(buf: &'a [u8], neg: &Negotiated) -> Result<Option<(Self, usize)>, InboundError> {
-        if buf.len() < wire::CH_LEN {
+        let Some(ch) = CommonHeader::peek(buf) else {
             return Ok(None);
-        }
-        let kind = buf[0];
-        let pdu_flags = buf[1];
-        let hlen = usize::from(buf[2]);
-        let pdo = usize::from(buf[3]);
-        let plen = wire::read_u32(buf, 4) as usize;
-        let expected_hlen = match kind {
-            pdu_type::IC_REQ => wire::IC_LEN,
-            pdu_type::H2C_TERM_REQ => wire::TERM_REQ_HLEN,
-            pdu_type::CAPSULE_CMD => wire::CAPSULE_CMD_HLEN,
-            pdu_type::H2C_DATA => wire::DATA_HLEN,
-            _ => return Err(InboundError::invalid_field(0, "PDU type not sent by hosts")),
         };
-        if hlen != expected_hlen {
-            return Err(InboundError::invalid_field(
-                2,
-                "wrong header length for the PDU type",
-            ));
+        let kind = ch.pdu_type;
+        let from_host = matches!(
+            kind,
+            pdu_type::IC_REQ | pdu_type::H2C_TERM_REQ | pdu_type::CAPSULE_CMD | pdu_type::H2C_DATA
+        );
+        if !from_host {
+            return Err(InboundError::invalid_field(0, "PDU type not sent by hosts"));
         }
-        if plen < hlen {
-            return Err(InboundError::invalid_field(
-                4,
-                "PDU length shorter than its header",
-            ));
-        }
+        ch.check()?;
+        let plen = ch.plen();
         let limit = if kind == pdu_type::H2C_TERM_REQ {
-            wire::TERM_REQ_HLEN + wire::TERM_REQ_MAX_ECHO
+            pdu::TERM_REQ_HLEN + pdu::TERM_REQ_MAX_ECHO
         } else {
             neg.max_pdu_len
         };
@@ -225,124 +228,47 @@ impl<'a> Inbound<'a> {
         if buf.len() < plen {
             return Ok(None);
         }
-        let pdu = &buf[..plen];
+        let carries_data = matches!(kind, pdu_type::CAPSULE_CMD | pdu_type::H2C_DATA);
+        if carries_data && !neg.established {
+            return Err(InboundError::sequence("PDU before ICReq"));
+        }
+        let view = PduView::new_checked(buf, neg.digests())?;
+        let data_digest_ok = view.data_digest_ok();
         let parsed = match kind {
-            pdu_type::IC_REQ => {
-                if plen != wire::IC_LEN {
-                    return Err(InboundError::invalid_field(4, "ICReq length is not 128"));
-                }
-                Self::IcReq(IcReq {
-                    pfv: wire::read_u16(pdu, 8),
-                    hpda: pdu[10],
-                    header_digest: pdu[11] & 0x1 != 0,
-                    data_digest: pdu[11] & 0x2 != 0,
-                    maxr2t: wire::read_u32(pdu, 12),
-                })
-            }
+            pdu_type::IC_REQ => Self::IcReq(IcReq::parse(&view)?),
             pdu_type::H2C_TERM_REQ => Self::TermReq {
-                fes: wire::read_u16(pdu, 8),
+                fes: TermReq::parse(&view).fes,
             },
+            pdu_type::CAPSULE_CMD => {
+                let capsule = CapsuleCmd::parse(&view)?;
+                if capsule.data.len() > neg.capsule_data_limit {
+                    return Err(InboundError::limit(
+                        "in-capsule data larger than the queue accepts",
+                    ));
+                }
+                Self::Capsule {
+                    sqe: capsule.sqe,
+                    data: capsule.data,
+                    data_digest_ok,
+                }
+            }
             _ => {
-                if !neg.established {
-                    return Err(InboundError::sequence("PDU before ICReq"));
+                let data = DataPdu::parse(&view)?;
+                if data.data.len() > neg.maxh2cdata as usize {
+                    return Err(InboundError::limit("H2CData larger than MAXH2CDATA"));
                 }
-                let (header, data, data_digest_ok) =
-                    split_digested(pdu, pdu_flags, hlen, pdo, neg)?;
-                if kind == pdu_type::CAPSULE_CMD {
-                    let Some(sqe) = Sqe::parse(&header[wire::CH_LEN..]) else {
-                        return Err(InboundError::invalid_field(2, "short capsule"));
-                    };
-                    if data.len() > neg.capsule_data_limit {
-                        return Err(InboundError::limit(
-                            "in-capsule data larger than the queue accepts",
-                        ));
-                    }
-                    Self::Capsule {
-                        sqe,
-                        data,
-                        data_digest_ok,
-                    }
-                } else {
-                    let datal = wire::read_u32(header, 16);
-                    if datal as usize != data.len() {
-                        return Err(InboundError::invalid_field(
-                            16,
-                            "DATAL does not match the PDU",
-                        ));
-                    }
-                    if datal > neg.maxh2cdata {
-                        return Err(InboundError::limit("H2CData larger than MAXH2CDATA"));
-                    }
-                    Self::H2CData(H2CData {
-                        cccid: wire::read_u16(header, 8),
-                        ttag: wire::read_u16(header, 10),
-                        datao: wire::read_u32(header, 12),
-                        last: pdu_flags & flags::LAST_PDU != 0,
-                        data,
-                        data_digest_ok,
-                    })
-                }
+                Self::H2CData(H2CData {
+                    cccid: data.cccid,
+                    ttag: data.ttag,
+                    datao: data.datao,
+                    last: data.last,
+                    data: data.data,
+                    data_digest_ok,
+                })
             }
         };
         Ok(Some((parsed, plen)))
     }
-}
-
-/// Checks the digests and padding of a capsule or data PDU and splits header from data.
-fn split_digested<'a>(
-    pdu: &'a [u8],
-    pdu_flags: u8,
-    hlen: usize,
-    pdo: usize,
-    neg: &Negotiated,
-) -> Result<(&'a [u8], &'a [u8], bool), InboundError> {
-    let has_hdgst = pdu_flags & flags::HDGSTF != 0;
-    if has_hdgst != neg.header_digest {
-        return Err(InboundError::invalid_field(
-            1,
-            "header digest flag differs from ICReq",
-        ));
-    }
-    let header_end = hlen + if has_hdgst { wire::DIGEST_LEN } else { 0 };
-    if pdu.len() < header_end {
-        return Err(InboundError::invalid_field(
-            4,
-            "PDU shorter than header and digest",
-        ));
-    }
-    let header = &pdu[..hlen];
-    if has_hdgst && pdu[hlen..header_end] != wire::digest(header) {
-        return Err(InboundError {
-            fes: fes::HEADER_DIGEST_ERROR,
-            fei: 0,
-            why: "header digest mismatch",
-        });
-    }
-    if pdu.len() == header_end {
-        return Ok((header, &[], true));
-    }
-    // There is data: it starts at PDO, after the header digest (CPDA is 0, so no padding
-    // is required, but a host may still pad).
-    if pdo < header_end || pdo > pdu.len() {
-        return Err(InboundError::invalid_field(3, "PDO outside the PDU"));
-    }
-    let has_ddgst = pdu_flags & flags::DDGSTF != 0;
-    if has_ddgst != neg.data_digest {
-        return Err(InboundError::invalid_field(
-            1,
-            "data digest flag differs from ICReq",
-        ));
-    }
-    let data_end = pdu.len() - if has_ddgst { wire::DIGEST_LEN } else { 0 };
-    if data_end < pdo {
-        return Err(InboundError::invalid_field(
-            4,
-            "PDU too short for its data digest",
-        ));
-    }
-    let data = &pdu[pdo..data_end];
-    let digest_ok = !has_ddgst || pdu[data_end..] == wire::digest(data);
-    Ok((header, data, digest_ok))
 }
 
 #[cfg(test)]
@@ -446,24 +372,17 @@ mod tests {
     }
 
     fn capsule(neg: &Negotiated, data_len: usize) -> Vec<u8> {
-        let hd = if neg.header_digest { 4 } else { 0 };
-        let dd = if neg.data_digest { 4 } else { 0 };
-        let plen = 72 + hd + data_len + dd;
-        let mut pdu = vec![0u8; plen];
-        pdu[0] = pdu_type::CAPSULE_CMD;
-        pdu[1] = if hd > 0 { flags::HDGSTF } else { 0 } | if dd > 0 { flags::DDGSTF } else { 0 };
-        pdu[2] = 72;
-        pdu[3] = u8::try_from(72 + hd).expect("pdo");
-        pdu[4..8].copy_from_slice(&u32::try_from(plen).expect("plen").to_le_bytes());
-        if hd > 0 {
-            let digest = wire::digest(&pdu[..72]);
-            pdu[72..76].copy_from_slice(&digest);
+        let mut pdu = Vec::new();
+        let data = vec![0; data_len];
+        let framing = Framing {
+            digests: neg.digests(),
+            pda: 0,
+        };
+        CapsuleCmd {
+            sqe: Sqe::default(),
+            data: &data,
         }
-        if dd > 0 {
-            let at = 72 + hd;
-            let digest = wire::digest(&pdu[at..at + data_len]);
-            pdu[plen - 4..].copy_from_slice(&digest);
-        }
+        .emit(&mut pdu, &framing);
         pdu
     }
 

@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 
+pub use super::pdu::{zeroes_digest, zeroes_digest_after};
 use crate::transport::buffer_pool::DataBuf;
 
 /// Data buffers shorter than this are copied next to the headers: one slice fewer is worth
@@ -292,23 +293,6 @@ impl<'a> Fill<'_, 'a> {
     }
 }
 
-/// CRC32C of `len` zero bytes, as NVMe/TCP sends a data digest.
-pub fn zeroes_digest(len: usize) -> [u8; 4] {
-    zeroes_digest_after(0, len)
-}
-
-/// The data digest of bytes whose CRC32C so far is `crc`, followed by `len` zero bytes.
-pub fn zeroes_digest_after(crc: u32, len: usize) -> [u8; 4] {
-    let mut crc = crc;
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(ZEROES.len());
-        crc = crc32c::crc32c_append(crc, &ZEROES[..n]);
-        left -= n;
-    }
-    crc.to_le_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,10 +423,7 @@ mod tests {
     #[test]
     fn zeroes_digest_matches_a_digest_of_zeroes() {
         for len in [1, 4096, ZEROES.len(), ZEROES.len() * 2 + 7] {
-            assert_eq!(
-                zeroes_digest(len),
-                super::super::wire::digest(&vec![0; len])
-            );
+            assert_eq!(zeroes_digest(len), super::super::pdu::digest(&vec![0; len]));
         }
     }
 }
