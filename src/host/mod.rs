@@ -15,7 +15,10 @@ use crate::nvme::log::{
 };
 use crate::nvme::opcode::{FABRICS, admin, fctype, io};
 use crate::nvme::{Cqe, DISCOVERY_NQN, Sgl, Sqe, Status};
-use crate::transport::tcp::wire::{self, flags, pdu_type};
+use crate::transport::tcp::pdu::{
+    self, CapsuleCmd, CommonHeader, DataPdu, Digests, Framing, IcReq, IcResp, Pdu, PduError,
+    PduView, pdu_type,
+};
 
 /// What one queue connects with.
 #[derive(Debug, Clone)]
@@ -79,6 +82,8 @@ pub enum HostError {
     Terminated { fes: u16, fei: u32 },
     #[error("protocol violation by the target: {0}")]
     Protocol(&'static str),
+    #[error("malformed PDU from the target: {0}")]
+    Malformed(#[from] PduError),
     #[error("command failed: {0}")]
     Status(Status),
     #[error("the target refused the connection: {0}")]
@@ -107,13 +112,15 @@ impl Completion {
 struct Pending {
     write: Vec<u8>,
     read: Vec<u8>,
+    /// The data the command asked for: a target that sends more is refused.
+    read_len: usize,
 }
 
 /// One connected queue.
 pub struct HostQueue {
     stream: TcpStream,
-    header_digest: bool,
-    data_digest: bool,
+    /// The digests ICResp granted and the target's data alignment (CPDA).
+    framing: Framing,
     maxh2cdata: usize,
     in_capsule_limit: usize,
     qid: u16,
@@ -163,16 +170,19 @@ impl HostQueue {
         let mut stream = TcpStream::connect_timeout(&addr, opts.timeout)?;
         stream.set_read_timeout(Some(opts.timeout))?;
         stream.set_nodelay(true)?;
-        let mut icreq = vec![0u8; wire::IC_LEN];
-        icreq[0] = pdu_type::IC_REQ;
-        icreq[2] = 128;
-        icreq[4..8].copy_from_slice(&128u32.to_le_bytes());
-        icreq[11] = u8::from(opts.header_digest) | (u8::from(opts.data_digest) << 1);
+        let mut icreq = Vec::with_capacity(pdu::IC_LEN);
+        IcReq {
+            pfv: 0,
+            hpda: 0,
+            header_digest: opts.header_digest,
+            data_digest: opts.data_digest,
+            maxr2t: 0,
+        }
+        .emit(&mut icreq);
         stream.write_all(&icreq)?;
         let mut queue = Self {
             stream,
-            header_digest: false,
-            data_digest: false,
+            framing: Framing::default(),
             maxh2cdata: 4096,
             in_capsule_limit: opts.in_capsule_limit,
             qid: opts.qid,
@@ -182,18 +192,30 @@ impl HostQueue {
             done: Vec::new(),
         };
         let resp = queue.recv_pdu()?;
-        if resp[0] != pdu_type::IC_RESP || resp.len() != wire::IC_LEN {
-            return Err(HostError::Protocol("expected ICResp"));
-        }
-        queue.header_digest = resp[11] & 1 != 0;
-        queue.data_digest = resp[11] & 2 != 0;
-        queue.maxh2cdata = wire::read_u32(&resp, 12) as usize;
-        if queue.header_digest != opts.header_digest || queue.data_digest != opts.data_digest {
+        let resp = match parse_from_target(&resp, Digests::NONE) {
+            Ok(Pdu::IcResp(resp)) => resp,
+            _ => return Err(HostError::Protocol("expected ICResp")),
+        };
+        queue.accept_icresp(&resp, opts)?;
+        Ok(queue)
+    }
+
+    /// Takes the framing ICResp grants, which must be the digests asked for.
+    fn accept_icresp(&mut self, resp: &IcResp, opts: &QueueOptions) -> Result<(), HostError> {
+        if resp.header_digest != opts.header_digest || resp.data_digest != opts.data_digest {
             return Err(HostError::Protocol(
                 "ICResp did not grant the digests asked for",
             ));
         }
-        Ok(queue)
+        self.framing = Framing {
+            digests: Digests {
+                header: resp.header_digest,
+                data: resp.data_digest,
+            },
+            pda: resp.cpda,
+        };
+        self.maxh2cdata = usize::try_from(resp.maxh2cdata).unwrap_or(usize::MAX);
+        Ok(())
     }
 
     pub fn cntlid(&self) -> u16 {
@@ -210,7 +232,12 @@ impl HostQueue {
 
     /// The digests ICResp granted: (header, data).
     pub fn digests(&self) -> (bool, bool) {
-        (self.header_digest, self.data_digest)
+        (self.framing.digests.header, self.framing.digests.data)
+    }
+
+    /// How this queue frames what it sends: the granted digests and the target's CPDA.
+    pub fn framing(&self) -> Framing {
+        self.framing
     }
 
     /// The largest H2CData payload the target accepts (MAXH2CDATA from ICResp).
@@ -249,11 +276,17 @@ impl HostQueue {
             Sgl::transport(sgl_len)
         });
         let capsule_data: &[u8] = if in_capsule { &write } else { &[] };
-        let pdu = self.capsule_pdu(&sqe, capsule_data);
+        let mut pdu = Vec::new();
+        CapsuleCmd {
+            sqe,
+            data: capsule_data,
+        }
+        .emit(&mut pdu, &self.framing);
         self.stream.write_all(&pdu)?;
         let pending = Pending {
             write: if in_capsule { Vec::new() } else { write },
             read: Vec::new(),
+            read_len: usize::try_from(read_len).unwrap_or(usize::MAX),
         };
         self.pending.insert(cid, pending);
         Ok(cid)
@@ -265,11 +298,10 @@ impl HostQueue {
             return Ok(done);
         }
         loop {
-            let pdu = self.recv_pdu()?;
-            match pdu[0] {
-                pdu_type::CAPSULE_RESP => {
-                    let cqe =
-                        Cqe::parse(&pdu[8..]).ok_or(HostError::Protocol("short CapsuleResp"))?;
+            let bytes = self.recv_pdu()?;
+            match parse_from_target(&bytes, self.framing.digests)? {
+                Pdu::CapsuleResp(resp) => {
+                    let cqe = resp.cqe;
                     let pending = self
                         .pending
                         .remove(&cqe.cid)
@@ -279,52 +311,60 @@ impl HostQueue {
                         data: pending.read,
                     });
                 }
-                pdu_type::C2H_DATA => {
-                    let cid = wire::read_u16(&pdu, 8);
-                    let datao = wire::read_u32(&pdu, 12) as usize;
-                    let data = self.pdu_data(&pdu)?;
-                    let pending = self
-                        .pending
-                        .get_mut(&cid)
-                        .ok_or(HostError::Protocol("data for an unknown cid"))?;
-                    if pending.read.len() < datao + data.len() {
-                        pending.read.resize(datao + data.len(), 0);
-                    }
-                    pending.read[datao..datao + data.len()].copy_from_slice(&data);
-                    if pdu[1] & flags::SUCCESS != 0 {
-                        let pending = self.pending.remove(&cid).unwrap_or_default();
-                        return Ok(Completion {
-                            cqe: Cqe::new(cid, Status::SUCCESS),
-                            data: pending.read,
-                        });
+                Pdu::C2HData(data) => {
+                    if let Some(done) = self.handle_c2h_data(&data)? {
+                        return Ok(done);
                     }
                 }
-                pdu_type::R2T => {
-                    let cid = wire::read_u16(&pdu, 8);
-                    let ttag = wire::read_u16(&pdu, 10);
-                    let (r2to, r2tl) = (
-                        wire::read_u32(&pdu, 12) as usize,
-                        wire::read_u32(&pdu, 16) as usize,
-                    );
+                Pdu::R2t(r2t) => {
                     let write = self
                         .pending
-                        .get(&cid)
+                        .get(&r2t.cccid)
                         .map(|p| p.write.clone())
                         .ok_or(HostError::Protocol("R2T for an unknown cid"))?;
-                    if r2to + r2tl > write.len() {
-                        return Err(HostError::Protocol("R2T beyond the write"));
-                    }
-                    self.send_h2c(cid, ttag, r2to, &write[r2to..r2to + r2tl])?;
+                    let r2to = usize::try_from(r2t.r2to).unwrap_or(usize::MAX);
+                    let r2tl = usize::try_from(r2t.r2tl).unwrap_or(usize::MAX);
+                    let part = r2to
+                        .checked_add(r2tl)
+                        .and_then(|end| write.get(r2to..end))
+                        .ok_or(HostError::Protocol("R2T beyond the write"))?;
+                    self.send_h2c(r2t.cccid, r2t.ttag, r2to, part)?;
                 }
-                pdu_type::C2H_TERM_REQ => {
+                Pdu::C2HTermReq(term) => {
                     return Err(HostError::Terminated {
-                        fes: wire::read_u16(&pdu, 8),
-                        fei: wire::read_u32(&pdu, 10),
+                        fes: term.fes,
+                        fei: term.fei,
                     });
                 }
                 _ => return Err(HostError::Protocol("unexpected PDU type")),
             }
         }
+    }
+
+    /// Places C2HData in its command's read buffer; the completion when the PDU carries SUCCESS.
+    fn handle_c2h_data(&mut self, data: &DataPdu<'_>) -> Result<Option<Completion>, HostError> {
+        let cid = data.cccid;
+        let pending = self
+            .pending
+            .get_mut(&cid)
+            .ok_or(HostError::Protocol("data for an unknown cid"))?;
+        let datao = usize::try_from(data.datao).unwrap_or(usize::MAX);
+        let end = datao
+            .checked_add(data.data.len())
+            .filter(|&end| end <= pending.read_len)
+            .ok_or(HostError::Protocol("C2HData beyond the read"))?;
+        if pending.read.len() < end {
+            pending.read.resize(end, 0);
+        }
+        pending.read[datao..end].copy_from_slice(data.data);
+        if !data.success {
+            return Ok(None);
+        }
+        let pending = self.pending.remove(&cid).unwrap_or_default();
+        Ok(Some(Completion {
+            cqe: Cqe::new(cid, Status::SUCCESS),
+            data: pending.read,
+        }))
     }
 
     /// Runs one command to completion (other completions that arrive meanwhile are kept).
@@ -454,37 +494,21 @@ impl HostQueue {
         Ok(self.stream.write_all(bytes)?)
     }
 
-    /// Receives one whole PDU, checking its header digest.
+    /// Receives one whole PDU and checks its framing (lengths, header digest) against what
+    /// ICResp negotiated; a PDU that does not hold together is an error before it is returned.
     pub fn recv_pdu(&mut self) -> Result<Vec<u8>, HostError> {
-        let mut pdu = vec![0u8; wire::CH_LEN];
+        let mut pdu = vec![0u8; pdu::CH_LEN];
         self.stream.read_exact(&mut pdu)?;
-        let plen = wire::read_u32(&pdu, 4) as usize;
-        if !(wire::CH_LEN..=16 << 20).contains(&plen) {
+        let ch = CommonHeader::peek(&pdu).ok_or(PduError::Truncated)?;
+        ch.check()?;
+        let plen = ch.plen();
+        if plen > MAX_PDU_LEN {
             return Err(HostError::Protocol("absurd PDU length"));
         }
         pdu.resize(plen, 0);
-        self.stream.read_exact(&mut pdu[wire::CH_LEN..])?;
-        if pdu[1] & flags::HDGSTF != 0 {
-            let hlen = usize::from(pdu[2]);
-            if pdu.len() < hlen + 4 || pdu[hlen..hlen + 4] != wire::digest(&pdu[..hlen]) {
-                return Err(HostError::Protocol("bad header digest from the target"));
-            }
-        }
+        self.stream.read_exact(&mut pdu[pdu::CH_LEN..])?;
+        PduView::new_checked(&pdu, self.framing.digests)?;
         Ok(pdu)
-    }
-
-    fn pdu_data(&self, pdu: &[u8]) -> Result<Vec<u8>, HostError> {
-        let pdo = usize::from(pdu[3]);
-        let datal = wire::read_u32(pdu, 16) as usize;
-        let data = pdu
-            .get(pdo..pdo + datal)
-            .ok_or(HostError::Protocol("C2HData outside its PDU"))?;
-        if pdu[1] & flags::DDGSTF != 0
-            && pdu.get(pdo + datal..pdo + datal + 4) != Some(&wire::digest(data)[..])
-        {
-            return Err(HostError::Protocol("bad data digest from the target"));
-        }
-        Ok(data.to_vec())
     }
 
     fn alloc_cid(&mut self) -> u16 {
@@ -497,49 +521,6 @@ impl HostQueue {
         }
     }
 
-    fn capsule_pdu(&self, sqe: &Sqe, data: &[u8]) -> Vec<u8> {
-        let hd = if self.header_digest {
-            wire::DIGEST_LEN
-        } else {
-            0
-        };
-        let dd = if self.data_digest && !data.is_empty() {
-            wire::DIGEST_LEN
-        } else {
-            0
-        };
-        let pdo = if data.is_empty() {
-            0
-        } else {
-            wire::CAPSULE_CMD_HLEN + hd
-        };
-        let plen = wire::CAPSULE_CMD_HLEN + hd + data.len() + dd;
-        let mut pdu_flags = 0;
-        if hd > 0 {
-            pdu_flags |= flags::HDGSTF;
-        }
-        if dd > 0 {
-            pdu_flags |= flags::DDGSTF;
-        }
-        let mut pdu = vec![
-            pdu_type::CAPSULE_CMD,
-            pdu_flags,
-            72,
-            u8::try_from(pdo).unwrap_or(0),
-        ];
-        pdu.extend_from_slice(&u32::try_from(plen).unwrap_or(u32::MAX).to_le_bytes());
-        pdu.extend_from_slice(sqe.as_bytes());
-        if hd > 0 {
-            let digest = wire::digest(&pdu);
-            pdu.extend_from_slice(&digest);
-        }
-        pdu.extend_from_slice(data);
-        if dd > 0 {
-            pdu.extend_from_slice(&wire::digest(data));
-        }
-        pdu
-    }
-
     fn send_h2c(
         &mut self,
         cid: u16,
@@ -549,64 +530,39 @@ impl HostQueue {
     ) -> Result<(), HostError> {
         let chunk = self.maxh2cdata.max(4096);
         let mut sent = 0;
+        let mut pdu = Vec::new();
         while sent < data.len() {
             let n = chunk.min(data.len() - sent);
-            let part = &data[sent..sent + n];
-            let hd = if self.header_digest {
-                wire::DIGEST_LEN
-            } else {
-                0
-            };
-            let dd = if self.data_digest {
-                wire::DIGEST_LEN
-            } else {
-                0
-            };
-            let pdo = wire::DATA_HLEN + hd;
-            let mut pdu_flags = if sent + n == data.len() {
-                flags::LAST_PDU
-            } else {
-                0
-            };
-            if hd > 0 {
-                pdu_flags |= flags::HDGSTF;
+            pdu.clear();
+            DataPdu {
+                cccid: cid,
+                ttag,
+                datao: u32::try_from(offset + sent).unwrap_or(u32::MAX),
+                last: sent + n == data.len(),
+                success: false,
+                data: &data[sent..sent + n],
             }
-            if dd > 0 {
-                pdu_flags |= flags::DDGSTF;
-            }
-            let mut pdu = vec![
-                pdu_type::H2C_DATA,
-                pdu_flags,
-                24,
-                u8::try_from(pdo).unwrap_or(0),
-            ];
-            pdu.extend_from_slice(
-                &u32::try_from(pdo + n + dd)
-                    .unwrap_or(u32::MAX)
-                    .to_le_bytes(),
-            );
-            pdu.extend_from_slice(&cid.to_le_bytes());
-            pdu.extend_from_slice(&ttag.to_le_bytes());
-            pdu.extend_from_slice(
-                &u32::try_from(offset + sent)
-                    .unwrap_or(u32::MAX)
-                    .to_le_bytes(),
-            );
-            pdu.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
-            pdu.extend_from_slice(&[0; 4]);
-            if hd > 0 {
-                let digest = wire::digest(&pdu);
-                pdu.extend_from_slice(&digest);
-            }
-            pdu.extend_from_slice(part);
-            if dd > 0 {
-                pdu.extend_from_slice(&wire::digest(part));
-            }
+            .emit(&mut pdu, pdu_type::H2C_DATA, &self.framing);
             self.stream.write_all(&pdu)?;
             sent += n;
         }
         Ok(())
     }
+}
+
+/// The largest PDU a target may send this host: 16 MiB, far above any MAXH2CDATA or read.
+const MAX_PDU_LEN: usize = 16 << 20;
+
+/// Reads one whole PDU from a target: framing checked against the negotiated `digests`, the
+/// data digest verified (a bad one is fatal on this side), the fields parsed.
+pub fn parse_from_target(bytes: &[u8], digests: Digests) -> Result<Pdu<'_>, HostError> {
+    let view = PduView::new_checked(bytes, digests)?;
+    view.check_data_digest()?;
+    let pdu = Pdu::parse(&view)?;
+    if view.len() != bytes.len() {
+        return Err(HostError::Protocol("bytes after the PDU"));
+    }
+    Ok(pdu)
 }
 
 /// Connects to the discovery subsystem at `addr` and reads every discovery log entry.
@@ -631,3 +587,6 @@ pub fn discover(
         .collect();
     Ok((header, entries))
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,8 +1,8 @@
-//! Cuts target PDUs out of received bytes: `Ok(None)` means "need more bytes". Checks the
-//! header length for the type, the PDU length against the receive buffer and the header
-//! digest; the caller decides what each PDU means.
+//! Cuts target PDUs out of received bytes: `Ok(None)` means "need more bytes". The PDU module
+//! checks the header length for the type, PDO, PLEN and the negotiated digests; this module
+//! adds what only the receive buffer knows (its size) and which types a target may send.
 
-use crate::transport::tcp::wire::{self, flags, pdu_type};
+use crate::transport::tcp::pdu::{CommonHeader, DataPdu, Digests, PduError, PduView, pdu_type};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeframeError {
@@ -20,112 +20,124 @@ pub enum DeframeError {
     DataDigest,
     #[error("data outside its PDU")]
     DataBounds,
+    #[error("malformed PDU from the target: {0}")]
+    Malformed(PduError),
 }
 
-/// Length of the whole PDU at the start of `buf` once it has fully arrived.
-pub fn next_pdu(buf: &[u8], max_len: usize) -> Result<Option<usize>, DeframeError> {
-    if buf.len() < wire::CH_LEN {
-        return Ok(None);
+impl From<PduError> for DeframeError {
+    fn from(err: PduError) -> Self {
+        match err {
+            PduError::HeaderDigest => Self::HeaderDigest,
+            PduError::DataDigest => Self::DataDigest,
+            PduError::DataOffset
+            | PduError::DataDigestFlag
+            | PduError::NoRoomForDataDigest
+            | PduError::DataLength
+            | PduError::UnexpectedData => Self::DataBounds,
+            other => Self::Malformed(other),
+        }
     }
-    let (ty, hlen, plen) = (buf[0], usize::from(buf[2]), wire::read_u32(buf, 4) as usize);
-    let expected_hlen = match ty {
-        pdu_type::CAPSULE_RESP => wire::CAPSULE_RESP_HLEN,
-        pdu_type::C2H_DATA => wire::DATA_HLEN,
-        pdu_type::R2T => wire::R2T_HLEN,
-        pdu_type::C2H_TERM_REQ => wire::TERM_REQ_HLEN,
-        _ => 0,
+}
+
+/// The whole PDU at the start of `buf` once it has fully arrived, its framing checked.
+pub fn next_pdu(
+    buf: &[u8],
+    max_len: usize,
+    digests: Digests,
+) -> Result<Option<PduView<'_>>, DeframeError> {
+    let Some(ch) = CommonHeader::peek(buf) else {
+        return Ok(None);
     };
-    let hd = if buf[1] & flags::HDGSTF != 0 {
-        wire::DIGEST_LEN
-    } else {
-        0
-    };
-    if hlen != expected_hlen || plen < hlen + hd {
+    let from_target = matches!(
+        ch.pdu_type,
+        pdu_type::CAPSULE_RESP | pdu_type::C2H_DATA | pdu_type::R2T | pdu_type::C2H_TERM_REQ
+    );
+    if !from_target || ch.check().is_err() {
         return Err(DeframeError::BadHeader {
-            pdu_type: ty,
-            hlen,
-            plen,
+            pdu_type: ch.pdu_type,
+            hlen: ch.hlen(),
+            plen: ch.plen(),
         });
     }
+    let plen = ch.plen();
     if plen > max_len {
         return Err(DeframeError::TooLarge { plen, max: max_len });
     }
     if buf.len() < plen {
         return Ok(None);
     }
-    // A termination request carries no digest of its own header in practice; check the rest.
-    if hd > 0 && ty != pdu_type::C2H_TERM_REQ && buf[hlen..hlen + hd] != wire::digest(&buf[..hlen])
-    {
-        return Err(DeframeError::HeaderDigest);
-    }
-    Ok(Some(plen))
+    Ok(Some(PduView::new_checked(buf, digests)?))
 }
 
-/// The data of a complete C2HData PDU (`pdu` as `next_pdu` delimited it), its digest checked
-/// when the PDU says it carries one.
-pub fn c2h_payload(pdu: &[u8]) -> Result<&[u8], DeframeError> {
-    let pdo = usize::from(pdu[3]);
-    let datal = wire::read_u32(pdu, 16) as usize;
-    let dd = if pdu[1] & flags::DDGSTF != 0 {
-        wire::DIGEST_LEN
-    } else {
-        0
-    };
-    let end = pdo.checked_add(datal).ok_or(DeframeError::DataBounds)?;
-    if pdo < wire::DATA_HLEN || end + dd > pdu.len() {
-        return Err(DeframeError::DataBounds);
-    }
-    let data = &pdu[pdo..end];
-    if dd > 0 && pdu[end..end + dd] != wire::digest(data) {
-        return Err(DeframeError::DataDigest);
-    }
+/// A complete C2HData PDU, its data digest checked.
+pub fn c2h_payload<'a>(view: &PduView<'a>) -> Result<DataPdu<'a>, DeframeError> {
+    let data = DataPdu::parse(view)?;
+    view.check_data_digest()?;
     Ok(data)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::tcp::pdu::Framing;
 
-    fn c2h(data: &[u8], digests: bool) -> Vec<u8> {
-        let hd = if digests { 4 } else { 0 };
-        let pdo = 24 + hd;
-        let plen = pdo + data.len() + hd;
-        let f = flags::LAST_PDU | flags::SUCCESS | if digests { 3 } else { 0 };
-        let mut pdu = vec![pdu_type::C2H_DATA, f, 24, u8::try_from(pdo).expect("pdo")];
-        pdu.extend_from_slice(&u32::try_from(plen).expect("plen").to_le_bytes());
-        pdu.extend_from_slice(&7u16.to_le_bytes());
-        pdu.extend_from_slice(&[0; 6]);
-        pdu.extend_from_slice(&u32::try_from(data.len()).expect("len").to_le_bytes());
-        pdu.extend_from_slice(&[0; 4]);
-        if digests {
-            let d = wire::digest(&pdu);
-            pdu.extend_from_slice(&d);
+    const BOTH: Digests = Digests {
+        header: true,
+        data: true,
+    };
+
+    fn digests(on: bool) -> Digests {
+        if on { BOTH } else { Digests::NONE }
+    }
+
+    fn c2h(data: &[u8], on: bool) -> Vec<u8> {
+        let mut pdu = Vec::new();
+        DataPdu {
+            cccid: 7,
+            ttag: 0,
+            datao: 0,
+            last: true,
+            success: true,
+            data,
         }
-        pdu.extend_from_slice(data);
-        if digests {
-            pdu.extend_from_slice(&wire::digest(data));
-        }
+        .emit(
+            &mut pdu,
+            pdu_type::C2H_DATA,
+            &Framing {
+                digests: digests(on),
+                pda: 0,
+            },
+        );
         pdu
+    }
+
+    fn len(buf: &[u8], max: usize, on: bool) -> Result<Option<usize>, DeframeError> {
+        next_pdu(buf, max, digests(on)).map(|v| v.map(|v| v.len()))
+    }
+
+    fn payload(pdu: &[u8], on: bool) -> Result<Vec<u8>, DeframeError> {
+        let view = PduView::new_checked(pdu, digests(on))?;
+        c2h_payload(&view).map(|d| d.data.to_vec())
     }
 
     #[test]
     fn whole_pdus_only_and_digests_checked() {
-        for digests in [false, true] {
-            let pdu = c2h(b"hello world", digests);
+        for on in [false, true] {
+            let pdu = c2h(b"hello world", on);
             for cut in 0..pdu.len() {
-                assert_eq!(next_pdu(&pdu[..cut], 1 << 16), Ok(None), "cut {cut}");
+                assert_eq!(len(&pdu[..cut], 1 << 16, on), Ok(None), "cut {cut}");
             }
             let mut two = pdu.clone();
             two.extend_from_slice(&pdu);
-            assert_eq!(next_pdu(&two, 1 << 16), Ok(Some(pdu.len())));
-            assert_eq!(c2h_payload(&pdu), Ok(&b"hello world"[..]));
-            if digests {
+            assert_eq!(len(&two, 1 << 16, on), Ok(Some(pdu.len())));
+            assert_eq!(payload(&pdu, on), Ok(b"hello world".to_vec()));
+            if on {
                 let mut bad = pdu.clone();
                 bad[10] ^= 1;
-                assert_eq!(next_pdu(&bad, 1 << 16), Err(DeframeError::HeaderDigest));
+                assert_eq!(len(&bad, 1 << 16, on), Err(DeframeError::HeaderDigest));
                 let mut bad = pdu.clone();
                 bad[30] ^= 1;
-                assert_eq!(c2h_payload(&bad), Err(DeframeError::DataDigest));
+                assert_eq!(payload(&bad, on), Err(DeframeError::DataDigest));
             }
         }
     }
@@ -134,7 +146,7 @@ mod tests {
     fn rejects_bad_lengths() {
         let mut pdu = c2h(b"x", false);
         assert_eq!(
-            next_pdu(&pdu, 16),
+            len(&pdu, 16, false),
             Err(DeframeError::TooLarge {
                 plen: pdu.len(),
                 max: 16
@@ -142,11 +154,30 @@ mod tests {
         );
         pdu[2] = 72;
         assert!(matches!(
-            next_pdu(&pdu, 1 << 16),
+            len(&pdu, 1 << 16, false),
             Err(DeframeError::BadHeader { .. })
         ));
         let mut pdu = c2h(b"abc", false);
         pdu[16] = 200;
-        assert_eq!(c2h_payload(&pdu), Err(DeframeError::DataBounds));
+        assert_eq!(payload(&pdu, false), Err(DeframeError::DataBounds));
+    }
+
+    #[test]
+    fn lying_target_pdus_are_errors_not_panics() {
+        // An R2T shorter than its 24-byte header, and one whose data runs past PLEN.
+        let short_r2t = [pdu_type::R2T, 0, 24, 0, 16, 0, 0, 0, 1, 0, 2, 0, 0, 0, 0, 0];
+        assert!(matches!(
+            len(&short_r2t, 1 << 16, false),
+            Err(DeframeError::BadHeader { .. })
+        ));
+        let mut pdu = c2h(b"abcdef", false);
+        pdu[3] = 60;
+        assert_eq!(len(&pdu, 1 << 16, false), Err(DeframeError::DataBounds));
+        // A header digest the connection negotiated but the PDU lacks.
+        let pdu = c2h(b"abcdef", false);
+        assert!(matches!(
+            len(&pdu, 1 << 16, true),
+            Err(DeframeError::Malformed(PduError::HeaderDigestFlag))
+        ));
     }
 }

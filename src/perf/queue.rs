@@ -9,11 +9,11 @@ use std::time::Instant;
 use mio::net::TcpStream;
 
 use super::deframe::{self, DeframeError};
-use super::emit::{self, Digests};
+use super::emit;
 use super::workload::Op;
 use crate::host::HostQueue;
-use crate::nvme::{Cqe, Sgl, Status};
-use crate::transport::tcp::wire::{self, flags, pdu_type};
+use crate::nvme::{Sgl, Status};
+use crate::transport::tcp::pdu::{self, Framing, Pdu, PduView};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 << 10;
@@ -64,7 +64,8 @@ pub struct QueueParams {
 
 pub struct IoQueue {
     stream: TcpStream,
-    digests: Digests,
+    /// The digests ICResp granted and the target's CPDA.
+    framing: Framing,
     maxh2cdata: usize,
     params: QueueParams,
     inbuf: Vec<u8>,
@@ -79,7 +80,7 @@ pub struct IoQueue {
 impl IoQueue {
     /// Takes over a connected I/O queue (Fabrics Connect done, nothing outstanding).
     pub fn from_host(host: HostQueue, params: QueueParams) -> Result<Self, QueueError> {
-        let (header, data) = host.digests();
+        let framing = host.framing();
         let maxh2cdata = host.maxh2cdata().max(4096);
         let std_stream = host
             .into_stream()
@@ -98,10 +99,10 @@ impl IoQueue {
             })
             .collect();
         // Room for the largest PDU (a whole read in one C2HData) plus a full read chunk.
-        let max_pdu = params.io_size + wire::DATA_HLEN + 2 * wire::DIGEST_LEN;
+        let max_pdu = params.io_size + pdu::DATA_HLEN + 2 * pdu::DIGEST_LEN;
         Ok(Self {
             stream: TcpStream::from_std(std_stream),
-            digests: Digests { header, data },
+            framing,
             maxh2cdata,
             params,
             inbuf: vec![0; max_pdu.max(READ_CHUNK) + READ_CHUNK],
@@ -165,7 +166,7 @@ impl IoQueue {
             Sgl::transport(len)
         });
         let data: &[u8] = if in_capsule { &slot.buf } else { &[] };
-        emit::capsule_cmd(&mut self.out, self.digests, &sqe, data);
+        emit::capsule_cmd(&mut self.out, &self.framing, &sqe, data);
     }
 
     /// Writes as much of the pending output as the socket takes. True if anything went out.
@@ -206,14 +207,25 @@ impl IoQueue {
             Err(e) => return Err(e.into()),
         };
         self.in_end += n;
-        let max = self.inbuf.len() - READ_CHUNK;
-        while let Some(len) = deframe::next_pdu(&self.inbuf[self.in_start..self.in_end], max)? {
-            let at = self.in_start;
-            self.in_start += len;
-            self.handle_pdu(at, len, done)?;
-        }
+        // The buffer is lent out while its PDUs are handled, so their views can borrow it.
+        let inbuf = std::mem::take(&mut self.inbuf);
+        let handled = self.handle_pdus(&inbuf, done);
+        self.inbuf = inbuf;
+        handled?;
         self.compact();
         Ok(true)
+    }
+
+    /// Handles every complete PDU between `in_start` and `in_end` of `inbuf`.
+    fn handle_pdus(&mut self, inbuf: &[u8], done: &mut Vec<Done>) -> Result<(), QueueError> {
+        let max = inbuf.len() - READ_CHUNK;
+        let digests = self.framing.digests;
+        while let Some(view) = deframe::next_pdu(&inbuf[self.in_start..self.in_end], max, digests)?
+        {
+            self.in_start += view.len();
+            self.handle_pdu(&view, done)?;
+        }
+        Ok(())
     }
 
     /// Keeps room for a whole PDU plus one read chunk after `in_end`.
@@ -228,51 +240,38 @@ impl IoQueue {
         }
     }
 
-    fn handle_pdu(
-        &mut self,
-        at: usize,
-        len: usize,
-        done: &mut Vec<Done>,
-    ) -> Result<(), QueueError> {
-        let pdu = &self.inbuf[at..at + len];
-        match pdu[0] {
-            pdu_type::CAPSULE_RESP => {
-                let cqe = Cqe::parse(&pdu[wire::CH_LEN..])
-                    .ok_or(QueueError::Protocol("short CapsuleResp"))?;
-                self.finish(cqe.cid, cqe.status, done)
-            }
-            pdu_type::C2H_DATA => {
-                let cid = wire::read_u16(pdu, 8);
-                let offset = wire::read_u32(pdu, 12) as usize;
-                let success = pdu[1] & flags::SUCCESS != 0;
-                let data = deframe::c2h_payload(pdu)?;
+    fn handle_pdu(&mut self, view: &PduView<'_>, done: &mut Vec<Done>) -> Result<(), QueueError> {
+        match Pdu::parse(view).map_err(DeframeError::from)? {
+            Pdu::CapsuleResp(resp) => self.finish(resp.cqe.cid, resp.cqe.status, done),
+            Pdu::C2HData(_) => {
+                let data = deframe::c2h_payload(view)?;
+                let cid = data.cccid;
+                let offset = usize::try_from(data.datao).unwrap_or(usize::MAX);
                 let slot = self
                     .slots
                     .get_mut(usize::from(cid))
                     .filter(|s| s.busy && s.op == Op::Read)
                     .ok_or(QueueError::Protocol("C2HData for a command not reading"))?;
-                let target = slot
-                    .buf
-                    .get_mut(offset..offset + data.len())
+                let target = offset
+                    .checked_add(data.data.len())
+                    .and_then(|end| slot.buf.get_mut(offset..end))
                     .ok_or(QueueError::Protocol("C2HData beyond the read"))?;
-                target.copy_from_slice(data);
-                slot.received += data.len();
-                if success {
-                    if pdu[1] & flags::LAST_PDU == 0 {
+                target.copy_from_slice(data.data);
+                slot.received += data.data.len();
+                if data.success {
+                    if !data.last {
                         return Err(QueueError::Protocol("SUCCESS without LAST_PDU"));
                     }
                     self.finish(cid, Status::SUCCESS, done)?;
                 }
                 Ok(())
             }
-            pdu_type::R2T => {
-                let cid = wire::read_u16(pdu, 8);
-                let ttag = wire::read_u16(pdu, 10);
-                let r2to = wire::read_u32(pdu, 12) as usize;
-                let r2tl = wire::read_u32(pdu, 16) as usize;
+            Pdu::R2t(r2t) => {
+                let r2to = usize::try_from(r2t.r2to).unwrap_or(usize::MAX);
+                let r2tl = usize::try_from(r2t.r2tl).unwrap_or(usize::MAX);
                 let slot = self
                     .slots
-                    .get(usize::from(cid))
+                    .get(usize::from(r2t.cccid))
                     .filter(|s| s.busy && s.op == Op::Write)
                     .ok_or(QueueError::Protocol("R2T for a command not writing"))?;
                 let data = slot
@@ -281,17 +280,15 @@ impl IoQueue {
                     .ok_or(QueueError::Protocol("R2T beyond the write"))?;
                 emit::h2c_data(
                     &mut self.out,
-                    self.digests,
-                    (cid, ttag),
+                    &self.framing,
+                    (r2t.cccid, r2t.ttag),
                     r2to,
                     data,
                     self.maxh2cdata,
                 );
                 Ok(())
             }
-            pdu_type::C2H_TERM_REQ => Err(QueueError::Terminated {
-                fes: wire::read_u16(pdu, 8),
-            }),
+            Pdu::C2HTermReq(term) => Err(QueueError::Terminated { fes: term.fes }),
             _ => Err(QueueError::Protocol("unexpected PDU type")),
         }
     }

@@ -7,13 +7,13 @@ pub use super::pdu::{
 };
 
 /// A little-endian field, for tests that check bytes independently of the PDU module.
-#[allow(dead_code)]
+#[cfg(test)]
 pub fn read_u16(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
 /// A little-endian field, for tests that check bytes independently of the PDU module.
-#[allow(dead_code)]
+#[cfg(test)]
 pub fn read_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
