@@ -308,14 +308,8 @@ fn get_log(ctrlr: &Controller, lid: u8, len: u64, offset: u64, rae: bool) -> (Cq
 }
 
 fn fixture(name: &str) -> serde_json::Value {
-    let candidates = [
-        format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR")),
-        format!("/work/shared/fixtures/{name}"),
-    ];
-    let text = candidates
-        .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_else(|| panic!("fixture {name} not found in {candidates:?}"));
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"));
     serde_json::from_str(&text).expect("fixture is JSON")
 }
 

@@ -1,29 +1,26 @@
-//! Real captures (`../shared/fixtures/*.pcap`: the Linux host against Linux nvmet, and SPDK's
-//! host against SPDK's target, both with header and data digests) fed through the deframer,
-//! and the target's PDUs re-emitted byte for byte by the emitters.
+//! Real captures (`tests/fixtures/*.pcap`: the Linux host against Linux nvmet, and SPDK's
+//! host against SPDK's target, both with header and data digests). Every PDU of both
+//! directions is parsed with the PDU module and re-emitted byte for byte; the host's PDUs also
+//! go through the target's deframer, and the target's through its own emitters.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::inbound::{IcReq, Inbound, Negotiated};
 use super::outbound;
-use super::wire::{self, flags, pdu_type};
+use super::pdu::{Digests, Framing, IcResp, Pdu, PduView, pdu_type};
 use crate::controller::TransportLimits;
-use crate::nvme::Cqe;
 
 fn fixture(name: &str) -> Vec<u8> {
-    let candidates = [
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/fixtures")
-            .join(name),
-        PathBuf::from("/work/shared/fixtures").join(name),
-    ];
-    for path in &candidates {
-        if let Ok(bytes) = std::fs::read(path) {
-            return bytes;
-        }
-    }
-    panic!("fixture {name} not found in {candidates:?}");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// A little-endian u32 of the pcap file format (not a PDU).
+fn pcap_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// The TCP connections of a classic little-endian Ethernet/IPv4 pcap, keyed by the host's
@@ -34,12 +31,12 @@ fn streams(pcap: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         &[0xd4, 0xc3, 0xb2, 0xa1],
         "little-endian microsecond pcap"
     );
-    assert_eq!(wire::read_u32(pcap, 20), 1, "Ethernet link type");
+    assert_eq!(pcap_u32(pcap, 20), 1, "Ethernet link type");
     type Segments = BTreeMap<u32, Vec<u8>>;
     let mut connections: BTreeMap<u16, (Segments, Segments)> = BTreeMap::new();
     let mut off = 24;
     while off + 16 <= pcap.len() {
-        let incl = wire::read_u32(pcap, off + 8) as usize;
+        let incl = pcap_u32(pcap, off + 8) as usize;
         let frame = &pcap[off + 16..off + 16 + incl];
         off += 16 + incl;
         if frame.len() < 14 + 20 || frame[12..14] != [0x08, 0x00] {
@@ -134,55 +131,65 @@ fn parse_host_stream(stream: &[u8]) -> (Negotiated, Counts) {
     (neg, counts)
 }
 
-/// Re-emits every CapsuleResp, C2HData and R2T of the target stream and compares bytes.
-fn reemit_target_stream(stream: &[u8], neg: &Negotiated) -> Counts {
+/// Parses every PDU of `stream` with the PDU module, data digests checked, and re-emits it
+/// framed as `framing`: the bytes must come out the same. Counts the PDUs by type.
+fn reemit_stream(stream: &[u8], framing: &Framing, direction: &str) -> Counts {
     let mut counts = Counts::default();
     let mut at = 0;
-    while at + 8 <= stream.len() {
-        let plen = wire::read_u32(stream, at + 4) as usize;
-        let pdu = &stream[at..at + plen];
-        let mut again = Vec::new();
-        match pdu[0] {
-            pdu_type::IC_RESP => {}
-            pdu_type::CAPSULE_RESP => {
-                let cqe = Cqe::parse(&pdu[8..]).expect("cqe");
-                outbound::capsule_resp(&mut again, neg, &cqe);
-            }
-            pdu_type::C2H_DATA => {
-                let pdo = usize::from(pdu[3]);
-                let datal = wire::read_u32(pdu, 16) as usize;
-                outbound::c2h_data(
-                    &mut again,
-                    neg,
-                    wire::read_u16(pdu, 8),
-                    wire::read_u32(pdu, 12),
-                    &pdu[pdo..pdo + datal],
-                    pdu[1] & flags::LAST_PDU != 0,
-                    pdu[1] & flags::SUCCESS != 0,
-                );
-            }
-            pdu_type::R2T => outbound::r2t(
-                &mut again,
-                neg,
-                wire::read_u16(pdu, 8),
-                wire::read_u16(pdu, 10),
-                wire::read_u32(pdu, 12),
-                wire::read_u32(pdu, 16),
-            ),
-            other => panic!("unexpected target PDU type {other:#x} at byte {at}"),
-        }
-        if pdu[0] != pdu_type::IC_RESP {
-            assert_eq!(
-                again, pdu,
-                "re-emitted PDU type {:#x} at byte {at} differs",
-                pdu[0]
-            );
-        }
-        *counts.by_type.entry(pdu[0]).or_default() += 1;
-        at += plen;
+    while at < stream.len() {
+        let view = PduView::new_checked(&stream[at..], framing.digests)
+            .unwrap_or_else(|e| panic!("{direction} PDU at byte {at}: {e}"));
+        assert!(view.data_digest_ok(), "{direction} data digest at {at}");
+        let pdu = Pdu::parse(&view).unwrap_or_else(|e| panic!("{direction} PDU at {at}: {e}"));
+        let mut again = vec![0xEE; 3];
+        pdu.emit(&mut again, framing);
+        assert_eq!(
+            &again[3..],
+            view.as_bytes(),
+            "{direction} PDU type {:#x} at byte {at} re-emits differently",
+            view.pdu_type()
+        );
+        *counts.by_type.entry(view.pdu_type()).or_default() += 1;
+        at += view.len();
     }
-    assert_eq!(at, stream.len(), "target stream ends on a PDU boundary");
     counts
+}
+
+/// Re-emits every CapsuleResp, C2HData and R2T of the target stream with the target's own
+/// emitters and compares bytes.
+fn reemit_with_outbound(stream: &[u8], neg: &Negotiated) {
+    let mut at = 0;
+    while at < stream.len() {
+        let view = PduView::new_checked(&stream[at..], neg.digests()).expect("checked above");
+        let mut again = Vec::new();
+        match Pdu::parse(&view).expect("parsed above") {
+            Pdu::IcResp(resp) => outbound::icresp(&mut again, &resp),
+            Pdu::CapsuleResp(resp) => outbound::capsule_resp(&mut again, neg, &resp.cqe),
+            Pdu::C2HData(d) => {
+                outbound::c2h_data(&mut again, neg, d.cccid, d.datao, d.data, d.last, d.success)
+            }
+            Pdu::R2t(r) => outbound::r2t(&mut again, neg, r.cccid, r.ttag, r.r2to, r.r2tl),
+            other => panic!("unexpected target PDU {other:?} at byte {at}"),
+        }
+        assert_eq!(
+            again,
+            view.as_bytes(),
+            "outbound re-emits PDU type {:#x} at byte {at} differently",
+            view.pdu_type()
+        );
+        at += view.len();
+    }
+}
+
+/// The ICReq and ICResp that open a connection's two streams.
+fn handshake(to_target: &[u8], to_host: &[u8]) -> (IcReq, IcResp) {
+    let icreq = PduView::new_checked(to_target, Digests::NONE)
+        .and_then(|v| IcReq::parse(&v))
+        .expect("the host stream starts with ICReq");
+    let icresp = PduView::new_checked(to_host, Digests::NONE)
+        .and_then(|v| IcResp::parse(&v))
+        .expect("the target stream starts with ICResp");
+    (icreq, icresp)
 }
 
 fn check(name: &str, expect_r2t: bool) {
@@ -191,7 +198,30 @@ fn check(name: &str, expect_r2t: bool) {
     let connections = streams(&fixture(name));
     for (to_target, to_host) in &connections {
         let (neg, h) = parse_host_stream(to_target);
-        let t = reemit_target_stream(to_host, &neg);
+        let (icreq, icresp) = handshake(to_target, to_host);
+        let digests = Digests {
+            header: icresp.header_digest,
+            data: icresp.data_digest,
+        };
+        assert_eq!(
+            digests,
+            neg.digests(),
+            "the target granted what the host asked"
+        );
+        let to_target_framing = Framing {
+            digests,
+            pda: icresp.cpda,
+        };
+        let to_host_framing = Framing {
+            digests,
+            pda: icreq.hpda,
+        };
+        assert_eq!(
+            reemit_stream(to_target, &to_target_framing, "host").by_type,
+            h.by_type
+        );
+        let t = reemit_stream(to_host, &to_host_framing, "target");
+        reemit_with_outbound(to_host, &neg);
         for (k, v) in h.by_type {
             *host.by_type.entry(k).or_default() += v;
         }
