@@ -12,7 +12,9 @@ use crate::nvme::opcode::{admin, io};
 use crate::nvme::{Cqe, Sgl, Sqe, Status};
 use crate::transport::buffer_pool::{BufferPool, PoolLimits, SharedPool};
 use crate::transport::tcp::inbound::IcReq;
-use crate::transport::tcp::wire::{self, pdu_type};
+use crate::transport::tcp::pdu::{
+    CapsuleCmd, CapsuleResp, Digests, Framing, Pdu, PduView, TermReq, pdu_type,
+};
 
 const SUBNQN: &str = "nqn.2026-11.io.nvmf-tgt:unit";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
@@ -100,24 +102,20 @@ impl Host {
             pool: buffer_pool(),
             now,
         };
-        let mut icreq = vec![0u8; 128];
-        icreq[2] = 128;
-        icreq[4] = 128;
-        icreq[11] = if digests { 3 } else { 0 };
-        let out = host.feed(&icreq);
+        let icreq = IcReq {
+            pfv: 0,
+            hpda: 0,
+            header_digest: digests,
+            data_digest: digests,
+            maxr2t: 0,
+        };
+        let mut bytes = Vec::new();
+        icreq.emit(&mut bytes);
+        let out = host.feed(&bytes);
         assert_eq!(out.len(), 128, "ICResp");
         assert_eq!(out[0], pdu_type::IC_RESP);
         host.neg
-            .accept_icreq(
-                &IcReq {
-                    pfv: 0,
-                    hpda: 0,
-                    header_digest: digests,
-                    data_digest: digests,
-                    maxr2t: 0,
-                },
-                &TransportLimits::default(),
-            )
+            .accept_icreq(&icreq, &TransportLimits::default())
             .expect("same negotiation");
         host
     }
@@ -139,87 +137,37 @@ impl Host {
     }
 
     fn capsule(&self, sqe: &Sqe, data: &[u8]) -> Vec<u8> {
-        let hd = if self.neg.header_digest { 4 } else { 0 };
-        let dd = if self.neg.data_digest && !data.is_empty() {
-            4
-        } else {
-            0
+        let mut pdu = Vec::new();
+        let framing = Framing {
+            digests: self.neg.digests(),
+            pda: 0,
         };
-        let pdo = if data.is_empty() { 0 } else { 72 + hd };
-        let plen = 72 + hd + data.len() + dd;
-        let mut pdu = vec![
-            pdu_type::CAPSULE_CMD,
-            0,
-            72,
-            u8::try_from(pdo).expect("pdo"),
-            0,
-            0,
-            0,
-            0,
-        ];
-        pdu[4..8].copy_from_slice(&u32::try_from(plen).expect("plen").to_le_bytes());
-        if hd > 0 {
-            pdu[1] |= wire::flags::HDGSTF;
-        }
-        if dd > 0 {
-            pdu[1] |= wire::flags::DDGSTF;
-        }
-        pdu.extend_from_slice(sqe.as_bytes());
-        if hd > 0 {
-            let digest = wire::digest(&pdu);
-            pdu.extend_from_slice(&digest);
-        }
-        pdu.extend_from_slice(data);
-        if dd > 0 {
-            pdu.extend_from_slice(&wire::digest(data));
-        }
+        CapsuleCmd { sqe: *sqe, data }.emit(&mut pdu, &framing);
         pdu
     }
 
+    /// The target's PDUs in `bytes`, framing and digests checked by the PDU module.
     fn replies(&self, mut bytes: &[u8]) -> Vec<Reply> {
         let mut replies = Vec::new();
         while bytes.len() >= 8 {
-            let plen = wire::read_u32(bytes, 4) as usize;
-            let pdu = &bytes[..plen];
-            let hd = if pdu[1] & wire::flags::HDGSTF != 0 {
-                4
-            } else {
-                0
-            };
-            if hd > 0 {
-                let hlen = usize::from(pdu[2]);
-                assert_eq!(
-                    pdu[hlen..hlen + 4],
-                    wire::digest(&pdu[..hlen]),
-                    "header digest"
-                );
-            }
-            replies.push(match pdu[0] {
-                pdu_type::CAPSULE_RESP => Reply::Resp(Cqe::parse(&pdu[8..]).expect("cqe")),
-                pdu_type::C2H_DATA => {
-                    let pdo = usize::from(pdu[3]);
-                    let datal = wire::read_u32(pdu, 16) as usize;
-                    let data = pdu[pdo..pdo + datal].to_vec();
-                    if pdu[1] & wire::flags::DDGSTF != 0 {
-                        assert_eq!(pdu[pdo + datal..], wire::digest(&data), "data digest");
-                    }
-                    Reply::Data {
-                        cccid: wire::read_u16(pdu, 8),
-                        data,
-                        success: pdu[1] & wire::flags::SUCCESS != 0,
-                    }
-                }
-                pdu_type::R2T => Reply::R2t {
-                    cccid: wire::read_u16(pdu, 8),
-                    ttag: wire::read_u16(pdu, 10),
-                    r2tl: wire::read_u32(pdu, 16),
+            let view = PduView::new_checked(bytes, self.neg.digests()).expect("framing");
+            assert!(view.data_digest_ok(), "data digest");
+            replies.push(match Pdu::parse(&view).expect("fields") {
+                Pdu::CapsuleResp(resp) => Reply::Resp(resp.cqe),
+                Pdu::C2HData(d) => Reply::Data {
+                    cccid: d.cccid,
+                    data: d.data.to_vec(),
+                    success: d.success,
                 },
-                pdu_type::C2H_TERM_REQ => Reply::Term {
-                    fes: wire::read_u16(pdu, 8),
+                Pdu::R2t(r2t) => Reply::R2t {
+                    cccid: r2t.cccid,
+                    ttag: r2t.ttag,
+                    r2tl: r2t.r2tl,
                 },
-                other => panic!("unexpected PDU type {other:#x}"),
+                Pdu::C2HTermReq(term) => Reply::Term { fes: term.fes },
+                other => panic!("unexpected PDU {other:?}"),
             });
-            bytes = &bytes[plen..];
+            bytes = &bytes[view.len()..];
         }
         replies
     }
@@ -820,10 +768,11 @@ fn connect_io(host: &mut Host, cntlid: u16, qid: u16) -> Vec<Reply> {
 
 /// A PDU type only controllers send: the queue answers with a C2HTermReq.
 fn terminate_with_a_bad_pdu(host: &mut Host) {
-    let mut pdu = vec![0u8; 24];
-    pdu[0] = pdu_type::CAPSULE_RESP;
-    pdu[2] = 24;
-    pdu[4] = 24;
+    let mut pdu = Vec::new();
+    CapsuleResp {
+        cqe: Cqe::default(),
+    }
+    .emit(&mut pdu, Digests::NONE);
     let mut cx = IoCx::new(&host.completions, 0, &host.notifier, &mut host.pool);
     let (_, flow) = host.qpair.handle_input(&pdu, &mut cx, host.now);
     assert_eq!(flow, Flow::Close);
@@ -886,11 +835,13 @@ fn a_termination_request_before_icreq_closes_without_an_answer() {
     let notifier: crate::transport::context::AsyncNotifier = Arc::new(|| {});
     let mut pool = buffer_pool();
     let mut qpair = TcpQpair::new(context(), listener(), None, Instant::now());
-    let mut pdu = vec![0u8; 24];
-    pdu[0] = pdu_type::H2C_TERM_REQ;
-    pdu[2] = 24;
-    pdu[4] = 24;
-    pdu[8] = 0x01;
+    let mut pdu = Vec::new();
+    TermReq {
+        fes: 0x01,
+        fei: 0,
+        echo: &[],
+    }
+    .emit(&mut pdu, pdu_type::H2C_TERM_REQ);
     let mut cx = IoCx::new(&completions, 0, &notifier, &mut pool);
     let (used, flow) = qpair.handle_input(&pdu, &mut cx, Instant::now());
     assert_eq!((used, flow), (24, Flow::Close));
