@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{HOSTNQN, SUBNQN, TargetProcess, TargetSpec};
-use nvmf_tgt::host::{HostError, HostQueue, QueueOptions};
+use nvmf_tgt::host::{HostError, HostQueue, QueueOptions, parse_from_target};
 use nvmf_tgt::nvme::log::GetLogPageCmd;
 use nvmf_tgt::nvme::opcode::{FABRICS, admin, fctype};
 use nvmf_tgt::nvme::{DISCOVERY_NQN, Sgl, Sqe, Status};
+use nvmf_tgt::transport::tcp::pdu::{DIGEST_LEN, DataPdu, Digests, Framing, Pdu, digest, pdu_type};
 
 const MIB: u64 = 1 << 20;
 /// What the issue allows each case to add to the target's resident memory.
@@ -97,18 +98,26 @@ fn h2c_with_digests(
     digest_of: &[u8],
     last: bool,
 ) -> Vec<u8> {
-    let plen = 24 + 4 + data.len() + 4;
-    let mut pdu = vec![0x06, 0x01 | 0x02 | if last { 0x04 } else { 0 }, 24, 28];
-    pdu.extend_from_slice(&u32::try_from(plen).expect("plen").to_le_bytes());
-    pdu.extend_from_slice(&cccid.to_le_bytes());
-    pdu.extend_from_slice(&ttag.to_le_bytes());
-    pdu.extend_from_slice(&datao.to_le_bytes());
-    pdu.extend_from_slice(&u32::try_from(data.len()).expect("datal").to_le_bytes());
-    pdu.extend_from_slice(&[0; 4]);
-    let hdgst = crc32c::crc32c(&pdu).to_le_bytes();
-    pdu.extend_from_slice(&hdgst);
-    pdu.extend_from_slice(data);
-    pdu.extend_from_slice(&crc32c::crc32c(digest_of).to_le_bytes());
+    let mut pdu = Vec::new();
+    let framing = Framing {
+        digests: Digests {
+            header: true,
+            data: true,
+        },
+        pda: 0,
+    };
+    DataPdu {
+        cccid,
+        ttag,
+        datao,
+        last,
+        success: false,
+        data,
+    }
+    .emit(&mut pdu, pdu_type::H2C_DATA, &framing);
+    // The data digest the PDU ends with is that of `digest_of`.
+    pdu.truncate(pdu.len() - DIGEST_LEN);
+    pdu.extend_from_slice(&digest(digest_of));
     pdu
 }
 
@@ -123,8 +132,10 @@ fn a_bad_data_digest_in_the_first_of_two_h2c_pdus_fails_the_write_and_keeps_the_
         .submit(HostQueue::write_sqe(1, 0, 32, false), None, 16384)
         .expect("submit");
     let r2t = io.recv_pdu().expect("R2T");
-    assert_eq!(r2t[0], 0x09, "R2T");
-    let ttag = u16::from_le_bytes([r2t[10], r2t[11]]);
+    let Ok(Pdu::R2t(r2t)) = parse_from_target(&r2t, io.framing().digests) else {
+        panic!("R2T expected, got {r2t:02x?}");
+    };
+    let ttag = r2t.ttag;
     let good = vec![0xC3u8; 16384];
     let mut flipped = good[..8192].to_vec();
     flipped[100] ^= 0xFF;

@@ -8,6 +8,7 @@ use common::{HOSTNQN, SUBNQN, TargetProcess, TargetSpec};
 use nvmf_tgt::host::{HostError, HostQueue, QueueOptions, discover};
 use nvmf_tgt::nvme::opcode::io;
 use nvmf_tgt::nvme::{Sqe, Status};
+use nvmf_tgt::transport::tcp::pdu::{CapsuleCmd, DIGEST_LEN, DataPdu, pdu_type};
 
 const BS: u32 = 512;
 
@@ -212,8 +213,13 @@ fn malformed_pdus_after_connect_terminate_only_that_connection() {
     let (_admin, mut good) = connect(&target, true, 1);
     // A capsule with a wrong header digest.
     let (_a, mut bad) = connect(&target, true, 1);
-    let mut pdu = vec![0x04, 0x01, 72, 0, 76, 0, 0, 0];
-    pdu.extend_from_slice(HostQueue::read_sqe(1, 0, 1).as_bytes());
+    let mut pdu = Vec::new();
+    CapsuleCmd {
+        sqe: HostQueue::read_sqe(1, 0, 1),
+        data: &[],
+    }
+    .emit(&mut pdu, &bad[0].framing());
+    pdu.truncate(pdu.len() - DIGEST_LEN);
     pdu.extend_from_slice(&[0xDE, 0xAD, 0xBE, 0xEF]);
     bad[0].send_raw(&pdu).expect("send");
     let err = bad[0].wait().expect_err("terminated");
@@ -223,13 +229,16 @@ fn malformed_pdus_after_connect_terminate_only_that_connection() {
     );
     // An H2CData for a transfer that was never asked for.
     let (_a, mut bad) = connect(&target, true, 1);
-    let mut pdu = vec![0x06, 0x07, 24, 28, 0, 0, 0, 0];
-    pdu[4..8].copy_from_slice(&(28u32 + 512 + 4).to_le_bytes());
-    pdu.extend_from_slice(&[9, 0, 9, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0]);
-    let digest = nvmf_tgt::transport::tcp::wire::digest(&pdu);
-    pdu.extend_from_slice(&digest);
-    pdu.extend_from_slice(&[0; 512]);
-    pdu.extend_from_slice(&nvmf_tgt::transport::tcp::wire::digest(&[0; 512]));
+    let mut pdu = Vec::new();
+    DataPdu {
+        cccid: 9,
+        ttag: 9,
+        datao: 0,
+        last: true,
+        success: false,
+        data: &[0; 512],
+    }
+    .emit(&mut pdu, pdu_type::H2C_DATA, &bad[0].framing());
     bad[0].send_raw(&pdu).expect("send");
     let err = bad[0].wait().expect_err("terminated");
     assert!(

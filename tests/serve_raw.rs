@@ -7,28 +7,36 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{TargetProcess, TargetSpec, read_until_closed};
+use nvmf_tgt::nvme::Sqe;
+use nvmf_tgt::transport::tcp::pdu::{
+    CapsuleCmd, Digests, Framing, IcReq, IcResp, PduView, TermReq, pdu_type,
+};
 
 /// NVMe/TCP 1.0, 3.6.2.2: a 128-byte ICReq with the given PFV and digest flags.
 fn icreq(pfv: u16, digests: u8) -> Vec<u8> {
-    let mut pdu = vec![0u8; 128];
-    pdu[0] = 0x00;
-    pdu[2] = 128;
-    pdu[4..8].copy_from_slice(&128u32.to_le_bytes());
-    pdu[8..10].copy_from_slice(&pfv.to_le_bytes());
-    pdu[11] = digests;
+    let mut pdu = Vec::new();
+    IcReq {
+        pfv,
+        hpda: 0,
+        header_digest: digests & 0x1 != 0,
+        data_digest: digests & 0x2 != 0,
+        maxr2t: 0,
+    }
+    .emit(&mut pdu);
     pdu
 }
 
 /// Type, FES and FEI of a C2HTermReq at the start of `bytes`.
 fn term_req(bytes: &[u8]) -> Option<(u8, u16, u32)> {
-    if bytes.len() < 24 || bytes[0] != 0x03 {
-        return None;
-    }
-    Some((
-        bytes[0],
-        u16::from_le_bytes([bytes[8], bytes[9]]),
-        u32::from_le_bytes([bytes[10], bytes[11], bytes[12], bytes[13]]),
-    ))
+    let view = PduView::new_checked(bytes, Digests::NONE).ok()?;
+    let term = TermReq::parse_as(&view, pdu_type::C2H_TERM_REQ).ok()?;
+    Some((view.pdu_type(), term.fes, term.fei))
+}
+
+/// The ICResp in `bytes`: type, HLEN and PLEN (128) checked by the view.
+fn icresp(bytes: &[u8]) -> IcResp {
+    let view = PduView::new_checked(bytes, Digests::NONE).expect("ICResp framing");
+    IcResp::parse(&view).expect("ICResp type")
 }
 
 #[test]
@@ -41,14 +49,12 @@ fn icreq_gets_icresp_with_requested_digests() {
         .expect("timeout");
     let mut resp = [0u8; 128];
     std::io::Read::read_exact(&mut stream, &mut resp).expect("icresp");
-    assert_eq!(resp[0], 0x01, "ICResp type");
-    assert_eq!(resp[2], 128, "ICResp hlen");
-    assert_eq!(
-        u32::from_le_bytes([resp[4], resp[5], resp[6], resp[7]]),
-        128
+    let resp = icresp(&resp);
+    assert!(
+        resp.header_digest && resp.data_digest,
+        "both digests echoed"
     );
-    assert_eq!(resp[11] & 0x3, 0x3, "both digests echoed");
-    let maxh2cdata = u32::from_le_bytes([resp[12], resp[13], resp[14], resp[15]]);
+    let maxh2cdata = resp.maxh2cdata;
     assert!(maxh2cdata >= 4096, "MAXH2CDATA {maxh2cdata}");
 }
 
@@ -57,10 +63,12 @@ fn garbage_gets_a_termination_request_and_others_keep_working() {
     let target = TargetProcess::start(&TargetSpec::default());
     let mut bad = TcpStream::connect(target.addr()).expect("connect");
     // A CapsuleCmd header before any ICReq: out of sequence.
-    let mut capsule = vec![0u8; 72];
-    capsule[0] = 0x04;
-    capsule[2] = 72;
-    capsule[4..8].copy_from_slice(&72u32.to_le_bytes());
+    let mut capsule = Vec::new();
+    CapsuleCmd {
+        sqe: Sqe::default(),
+        data: &[],
+    }
+    .emit(&mut capsule, &Framing::default());
     bad.write_all(&capsule).expect("send");
     let reply = read_until_closed(&mut bad);
     let (kind, fes, _) =
@@ -91,7 +99,7 @@ fn garbage_gets_a_termination_request_and_others_keep_working() {
         .expect("timeout");
     let mut resp = [0u8; 128];
     std::io::Read::read_exact(&mut good, &mut resp).expect("icresp after bad hosts");
-    assert_eq!(resp[0], 0x01);
+    icresp(&resp);
 }
 
 #[test]

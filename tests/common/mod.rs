@@ -338,15 +338,26 @@ pub mod raw_host {
     use nvmf_tgt::nvme::connect::{ConnectCmd, ConnectData};
     use nvmf_tgt::nvme::opcode::{FABRICS, fctype};
     use nvmf_tgt::nvme::{Cqe, Sgl, Sqe};
+    use nvmf_tgt::transport::tcp::pdu::{
+        CapsuleCmd, CapsuleResp, Digests, Framing, IcReq, IcResp, PduView,
+    };
 
     pub fn icreq(stream: &mut TcpStream) {
-        let mut pdu = vec![0u8; 128];
-        pdu[2] = 128;
-        pdu[4] = 128;
+        let mut pdu = Vec::new();
+        IcReq {
+            pfv: 0,
+            hpda: 0,
+            header_digest: false,
+            data_digest: false,
+            maxr2t: 0,
+        }
+        .emit(&mut pdu);
         stream.write_all(&pdu).expect("send ICReq");
         let mut resp = [0u8; 128];
         stream.read_exact(&mut resp).expect("ICResp");
-        assert_eq!(resp[0], 0x01, "ICResp");
+        PduView::new_checked(&resp, Digests::NONE)
+            .and_then(|view| IcResp::parse(&view))
+            .expect("ICResp");
     }
 
     /// Connects an admin queue and returns the stream and the Connect completion.
@@ -380,15 +391,14 @@ pub mod raw_host {
             hostnqn: hostnqn.into(),
         }
         .emit(&mut data);
-        let plen = 72 + 1024;
-        let mut pdu = vec![0x04, 0, 72, 72];
-        pdu.extend_from_slice(&u32::try_from(plen).expect("plen").to_le_bytes());
-        pdu.extend_from_slice(sqe.as_bytes());
-        pdu.extend_from_slice(&data);
+        let mut pdu = Vec::new();
+        CapsuleCmd { sqe, data: &data }.emit(&mut pdu, &Framing::default());
         stream.write_all(&pdu).expect("send Connect");
         let mut resp = [0u8; 24];
         stream.read_exact(&mut resp).expect("CapsuleResp");
-        assert_eq!(resp[0], 0x05, "CapsuleResp");
-        (stream, Cqe::parse(&resp[8..]).expect("cqe"))
+        let resp = PduView::new_checked(&resp, Digests::NONE)
+            .and_then(|view| CapsuleResp::parse(&view))
+            .expect("CapsuleResp");
+        (stream, resp.cqe)
     }
 }
