@@ -202,6 +202,11 @@ impl HostQueue {
 
     /// Takes the framing ICResp grants, which must be the digests asked for.
     fn accept_icresp(&mut self, resp: &IcResp, opts: &QueueOptions) -> Result<(), HostError> {
+        if resp.pfv != 0 {
+            return Err(HostError::Protocol(
+                "ICResp with an unknown PDU format version",
+            ));
+        }
         if resp.header_digest != opts.header_digest || resp.data_digest != opts.data_digest {
             return Err(HostError::Protocol(
                 "ICResp did not grant the digests asked for",

@@ -145,6 +145,7 @@ fn fake_target(reply: Vec<u8>) -> SocketAddr {
         }
         let mut out = Vec::new();
         IcResp {
+            pfv: 0,
             cpda: 0,
             header_digest: false,
             data_digest: false,

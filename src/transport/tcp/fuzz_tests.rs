@@ -38,8 +38,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::TcpContext;
+use super::pdu::{
+    CommonHeader, Digests, Framing, IcReq, IcResp, Pdu, PduView, TermReq, flags, pdu_type,
+};
 use super::qpair::TcpQpair;
-use super::wire::{self, flags, pdu_type};
+use super::wire;
 use crate::backend::ram::RamBackend;
 use crate::backend::{Backend, Completions, IoDone, IoKind, IoRequest};
 use crate::controller::{
@@ -2460,23 +2463,26 @@ impl PduMeta {
 // ---------------------------------------------------------------------------------------
 
 fn icreq(pfv: u16, hpda: u8, dgst: u8, maxr2t: u32) -> Vec<u8> {
-    let mut pdu = vec![0u8; wire::IC_LEN];
-    pdu[0] = pdu_type::IC_REQ;
-    pdu[2] = 128;
-    pdu[4..8].copy_from_slice(&128u32.to_le_bytes());
-    pdu[8..10].copy_from_slice(&pfv.to_le_bytes());
-    pdu[10] = hpda;
-    pdu[11] = dgst;
-    pdu[12..16].copy_from_slice(&maxr2t.to_le_bytes());
+    let mut pdu = Vec::new();
+    IcReq {
+        pfv,
+        hpda,
+        header_digest: dgst & 0x1 != 0,
+        data_digest: dgst & 0x2 != 0,
+        maxr2t,
+    }
+    .emit(&mut pdu);
     pdu
 }
 
 fn term_req(fes: u16) -> Vec<u8> {
-    let mut pdu = vec![0u8; wire::TERM_REQ_HLEN];
-    pdu[0] = pdu_type::H2C_TERM_REQ;
-    pdu[2] = 24;
-    pdu[4] = 24;
-    pdu[8..10].copy_from_slice(&fes.to_le_bytes());
+    let mut pdu = Vec::new();
+    TermReq {
+        fes,
+        fei: 0,
+        echo: &[],
+    }
+    .emit(&mut pdu, pdu_type::H2C_TERM_REQ);
     pdu
 }
 
@@ -2648,41 +2654,43 @@ enum OutPdu {
     },
 }
 
-/// Checks the PDU at the front of `bytes` as a controller may send it, and parses it.
+/// Checks the PDU at the front of `bytes` as a controller may send it, and parses it. The
+/// PDU module reads the fields and checks the framing; this model adds what a controller
+/// must do beyond that (exact PLEN and PDO, no stray flags, what ICResp echoes).
 fn check_pdu(bytes: &[u8], st: &OutState, first: &[u8]) -> Result<(OutPdu, usize), String> {
-    if bytes.len() < wire::CH_LEN {
+    let Some(ch) = CommonHeader::peek(bytes) else {
         return Err(format!("{} bytes: less than a common header", bytes.len()));
-    }
-    let (kind, pflags, hlen, pdo) = (
-        bytes[0],
-        bytes[1],
-        usize::from(bytes[2]),
-        usize::from(bytes[3]),
-    );
-    let plen = wire::read_u32(bytes, 4) as usize;
-    let want_hlen = match kind {
-        pdu_type::IC_RESP => wire::IC_LEN,
-        pdu_type::C2H_TERM_REQ => wire::TERM_REQ_HLEN,
-        pdu_type::CAPSULE_RESP => wire::CAPSULE_RESP_HLEN,
-        pdu_type::C2H_DATA => wire::DATA_HLEN,
-        pdu_type::R2T => wire::R2T_HLEN,
-        other => return Err(format!("PDU type {other:#x} is not one a controller sends")),
     };
-    if hlen != want_hlen {
-        return Err(format!("type {kind:#x} with HLEN {hlen}"));
+    let (kind, pflags, hlen, pdo, plen) = (ch.pdu_type, ch.flags, ch.hlen(), ch.pdo(), ch.plen());
+    let from_controller = matches!(
+        kind,
+        pdu_type::IC_RESP
+            | pdu_type::C2H_TERM_REQ
+            | pdu_type::CAPSULE_RESP
+            | pdu_type::C2H_DATA
+            | pdu_type::R2T
+    );
+    if !from_controller {
+        return Err(format!("PDU type {kind:#x} is not one a controller sends"));
     }
-    if plen < hlen || plen > bytes.len() {
+    ch.check()
+        .map_err(|e| format!("type {kind:#x} with HLEN {hlen}, PLEN {plen}: {e}"))?;
+    if plen > bytes.len() {
         return Err(format!(
             "type {kind:#x}: PLEN {plen} with HLEN {hlen} and {} bytes queued",
             bytes.len()
         ));
     }
-    let pdu = &bytes[..plen];
     if st.term {
         return Err(format!("type {kind:#x} after a C2HTermReq"));
     }
+    let digests = st.icresp.map_or(Digests::NONE, |ic| Digests {
+        header: ic.hd,
+        data: ic.dd,
+    });
+    let view = PduView::new_checked(bytes, digests).map_err(|e| format!("type {kind:#x}: {e}"))?;
     if kind == pdu_type::C2H_TERM_REQ {
-        let fes = wire::read_u16(pdu, 8);
+        let fes = TermReq::parse(&view).fes;
         if !(1..=6).contains(&fes) || pflags != 0 || plen > hlen + wire::TERM_REQ_MAX_ECHO {
             return Err(format!(
                 "C2HTermReq FES {fes:#x} flags {pflags:#x} PLEN {plen}"
@@ -2694,109 +2702,99 @@ fn check_pdu(bytes: &[u8], st: &OutState, first: &[u8]) -> Result<(OutPdu, usize
         if st.icresp.is_some() || st.checked != 0 {
             return Err("ICResp that is not the first PDU".into());
         }
-        if plen != wire::IC_LEN || pflags != 0 {
+        if pflags != 0 {
             return Err(format!("ICResp PLEN {plen} flags {pflags:#x}"));
         }
-        if first.len() < wire::IC_LEN || first[0] != pdu_type::IC_REQ {
+        let Ok(asked) = PduView::new_checked(first, Digests::NONE).and_then(|v| IcReq::parse(&v))
+        else {
             return Err("ICResp without an ICReq".into());
+        };
+        let resp = IcResp::parse(&view).map_err(|e| format!("ICResp: {e}"))?;
+        let mut again = Vec::new();
+        resp.emit(&mut again);
+        if again != view.as_bytes() {
+            return Err(format!("ICResp with stray bits: {:02x?}", view.as_bytes()));
         }
-        let (pfv, cpda, dgst) = (wire::read_u16(pdu, 8), pdu[10], pdu[11]);
-        let maxh2cdata = wire::read_u32(pdu, 12);
-        if pfv != 0 || cpda != 0 || dgst != first[11] & 0x3 || maxh2cdata < 4096 {
-            return Err(format!(
-                "ICResp PFV {pfv} CPDA {cpda} digests {dgst:#x} (asked {:#x}) MAXH2CDATA {maxh2cdata}",
-                first[11] & 0x3
-            ));
+        let granted = (resp.header_digest, resp.data_digest);
+        if resp.pfv != 0
+            || resp.cpda != 0
+            || granted != (asked.header_digest, asked.data_digest)
+            || resp.maxh2cdata < 4096
+        {
+            return Err(format!("ICResp {resp:?} for ICReq {asked:?}"));
         }
         let ic = IcInfo {
-            hd: dgst & 1 != 0,
-            dd: dgst & 2 != 0,
-            hpda: first[10],
-            maxh2cdata,
+            hd: resp.header_digest,
+            dd: resp.data_digest,
+            hpda: asked.hpda,
+            maxh2cdata: resp.maxh2cdata,
         };
         return Ok((OutPdu::IcResp(ic), plen));
     }
     let Some(ic) = st.icresp else {
         return Err(format!("type {kind:#x} before ICResp"));
     };
-    let hd = if ic.hd { wire::DIGEST_LEN } else { 0 };
-    if (pflags & flags::HDGSTF != 0) != ic.hd {
-        return Err(format!(
-            "type {kind:#x}: HDGSTF {pflags:#x}, negotiated {}",
-            ic.hd
-        ));
-    }
-    if plen < hlen + hd {
-        return Err(format!(
-            "type {kind:#x}: PLEN {plen} leaves no room for the header digest"
-        ));
-    }
-    if ic.hd && pdu[hlen..hlen + hd] != wire::digest(&pdu[..hlen]) {
-        return Err(format!("type {kind:#x}: wrong header digest"));
-    }
-    match kind {
-        pdu_type::CAPSULE_RESP => {
+    let hd = digests.header_len();
+    match Pdu::parse(&view).map_err(|e| format!("type {kind:#x}: {e}"))? {
+        Pdu::CapsuleResp(resp) => {
             if plen != hlen + hd || pflags & !flags::HDGSTF != 0 || pdo != 0 {
                 return Err(format!(
                     "CapsuleResp PLEN {plen} flags {pflags:#x} PDO {pdo}"
                 ));
             }
-            let cqe = Cqe::parse(&pdu[wire::CH_LEN..]).ok_or("short CQE")?;
-            Ok((OutPdu::Resp(cqe), plen))
+            Ok((OutPdu::Resp(resp.cqe), plen))
         }
-        pdu_type::R2T => {
+        Pdu::R2t(r2t) => {
             if plen != hlen + hd || pflags & !flags::HDGSTF != 0 {
                 return Err(format!("R2T PLEN {plen} flags {pflags:#x}"));
             }
-            let r2tl = wire::read_u32(pdu, 16);
-            if r2tl == 0 {
+            if r2t.r2tl == 0 {
                 return Err("R2T for no data".into());
             }
             Ok((
                 OutPdu::R2t {
-                    cccid: wire::read_u16(pdu, 8),
-                    ttag: wire::read_u16(pdu, 10),
-                    r2to: wire::read_u32(pdu, 12),
-                    r2tl,
+                    cccid: r2t.cccid,
+                    ttag: r2t.ttag,
+                    r2to: r2t.r2to,
+                    r2tl: r2t.r2tl,
                 },
                 plen,
             ))
         }
-        _ => {
-            let datal = wire::read_u32(pdu, 16) as usize;
-            let align = (usize::from(ic.hpda) + 1) * 4;
-            let want_pdo = (hlen + hd).div_ceil(align) * align;
-            let dd = if ic.dd && datal > 0 {
-                wire::DIGEST_LEN
-            } else {
-                0
-            };
+        Pdu::C2HData(data) => {
+            let datal = data.data.len();
+            let want_pdo = Framing {
+                digests,
+                pda: ic.hpda,
+            }
+            .data_offset(hlen + hd);
+            let dd = digests.data_len(datal);
             let known = flags::HDGSTF | flags::DDGSTF | flags::LAST_PDU | flags::SUCCESS;
             if pdo != want_pdo
                 || plen != pdo + datal + dd
                 || (pflags & flags::DDGSTF != 0) != (dd > 0)
-                || pflags & flags::LAST_PDU == 0
+                || !data.last
                 || pflags & !known != 0
-                || wire::read_u32(pdu, 12) != 0
+                || data.datao != 0
             {
                 return Err(format!(
                     "C2HData PDO {pdo} (want {want_pdo}) PLEN {plen} DATAL {datal} flags {pflags:#x} DATAO {}",
-                    wire::read_u32(pdu, 12)
+                    data.datao
                 ));
             }
-            let data = &pdu[pdo..pdo + datal];
-            if dd > 0 && pdu[pdo + datal..] != wire::digest(data) {
+            if !view.data_digest_ok() {
                 return Err("C2HData with a wrong data digest".into());
             }
             Ok((
                 OutPdu::Data {
-                    cccid: wire::read_u16(pdu, 8),
-                    data: data.to_vec(),
-                    success: pflags & flags::SUCCESS != 0,
+                    cccid: data.cccid,
+                    data: data.data.to_vec(),
+                    success: data.success,
                 },
                 plen,
             ))
         }
+        other => Err(format!("unexpected {other:?}")),
     }
 }
 

@@ -187,6 +187,7 @@ impl Negotiated {
         self.max_pdu_len = capsule.max(data);
         self.established = true;
         Ok(IcResp {
+            pfv: 0,
             cpda: 0,
             header_digest: icreq.header_digest,
             data_digest: icreq.data_digest,

@@ -26,9 +26,11 @@ pub struct IcReq {
     pub maxr2t: u32,
 }
 
-/// The ICResp a target sends. PFV is always 0, the only version there is.
+/// The ICResp a target sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IcResp {
+    /// 0, the only version there is.
+    pub pfv: u16,
     pub cpda: u8,
     pub header_digest: bool,
     pub data_digest: bool,
@@ -67,6 +69,7 @@ impl IcResp {
         view.expect(pdu_type::IC_RESP)?;
         let dgst = view.u8_at(field::DGST);
         Ok(Self {
+            pfv: view.u16_at(field::PFV),
             cpda: view.u8_at(field::PDA),
             header_digest: dgst & HDGST_ENABLE != 0,
             data_digest: dgst & DDGST_ENABLE != 0,
@@ -79,7 +82,7 @@ impl IcResp {
         put_ic(
             &mut pdu,
             pdu_type::IC_RESP,
-            0,
+            self.pfv,
             self.cpda,
             dgst(self.header_digest, self.data_digest),
             self.maxh2cdata,

@@ -39,6 +39,7 @@ fn samples(data: &[u8]) -> Vec<Pdu<'_>> {
             maxr2t: 9,
         }),
         Pdu::IcResp(IcResp {
+            pfv: 0,
             cpda: 1,
             header_digest: false,
             data_digest: true,
@@ -279,6 +280,7 @@ fn lying_lengths_are_errors() {
     // ICResp of the wrong length.
     let mut ic = Vec::new();
     IcResp {
+        pfv: 0,
         cpda: 0,
         header_digest: false,
         data_digest: false,
