@@ -37,8 +37,7 @@ pub fn h2c_data(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::tcp::pdu::{Digests, digest, flags};
-    use crate::transport::tcp::wire;
+    use crate::transport::tcp::pdu::{Digests, PduView, digest, flags};
 
     #[test]
     fn capsule_layout_with_and_without_digests() {
@@ -74,10 +73,11 @@ mod tests {
         assert_eq!(third[0], pdu_type::H2C_DATA);
         assert_eq!(third[1], flags::LAST_PDU);
         assert_eq!(out[1], 0);
-        assert_eq!(wire::read_u16(third, 8), 5);
-        assert_eq!(wire::read_u16(third, 10), 6);
-        assert_eq!(wire::read_u32(third, 12), 108);
-        assert_eq!(wire::read_u32(third, 16), 2);
+        let view = PduView::new_checked(third, Digests::NONE).expect("framing");
+        let pdu = DataPdu::parse(&view).expect("H2CData");
+        assert_eq!((pdu.cccid, pdu.ttag, pdu.datao), (5, 6, 108));
+        assert_eq!(pdu.header().datal, 2);
+        assert_eq!(pdu.data, &[8, 9]);
         assert_eq!(&third[24..], &[8, 9]);
     }
 }
