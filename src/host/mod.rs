@@ -82,7 +82,7 @@ pub enum HostError {
     Terminated { fes: u16, fei: u32 },
     #[error("protocol violation by the target: {0}")]
     Protocol(&'static str),
-    #[error("malformed PDU from the target: {0}")]
+    #[error("malformed PDU from the target")]
     Malformed(#[from] PduError),
     #[error("command failed: {0}")]
     Status(Status),

@@ -20,8 +20,8 @@ pub enum DeframeError {
     DataDigest,
     #[error("data outside its PDU")]
     DataBounds,
-    #[error("malformed PDU from the target: {0}")]
-    Malformed(PduError),
+    #[error("PDU framing does not hold together")]
+    Malformed(#[source] PduError),
 }
 
 impl From<PduError> for DeframeError {
@@ -66,7 +66,7 @@ pub fn next_pdu(
     if buf.len() < plen {
         return Ok(None);
     }
-    Ok(Some(PduView::new_checked(buf, digests)?))
+    Ok(Some(PduView::after_header(ch, buf, digests)?))
 }
 
 /// A complete C2HData PDU, its data digest checked.

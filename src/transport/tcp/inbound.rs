@@ -233,7 +233,7 @@ impl<'a> Inbound<'a> {
         if carries_data && !neg.established {
             return Err(InboundError::sequence("PDU before ICReq"));
         }
-        let view = PduView::new_checked(buf, neg.digests())?;
+        let view = PduView::after_header(ch, buf, neg.digests())?;
         let data_digest_ok = view.data_digest_ok();
         let parsed = match kind {
             pdu_type::IC_REQ => Self::IcReq(IcReq::parse(&view)?),

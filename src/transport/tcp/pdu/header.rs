@@ -127,6 +127,17 @@ impl<'a> PduView<'a> {
     pub fn new_checked(buf: &'a [u8], digests: Digests) -> Result<Self, PduError> {
         let ch = CommonHeader::peek(buf).ok_or(PduError::Truncated)?;
         ch.check()?;
+        Self::after_header(ch, buf, digests)
+    }
+
+    /// [`PduView::new_checked`] for a receiver that has already peeked at and checked `ch`,
+    /// the common header at the start of `buf` (so that it refuses an oversized PLEN before
+    /// the PDU is all there), without reading and checking it again.
+    pub fn after_header(
+        ch: CommonHeader,
+        buf: &'a [u8],
+        digests: Digests,
+    ) -> Result<Self, PduError> {
         let bytes = buf.get(..ch.plen()).ok_or(PduError::Truncated)?;
         let (hlen, plen) = (ch.hlen(), ch.plen());
         if !takes_digests(ch.pdu_type) {
