@@ -2,7 +2,9 @@
 //! checks the header length for the type, PDO, PLEN and the negotiated digests; this module
 //! adds what only the receive buffer knows (its size) and which types a target may send.
 
-use crate::transport::tcp::pdu::{CommonHeader, DataPdu, Digests, PduError, PduView, pdu_type};
+use crate::transport::tcp::pdu::{
+    self, CommonHeader, DataPdu, Digests, PduError, PduView, pdu_type,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeframeError {
@@ -48,10 +50,8 @@ pub fn next_pdu(
     let Some(ch) = CommonHeader::peek(buf) else {
         return Ok(None);
     };
-    let from_target = matches!(
-        ch.pdu_type,
-        pdu_type::CAPSULE_RESP | pdu_type::C2H_DATA | pdu_type::R2T | pdu_type::C2H_TERM_REQ
-    );
+    // ICResp was the handshake's; after it a target sends only these.
+    let from_target = ch.pdu_type != pdu_type::IC_RESP && pdu::sent_by_controller(ch.pdu_type);
     if !from_target || ch.check().is_err() {
         return Err(DeframeError::BadHeader {
             pdu_type: ch.pdu_type,

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use super::TcpContext;
 use super::pdu::{
-    CommonHeader, Digests, Framing, IcReq, IcResp, Pdu, PduView, TermReq, flags, pdu_type,
+    self, CommonHeader, Digests, Framing, IcReq, IcResp, Pdu, PduView, TermReq, flags, pdu_type,
 };
 use super::qpair::TcpQpair;
 use super::wire;
@@ -2662,15 +2662,7 @@ fn check_pdu(bytes: &[u8], st: &OutState, first: &[u8]) -> Result<(OutPdu, usize
         return Err(format!("{} bytes: less than a common header", bytes.len()));
     };
     let (kind, pflags, hlen, pdo, plen) = (ch.pdu_type, ch.flags, ch.hlen(), ch.pdo(), ch.plen());
-    let from_controller = matches!(
-        kind,
-        pdu_type::IC_RESP
-            | pdu_type::C2H_TERM_REQ
-            | pdu_type::CAPSULE_RESP
-            | pdu_type::C2H_DATA
-            | pdu_type::R2T
-    );
-    if !from_controller {
+    if !pdu::sent_by_controller(kind) {
         return Err(format!("PDU type {kind:#x} is not one a controller sends"));
     }
     ch.check()

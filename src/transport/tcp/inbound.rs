@@ -203,11 +203,7 @@ impl<'a> Inbound<'a> {
             return Ok(None);
         };
         let kind = ch.pdu_type;
-        let from_host = matches!(
-            kind,
-            pdu_type::IC_REQ | pdu_type::H2C_TERM_REQ | pdu_type::CAPSULE_CMD | pdu_type::H2C_DATA
-        );
-        if !from_host {
+        if !pdu::sent_by_host(kind) {
             return Err(InboundError::invalid_field(0, "PDU type not sent by hosts"));
         }
         ch.check()?;
@@ -229,8 +225,8 @@ impl<'a> Inbound<'a> {
         if buf.len() < plen {
             return Ok(None);
         }
-        let carries_data = matches!(kind, pdu_type::CAPSULE_CMD | pdu_type::H2C_DATA);
-        if carries_data && !neg.established {
+        let carries_data = || matches!(kind, pdu_type::CAPSULE_CMD | pdu_type::H2C_DATA);
+        if !neg.established && carries_data() {
             return Err(InboundError::sequence("PDU before ICReq"));
         }
         let view = PduView::after_header(ch, buf, neg.digests())?;

@@ -14,6 +14,7 @@ pub struct CapsuleCmd<'a> {
 }
 
 impl<'a> CapsuleCmd<'a> {
+    #[inline]
     pub fn parse(view: &PduView<'a>) -> Result<Self, PduError> {
         view.expect(pdu_type::CAPSULE_CMD)?;
         let sqe = Sqe::parse(view.header_bytes(CH_LEN..CAPSULE_CMD_HLEN))
@@ -71,6 +72,7 @@ impl CapsuleResp {
     }
 
     /// Built whole on the stack and copied once: this is every command's completion.
+    #[inline]
     pub fn emit(&self, out: &mut Vec<u8>, digests: Digests) {
         let mut header = [0; CAPSULE_RESP_HLEN];
         CommonHeader::new(

@@ -30,20 +30,25 @@ impl DataHeader {
     /// Appends the PDU of type `kind` up to where its data starts: header (built on the stack,
     /// copied once), header digest and padding to the receiver's alignment. The caller sends
     /// the data from where it lies; returns whether a data digest must follow it.
+    #[inline]
     pub fn emit(&self, out: &mut Vec<u8>, kind: u8, framing: &Framing) -> bool {
         let d = framing.digests;
         let start = out.len();
-        let data_len = usize::try_from(self.datal).unwrap_or(usize::MAX);
+        let data_len = self.datal as usize;
         let pdo = framing.data_offset(DATA_HLEN + d.header_len());
         let dd = d.data_len(data_len);
-        let mut pdu_flags = d.flags(data_len);
+        let mut pdu_flags = if d.header { flags::HDGSTF } else { 0 };
+        if dd > 0 {
+            pdu_flags |= flags::DDGSTF;
+        }
         if self.last {
             pdu_flags |= flags::LAST_PDU;
         }
         if self.success {
             pdu_flags |= flags::SUCCESS;
         }
-        let plen = pdo.saturating_add(data_len).saturating_add(dd);
+        // PDO is below 512 and DATAL a u32: the sum fits a usize.
+        let plen = pdo + data_len + dd;
         let mut header = [0; DATA_HLEN];
         CommonHeader::new(kind, pdu_flags, DATA_HLEN, pdo, plen).put(&mut header);
         put_fields(&mut header, (self.cccid, self.ttag), self.datao, self.datal);
@@ -126,6 +131,7 @@ impl R2t {
         })
     }
 
+    #[inline]
     pub fn emit(&self, out: &mut Vec<u8>, digests: Digests) {
         let mut header = [0; R2T_HLEN];
         CommonHeader::new(
@@ -143,6 +149,7 @@ impl R2t {
 }
 
 /// CCCID, TTAG, offset and length, shared by data PDUs and R2T.
+#[inline]
 fn put_fields(header: &mut [u8; 24], (cccid, ttag): (u16, u16), offset: u32, length: u32) {
     header[field::CCCID..field::CCCID + 2].copy_from_slice(&cccid.to_le_bytes());
     header[field::TTAG..field::TTAG + 2].copy_from_slice(&ttag.to_le_bytes());

@@ -6,11 +6,13 @@ use super::{DIGEST_LEN, flags};
 static ZEROES: [u8; 4096] = [0; 4096];
 
 /// CRC32C as NVMe/TCP sends it.
+#[inline]
 pub fn digest(bytes: &[u8]) -> [u8; 4] {
     crc32c::crc32c(bytes).to_le_bytes()
 }
 
 /// Whether `sent` is the digest of `bytes`.
+#[inline]
 pub(super) fn matches(bytes: &[u8], sent: &[u8]) -> bool {
     sent == digest(bytes)
 }
@@ -46,11 +48,13 @@ impl Digests {
     };
 
     /// Bytes of header digest after a header.
+    #[inline]
     pub fn header_len(self) -> usize {
         if self.header { DIGEST_LEN } else { 0 }
     }
 
     /// Bytes of data digest after `data_len` bytes of data: none without data.
+    #[inline]
     pub fn data_len(self, data_len: usize) -> usize {
         if self.data && data_len > 0 {
             DIGEST_LEN
@@ -60,6 +64,7 @@ impl Digests {
     }
 
     /// The HDGSTF and DDGSTF flags of a PDU with `data_len` bytes of data.
+    #[inline]
     pub fn flags(self, data_len: usize) -> u8 {
         let mut pdu_flags = 0;
         if self.header {
@@ -72,6 +77,7 @@ impl Digests {
     }
 
     /// Appends the digest of `header`, the header just written, if one is negotiated.
+    #[inline]
     pub(super) fn put_header_digest(self, out: &mut Vec<u8>, header: &[u8]) {
         if self.header {
             out.extend_from_slice(&digest(header));
@@ -79,6 +85,7 @@ impl Digests {
     }
 
     /// Appends `data` and its digest, if one is negotiated.
+    #[inline]
     pub(super) fn put_data(self, out: &mut Vec<u8>, data: &[u8]) {
         out.extend_from_slice(data);
         if self.data_len(data.len()) > 0 {

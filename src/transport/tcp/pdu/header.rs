@@ -30,6 +30,7 @@ pub struct CommonHeader {
 impl CommonHeader {
     /// A header for emission; lengths that do not fit their field saturate (the receiver then
     /// refuses the PDU instead of misreading it).
+    #[inline]
     pub fn new(pdu_type: u8, pdu_flags: u8, hlen: usize, pdo: usize, plen: usize) -> Self {
         Self {
             pdu_type,
@@ -41,6 +42,7 @@ impl CommonHeader {
     }
 
     /// The common header at the start of `buf`: `None` while fewer than eight bytes are here.
+    #[inline]
     pub fn peek(buf: &[u8]) -> Option<Self> {
         let ch: &[u8; CH_LEN] = buf.get(..CH_LEN)?.try_into().ok()?;
         Some(Self {
@@ -53,6 +55,7 @@ impl CommonHeader {
     }
 
     /// Checks the header length for the type and that PLEN covers the header.
+    #[inline]
     pub fn check(&self) -> Result<(), PduError> {
         let Some(expected) = header_len(self.pdu_type) else {
             return Err(PduError::UnknownType(self.pdu_type));
@@ -69,19 +72,23 @@ impl CommonHeader {
         Ok(())
     }
 
+    #[inline]
     pub fn hlen(&self) -> usize {
         usize::from(self.hlen)
     }
 
+    #[inline]
     pub fn pdo(&self) -> usize {
         usize::from(self.pdo)
     }
 
+    #[inline]
     pub fn plen(&self) -> usize {
         usize::try_from(self.plen).unwrap_or(usize::MAX)
     }
 
     /// Writes the header over the first eight bytes of `header` (a whole PDU header).
+    #[inline]
     pub fn put(&self, header: &mut [u8]) {
         if let Some(ch) = header.get_mut(..CH_LEN) {
             ch[field::PDU_TYPE] = self.pdu_type;
@@ -104,6 +111,7 @@ pub struct Framing {
 
 impl Framing {
     /// PDO of a PDU whose header (and header digest) ends at `header_end`.
+    #[inline]
     pub fn data_offset(&self, header_end: usize) -> usize {
         let align = (usize::from(self.pda) + 1) * 4;
         header_end.div_ceil(align) * align
@@ -124,6 +132,7 @@ impl<'a> PduView<'a> {
     /// Checks the PDU at the start of `buf` (which may hold more after it) against its own
     /// header and the digests the connection negotiated; a header digest is verified here.
     /// The order of the checks is the order a receiver reports them in.
+    #[inline]
     pub fn new_checked(buf: &'a [u8], digests: Digests) -> Result<Self, PduError> {
         let ch = CommonHeader::peek(buf).ok_or(PduError::Truncated)?;
         ch.check()?;
@@ -133,6 +142,7 @@ impl<'a> PduView<'a> {
     /// [`PduView::new_checked`] for a receiver that has already peeked at and checked `ch`,
     /// the common header at the start of `buf` (so that it refuses an oversized PLEN before
     /// the PDU is all there), without reading and checking it again.
+    #[inline]
     pub fn after_header(
         ch: CommonHeader,
         buf: &'a [u8],
@@ -196,20 +206,24 @@ impl<'a> PduView<'a> {
         self.ch
     }
 
+    #[inline]
     pub fn pdu_type(&self) -> u8 {
         self.ch.pdu_type
     }
 
+    #[inline]
     pub fn flags(&self) -> u8 {
         self.ch.flags
     }
 
     /// The whole PDU, PLEN bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &'a [u8] {
         self.bytes
     }
 
     /// PLEN: how many bytes of the buffer this PDU takes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.bytes.len()
     }
@@ -219,16 +233,19 @@ impl<'a> PduView<'a> {
     }
 
     /// The header, HLEN bytes (the common header included).
+    #[inline]
     pub fn header(&self) -> &'a [u8] {
         self.bytes.get(..self.ch.hlen()).unwrap_or_default()
     }
 
     /// The data between PDO and the data digest (a termination request's echoed header).
+    #[inline]
     pub fn data(&self) -> &'a [u8] {
         self.bytes.get(self.data.0..self.data.1).unwrap_or_default()
     }
 
     /// Whether the data digest, if the PDU carries one, matches the data.
+    #[inline]
     pub fn data_digest_ok(&self) -> bool {
         !self.data_digest || digest::matches(self.data(), self.data_digest_bytes())
     }
@@ -243,6 +260,7 @@ impl<'a> PduView<'a> {
     }
 
     /// Refuses a view of another type than `kind`.
+    #[inline]
     pub(super) fn expect(&self, kind: u8) -> Result<(), PduError> {
         if self.ch.pdu_type == kind {
             Ok(())
@@ -252,6 +270,7 @@ impl<'a> PduView<'a> {
     }
 
     /// Refuses data in a PDU type that carries none.
+    #[inline]
     pub(super) fn expect_no_data(&self) -> Result<(), PduError> {
         if self.data().is_empty() {
             Ok(())
@@ -260,30 +279,36 @@ impl<'a> PduView<'a> {
         }
     }
 
-    /// The header field at `at`.
+    /// The header field at `at` (one of the type's field offsets, all inside HLEN).
+    #[inline]
     pub(super) fn u16_at(&self, at: usize) -> u16 {
-        le_u16(self.header(), at)
+        le_u16(self.bytes, at)
     }
 
+    #[inline]
     pub(super) fn u32_at(&self, at: usize) -> u32 {
-        le_u32(self.header(), at)
+        le_u32(self.bytes, at)
     }
 
+    #[inline]
     pub(super) fn u8_at(&self, at: usize) -> u8 {
-        self.header().get(at).copied().unwrap_or(0)
+        self.bytes.get(at).copied().unwrap_or(0)
     }
 
-    /// The header bytes in `range`.
+    /// The header bytes in `range` (inside HLEN).
+    #[inline]
     pub(super) fn header_bytes(&self, range: Range<usize>) -> &'a [u8] {
-        self.header().get(range).unwrap_or_default()
+        self.bytes.get(range).unwrap_or_default()
     }
 
+    #[inline]
     fn data_digest_bytes(&self) -> &'a [u8] {
         self.bytes.get(self.data.1..).unwrap_or_default()
     }
 }
 
 /// A little-endian field of a buffer whose length the caller checked; 0 past its end.
+#[inline]
 fn le_u16(bytes: &[u8], at: usize) -> u16 {
     bytes
         .get(at..at + 2)
@@ -291,6 +316,7 @@ fn le_u16(bytes: &[u8], at: usize) -> u16 {
         .map_or(0, u16::from_le_bytes)
 }
 
+#[inline]
 fn le_u32(bytes: &[u8], at: usize) -> u32 {
     bytes
         .get(at..at + 4)

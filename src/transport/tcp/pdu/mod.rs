@@ -79,6 +79,7 @@ pub const DIGEST_LEN: usize = 4;
 pub const TERM_REQ_MAX_ECHO: usize = 128;
 
 /// The header length a PDU type must have, `None` for a type the specification does not know.
+#[inline]
 pub fn header_len(kind: u8) -> Option<usize> {
     match kind {
         pdu_type::IC_REQ | pdu_type::IC_RESP => Some(IC_LEN),
@@ -91,8 +92,33 @@ pub fn header_len(kind: u8) -> Option<usize> {
     }
 }
 
+/// Types a host sends (ICReq, H2CTermReq, CapsuleCmd, H2CData), one bit per type.
+const FROM_HOST: u16 = 1 << pdu_type::IC_REQ
+    | 1 << pdu_type::H2C_TERM_REQ
+    | 1 << pdu_type::CAPSULE_CMD
+    | 1 << pdu_type::H2C_DATA;
+/// Types a controller sends (ICResp, C2HTermReq, CapsuleResp, C2HData, R2T).
+const FROM_CONTROLLER: u16 = 1 << pdu_type::IC_RESP
+    | 1 << pdu_type::C2H_TERM_REQ
+    | 1 << pdu_type::CAPSULE_RESP
+    | 1 << pdu_type::C2H_DATA
+    | 1 << pdu_type::R2T;
+
+/// Whether hosts send PDUs of this type (a controller receives only these).
+#[inline]
+pub fn sent_by_host(kind: u8) -> bool {
+    kind < 16 && FROM_HOST >> kind & 1 == 1
+}
+
+/// Whether controllers send PDUs of this type (a host receives only these).
+#[inline]
+pub fn sent_by_controller(kind: u8) -> bool {
+    kind < 16 && FROM_CONTROLLER >> kind & 1 == 1
+}
+
 /// Whether PDUs of this type carry digests when they are negotiated: every type but the
 /// connection setup and termination requests.
+#[inline]
 fn takes_digests(kind: u8) -> bool {
     !matches!(
         kind,
