@@ -72,7 +72,7 @@ impl CapsuleResp {
     }
 
     /// Built whole on the stack and copied once: this is every command's completion.
-    #[inline]
+    #[inline(always)]
     pub fn emit(&self, out: &mut Vec<u8>, digests: Digests) {
         let mut header = [0; CAPSULE_RESP_HLEN];
         CommonHeader::new(

@@ -30,7 +30,8 @@ impl DataHeader {
     /// Appends the PDU of type `kind` up to where its data starts: header (built on the stack,
     /// copied once), header digest and padding to the receiver's alignment. The caller sends
     /// the data from where it lies; returns whether a data digest must follow it.
-    #[inline]
+    // The target's per-read path: inlined so the header is built where it is queued.
+    #[inline(always)]
     pub fn emit(&self, out: &mut Vec<u8>, kind: u8, framing: &Framing) -> bool {
         let d = framing.digests;
         let start = out.len();

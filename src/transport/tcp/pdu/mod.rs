@@ -78,18 +78,16 @@ pub const DIGEST_LEN: usize = 4;
 /// At most this much of the offending PDU header is echoed in a termination request.
 pub const TERM_REQ_MAX_ECHO: usize = 128;
 
+/// HLEN of each PDU type, indexed by type (Figure 9); 0 for a type that does not exist.
+const HEADER_LENS: [u8; 10] = [128, 128, 24, 24, 72, 24, 24, 24, 0, 24];
+
 /// The header length a PDU type must have, `None` for a type the specification does not know.
 #[inline]
 pub fn header_len(kind: u8) -> Option<usize> {
-    match kind {
-        pdu_type::IC_REQ | pdu_type::IC_RESP => Some(IC_LEN),
-        pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ => Some(TERM_REQ_HLEN),
-        pdu_type::CAPSULE_CMD => Some(CAPSULE_CMD_HLEN),
-        pdu_type::CAPSULE_RESP => Some(CAPSULE_RESP_HLEN),
-        pdu_type::H2C_DATA | pdu_type::C2H_DATA => Some(DATA_HLEN),
-        pdu_type::R2T => Some(R2T_HLEN),
-        _ => None,
-    }
+    HEADER_LENS
+        .get(usize::from(kind))
+        .filter(|&&hlen| hlen != 0)
+        .map(|&hlen| usize::from(hlen))
 }
 
 /// Types a host sends (ICReq, H2CTermReq, CapsuleCmd, H2CData), one bit per type.
