@@ -14,11 +14,12 @@ use crate::nvme::log::{
     DISCOVERY_ENTRY_LEN, DISCOVERY_HEADER_LEN, DiscoveryLogEntry, DiscoveryLogHeader, GetLogPageCmd,
 };
 use crate::nvme::opcode::{FABRICS, admin, fctype, io};
-use crate::nvme::{Cqe, DISCOVERY_NQN, Sgl, Sqe, Status};
-use crate::transport::tcp::pdu::{
-    self, CapsuleCmd, CommonHeader, DataPdu, Digests, Framing, IcReq, IcResp, Pdu, PduError,
-    PduView, pdu_type,
-};
+use crate::nvme::{Cqe, DISCOVERY_NQN, Sqe, Status};
+use crate::transport::tcp::pdu::{self, CommonHeader, Framing, PduError, PduView};
+
+mod machine;
+
+pub use machine::{CommandBuffers, HostMachine, parse_from_target};
 
 /// What one queue connects with.
 #[derive(Debug, Clone)]
@@ -110,24 +111,48 @@ impl Completion {
 
 #[derive(Debug, Default)]
 struct Pending {
+    /// Host data sent when the target asks for it (empty when in the capsule or none).
     write: Vec<u8>,
+    /// As long as the data the command asked for: a target that sends more is refused.
     read: Vec<u8>,
-    /// The data the command asked for: a target that sends more is refused.
-    read_len: usize,
+    /// How far into `read` data arrived: the completion carries that much.
+    read_end: usize,
 }
 
-/// One connected queue.
+/// The commands of one queue in flight, by CID, as the machine sees their buffers.
+#[derive(Debug, Default)]
+struct Commands(HashMap<u16, Pending>);
+
+impl CommandBuffers for Commands {
+    fn write_data(&self, cid: u16) -> Option<&[u8]> {
+        self.0
+            .get(&cid)
+            .map(|p| p.write.as_slice())
+            .filter(|w| !w.is_empty())
+    }
+
+    fn read_buffer(&mut self, cid: u16) -> Option<&mut [u8]> {
+        self.0.get_mut(&cid).map(|p| p.read.as_mut_slice())
+    }
+
+    fn data_received(&mut self, cid: u16, offset: usize, len: usize) {
+        if let Some(p) = self.0.get_mut(&cid) {
+            p.read_end = p.read_end.max(offset + len);
+        }
+    }
+}
+
+/// One connected queue: the [`HostMachine`] over a blocking socket.
 pub struct HostQueue {
     stream: TcpStream,
-    /// The digests ICResp granted and the target's data alignment (CPDA).
-    framing: Framing,
-    maxh2cdata: usize,
-    in_capsule_limit: usize,
+    machine: HostMachine,
     qid: u16,
     cntlid: u16,
     next_cid: u16,
-    pending: HashMap<u16, Pending>,
+    pending: Commands,
     done: Vec<Completion>,
+    /// PDUs to send, reused.
+    out: Vec<u8>,
 }
 
 impl HostQueue {
@@ -167,60 +192,25 @@ impl HostQueue {
 
     /// TCP connect and ICReq/ICResp only.
     pub fn handshake(addr: SocketAddr, opts: &QueueOptions) -> Result<Self, HostError> {
-        let mut stream = TcpStream::connect_timeout(&addr, opts.timeout)?;
+        let stream = TcpStream::connect_timeout(&addr, opts.timeout)?;
         stream.set_read_timeout(Some(opts.timeout))?;
         stream.set_nodelay(true)?;
-        let mut icreq = Vec::with_capacity(pdu::IC_LEN);
-        IcReq {
-            pfv: 0,
-            hpda: 0,
-            header_digest: opts.header_digest,
-            data_digest: opts.data_digest,
-            maxr2t: 0,
-        }
-        .emit(&mut icreq);
-        stream.write_all(&icreq)?;
+        let machine = HostMachine::new(opts.header_digest, opts.data_digest, opts.in_capsule_limit);
         let mut queue = Self {
             stream,
-            framing: Framing::default(),
-            maxh2cdata: 4096,
-            in_capsule_limit: opts.in_capsule_limit,
+            machine,
             qid: opts.qid,
             cntlid: 0,
             next_cid: 1,
-            pending: HashMap::new(),
+            pending: Commands::default(),
             done: Vec::new(),
+            out: Vec::new(),
         };
+        queue.machine.icreq(&mut queue.out);
+        queue.flush()?;
         let resp = queue.recv_pdu()?;
-        let resp = match parse_from_target(&resp, Digests::NONE) {
-            Ok(Pdu::IcResp(resp)) => resp,
-            _ => return Err(HostError::Protocol("expected ICResp")),
-        };
-        queue.accept_icresp(&resp, opts)?;
+        queue.machine.handle_icresp(&resp)?;
         Ok(queue)
-    }
-
-    /// Takes the framing ICResp grants, which must be the digests asked for.
-    fn accept_icresp(&mut self, resp: &IcResp, opts: &QueueOptions) -> Result<(), HostError> {
-        if resp.pfv != 0 {
-            return Err(HostError::Protocol(
-                "ICResp with an unknown PDU format version",
-            ));
-        }
-        if resp.header_digest != opts.header_digest || resp.data_digest != opts.data_digest {
-            return Err(HostError::Protocol(
-                "ICResp did not grant the digests asked for",
-            ));
-        }
-        self.framing = Framing {
-            digests: Digests {
-                header: resp.header_digest,
-                data: resp.data_digest,
-            },
-            pda: resp.cpda,
-        };
-        self.maxh2cdata = usize::try_from(resp.maxh2cdata).unwrap_or(usize::MAX);
-        Ok(())
     }
 
     pub fn cntlid(&self) -> u16 {
@@ -232,28 +222,29 @@ impl HostQueue {
     }
 
     pub fn outstanding(&self) -> usize {
-        self.pending.len()
+        self.pending.0.len()
     }
 
     /// The digests ICResp granted: (header, data).
     pub fn digests(&self) -> (bool, bool) {
-        (self.framing.digests.header, self.framing.digests.data)
+        let digests = self.machine.framing().digests;
+        (digests.header, digests.data)
     }
 
     /// How this queue frames what it sends: the granted digests and the target's CPDA.
     pub fn framing(&self) -> Framing {
-        self.framing
+        self.machine.framing()
     }
 
     /// The largest H2CData payload the target accepts (MAXH2CDATA from ICResp).
     pub fn maxh2cdata(&self) -> usize {
-        self.maxh2cdata
+        self.machine.maxh2cdata()
     }
 
     /// Hands the connected socket to another I/O path. Only valid with no command
     /// outstanding: this queue reads whole PDUs, so no byte of a later one is buffered here.
     pub fn into_stream(self) -> Result<TcpStream, HostError> {
-        if self.pending.is_empty() && self.done.is_empty() {
+        if self.pending.0.is_empty() && self.done.is_empty() {
             Ok(self.stream)
         } else {
             Err(HostError::Protocol(
@@ -273,27 +264,14 @@ impl HostQueue {
         let cid = self.alloc_cid();
         sqe.set_cid(cid);
         let write = write.unwrap_or_default();
-        let in_capsule = !write.is_empty() && write.len() <= self.in_capsule_limit;
-        let sgl_len = u32::try_from(write.len()).unwrap_or(u32::MAX).max(read_len);
-        sqe.set_sgl(if in_capsule {
-            Sgl::in_capsule(sgl_len)
-        } else {
-            Sgl::transport(sgl_len)
-        });
-        let capsule_data: &[u8] = if in_capsule { &write } else { &[] };
-        let mut pdu = Vec::new();
-        CapsuleCmd {
-            sqe,
-            data: capsule_data,
-        }
-        .emit(&mut pdu, &self.framing);
-        self.stream.write_all(&pdu)?;
+        let by_r2t = self.machine.command(&mut self.out, sqe, &write, read_len);
+        self.flush()?;
         let pending = Pending {
-            write: if in_capsule { Vec::new() } else { write },
-            read: Vec::new(),
-            read_len: usize::try_from(read_len).unwrap_or(usize::MAX),
+            write: if by_r2t { write } else { Vec::new() },
+            read: vec![0; usize::try_from(read_len).unwrap_or(0)],
+            read_end: 0,
         };
-        self.pending.insert(cid, pending);
+        self.pending.0.insert(cid, pending);
         Ok(cid)
     }
 
@@ -304,72 +282,24 @@ impl HostQueue {
         }
         loop {
             let bytes = self.recv_pdu()?;
-            match parse_from_target(&bytes, self.framing.digests)? {
-                Pdu::CapsuleResp(resp) => {
-                    let cqe = resp.cqe;
-                    let pending = self
-                        .pending
-                        .remove(&cqe.cid)
-                        .ok_or(HostError::Protocol("response for an unknown cid"))?;
-                    return Ok(Completion {
-                        cqe,
-                        data: pending.read,
-                    });
-                }
-                Pdu::C2HData(data) => {
-                    if let Some(done) = self.handle_c2h_data(&data)? {
-                        return Ok(done);
-                    }
-                }
-                Pdu::R2t(r2t) => {
-                    let write = self
-                        .pending
-                        .get(&r2t.cccid)
-                        .map(|p| p.write.clone())
-                        .ok_or(HostError::Protocol("R2T for an unknown cid"))?;
-                    let r2to = usize::try_from(r2t.r2to).unwrap_or(usize::MAX);
-                    let r2tl = usize::try_from(r2t.r2tl).unwrap_or(usize::MAX);
-                    let part = r2to
-                        .checked_add(r2tl)
-                        .and_then(|end| write.get(r2to..end))
-                        .ok_or(HostError::Protocol("R2T beyond the write"))?;
-                    self.send_h2c(r2t.cccid, r2t.ttag, r2to, part)?;
-                }
-                Pdu::C2HTermReq(term) => {
-                    return Err(HostError::Terminated {
-                        fes: term.fes,
-                        fei: term.fei,
-                    });
-                }
-                _ => return Err(HostError::Protocol("unexpected PDU type")),
+            let view = PduView::new_checked(&bytes, self.machine.framing().digests)?;
+            let finished = self
+                .machine
+                .handle_pdu(&view, &mut self.pending, &mut self.out);
+            self.flush()?;
+            if let Some(cqe) = finished? {
+                let mut pending = self
+                    .pending
+                    .0
+                    .remove(&cqe.cid)
+                    .ok_or(HostError::Protocol("completion for an unknown cid"))?;
+                pending.read.truncate(pending.read_end);
+                return Ok(Completion {
+                    cqe,
+                    data: pending.read,
+                });
             }
         }
-    }
-
-    /// Places C2HData in its command's read buffer; the completion when the PDU carries SUCCESS.
-    fn handle_c2h_data(&mut self, data: &DataPdu<'_>) -> Result<Option<Completion>, HostError> {
-        let cid = data.cccid;
-        let pending = self
-            .pending
-            .get_mut(&cid)
-            .ok_or(HostError::Protocol("data for an unknown cid"))?;
-        let datao = usize::try_from(data.datao).unwrap_or(usize::MAX);
-        let end = datao
-            .checked_add(data.data.len())
-            .filter(|&end| end <= pending.read_len)
-            .ok_or(HostError::Protocol("C2HData beyond the read"))?;
-        if pending.read.len() < end {
-            pending.read.resize(end, 0);
-        }
-        pending.read[datao..end].copy_from_slice(data.data);
-        if !data.success {
-            return Ok(None);
-        }
-        let pending = self.pending.remove(&cid).unwrap_or_default();
-        Ok(Some(Completion {
-            cqe: Cqe::new(cid, Status::SUCCESS),
-            data: pending.read,
-        }))
     }
 
     /// Runs one command to completion (other completions that arrive meanwhile are kept).
@@ -512,7 +442,7 @@ impl HostQueue {
         }
         pdu.resize(plen, 0);
         self.stream.read_exact(&mut pdu[pdu::CH_LEN..])?;
-        PduView::new_checked(&pdu, self.framing.digests)?;
+        PduView::new_checked(&pdu, self.machine.framing().digests)?;
         Ok(pdu)
     }
 
@@ -520,55 +450,22 @@ impl HostQueue {
         loop {
             let cid = self.next_cid;
             self.next_cid = self.next_cid.wrapping_add(1).max(1);
-            if !self.pending.contains_key(&cid) {
+            if !self.pending.0.contains_key(&cid) {
                 return cid;
             }
         }
     }
 
-    fn send_h2c(
-        &mut self,
-        cid: u16,
-        ttag: u16,
-        offset: usize,
-        data: &[u8],
-    ) -> Result<(), HostError> {
-        let chunk = self.maxh2cdata.max(4096);
-        let mut sent = 0;
-        let mut pdu = Vec::new();
-        while sent < data.len() {
-            let n = chunk.min(data.len() - sent);
-            pdu.clear();
-            DataPdu {
-                cccid: cid,
-                ttag,
-                datao: u32::try_from(offset + sent).unwrap_or(u32::MAX),
-                last: sent + n == data.len(),
-                success: false,
-                data: &data[sent..sent + n],
-            }
-            .emit(&mut pdu, pdu_type::H2C_DATA, &self.framing);
-            self.stream.write_all(&pdu)?;
-            sent += n;
-        }
+    /// Writes what the machine queued.
+    fn flush(&mut self) -> Result<(), HostError> {
+        self.stream.write_all(&self.out)?;
+        self.out.clear();
         Ok(())
     }
 }
 
 /// The largest PDU a target may send this host: 16 MiB, far above any MAXH2CDATA or read.
 const MAX_PDU_LEN: usize = 16 << 20;
-
-/// Reads one whole PDU from a target: framing checked against the negotiated `digests`, the
-/// data digest verified (a bad one is fatal on this side), the fields parsed.
-pub fn parse_from_target(bytes: &[u8], digests: Digests) -> Result<Pdu<'_>, HostError> {
-    let view = PduView::new_checked(bytes, digests)?;
-    view.check_data_digest()?;
-    let pdu = Pdu::parse(&view)?;
-    if view.len() != bytes.len() {
-        return Err(HostError::Protocol("bytes after the PDU"));
-    }
-    Ok(pdu)
-}
 
 /// Connects to the discovery subsystem at `addr` and reads every discovery log entry.
 pub fn discover(

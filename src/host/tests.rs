@@ -5,7 +5,9 @@ use std::net::TcpListener;
 use proptest::prelude::*;
 
 use super::*;
-use crate::transport::tcp::pdu::{CapsuleResp, R2t, digest, flags};
+use crate::transport::tcp::pdu::{
+    CapsuleResp, DataPdu, Digests, IcResp, Pdu, R2t, digest, flags, pdu_type,
+};
 
 const BOTH: Digests = Digests {
     header: true,
