@@ -19,6 +19,8 @@ use crate::transport::context::{AsyncNotifier, Flow, IoCx};
 use crate::transport::tcp::{TcpConnection, TcpContext};
 
 const WAKER: Token = Token(usize::MAX - 1);
+/// The eventfd of the reactor's backend completions.
+const COMPLETIONS: Token = Token(usize::MAX - 2);
 /// Tokens and timer keys from here up are listener indexes (an accept retry, for timers);
 /// below it they are connection slots.
 const LISTENER_BASE: usize = 1 << 30;
@@ -193,15 +195,20 @@ pub struct Reactor {
     config: ReactorConfig,
     poll: Poll,
     mailbox: Mailbox,
+    completions: Completions,
 }
 
 impl Reactor {
     pub fn prepare(config: ReactorConfig) -> std::io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let completions = Completions::new()?;
+        poll.registry()
+            .register(&mut completions.wake_fd(), COMPLETIONS, Interest::READABLE)?;
         Ok(Self {
             config,
             poll,
+            completions,
             mailbox: Mailbox {
                 inbox: Arc::new(Mutex::new(Vec::new())),
                 has_mail: Arc::new(AtomicBool::new(false)),
@@ -267,7 +274,7 @@ impl Running {
         buffers: Arc<SharedPool>,
         peers: Arc<Vec<Mailbox>>,
     ) -> Self {
-        let completions = Completions::new(Arc::clone(&reactor.mailbox.waker));
+        let completions = reactor.completions;
         // Credits coming back on another reactor wake this one; its next turn serves the
         // commands that wait for them.
         let waker = Arc::clone(&reactor.mailbox.waker);
@@ -367,7 +374,7 @@ impl Running {
             for event in &events {
                 work += 1;
                 match event.token() {
-                    WAKER => {}
+                    WAKER | COMPLETIONS => {}
                     Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, after),
                     Token(t) => {
                         let closing = event.is_read_closed() || event.is_error();
