@@ -2,4 +2,5 @@
 
 pub mod buffer_pool;
 pub mod context;
+pub mod subscriber;
 pub mod tcp;
