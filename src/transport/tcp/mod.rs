@@ -1,8 +1,10 @@
-//! NVMe/TCP: wire format, queue pairs and connections.
+//! NVMe/TCP: wire format, queue pairs, connections and listeners. A [`TcpAcceptor`] and each
+//! [`TcpConnection`] are reactor subscribers.
 
 mod connection;
 mod context;
 mod inbound;
+mod listener;
 mod outbound;
 mod qpair;
 mod send_queue;
@@ -10,6 +12,7 @@ pub mod wire;
 
 pub use connection::TcpConnection;
 pub use context::TcpContext;
+pub use listener::TcpAcceptor;
 pub use qpair::TcpQpair;
 
 #[cfg(test)]
