@@ -3,6 +3,8 @@
 //! Dependencies point one way (see `../shared/STYLE.md`):
 //! `nvme` (spec types) <- `controller` (no I/O) <- `transport` <- `reactor` <- `daemon` <- `main`;
 //! `config` parses, checks and explains the declaration; `backend` stores namespace data.
+//! A reactor hosts what implements `transport::subscriber::Subscriber` (defined with the
+//! transports, so they need not know the reactor); `sys` wraps the system calls.
 //! `host` and `perf` are the other side: an NVMe/TCP initiator and the `nvmf-perf` tool.
 
 pub mod backend;

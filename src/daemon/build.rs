@@ -122,11 +122,10 @@ pub fn open_listener(
     }
 }
 
-/// Binds a listening socket (non-blocking, for the reactor).
+/// Binds a listening socket ([`TcpAcceptor::new`] makes it non-blocking for the reactor).
 fn bind(socket: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener =
         TcpListener::bind(socket).with_context(|| format!("cannot listen on {socket}"))?;
-    listener.set_nonblocking(true)?;
     info!(%socket, "listening");
     Ok(listener)
 }

@@ -3,6 +3,7 @@
 use std::sync::mpsc::{Receiver, Sender, channel};
 
 use super::*;
+use crate::controller::ListenerAddr;
 use crate::sys::EventFd;
 use crate::transport::buffer_pool::PoolLimits;
 
@@ -19,6 +20,8 @@ enum Seen {
         on_time: bool,
     },
     Closed,
+    /// A handed-off connection started on this reactor thread.
+    HostedOn(String),
 }
 
 /// Two descriptors under two keys, one deadline; reports everything it is told.
@@ -67,17 +70,92 @@ impl Subscriber for Toy {
     }
 }
 
+/// Hands off two connections each time its eventfd is notified.
+struct Acceptor {
+    fd: Arc<EventFd>,
+    listener: ListenerAddr,
+    seen: Sender<Seen>,
+}
+
+impl Subscriber for Acceptor {
+    fn init(&mut self, cx: &mut SubscriberCx<'_>, _now: Instant) -> std::io::Result<()> {
+        cx.register(&mut &*self.fd, 0, Interest::READABLE)
+    }
+
+    fn process(&mut self, _ready: Readiness, cx: &mut SubscriberCx<'_>, _now: Instant) -> Flow {
+        for _ in 0..2 {
+            cx.hand_off(Box::new(Connection {
+                listener: self.listener.clone(),
+                seen: self.seen.clone(),
+            }));
+        }
+        Flow::Continue
+    }
+
+    fn listening_on(&self) -> Option<&ListenerAddr> {
+        Some(&self.listener)
+    }
+
+    fn close(&mut self, cx: &mut SubscriberCx<'_>) {
+        let _ = cx.deregister(&mut &*self.fd);
+    }
+}
+
+/// A connection with no descriptor: says where it runs and when it closes.
+struct Connection {
+    listener: ListenerAddr,
+    seen: Sender<Seen>,
+}
+
+impl Subscriber for Connection {
+    fn init(&mut self, _cx: &mut SubscriberCx<'_>, _now: Instant) -> std::io::Result<()> {
+        let thread = std::thread::current().name().unwrap_or_default().to_owned();
+        let _ = self.seen.send(Seen::HostedOn(thread));
+        Ok(())
+    }
+
+    fn process(&mut self, _ready: Readiness, _cx: &mut SubscriberCx<'_>, _now: Instant) -> Flow {
+        Flow::Continue
+    }
+
+    fn accepted_on(&self) -> Option<&ListenerAddr> {
+        Some(&self.listener)
+    }
+
+    fn close(&mut self, _cx: &mut SubscriberCx<'_>) {
+        let _ = self.seen.send(Seen::Closed);
+    }
+}
+
 fn start(interrupt_mode: bool, subscribers: Vec<NewSubscriber>) -> ReactorHandle {
-    let reactor = Reactor::prepare(ReactorConfig {
-        index: 0,
-        core: None,
-        interrupt_mode,
-        busy_poll: Duration::ZERO,
-    })
-    .expect("reactor");
-    let peers = Arc::new(vec![reactor.mailbox()]);
-    let buffers = SharedPool::new(PoolLimits::spdk_tcp_defaults(1));
-    reactor.start(buffers, subscribers, peers).expect("thread")
+    start_many(interrupt_mode, vec![subscribers]).remove(0)
+}
+
+/// One reactor per entry of `subscribers`, each hosting its own.
+fn start_many(interrupt_mode: bool, subscribers: Vec<Vec<NewSubscriber>>) -> Vec<ReactorHandle> {
+    let prepared: Vec<Reactor> = (0..subscribers.len())
+        .map(|index| {
+            Reactor::prepare(ReactorConfig {
+                index,
+                core: None,
+                interrupt_mode,
+                busy_poll: Duration::ZERO,
+            })
+            .expect("reactor")
+        })
+        .collect();
+    let peers = Arc::new(prepared.iter().map(Reactor::mailbox).collect::<Vec<_>>());
+    let count = u32::try_from(prepared.len()).expect("a few reactors");
+    let buffers = SharedPool::new(PoolLimits::spdk_tcp_defaults(count));
+    prepared
+        .into_iter()
+        .zip(subscribers)
+        .map(|(reactor, mine)| {
+            reactor
+                .start(Arc::clone(&buffers), mine, Arc::clone(&peers))
+                .expect("thread")
+        })
+        .collect()
 }
 
 fn next(seen: &Receiver<Seen>) -> Seen {
@@ -149,4 +227,48 @@ fn a_subscriber_sent_later_is_hosted_and_stale_ids_are_ignored() {
     reactor.send(ReactorMessage::Shutdown);
     reactor.join();
     assert_eq!(next(&seen), Seen::Closed);
+}
+
+#[test]
+fn handed_off_connections_spread_over_reactors_and_close_with_their_listener() {
+    let fd = Arc::new(EventFd::new().expect("eventfd"));
+    let listener = ListenerAddr::Tcp(([127, 0, 0, 1], 4420).into());
+    let (tx, seen) = channel();
+    let acceptor = Acceptor {
+        fd: Arc::clone(&fd),
+        listener: listener.clone(),
+        seen: tx,
+    };
+    let reactors = start_many(true, vec![vec![Box::new(acceptor)], Vec::new()]);
+    fd.notify().expect("notify");
+    let mut hosts = vec![next(&seen), next(&seen)];
+    hosts.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        hosts,
+        vec![
+            Seen::HostedOn("reactor_0".into()),
+            Seen::HostedOn("reactor_1".into())
+        ],
+        "the second connection goes to the reactor that has none"
+    );
+    let connections = || {
+        reactors
+            .iter()
+            .map(|r| r.stats().snapshot().connections)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(connections(), vec![1, 1]);
+    for reactor in &reactors {
+        reactor.send(ReactorMessage::CloseConnections(listener.clone()));
+    }
+    assert_eq!((next(&seen), next(&seen)), (Seen::Closed, Seen::Closed));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while connections() != vec![0, 0] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(connections(), vec![0, 0]);
+    for reactor in reactors {
+        reactor.send(ReactorMessage::Shutdown);
+        reactor.join();
+    }
 }
