@@ -25,7 +25,6 @@ NAME=${BENCH_NAME:-$(hostname -s 2>/dev/null || true)}
 NAME=${NAME:-machine}
 SUBNQN=nqn.2026-11.io.nvmf-tgt:bench
 CLK_TCK=$(getconf CLK_TCK)
-BUILDS_DIR=/var/tmp/nvmf-bench-builds
 
 # shellcheck source=contrib/bench/lib.sh
 . "$ROOT/contrib/bench/lib.sh"
@@ -34,30 +33,6 @@ BUILDS_DIR=/var/tmp/nvmf-bench-builds
 BASELINE=$1
 CANDIDATE=${2:-}
 
-# binaries_of REV-OR-DIR: prints the directory holding its nvmf-tgt (building a revision).
-binaries_of() {
-  local what=$1 commit dir
-  if [ -x "$what/nvmf-tgt" ]; then
-    (cd "$what" && pwd)
-    return
-  fi
-  commit=$(git -C "$ROOT" rev-parse --verify "$what^{commit}" 2>/dev/null) \
-    || die "$what is neither a directory with nvmf-tgt nor a git revision"
-  dir=$BUILDS_DIR/$commit
-  if [ ! -x "$dir/nvmf-tgt" ]; then
-    say "building $what ($commit) in a scratch worktree"
-    local tree=$BUILDS_DIR/tree-$commit
-    rm -rf "$tree"
-    git -C "$ROOT" worktree add --detach "$tree" "$commit" >&2 \
-      || die "cannot check out $what"
-    (cd "$tree" && CARGO_TARGET_DIR=$BUILDS_DIR/target cargo build --release --bins >&2) \
-      || die "building $what failed"
-    mkdir -p "$dir"
-    cp "$BUILDS_DIR/target/release/nvmf-tgt" "$BUILDS_DIR/target/release/nvmf-perf" "$dir/"
-    git -C "$ROOT" worktree remove --force "$tree" >&2 || true
-  fi
-  echo "$dir"
-}
 
 for v in BENCH_SECONDS BENCH_REPEATS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, not '${!v}'"

@@ -5,6 +5,8 @@
 # SUBNQN, CLK_TCK, BENCH_SECONDS, BENCH_PERF_ARGS, and WORK and RAW before starting targets.
 # BUILD, when set, labels each run record (compare.sh runs two builds).
 
+BUILDS_DIR=${BUILDS_DIR:-/var/tmp/nvmf-bench-builds}
+
 TGT_PID=
 PERF_PID=
 WORK=
@@ -160,3 +162,27 @@ print(f"bench:   {sys.argv[2]:9} {sys.argv[3]:22} #{sys.argv[4]} {r['iops']:>10.
 EOF
 }
 
+# binaries_of REV-OR-DIR: prints the directory holding its nvmf-tgt (building a revision).
+binaries_of() {
+  local what=$1 commit dir
+  if [ -x "$what/nvmf-tgt" ]; then
+    (cd "$what" && pwd)
+    return
+  fi
+  commit=$(git -C "$ROOT" rev-parse --verify "$what^{commit}" 2>/dev/null) \
+    || die "$what is neither a directory with nvmf-tgt nor a git revision"
+  dir=$BUILDS_DIR/$commit
+  if [ ! -x "$dir/nvmf-tgt" ]; then
+    say "building $what ($commit) in a scratch worktree"
+    local tree=$BUILDS_DIR/tree-$commit
+    rm -rf "$tree"
+    git -C "$ROOT" worktree add --detach "$tree" "$commit" >&2 \
+      || die "cannot check out $what"
+    (cd "$tree" && CARGO_TARGET_DIR=$BUILDS_DIR/target cargo build --release --bins >&2) \
+      || die "building $what failed"
+    mkdir -p "$dir"
+    cp "$BUILDS_DIR/target/release/nvmf-tgt" "$BUILDS_DIR/target/release/nvmf-perf" "$dir/"
+    git -C "$ROOT" worktree remove --force "$tree" >&2 || true
+  fi
+  echo "$dir"
+}

@@ -10,7 +10,7 @@ use crate::nvme::identify::{
 use crate::nvme::log::{self, GetLogPageCmd, effects, lid};
 use crate::nvme::opcode::{self, admin, io};
 use crate::nvme::properties::VS_1_3;
-use crate::nvme::{Cqe, Sqe, Status};
+use crate::nvme::{Cqe, Nsid, Sqe, Status};
 
 use super::ctrlr::{AdminState, ControllerKind, MAX_AERS};
 use super::pcie::QueueRequest;
@@ -83,7 +83,7 @@ impl Controller {
                 request,
             },
             Err(status) => {
-                tracing::debug!(opcode = sqe.opcode(), %status, cntlid = self.cntlid, "admin error");
+                tracing::debug!(opcode = sqe.opcode(), %status, cntlid = %self.cntlid, "admin error");
                 AdminOutcome::status(sqe.cid(), status)
             }
         }
@@ -153,7 +153,7 @@ impl Controller {
             mn: self.subsys.model().to_owned(),
             fr: FIRMWARE_REVISION.to_owned(),
             mdts,
-            cntlid: self.cntlid,
+            cntlid: self.cntlid.0,
             ver: VS_1_3,
             aerl: u8::try_from(MAX_AERS - 1).unwrap_or(0),
             kas: KAS,
@@ -161,7 +161,7 @@ impl Controller {
             sgls: identify::sgls::SUPPORTED
                 | identify::sgls::OFFSET
                 | identify::sgls::TRANSPORT_DATA_BLOCK,
-            subnqn: self.subsys.nqn().to_owned(),
+            subnqn: self.subsys.nqn().to_string(),
             ..IdentifyController::default()
         };
         if self.is_discovery() {
@@ -242,7 +242,7 @@ impl Controller {
             cns::NAMESPACE => {
                 self.check_identify_nsid(nsid)?;
                 // An inactive NSID in range gets a zeroed page (NVMe Base 2.0, 5.17.2.1).
-                if let Some(ns) = self.subsys.namespace(nsid) {
+                if let Some(ns) = self.subsys.namespace(Nsid(nsid)) {
                     ns.identify().emit(&mut page);
                 }
             }
@@ -257,13 +257,13 @@ impl Controller {
                     .subsys
                     .namespaces()
                     .into_iter()
-                    .filter(|ns| ns.nsid() > nsid);
+                    .filter(|ns| ns.nsid().0 > nsid);
                 for (slot, ns) in page.chunks_exact_mut(4).zip(above) {
-                    slot.copy_from_slice(&ns.nsid().to_le_bytes());
+                    slot.copy_from_slice(&ns.nsid().0.to_le_bytes());
                 }
             }
             cns::NS_DESCRIPTORS => {
-                let ns = self.subsys.namespace(nsid).ok_or(invalid_ns)?;
+                let ns = self.subsys.namespace(Nsid(nsid)).ok_or(invalid_ns)?;
                 NsDescriptor::emit_list(&ns.descriptors(), &mut page);
             }
             cns::CSI_NAMESPACE | cns::CSI_CONTROLLER => {
@@ -271,14 +271,14 @@ impl Controller {
                     return Err(Status::INVALID_FIELD.with_dnr());
                 }
                 if cns == cns::CSI_NAMESPACE {
-                    self.subsys.namespace(nsid).ok_or(invalid_ns)?;
+                    self.subsys.namespace(Nsid(nsid)).ok_or(invalid_ns)?;
                 }
                 // The NVM command set specific pages: every field zero is valid (no
                 // protection information, no extra size limits).
             }
             cns::CS_INDEPENDENT_NAMESPACE => {
                 self.check_identify_nsid(nsid)?;
-                if let Some(ns) = self.subsys.namespace(nsid) {
+                if let Some(ns) = self.subsys.namespace(Nsid(nsid)) {
                     page[1] = identify::NMIC_SHARED;
                     if ns.read_only() {
                         page[8] = identify::NSATTR_WRITE_PROTECTED;

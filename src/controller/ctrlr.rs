@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::nvme::connect::ConnectCmd;
 use crate::nvme::features::aec;
 use crate::nvme::log::{async_event_dw0, event_type, lid, notice};
-use crate::nvme::{Cqe, Status};
+use crate::nvme::{CntlId, Cqe, Nqn, Nsid, Status};
 
 use super::TransportLimits;
 use super::pcie::PcieQueues;
@@ -35,10 +35,10 @@ fn round_kato(ms: u32) -> u64 {
 
 /// Everything `Controller::new` needs, gathered by the Connect handler.
 pub(crate) struct ControllerInit {
-    pub(crate) cntlid: u16,
+    pub(crate) cntlid: CntlId,
     pub(crate) subsys: Arc<Subsystem>,
     pub(crate) registry: Weak<RegistryShared>,
-    pub(crate) hostnqn: String,
+    pub(crate) hostnqn: Nqn,
     pub(crate) hostid: [u8; 16],
     pub(crate) listener: ListenerAddr,
     pub(crate) limits: TransportLimits,
@@ -141,10 +141,10 @@ const DETACHED: u32 = 0;
 /// A controller: created by an admin-queue Connect, shared by its admin and I/O queues.
 pub struct Controller {
     pub(crate) kind: ControllerKind,
-    pub(crate) cntlid: u16,
+    pub(crate) cntlid: CntlId,
     pub(crate) subsys: Arc<Subsystem>,
     pub(crate) registry: Weak<RegistryShared>,
-    pub(crate) hostnqn: String,
+    pub(crate) hostnqn: Nqn,
     pub(crate) hostid: [u8; 16],
     pub(crate) listener: ListenerAddr,
     pub(crate) limits: TransportLimits,
@@ -245,7 +245,7 @@ impl Controller {
         }
     }
 
-    pub fn cntlid(&self) -> u16 {
+    pub fn cntlid(&self) -> CntlId {
         self.cntlid
     }
 
@@ -253,7 +253,7 @@ impl Controller {
         self.kind
     }
 
-    pub fn subnqn(&self) -> &str {
+    pub fn subnqn(&self) -> &Nqn {
         self.subsys.nqn()
     }
 
@@ -261,7 +261,7 @@ impl Controller {
         &self.subsys
     }
 
-    pub fn hostnqn(&self) -> &str {
+    pub fn hostnqn(&self) -> &Nqn {
         &self.hostnqn
     }
 
@@ -367,7 +367,7 @@ impl Controller {
             st.ready.clear();
             drop(st);
             self.subsys.remove_controller(self.cntlid);
-            tracing::info!(subnqn = %self.subnqn(), cntlid = self.cntlid, "controller removed");
+            tracing::info!(subnqn = %self.subnqn(), cntlid = %self.cntlid, "controller removed");
         }
     }
 
@@ -499,13 +499,13 @@ impl Controller {
         st.aen_masked &= !bit;
     }
 
-    pub(crate) fn handle_namespaces_changed(&self, nsids: &[u32]) {
+    pub(crate) fn handle_namespaces_changed(&self, nsids: &[Nsid]) {
         if !self.is_live() {
             return;
         }
         let ready = {
             let mut st = self.lock();
-            for &nsid in nsids {
+            for &Nsid(nsid) in nsids {
                 if st.changed_ns.contains(&nsid) {
                     continue;
                 }

@@ -186,14 +186,14 @@ impl Controller {
             self.stop_io();
             Controller::forget_pcie_queues(st);
             st.csts = 0;
-            tracing::info!(subnqn = %self.subnqn(), cntlid = self.cntlid, "controller reset");
+            tracing::info!(subnqn = %self.subnqn(), cntlid = %self.cntlid, "controller reset");
             effect = RegisterEffect::Reset;
         }
         if cc::shn(new) != 0 && cc::shn(old) == 0 {
             self.stop_io();
             Controller::forget_pcie_queues(st);
             st.csts = (st.csts & !(csts::RDY | csts::SHST_MASK)) | csts::SHST_COMPLETE;
-            tracing::info!(subnqn = %self.subnqn(), cntlid = self.cntlid, "controller shut down");
+            tracing::info!(subnqn = %self.subnqn(), cntlid = %self.cntlid, "controller shut down");
             effect = RegisterEffect::ShutDown;
         }
         if cc::shn(new) == 0 && cc::shn(old) != 0 {
@@ -213,7 +213,7 @@ impl Controller {
         if cc::mps(c) != 0 || cc::ams(c) != 0 || cc::css(c) != 0 || !sizes_ok || !admin_queue_ok {
             tracing::warn!(
                 cc = c,
-                cntlid = self.cntlid,
+                cntlid = %self.cntlid,
                 "invalid controller configuration"
             );
             st.csts |= csts::CFS;

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use crate::nvme::opcode::io;
 use crate::nvme::status::sct;
-use crate::nvme::{Sqe, Status};
+use crate::nvme::{Nsid, Sqe, Status};
 
 use super::{Controller, Namespace};
 
@@ -86,7 +86,7 @@ impl Controller {
         }
         let ns = self
             .subsys
-            .namespace(sqe.nsid())
+            .namespace(Nsid(sqe.nsid()))
             .ok_or(Status::INVALID_NAMESPACE.with_dnr())?;
         let writes = matches!(
             sqe.opcode(),

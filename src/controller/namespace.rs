@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::backend::Backend;
+use crate::nvme::Nsid;
 use crate::nvme::identify::NsDescriptor;
 use crate::nvme::identify::{CSI_NVM, IdentifyNamespace, NMIC_SHARED, NSATTR_WRITE_PROTECTED};
 
@@ -11,7 +12,7 @@ use super::RegistryError;
 /// A namespace as declared in the configuration.
 #[derive(Clone, Debug)]
 pub struct NamespaceSpec {
-    pub nsid: u32,
+    pub nsid: Nsid,
     pub backend: Arc<dyn Backend>,
     pub block_size: u32,
     pub read_only: bool,
@@ -23,7 +24,7 @@ pub struct NamespaceSpec {
 /// A namespace attached to a subsystem.
 #[derive(Debug)]
 pub struct Namespace {
-    nsid: u32,
+    nsid: Nsid,
     backend: Arc<dyn Backend>,
     block_size: u32,
     block_shift: u8,
@@ -39,11 +40,11 @@ impl Namespace {
     /// stay the same across restarts and differ between namespaces.
     pub fn new(spec: NamespaceSpec, subnqn: &str) -> Result<Self, RegistryError> {
         let bad = |why: &'static str| RegistryError::BadNamespace {
-            nqn: subnqn.to_owned(),
+            nqn: subnqn.into(),
             nsid: spec.nsid,
             why,
         };
-        if spec.nsid == 0 || spec.nsid >= 0xFFFF_FFFE {
+        if spec.nsid.0 == 0 || spec.nsid.0 >= 0xFFFF_FFFE {
             return Err(bad("nsid must be between 1 and 0xfffffffd"));
         }
         if !spec.block_size.is_power_of_two() || !(512..=65536).contains(&spec.block_size) {
@@ -76,7 +77,7 @@ impl Namespace {
         })
     }
 
-    pub fn nsid(&self) -> u32 {
+    pub fn nsid(&self) -> Nsid {
         self.nsid
     }
 
@@ -154,7 +155,7 @@ impl Namespace {
 /// 128 deterministic bits from a domain tag, the subsystem NQN and the NSID. Two FNV-1a-64
 /// streams with different seeds, each finished with a SplitMix64 mix: not cryptographic, only
 /// stable across builds (unlike `std`'s hasher) and well spread. Never all-zero.
-fn derive_id(domain: &[u8], subnqn: &str, nsid: u32) -> [u8; 16] {
+fn derive_id(domain: &[u8], subnqn: &str, nsid: Nsid) -> [u8; 16] {
     fn fnv(seed: u64, parts: &[&[u8]]) -> u64 {
         let mut h = seed;
         for part in parts {
@@ -171,7 +172,7 @@ fn derive_id(domain: &[u8], subnqn: &str, nsid: u32) -> [u8; 16] {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
     }
-    let parts: [&[u8]; 3] = [domain, subnqn.as_bytes(), &nsid.to_le_bytes()];
+    let parts: [&[u8]; 3] = [domain, subnqn.as_bytes(), &nsid.0.to_le_bytes()];
     let mut out = [0u8; 16];
     out[..8].copy_from_slice(&fnv(0xCBF2_9CE4_8422_2325, &parts).to_be_bytes());
     out[8..].copy_from_slice(&fnv(0x6C62_272E_07BB_0142, &parts).to_be_bytes());
@@ -182,7 +183,7 @@ fn derive_id(domain: &[u8], subnqn: &str, nsid: u32) -> [u8; 16] {
 }
 
 /// A UUID version 8 (RFC 9562: custom, here name-derived) with the RFC variant bits.
-fn derive_uuid(subnqn: &str, nsid: u32) -> [u8; 16] {
+fn derive_uuid(subnqn: &str, nsid: Nsid) -> [u8; 16] {
     let mut id = derive_id(b"uuid", subnqn, nsid);
     id[6] = (id[6] & 0x0F) | 0x80;
     id[8] = (id[8] & 0x3F) | 0x80;
@@ -190,7 +191,7 @@ fn derive_uuid(subnqn: &str, nsid: u32) -> [u8; 16] {
 }
 
 /// An EUI-64 marked locally administered and unicast, since it comes from no IEEE OUI.
-fn derive_eui64(subnqn: &str, nsid: u32) -> [u8; 8] {
+fn derive_eui64(subnqn: &str, nsid: Nsid) -> [u8; 8] {
     let full = derive_id(b"eui64", subnqn, nsid);
     let mut id = [0u8; 8];
     id.copy_from_slice(&full[..8]);
@@ -204,15 +205,15 @@ mod tests {
 
     #[test]
     fn derived_ids_are_stable_distinct_and_nonzero() {
-        let a = derive_id(b"nguid", "nqn.a", 1);
-        assert_eq!(a, derive_id(b"nguid", "nqn.a", 1));
-        assert_ne!(a, derive_id(b"nguid", "nqn.a", 2));
-        assert_ne!(a, derive_id(b"nguid", "nqn.b", 1));
-        assert_ne!(a, derive_id(b"uuid", "nqn.a", 1));
+        let a = derive_id(b"nguid", "nqn.a", Nsid(1));
+        assert_eq!(a, derive_id(b"nguid", "nqn.a", Nsid(1)));
+        assert_ne!(a, derive_id(b"nguid", "nqn.a", Nsid(2)));
+        assert_ne!(a, derive_id(b"nguid", "nqn.b", Nsid(1)));
+        assert_ne!(a, derive_id(b"uuid", "nqn.a", Nsid(1)));
         assert!(a.iter().any(|&b| b != 0));
-        let u = derive_uuid("nqn.a", 1);
+        let u = derive_uuid("nqn.a", Nsid(1));
         assert_eq!(u[6] >> 4, 8);
         assert_eq!(u[8] >> 6, 0b10);
-        assert_eq!(derive_eui64("nqn.a", 1)[0] & 0x03, 0x02);
+        assert_eq!(derive_eui64("nqn.a", Nsid(1))[0] & 0x03, 0x02);
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::nvme::opcode::admin;
-use crate::nvme::{Sqe, Status};
+use crate::nvme::{Nqn, Sqe, Status};
 
 use super::ctrlr::{AdminQueueInit, AdminState, ControllerInit};
 use super::registry::RegistryError;
@@ -90,7 +90,7 @@ impl Registry {
                     cntlid,
                     subsys: Arc::clone(&subsys),
                     registry: self.downgrade(),
-                    hostnqn: String::new(),
+                    hostnqn: Nqn::from(""),
                     hostid: [0; 16],
                     listener: listener.clone(),
                     limits,
@@ -100,7 +100,7 @@ impl Registry {
             })
             .ok_or_else(|| RegistryError::NoControllerId(subnqn.to_owned()))?;
         ctrlr.lock().pcie.params = Some(params);
-        tracing::info!(subnqn, cntlid = ctrlr.cntlid(), %listener, "PCIe controller created");
+        tracing::info!(subnqn, cntlid = %ctrlr.cntlid(), %listener, "PCIe controller created");
         Ok(ctrlr)
     }
 }
@@ -272,7 +272,7 @@ mod tests {
             hosts: vec![],
             max_namespaces: 8,
             namespaces: vec![NamespaceSpec {
-                nsid: 1,
+                nsid: crate::nvme::Nsid(1),
                 backend: Arc::new(RamBackend::new(1 << 20)),
                 block_size: 512,
                 read_only: false,

@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::nvme::connect::{
     CNTLID_DYNAMIC, ConnectCmd, ConnectData, data_offset, invalid_parameter_dw0, sqe_offset,
 };
-use crate::nvme::{Cqe, DISCOVERY_NQN, Sqe, Status, opcode};
+use crate::nvme::{CntlId, Cqe, DISCOVERY_NQN, Nqn, Sqe, Status, opcode};
 
 use super::ctrlr::{AdminQueueInit, Controller, ControllerInit, QueueEpoch};
 use super::subsystem::{ListenerAddr, Subsystem, SubsystemSpec};
@@ -26,8 +26,8 @@ pub enum RegistryError {
     BadNqn(String),
     #[error("namespace {nsid} of {nqn}: {why}")]
     BadNamespace {
-        nqn: String,
-        nsid: u32,
+        nqn: Nqn,
+        nsid: crate::nvme::Nsid,
         why: &'static str,
     },
     #[error("transport limit {0} is out of range")]
@@ -60,7 +60,7 @@ pub enum ConnectOutcome {
 
 #[derive(Debug)]
 pub(crate) struct RegistryShared {
-    pub(crate) subsystems: RwLock<BTreeMap<String, Arc<Subsystem>>>,
+    pub(crate) subsystems: RwLock<BTreeMap<Nqn, Arc<Subsystem>>>,
     pub(crate) discovery: Arc<Subsystem>,
     pub(crate) limits: LimitsByTransport,
     /// Discovery log generation counter; bumped on every change a host could see.
@@ -96,15 +96,15 @@ impl Registry {
         let mut map = BTreeMap::new();
         for spec in subsystems {
             if spec.nqn == DISCOVERY_NQN {
-                return Err(RegistryError::ReservedNqn(spec.nqn));
+                return Err(RegistryError::ReservedNqn(spec.nqn.to_string()));
             }
             // 223 bytes is the NQN limit (NVMe Base 2.0, 4.5); the field holds a NUL after it.
             if spec.nqn.is_empty() || spec.nqn.len() > 223 {
-                return Err(RegistryError::BadNqn(spec.nqn));
+                return Err(RegistryError::BadNqn(spec.nqn.to_string()));
             }
             let nqn = spec.nqn.clone();
             if map.contains_key(&nqn) {
-                return Err(RegistryError::DuplicateSubsystem(nqn));
+                return Err(RegistryError::DuplicateSubsystem(nqn.to_string()));
             }
             map.insert(nqn, Arc::new(Subsystem::new(spec)?));
         }
@@ -152,7 +152,7 @@ impl Registry {
     /// Adds a subsystem at run time and bumps the discovery generation.
     pub fn add_subsystem(&self, spec: SubsystemSpec) -> Result<Arc<Subsystem>, RegistryError> {
         if spec.nqn == DISCOVERY_NQN {
-            return Err(RegistryError::ReservedNqn(spec.nqn));
+            return Err(RegistryError::ReservedNqn(spec.nqn.to_string()));
         }
         self.insert_subsystem(Arc::new(Subsystem::new(spec)?))
     }
@@ -163,7 +163,7 @@ impl Registry {
         subsys: Arc<Subsystem>,
     ) -> Result<Arc<Subsystem>, RegistryError> {
         if subsys.nqn() == DISCOVERY_NQN {
-            return Err(RegistryError::ReservedNqn(subsys.nqn().to_owned()));
+            return Err(RegistryError::ReservedNqn(subsys.nqn().to_string()));
         }
         {
             let mut map = self
@@ -172,9 +172,9 @@ impl Registry {
                 .write()
                 .unwrap_or_else(PoisonError::into_inner);
             if map.contains_key(subsys.nqn()) {
-                return Err(RegistryError::DuplicateSubsystem(subsys.nqn().to_owned()));
+                return Err(RegistryError::DuplicateSubsystem(subsys.nqn().to_string()));
             }
-            map.insert(subsys.nqn().to_owned(), Arc::clone(&subsys));
+            map.insert(subsys.nqn().clone(), Arc::clone(&subsys));
         }
         self.bump_discovery_generation();
         Ok(subsys)
@@ -272,7 +272,7 @@ impl Registry {
                         cntlid,
                         subsys: Arc::clone(&subsys),
                         registry: Arc::downgrade(&self.shared),
-                        hostnqn: data.hostnqn.clone(),
+                        hostnqn: Nqn::from(data.hostnqn.as_str()),
                         hostid: data.hostid,
                         listener: listener.clone(),
                         limits,
@@ -282,11 +282,11 @@ impl Registry {
                 })
                 .ok_or(Refusal::status(Status::CONNECT_CONTROLLER_BUSY))?;
             tracing::info!(
-                subnqn = %subsys.nqn(), cntlid = ctrlr.cntlid(), hostnqn = %data.hostnqn,
+                subnqn = %subsys.nqn(), cntlid = %ctrlr.cntlid(), hostnqn = %data.hostnqn,
                 "controller created"
             );
             let mut cqe = Cqe::new(sqe.cid(), Status::SUCCESS);
-            cqe.dw0 = u32::from(ctrlr.cntlid());
+            cqe.dw0 = u32::from(ctrlr.cntlid().0);
             return Ok(ConnectOutcome::Admin { ctrlr, cqe });
         }
 
@@ -294,9 +294,9 @@ impl Registry {
             return Err(Refusal::param(false, sqe_offset::QID));
         }
         let ctrlr = subsys
-            .controller(data.cntlid)
+            .controller(CntlId(data.cntlid))
             .ok_or(Refusal::param(true, data_offset::CNTLID))?;
-        if ctrlr.hostnqn() != data.hostnqn {
+        if ctrlr.hostnqn().as_str() != data.hostnqn {
             return Err(Refusal::param(true, data_offset::HOSTNQN));
         }
         // An association lives on one transport: its I/O queues come the way its admin did.
@@ -315,7 +315,7 @@ impl Registry {
             }
         })?;
         let mut cqe = Cqe::new(sqe.cid(), Status::SUCCESS);
-        cqe.dw0 = u32::from(ctrlr.cntlid());
+        cqe.dw0 = u32::from(ctrlr.cntlid().0);
         Ok(ConnectOutcome::Io {
             ctrlr,
             qid: cmd.qid,

@@ -8,13 +8,15 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use arc_swap::ArcSwap;
 
+use crate::nvme::{CntlId, Nqn, Nsid};
+
 use super::namespace::{Namespace, NamespaceSpec};
 use super::{Controller, RegistryError};
 
 /// A subsystem as declared in the configuration.
 #[derive(Clone, Debug)]
 pub struct SubsystemSpec {
-    pub nqn: String,
+    pub nqn: Nqn,
     pub serial: String,
     pub model: String,
     pub allow_any_host: bool,
@@ -147,7 +149,7 @@ const MAX_CNTLID: u16 = 0xFFEF;
 
 #[derive(Debug, Default)]
 struct Controllers {
-    by_id: BTreeMap<u16, Weak<Controller>>,
+    by_id: BTreeMap<CntlId, Weak<Controller>>,
     /// Where the round-robin search for a free ID starts, so a torn-down ID is not reused at
     /// once (a host could still hold it).
     next: u16,
@@ -170,14 +172,14 @@ impl Access {
 /// One subsystem, shared by every reactor.
 #[derive(Debug)]
 pub struct Subsystem {
-    nqn: String,
+    nqn: Nqn,
     serial: String,
     model: String,
     /// Who may connect and through which listeners; a reload swaps it whole.
     access: ArcSwap<Access>,
     max_namespaces: u32,
     is_discovery: bool,
-    namespaces: ArcSwap<BTreeMap<u32, Arc<Namespace>>>,
+    namespaces: ArcSwap<BTreeMap<Nsid, Arc<Namespace>>>,
     controllers: Mutex<Controllers>,
 }
 
@@ -186,7 +188,7 @@ impl Subsystem {
         let mut namespaces = BTreeMap::new();
         for ns in spec.namespaces {
             let nsid = ns.nsid;
-            if nsid > spec.max_namespaces {
+            if nsid.0 > spec.max_namespaces {
                 return Err(RegistryError::BadNamespace {
                     nqn: spec.nqn,
                     nsid,
@@ -221,7 +223,7 @@ impl Subsystem {
     /// The well-known discovery subsystem: any host, every listener, no namespaces.
     pub(crate) fn discovery() -> Self {
         Self {
-            nqn: crate::nvme::DISCOVERY_NQN.to_owned(),
+            nqn: Nqn::from(crate::nvme::DISCOVERY_NQN),
             serial: "nvmf-tgt-discovery".to_owned(),
             model: "nvmf-tgt discovery".to_owned(),
             access: ArcSwap::from_pointee(Access {
@@ -236,7 +238,7 @@ impl Subsystem {
         }
     }
 
-    pub fn nqn(&self) -> &str {
+    pub fn nqn(&self) -> &Nqn {
         &self.nqn
     }
 
@@ -290,7 +292,7 @@ impl Subsystem {
     }
 
     /// The namespace with `nsid`, if attached. Lock-free: the I/O path calls it per command.
-    pub fn namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
+    pub fn namespace(&self, nsid: Nsid) -> Option<Arc<Namespace>> {
         self.namespaces.load().get(&nsid).cloned()
     }
 
@@ -309,7 +311,7 @@ impl Subsystem {
     /// anything) and tells every controller.
     pub fn attach_namespace(&self, ns: Arc<Namespace>) -> Result<(), RegistryError> {
         let nsid = ns.nsid();
-        if nsid > self.max_namespaces || self.namespace(nsid).is_some() {
+        if nsid.0 > self.max_namespaces || self.namespace(nsid).is_some() {
             return Err(RegistryError::BadNamespace {
                 nqn: self.nqn.clone(),
                 nsid,
@@ -327,7 +329,7 @@ impl Subsystem {
 
     /// Detaches a namespace (commands already planned keep their `Arc`) and tells every
     /// controller.
-    pub fn remove_namespace(&self, nsid: u32) -> Option<Arc<Namespace>> {
+    pub fn remove_namespace(&self, nsid: Nsid) -> Option<Arc<Namespace>> {
         let old = self.namespace(nsid)?;
         self.namespaces.rcu(|map| {
             let mut map = BTreeMap::clone(map);
@@ -340,7 +342,7 @@ impl Subsystem {
 
     /// Records a namespace change in every controller's Changed Namespace List and completes
     /// a parked Asynchronous Event Request where the host enabled the notice.
-    pub fn notify_namespaces_changed(&self, nsids: &[u32]) {
+    pub fn notify_namespaces_changed(&self, nsids: &[Nsid]) {
         for ctrlr in self.controllers() {
             ctrlr.handle_namespaces_changed(nsids);
         }
@@ -353,7 +355,7 @@ impl Subsystem {
     }
 
     /// The live controller with `cntlid`.
-    pub fn controller(&self, cntlid: u16) -> Option<Arc<Controller>> {
+    pub fn controller(&self, cntlid: CntlId) -> Option<Arc<Controller>> {
         let ctrls = self.lock_controllers();
         ctrls
             .by_id
@@ -366,25 +368,25 @@ impl Subsystem {
     /// when all 0xFFEF IDs are taken.
     pub(crate) fn add_controller(
         &self,
-        make: impl FnOnce(u16) -> Controller,
+        make: impl FnOnce(CntlId) -> Controller,
     ) -> Option<Arc<Controller>> {
         let mut ctrls = self.lock_controllers();
         ctrls.by_id.retain(|_, c| c.strong_count() > 0);
         let start = ctrls.next.clamp(1, MAX_CNTLID);
         let mut id = start;
-        while ctrls.by_id.contains_key(&id) {
+        while ctrls.by_id.contains_key(&CntlId(id)) {
             id = if id == MAX_CNTLID { 1 } else { id + 1 };
             if id == start {
                 return None;
             }
         }
         ctrls.next = if id == MAX_CNTLID { 1 } else { id + 1 };
-        let ctrlr = Arc::new(make(id));
-        ctrls.by_id.insert(id, Arc::downgrade(&ctrlr));
+        let ctrlr = Arc::new(make(CntlId(id)));
+        ctrls.by_id.insert(CntlId(id), Arc::downgrade(&ctrlr));
         Some(ctrlr)
     }
 
-    pub(crate) fn remove_controller(&self, cntlid: u16) {
+    pub(crate) fn remove_controller(&self, cntlid: CntlId) {
         self.lock_controllers().by_id.remove(&cntlid);
     }
 

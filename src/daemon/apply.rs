@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use super::build;
 use crate::config::Config;
 use crate::controller::{Access, Controller, ListenerAddr, Namespace, Registry, Subsystem};
+use crate::nvme::Nsid;
 use crate::reactor::{Mailbox, ReactorMessage};
 use crate::reconcile::{Plan, Step};
 use crate::transport::subscriber::NewSubscriber;
@@ -96,7 +97,7 @@ impl Live {
             match step {
                 Step::RemoveNamespace { nqn, nsid, .. } => {
                     if let Some(subsystem) = self.registry.subsystem(nqn) {
-                        subsystem.remove_namespace(*nsid);
+                        subsystem.remove_namespace(Nsid(*nsid));
                     }
                 }
                 Step::RemoveSubsystem { nqn, .. } => {

@@ -140,7 +140,7 @@ pub fn subsystem_spec(config: &Config, subsystem: &SubsystemDecl) -> anyhow::Res
         );
     }
     Ok(SubsystemSpec {
-        nqn: subsystem.nqn.clone(),
+        nqn: subsystem.nqn.as_str().into(),
         serial: subsystem.serial.clone(),
         model: subsystem.model.clone(),
         allow_any_host: subsystem.allow_any_host,
@@ -176,7 +176,7 @@ pub fn namespace(nqn: &str, ns: &config::Namespace) -> anyhow::Result<Arc<Namesp
 
 fn namespace_spec(ns: &config::Namespace) -> anyhow::Result<NamespaceSpec> {
     Ok(NamespaceSpec {
-        nsid: ns.nsid,
+        nsid: crate::nvme::Nsid(ns.nsid),
         backend: open_backend(ns)?,
         block_size: ns.block_size,
         read_only: ns.read_only,

@@ -174,8 +174,8 @@ fn flush_namespaces(registry: &Registry) -> Result<(), ShutdownError> {
             if let Err(err) = backend.flush_for_shutdown() {
                 failed += 1;
                 error!(
-                    subnqn = subsystem.nqn(),
-                    nsid = ns.nsid(),
+                    subnqn = %subsystem.nqn(),
+                    nsid = %ns.nsid(),
                     ?backend,
                     error = %err,
                     cause = ?std::error::Error::source(&err),
@@ -272,7 +272,7 @@ mod tests {
             .iter()
             .zip(1..)
             .map(|((backend, read_only), nsid)| NamespaceSpec {
-                nsid,
+                nsid: crate::nvme::Nsid(nsid),
                 backend: Arc::clone(backend) as Arc<dyn Backend>,
                 block_size: 512,
                 read_only: *read_only,

@@ -5,6 +5,7 @@ pub mod connect;
 pub mod cqe;
 pub mod features;
 pub mod identify;
+pub mod ids;
 pub mod log;
 pub mod opcode;
 pub mod properties;
@@ -13,6 +14,7 @@ pub mod status;
 mod wire;
 
 pub use cqe::Cqe;
+pub use ids::{CntlId, Nqn, Nsid};
 pub use sqe::{Sgl, Sqe};
 pub use status::Status;
 

@@ -2,5 +2,6 @@
 
 pub mod buffer_pool;
 pub mod context;
+pub mod queue;
 pub mod subscriber;
 pub mod tcp;

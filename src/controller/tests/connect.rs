@@ -12,7 +12,7 @@ fn admin_then_io_connect() {
     sqe.bytes_mut()[46] = CATTR_DISABLE_SQ_FLOW_CONTROL;
     let out = b.reg.handle_connect(
         &sqe,
-        &connect_data(SUB_A, HOST_1, ctrlr.cntlid()),
+        &connect_data(SUB_A, HOST_1, ctrlr.cntlid().0),
         &listener("4420"),
         b.now,
     );
@@ -64,7 +64,7 @@ fn cntlids_are_unique_and_reused_late() {
     let c1 = b.connect_admin(SUB_A, HOST_1);
     let c2 = b.connect_admin(SUB_A, HOST_1);
     assert_ne!(c1.cntlid(), c2.cntlid());
-    assert!((1..=0xFFEF).contains(&c1.cntlid()));
+    assert!((1..=0xFFEF).contains(&c1.cntlid().0));
     let sub = b.reg.subsystem(SUB_A).expect("exists");
     assert_eq!(sub.controllers().len(), 2);
     c1.handle_queue_gone(0, QueueEpoch::ADMIN);
@@ -146,7 +146,7 @@ fn io_connect_checks_cntlid_host_and_limits() {
 
     let bad_cntlid = b.reg.handle_connect(
         &connect_sqe(1, 31, 0),
-        &connect_data(SUB_A, HOST_1, ctrlr.cntlid() + 100),
+        &connect_data(SUB_A, HOST_1, ctrlr.cntlid().0 + 100),
         &listener("4420"),
         b.now,
     );
@@ -175,7 +175,7 @@ fn io_connect_checks_cntlid_host_and_limits() {
     let c = other.ready(SUB_A, HOST_1);
     let cqe = refused(other.reg.handle_connect(
         &connect_sqe(1, 31, 0),
-        &connect_data(SUB_A, HOST_2, c.cntlid()),
+        &connect_data(SUB_A, HOST_2, c.cntlid().0),
         &listener("4420"),
         b.now,
     ));
@@ -263,7 +263,7 @@ fn queue_gone_and_teardown() {
     b.reg
         .subsystem(SUB_A)
         .expect("a")
-        .notify_namespaces_changed(&[1]);
+        .notify_namespaces_changed(&[Nsid(1)]);
     assert_eq!(ctrlr.poll_async_event(), None);
     assert!(b.reg.subsystem(SUB_A).expect("a").controllers().is_empty());
 }
@@ -325,17 +325,17 @@ fn each_transport_has_its_own_limits_and_keeps_its_queues() {
     // CAP.MQES follows the transport.
     assert_eq!(ctrlr.cap() & 0xFFFF, 15);
     prop_set(&ctrlr, offset::CC, 0x0046_0001, now);
-    let cqe = refused(connect(1, 31, ctrlr.cntlid(), &rdma));
+    let cqe = refused(connect(1, 31, ctrlr.cntlid().0, &rdma));
     assert_eq!(
         cqe.status,
         Status::CONNECT_INVALID_PARAMETERS.with_dnr(),
         "sqsize past RDMA's depth"
     );
     // Its I/O queues come the way its admin queue did.
-    let cqe = refused(connect(1, 15, ctrlr.cntlid(), &tcp));
+    let cqe = refused(connect(1, 15, ctrlr.cntlid().0, &tcp));
     assert_eq!(cqe.status, Status::CONNECT_INVALID_PARAMETERS.with_dnr());
     assert!(matches!(
-        connect(1, 15, ctrlr.cntlid(), &rdma),
+        connect(1, 15, ctrlr.cntlid().0, &rdma),
         ConnectOutcome::Io { .. }
     ));
 }

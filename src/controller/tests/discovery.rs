@@ -73,7 +73,7 @@ fn discovery_log_lists_what_the_host_may_see() {
     // No I/O queues on a discovery controller.
     let cqe = refused(b.reg.handle_connect(
         &connect_sqe(1, 31, 0),
-        &connect_data(DISCOVERY_NQN, HOST_1, d1.cntlid()),
+        &connect_data(DISCOVERY_NQN, HOST_1, d1.cntlid().0),
         &listener("4420"),
         b.now,
     ));

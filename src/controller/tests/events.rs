@@ -32,14 +32,14 @@ fn aer_delivered_after_namespace_change() {
     assert_eq!(cqe.dw0, 0x0004_0002);
     assert_eq!(woken.load(Ordering::SeqCst), 1);
     // Masked until the log is read.
-    sub.notify_namespaces_changed(&[1]);
+    sub.notify_namespaces_changed(&[Nsid(1)]);
     assert_eq!(ctrlr.poll_async_event(), None);
     let (_, page) = get_log(&ctrlr, lid::CHANGED_NS_LIST, 4096, 0, false);
     assert_eq!(&page[..12], &[1, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0]);
     // Reading cleared the list and re-armed the event.
     let (_, page) = get_log(&ctrlr, lid::CHANGED_NS_LIST, 8, 0, false);
     assert_eq!(page, vec![0; 8]);
-    sub.remove_namespace(7).expect("attached");
+    sub.remove_namespace(Nsid(7)).expect("attached");
     assert_eq!(ctrlr.poll_async_event().map(|c| c.cid), Some(101));
     let (_, page) = identify(&ctrlr, 0x02, 0);
     assert_eq!(&page[..8], &[1, 0, 0, 0, 3, 0, 0, 0]);
@@ -47,7 +47,7 @@ fn aer_delivered_after_namespace_change() {
     // With the notice disabled in Async Event Configuration, nothing is sent.
     get_log(&ctrlr, lid::CHANGED_NS_LIST, 8, 0, false);
     set_feature(&ctrlr, fid::ASYNC_EVENT_CONFIG, 0);
-    sub.notify_namespaces_changed(&[1]);
+    sub.notify_namespaces_changed(&[Nsid(1)]);
     assert_eq!(ctrlr.poll_async_event(), None);
 }
 
@@ -58,7 +58,7 @@ fn event_waits_for_a_request() {
     b.reg
         .subsystem(SUB_A)
         .expect("a")
-        .notify_namespaces_changed(&[3]);
+        .notify_namespaces_changed(&[Nsid(3)]);
     let (cqe, _) = run(&ctrlr, &admin_cmd(admin::ASYNC_EVENT_REQUEST, 0, 0, 0, 0));
     assert_eq!((cqe.status, cqe.dw0), (Status::SUCCESS, 0x0004_0002));
 }

@@ -56,7 +56,7 @@ fn identify_controller_matches_nvmet_where_it_applies() {
     );
     // Values from this target's configuration.
     assert_eq!(id.subnqn, SUB_A);
-    assert_eq!(id.cntlid, ctrlr.cntlid());
+    assert_eq!(id.cntlid, ctrlr.cntlid().0);
     assert_eq!(id.mn, "nvmf-tgt");
     assert_eq!(id.mdts, 5, "128 KiB = 2^5 pages of 4 KiB");
     assert_eq!(id.maxcmd, 128);
@@ -90,7 +90,7 @@ fn identify_namespace_and_lists() {
     let ns1 = b
         .reg
         .subsystem(SUB_A)
-        .and_then(|s| s.namespace(1))
+        .and_then(|s| s.namespace(Nsid(1)))
         .expect("ns 1");
     assert_eq!(id.nguid, ns1.nguid());
 
@@ -152,12 +152,12 @@ fn configured_ids_are_used_and_derived_ones_differ_per_subsystem() {
     let a1 = b
         .reg
         .subsystem(SUB_A)
-        .and_then(|s| s.namespace(1))
+        .and_then(|s| s.namespace(Nsid(1)))
         .expect("a/1");
     let b1 = b
         .reg
         .subsystem(SUB_B)
-        .and_then(|s| s.namespace(1))
+        .and_then(|s| s.namespace(Nsid(1)))
         .expect("b/1");
     assert_ne!(a1.nguid(), b1.nguid());
     assert_ne!(a1.uuid(), b1.uuid());
@@ -165,7 +165,7 @@ fn configured_ids_are_used_and_derived_ones_differ_per_subsystem() {
     // Stable across registries (restarts).
     let again = registry()
         .subsystem(SUB_A)
-        .and_then(|s| s.namespace(1))
+        .and_then(|s| s.namespace(Nsid(1)))
         .expect("a/1");
     assert_eq!(again.uuid(), a1.uuid());
 }

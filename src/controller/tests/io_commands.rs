@@ -9,7 +9,7 @@ fn io_plans() {
     let plan = ctrlr
         .prepare_io_sgl(&read_cmd(1, 10, 1, 8192))
         .expect("valid");
-    assert_eq!(plan.ns.nsid(), 1);
+    assert_eq!(plan.ns.nsid(), Nsid(1));
     assert_eq!(
         plan.op,
         IoOp::Read {

@@ -22,7 +22,7 @@ use crate::nvme::identify::{IdentifyController, IdentifyNamespace, NsDescriptor}
 use crate::nvme::log::{DiscoveryLogEntry, DiscoveryLogHeader, GetLogPageCmd, lid};
 use crate::nvme::opcode::{FABRICS, admin, fctype, io};
 use crate::nvme::properties::{PropertyCmd, PropertySize, offset};
-use crate::nvme::{Cqe, DISCOVERY_NQN, Sgl, Sqe, Status};
+use crate::nvme::{Cqe, DISCOVERY_NQN, Nsid, Sgl, Sqe, Status};
 
 const SUB_A: &str = "nqn.2024-01.io.test:a";
 const SUB_B: &str = "nqn.2024-01.io.test:b";
@@ -92,7 +92,7 @@ fn listener(port: &str) -> ListenerAddr {
 
 fn ns(nsid: u32, blocks: u64, read_only: bool) -> NamespaceSpec {
     NamespaceSpec {
-        nsid,
+        nsid: Nsid(nsid),
         backend: backend(blocks * 4096),
         block_size: 4096,
         read_only,
@@ -192,7 +192,7 @@ impl Bench {
         match out {
             ConnectOutcome::Admin { ctrlr, cqe } => {
                 assert_eq!(cqe.status, Status::SUCCESS);
-                assert_eq!(cqe.dw0, u32::from(ctrlr.cntlid()));
+                assert_eq!(cqe.dw0, u32::from(ctrlr.cntlid().0));
                 assert_eq!(cqe.cid, 0x10);
                 ctrlr
             }
@@ -207,7 +207,7 @@ impl Bench {
     fn connect_io(&self, ctrlr: &Controller, qid: u16, sqsize: u16) -> ConnectOutcome {
         self.reg.handle_connect(
             &connect_sqe(qid, sqsize, 0),
-            &connect_data(ctrlr.subnqn(), ctrlr.hostnqn(), ctrlr.cntlid()),
+            &connect_data(ctrlr.subnqn(), ctrlr.hostnqn(), ctrlr.cntlid().0),
             &listener("4420"),
             self.now,
         )

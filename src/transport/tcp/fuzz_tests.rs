@@ -321,7 +321,7 @@ impl<'a> World<'a> {
         };
         let nsid2 = rng.bool();
         let mut namespaces = vec![NamespaceSpec {
-            nsid: 1,
+            nsid: crate::nvme::Nsid(1),
             backend,
             block_size: block,
             read_only: false,
@@ -333,7 +333,7 @@ impl<'a> World<'a> {
             namespaces.push(ro_namespace());
         }
         namespaces.push(NamespaceSpec {
-            nsid: NULL_NSID,
+            nsid: crate::nvme::Nsid(NULL_NSID),
             backend: Arc::new(crate::backend::null::NullBackend::new(NULL_BLOCKS * 512)),
             block_size: 512,
             read_only: false,
@@ -783,7 +783,7 @@ impl<'a> World<'a> {
     /// Namespace 2 comes or goes, as a reload would do it.
     fn hotplug(&mut self) {
         if self.nsid2 {
-            self.subsys.remove_namespace(RO_NSID);
+            self.subsys.remove_namespace(crate::nvme::Nsid(RO_NSID));
         } else {
             self.subsys
                 .add_namespace(ro_namespace())
@@ -929,7 +929,7 @@ impl<'a> World<'a> {
             );
         }
         for ctrl in gone {
-            self.controller_gone((ctrl.is_discovery(), ctrl.cntlid()));
+            self.controller_gone((ctrl.is_discovery(), ctrl.cntlid().0));
         }
         flow
     }
@@ -1006,7 +1006,7 @@ impl<'a> World<'a> {
         }
         self.trace.log(|| format!("conn {c}: closed"));
         if let Some(ctrl) = gone {
-            self.controller_gone((ctrl.is_discovery(), ctrl.cntlid()));
+            self.controller_gone((ctrl.is_discovery(), ctrl.cntlid().0));
             let others: Vec<usize> = self
                 .open_conns()
                 .into_iter()
@@ -1030,7 +1030,7 @@ impl<'a> World<'a> {
 
 fn ro_namespace() -> NamespaceSpec {
     NamespaceSpec {
-        nsid: RO_NSID,
+        nsid: crate::nvme::Nsid(RO_NSID),
         backend: Arc::new(RamBackend::new(RO_BLOCKS * 512)),
         block_size: 512,
         read_only: true,

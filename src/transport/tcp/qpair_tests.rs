@@ -34,7 +34,7 @@ fn context_with(backend: Arc<dyn crate::backend::Backend>) -> Arc<TcpContext> {
         hosts: Vec::new(),
         max_namespaces: 32,
         namespaces: vec![NamespaceSpec {
-            nsid: 1,
+            nsid: crate::nvme::Nsid(1),
             backend,
             block_size: 512,
             read_only: false,
@@ -841,7 +841,7 @@ fn terminate_with_a_bad_pdu(host: &mut Host) {
 fn an_io_queue_ended_by_a_termination_request_frees_its_qid() {
     let context = context();
     let (admin, mut ioq) = io_queue(&context, false);
-    let cntlid = admin.qpair.controller().expect("admin").cntlid();
+    let cntlid = admin.qpair.controller().expect("admin").cntlid().0;
     terminate_with_a_bad_pdu(&mut ioq);
     assert!(
         ioq.qpair.close().is_none(),
@@ -932,7 +932,7 @@ fn r2t_data_for_a_queue_that_outlived_its_controller_is_not_written() {
         let ns = context
             .registry
             .subsystem(SUBNQN)
-            .and_then(|s| s.namespace(1));
+            .and_then(|s| s.namespace(crate::nvme::Nsid(1)));
         let backend = Arc::clone(ns.expect("namespace").backend());
         let done = crate::backend::tests::run(
             &*backend,
