@@ -3,6 +3,8 @@
 //! Dependencies point one way:
 //! `nvme` (spec types) <- `controller` (no I/O) <- `transport` <- `reactor` <- `daemon` <- `main`;
 //! `config` parses, checks and explains the declaration; `backend` stores namespace data.
+//! A reactor hosts what implements `transport::subscriber::Subscriber` (defined with the
+//! transports, so they need not know the reactor); `sys` wraps the system calls.
 //! `host` and `perf` are the other side: an NVMe/TCP initiator and the `nvmf-perf` tool.
 //! `ARCHITECTURE.md` at the top of the repository says what each module does, the path of a
 //! read and of a reload, and where a new transport plugs in.

@@ -3,8 +3,8 @@
 //! A backend receives byte-addressed requests that the controller has already checked against
 //! the namespace size and block size. Synchronous backends (`ram`, `null`) complete inline;
 //! asynchronous ones (`file`) complete later through a reactor's [`Completions`], which wakes
-//! the reactor through its `mio::Waker` (an eventfd), so interrupt mode keeps sleeping while I/O
-//! is in flight and wakes the moment it completes.
+//! the reactor through an eventfd the reactor watches like any other event source, so
+//! interrupt mode keeps sleeping while I/O is in flight and wakes the moment it completes.
 
 pub mod file;
 pub mod null;
@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::nvme::Status;
+use crate::sys::EventFd;
 
 /// What to do with a byte range of the namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,13 +116,14 @@ pub trait Backend: Send + Sync + core::fmt::Debug {
     fn submit(&self, token: u64, req: IoRequest, completions: &Completions) -> Option<IoDone>;
 }
 
-/// A reactor's queue of finished asynchronous requests, and the waker that rouses it.
+/// A reactor's queue of finished asynchronous requests, and the eventfd that rouses it.
 #[derive(Clone)]
 pub struct Completions {
     queue: Arc<Mutex<Vec<IoDone>>>,
     /// Set after a request is queued, so the reactor takes the lock only when there is one.
     pending: Arc<AtomicBool>,
-    waker: Arc<mio::Waker>,
+    /// Notified once per batch; the reactor registers it in its poll ([`Self::wake_fd`]).
+    wake: Arc<EventFd>,
 }
 
 impl core::fmt::Debug for Completions {
@@ -131,12 +133,20 @@ impl core::fmt::Debug for Completions {
 }
 
 impl Completions {
-    pub fn new(waker: Arc<mio::Waker>) -> Self {
-        Self {
+    /// An empty queue with its own eventfd, which the owner must watch to learn of
+    /// completions while it sleeps.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Self {
             queue: Arc::new(Mutex::new(Vec::new())),
             pending: Arc::new(AtomicBool::new(false)),
-            waker,
-        }
+            wake: Arc::new(EventFd::new()?),
+        })
+    }
+
+    /// The descriptor that becomes readable when completions are queued. It is never read
+    /// back: watched edge-triggered, each wake raises an event on its own.
+    pub fn wake_fd(&self) -> &EventFd {
+        &self.wake
     }
 
     /// Queues a finished request and wakes the reactor if the queue was empty (one wake per
@@ -153,8 +163,9 @@ impl Completions {
         };
         self.pending.store(true, Ordering::Release);
         if was_empty {
-            // A failed wake means the poll is gone: the reactor is shutting down.
-            let _ = self.waker.wake();
+            // A wake cannot fail short of a broken descriptor; the flag above still tells
+            // the reactor's next turn.
+            let _ = self.wake.notify();
         }
     }
 
@@ -201,8 +212,15 @@ pub(crate) mod tests {
     /// A real mio poll and the completion queue that wakes it.
     pub fn completions() -> (mio::Poll, Completions) {
         let poll = mio::Poll::new().expect("poll");
-        let waker = Arc::new(mio::Waker::new(poll.registry(), mio::Token(0)).expect("waker"));
-        (poll, Completions::new(waker))
+        let completions = Completions::new().expect("eventfd");
+        poll.registry()
+            .register(
+                &mut completions.wake_fd(),
+                mio::Token(0),
+                mio::Interest::READABLE,
+            )
+            .expect("register the eventfd");
+        (poll, completions)
     }
 
     /// Runs one request on a backend that completes inline.

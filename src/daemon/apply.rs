@@ -4,7 +4,6 @@
 //! leaves the previous state serving untouched: the rollback is dropping what was prepared.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::TcpListener;
 use std::sync::Arc;
 
 use anyhow::{Context as _, anyhow};
@@ -16,6 +15,7 @@ use crate::controller::{Access, Controller, ListenerAddr, Namespace, Registry, S
 use crate::nvme::Nsid;
 use crate::reactor::{Mailbox, ReactorMessage};
 use crate::reconcile::{Plan, Step};
+use crate::transport::subscriber::NewSubscriber;
 
 /// What is serving: the declaration last applied, and the objects built from it.
 pub struct Live {
@@ -25,13 +25,15 @@ pub struct Live {
     pub listeners: BTreeSet<ListenerAddr>,
     /// Every reactor; the first one accepts for all listeners.
     pub mailboxes: Arc<Vec<Mailbox>>,
+    /// What the listeners a reload opens share with the others.
+    pub transports: build::Transports,
 }
 
 #[derive(Default)]
 struct Prepared {
     subsystems: HashMap<String, Arc<Subsystem>>,
     namespaces: HashMap<(String, u32), Arc<Namespace>>,
-    listeners: HashMap<ListenerAddr, TcpListener>,
+    listeners: HashMap<ListenerAddr, NewSubscriber>,
     access: HashMap<String, Access>,
 }
 
@@ -67,9 +69,10 @@ impl Live {
                         .insert((nqn.clone(), *nsid), build::namespace(nqn, ns)?);
                 }
                 Step::OpenListener { listener } => {
-                    prepared
-                        .listeners
-                        .insert(listener.clone(), build::open_listener(listener)?);
+                    prepared.listeners.insert(
+                        listener.clone(),
+                        build::open_listener(listener, &self.transports)?,
+                    );
                 }
                 Step::SetAccess { nqn, .. } => {
                     // Listener addresses are resolved here so commit cannot fail on them.
@@ -129,12 +132,9 @@ impl Live {
                     }
                 }
                 Step::OpenListener { listener } => {
-                    if let Some(socket) = prepared.listeners.remove(listener) {
+                    if let Some(acceptor) = prepared.listeners.remove(listener) {
                         self.listeners.insert(listener.clone());
-                        self.acceptor().send(ReactorMessage::AddListener {
-                            listener: socket,
-                            addr: listener.clone(),
-                        });
+                        self.acceptor().send(ReactorMessage::Subscribe(acceptor));
                     }
                 }
                 Step::AddSubsystem { nqn, .. } => {

@@ -15,12 +15,20 @@ use crate::controller::{
 };
 use crate::reconcile::plan::{listener_addr, listeners as listeners_of};
 use crate::transport::buffer_pool::{PoolLimits, SharedPool};
+use crate::transport::subscriber::NewSubscriber;
+use crate::transport::tcp::{TcpAcceptor, TcpContext};
 
 pub struct Built {
     pub registry: Arc<Registry>,
-    pub limits: LimitsByTransport,
-    pub c2h_success: bool,
-    pub listeners: Vec<(TcpListener, ListenerAddr)>,
+    pub transports: Transports,
+    /// Listening sockets, bound, as the subscribers that accept on them.
+    pub listeners: Vec<(ListenerAddr, NewSubscriber)>,
+}
+
+/// What each transport's listeners and queues share; kept for the listeners a reload opens.
+#[derive(Debug, Clone)]
+pub struct Transports {
+    pub tcp: Arc<TcpContext>,
 }
 
 /// The shared data buffer pool the declaration asks for, for `reactors` reactors.
@@ -76,33 +84,48 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
         specs.push(subsystem_spec(config, subsystem)?);
     }
     let registry = Arc::new(Registry::new(specs, limits).context("invalid subsystems")?);
+    let transports = Transports {
+        tcp: Arc::new(TcpContext {
+            registry: Arc::clone(&registry),
+            limits: limits.tcp,
+            c2h_success,
+        }),
+    };
     let mut listeners = Vec::new();
     for addr in listeners_of(config) {
-        listeners.push((open_listener(&addr)?, addr));
+        let listener = open_listener(&addr, &transports)?;
+        listeners.push((addr, listener));
     }
     Ok(Built {
         registry,
-        limits,
-        c2h_success,
+        transports,
         listeners,
     })
 }
 
-/// Opens a listener: the one place where each transport's listening endpoint is made.
-pub fn open_listener(addr: &ListenerAddr) -> anyhow::Result<TcpListener> {
+/// Opens a listener: the one place where each transport's listening endpoint is made, as the
+/// reactor subscriber that serves it.
+pub fn open_listener(
+    addr: &ListenerAddr,
+    transports: &Transports,
+) -> anyhow::Result<NewSubscriber> {
     match addr {
-        ListenerAddr::Tcp(socket) => bind(*socket),
+        ListenerAddr::Tcp(socket) => {
+            let acceptor =
+                TcpAcceptor::new(bind(*socket)?, addr.clone(), Arc::clone(&transports.tcp))
+                    .with_context(|| format!("cannot listen on {socket}"))?;
+            Ok(Box::new(acceptor))
+        }
         ListenerAddr::Rdma(_) | ListenerAddr::VfioUser(_) => {
             bail!("{addr}: this transport is not served by this build")
         }
     }
 }
 
-/// Binds a listening socket (non-blocking, for the reactor).
+/// Binds a listening socket ([`TcpAcceptor::new`] makes it non-blocking for the reactor).
 fn bind(socket: SocketAddr) -> anyhow::Result<TcpListener> {
     let listener =
         TcpListener::bind(socket).with_context(|| format!("cannot listen on {socket}"))?;
-    listener.set_nonblocking(true)?;
     info!(%socket, "listening");
     Ok(listener)
 }

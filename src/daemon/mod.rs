@@ -21,7 +21,6 @@ use crate::config::Config;
 use crate::control::ControlServer;
 use crate::controller::Registry;
 use crate::reactor::{Reactor, ReactorConfig, ReactorHandle, ReactorMessage};
-use crate::transport::tcp::TcpContext;
 
 pub use cli::{print_plan, print_reload, print_status, render_status};
 pub use reload::{Outcome, ReloadResult, Reloader, Trigger};
@@ -77,28 +76,14 @@ impl Target {
             );
         }
         let mailboxes = Arc::new(prepared.iter().map(Reactor::mailbox).collect::<Vec<_>>());
-        let context = Arc::new(TcpContext {
-            registry: Arc::clone(&built.registry),
-            limits: built.limits.tcp,
-            c2h_success: built.c2h_success,
-        });
-        let listeners_open = built
-            .listeners
-            .iter()
-            .map(|(_, addr)| addr.clone())
-            .collect();
+        let (listeners_open, acceptors): (_, Vec<_>) = built.listeners.into_iter().unzip();
         let buffers = build::buffer_pool(config, prepared.len());
-        let mut listeners = Some(built.listeners);
+        let mut acceptors = Some(acceptors);
         let mut reactors = Vec::new();
         for reactor in prepared {
             // The first reactor accepts for all listeners and hands connections out.
-            let mine = listeners.take().unwrap_or_default();
-            reactors.push(reactor.start(
-                Arc::clone(&context),
-                Arc::clone(&buffers),
-                mine,
-                Arc::clone(&mailboxes),
-            )?);
+            let mine = acceptors.take().unwrap_or_default();
+            reactors.push(reactor.start(Arc::clone(&buffers), mine, Arc::clone(&mailboxes))?);
         }
         let reloader = Reloader::start(
             config_path,
@@ -107,6 +92,7 @@ impl Target {
                 registry: Arc::clone(&built.registry),
                 listeners: listeners_open,
                 mailboxes: Arc::clone(&mailboxes),
+                transports: built.transports,
             },
             text,
         );

@@ -1,40 +1,37 @@
-//! One reactor: its thread, its poll, its connections and its mailbox.
+//! One reactor: its thread, its poll, the subscribers it hosts and its mailbox.
+//!
+//! The loop knows no transport. Each turn it waits, hands every ready descriptor to the
+//! subscriber whose id is in the token, then serves the mailbox, backend completions, granted
+//! buffers and due timers, and afterwards asks the subscriber it called for its next deadline.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Events, Interest, Poll};
 use tracing::{debug, info, warn};
 
+use super::mailbox::{Mailbox, ReactorMessage, least_loaded};
+use super::slab::{RESERVED_INDEX, Slab};
 use super::stats::ReactorStats;
 use super::timers::Timers;
 use crate::backend::{Completions, IoDone};
-use crate::controller::{Controller, ListenerAddr};
+use crate::controller::Controller;
 use crate::transport::buffer_pool::{BufferPool, CreditWaker, SharedPool};
 use crate::transport::context::{AsyncNotifier, Flow, IoCx};
-use crate::transport::tcp::{TcpConnection, TcpContext};
+use crate::transport::subscriber::{
+    NewSubscriber, Readiness, Subscriber, SubscriberCx, SubscriberId,
+};
 
-const WAKER: Token = Token(usize::MAX - 1);
-/// Tokens and timer keys from here up are listener indexes (an accept retry, for timers);
-/// below it they are connection slots.
-const LISTENER_BASE: usize = 1 << 30;
-/// How long a listener waits to accept again after running out of descriptors or memory.
-///
-/// Epoll is edge-triggered, so a backlog left non-empty after a failed accept raises no new
-/// event: without this timer the listener would never accept again. The timer is the only
-/// extra wake-up, and only while the shortage lasts. We retry rather than keep a reserve
-/// descriptor to accept-and-close pending hosts with: a shortage usually passes (connections
-/// close, setup timeouts free theirs), and a host waiting in the backlog is then served
-/// within one retry period, while a host whose connection was closed is lost until it
-/// reconnects by itself (the Linux host waits `reconnect_delay`, 10 s by default, and a
-/// plain `nvme connect` just fails). A reserve descriptor is also not reliable here: any of
-/// the target's other threads (file workers, control socket, reload) may take the slot it
-/// frees before the reactor does.
-const ACCEPT_RETRY: Duration = Duration::from_millis(200);
+/// The reactor's own descriptors are keys of the one id the slab never hands out; they carry
+/// no work of their own: their wake-up is enough, the mailbox and the completions are looked
+/// at every turn.
+const OWN: SubscriberId = SubscriberId {
+    index: RESERVED_INDEX,
+    generation: 0,
+};
+const MAILBOX_KEY: u16 = 0;
+const COMPLETIONS_KEY: u16 = 1;
 /// How long shutdown waits for in-flight commands before closing anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -47,55 +44,6 @@ pub struct ReactorConfig {
     pub interrupt_mode: bool,
     /// Interrupt mode keeps polling this long after the last activity before sleeping.
     pub busy_poll: Duration,
-}
-
-/// What other threads ask of a reactor.
-#[derive(Debug)]
-pub enum ReactorMessage {
-    /// Serve a connection the acceptor took.
-    Adopt {
-        stream: std::net::TcpStream,
-        peer: SocketAddr,
-        listener: ListenerAddr,
-    },
-    /// A controller has async events for the admin queue in this slot.
-    AsyncEvents { index: usize, generation: u16 },
-    /// A controller went away (keep-alive expiry, disconnect, teardown): close its queues.
-    ControllerGone(Arc<Controller>),
-    /// Accept on one more listening socket (sent to the acceptor reactor).
-    AddListener {
-        listener: std::net::TcpListener,
-        addr: ListenerAddr,
-    },
-    /// Stop accepting on this listener (sent to the acceptor reactor).
-    RemoveListener(ListenerAddr),
-    /// Close every connection accepted on this listener (its socket is gone).
-    CloseConnections(ListenerAddr),
-    /// Stop accepting, let in-flight commands finish, close everything and exit.
-    Shutdown,
-}
-
-/// The address of a reactor for other threads: its inbox, its waker and its figures.
-#[derive(Clone)]
-pub struct Mailbox {
-    inbox: Arc<Mutex<Vec<ReactorMessage>>>,
-    /// Set after a message is queued, so the reactor takes the lock only when there is mail.
-    has_mail: Arc<AtomicBool>,
-    waker: Arc<Waker>,
-    pub stats: Arc<ReactorStats>,
-}
-
-impl Mailbox {
-    pub fn send(&self, message: ReactorMessage) {
-        self.inbox
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(message);
-        self.has_mail.store(true, Ordering::Release);
-        if let Err(err) = self.waker.wake() {
-            warn!(%err, "cannot wake reactor");
-        }
-    }
 }
 
 /// A running reactor seen from the thread that started it.
@@ -124,90 +72,35 @@ impl ReactorHandle {
     }
 }
 
-/// A listening socket on the acceptor reactor.
-struct Listener {
-    socket: TcpListener,
-    addr: ListenerAddr,
-    /// Set from the first accept that fails for want of resources until the backlog is
-    /// drained again.
-    shortage: Option<AcceptShortage>,
-}
-
-/// One burst of failed accepts: logged once when it starts and once when it ends.
-struct AcceptShortage {
-    started: Instant,
-    failed_attempts: u64,
-    /// Connections accepted between failures, while the backlog was still not drained.
-    accepted: u64,
-    /// When the armed retry is due; at most one is armed per listener.
-    retry_at: Option<Instant>,
-}
-
-/// What a failed `accept` means for the listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AcceptFailure {
-    /// The pending connection failed before it was taken (reset, network error, a signal)
-    /// and the kernel dropped it, or the call was interrupted: take the next one.
-    Connection,
-    /// Out of descriptors or memory, or an error that should not happen: nothing more can be
-    /// accepted now, and no event will say when it can; retry on a timer.
-    Resources,
-}
-
-impl AcceptFailure {
-    fn of(err: &std::io::Error) -> Self {
-        // accept(2): Linux passes pending network errors of the new socket up from accept,
-        // and they should be treated like EAGAIN (go on).
-        match err.raw_os_error() {
-            Some(
-                libc::ECONNABORTED
-                | libc::EINTR
-                | libc::EPROTO
-                | libc::EPERM
-                | libc::ENETDOWN
-                | libc::ENOPROTOOPT
-                | libc::EHOSTDOWN
-                | libc::ENONET
-                | libc::EHOSTUNREACH
-                | libc::EOPNOTSUPP
-                | libc::ENETUNREACH,
-            ) => Self::Connection,
-            // EMFILE, ENFILE, ENOBUFS, ENOMEM, and anything unexpected: never stop accepting.
-            _ => Self::Resources,
-        }
-    }
-}
-
-struct Slot {
-    conn: TcpConnection,
-    generation: u16,
-    writable_armed: bool,
-    /// The earliest timer entry armed for this connection, if any is pending.
-    timer_armed: Option<Instant>,
-    notifier: AsyncNotifier,
-}
-
 /// A reactor before its thread starts; [`Reactor::prepare`] then [`Reactor::start`], so that
 /// every mailbox exists before any reactor runs and can hand connections to the others.
 pub struct Reactor {
     config: ReactorConfig,
     poll: Poll,
     mailbox: Mailbox,
+    completions: Completions,
 }
 
 impl Reactor {
     pub fn prepare(config: ReactorConfig) -> std::io::Result<Self> {
         let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mailbox = Mailbox::new()?;
+        poll.registry().register(
+            &mut mailbox.wake_fd(),
+            OWN.poll_token(MAILBOX_KEY),
+            Interest::READABLE,
+        )?;
+        let completions = Completions::new()?;
+        poll.registry().register(
+            &mut completions.wake_fd(),
+            OWN.poll_token(COMPLETIONS_KEY),
+            Interest::READABLE,
+        )?;
         Ok(Self {
             config,
             poll,
-            mailbox: Mailbox {
-                inbox: Arc::new(Mutex::new(Vec::new())),
-                has_mail: Arc::new(AtomicBool::new(false)),
-                waker,
-                stats: Arc::new(ReactorStats::default()),
-            },
+            mailbox,
+            completions,
         })
     }
 
@@ -215,22 +108,24 @@ impl Reactor {
         self.mailbox.clone()
     }
 
-    /// Starts the thread. `listeners` are accepted on this reactor (the first one gets them
-    /// all); `peers` are every reactor's mailboxes, this one included, in index order.
+    /// Starts the thread, hosting `subscribers` first (the first reactor gets the
+    /// listeners); `peers` are every reactor's mailboxes, this one included, in index order.
     /// `buffers` is the data buffer pool every reactor shares.
     pub fn start(
         self,
-        context: Arc<TcpContext>,
         buffers: Arc<SharedPool>,
-        listeners: Vec<(std::net::TcpListener, ListenerAddr)>,
+        subscribers: Vec<NewSubscriber>,
         peers: Arc<Vec<Mailbox>>,
     ) -> std::io::Result<ReactorHandle> {
         let config = self.config.clone();
         let mailbox = self.mailbox.clone();
         let name = format!("reactor_{}", config.index);
         let thread = std::thread::Builder::new().name(name).spawn(move || {
-            let mut running = Running::new(self, context, buffers, peers);
-            running.add_listeners(listeners);
+            let mut running = Running::new(self, buffers, peers);
+            let now = Instant::now();
+            for subscriber in subscribers {
+                running.host(subscriber, now);
+            }
             running.run();
         })?;
         Ok(ReactorHandle {
@@ -241,86 +136,57 @@ impl Reactor {
     }
 }
 
+/// A subscriber and what the reactor keeps beside it.
+struct Hosted {
+    subscriber: NewSubscriber,
+    /// What its controller calls to have [`Subscriber::handle_async_events`] called.
+    notifier: AsyncNotifier,
+    /// The earliest timer entry armed for it, if any is pending.
+    timer_armed: Option<Instant>,
+    /// Counted in the reactor's connections (it was accepted on a listener).
+    is_connection: bool,
+}
+
 struct Running {
     config: ReactorConfig,
     poll: Poll,
     mailbox: Mailbox,
-    context: Arc<TcpContext>,
     peers: Arc<Vec<Mailbox>>,
-    listeners: Vec<Option<Listener>>,
-    slots: Vec<Option<Slot>>,
-    generations: Vec<u16>,
-    free: Vec<usize>,
+    hosted: Slab<Hosted>,
+    /// Hosted subscribers that are connections.
+    connections: usize,
     timers: Timers,
     completions: Completions,
     done: Vec<IoDone>,
     /// Data buffers of this reactor's commands, bounded by the shared pool.
     pool: BufferPool,
+    /// New subscribers handed off during a call, placed once it returns.
+    handed_off: Vec<NewSubscriber>,
     next_peer: usize,
     shutting_down: Option<Instant>,
 }
 
 impl Running {
-    fn new(
-        reactor: Reactor,
-        context: Arc<TcpContext>,
-        buffers: Arc<SharedPool>,
-        peers: Arc<Vec<Mailbox>>,
-    ) -> Self {
-        let completions = Completions::new(Arc::clone(&reactor.mailbox.waker));
+    fn new(reactor: Reactor, buffers: Arc<SharedPool>, peers: Arc<Vec<Mailbox>>) -> Self {
         // Credits coming back on another reactor wake this one; its next turn serves the
         // commands that wait for them.
-        let waker = Arc::clone(&reactor.mailbox.waker);
-        let wake: CreditWaker = Arc::new(move || {
-            let _ = waker.wake();
-        });
+        let mailbox = reactor.mailbox.clone();
+        let wake: CreditWaker = Arc::new(move || mailbox.wake());
         let pool = BufferPool::new(buffers, reactor.config.index, wake);
         Self {
             config: reactor.config,
             poll: reactor.poll,
             mailbox: reactor.mailbox,
-            context,
             peers,
-            listeners: Vec::new(),
-            slots: Vec::new(),
-            generations: Vec::new(),
-            free: Vec::new(),
+            hosted: Slab::default(),
+            connections: 0,
             timers: Timers::default(),
-            completions,
+            completions: reactor.completions,
             done: Vec::new(),
             pool,
+            handed_off: Vec::new(),
             next_peer: 0,
             shutting_down: None,
-        }
-    }
-
-    fn add_listeners(&mut self, listeners: Vec<(std::net::TcpListener, ListenerAddr)>) {
-        for (listener, addr) in listeners {
-            let index = self.listeners.len();
-            let mut socket = TcpListener::from_std(listener);
-            match self.poll.registry().register(
-                &mut socket,
-                Token(LISTENER_BASE + index),
-                Interest::READABLE,
-            ) {
-                Ok(()) => self.listeners.push(Some(Listener {
-                    socket,
-                    addr,
-                    shortage: None,
-                })),
-                Err(err) => warn!(%err, listener = %addr, "cannot watch listener"),
-            }
-        }
-    }
-
-    fn remove_listener(&mut self, addr: &ListenerAddr) {
-        for slot in &mut self.listeners {
-            if slot.as_ref().is_some_and(|listener| &listener.addr == addr) {
-                if let Some(mut listener) = slot.take() {
-                    let _ = self.poll.registry().deregister(&mut listener.socket);
-                    info!(listener = %addr, "stopped listening");
-                }
-            }
         }
     }
 
@@ -366,25 +232,19 @@ impl Running {
             let mut work = 0u64;
             for event in &events {
                 work += 1;
-                match event.token() {
-                    WAKER => {}
-                    Token(t) if t >= LISTENER_BASE => self.accept(t - LISTENER_BASE, after),
-                    Token(t) => {
-                        let closing = event.is_read_closed() || event.is_error();
-                        let (readable, writable) = (event.is_readable(), event.is_writable());
-                        self.handle_conn_event(t, readable, writable, closing, after);
-                    }
+                let (id, key) = SubscriberId::from_poll_token(event.token());
+                if id.index == RESERVED_INDEX {
+                    continue;
                 }
+                let ready = Readiness::of(key, event);
+                self.call(id, after, |sub, cx| sub.process(ready, cx, after));
             }
             work += self.handle_inbox(after);
             work += self.handle_completions(after);
             work += self.grant_buffers(after);
             self.timers.expire(after, &mut due);
-            for key in due.drain(..) {
-                match key.checked_sub(LISTENER_BASE) {
-                    Some(listener) => self.retry_accept(listener, after),
-                    None => self.handle_conn_timer(key, after),
-                }
+            for id in due.drain(..) {
+                self.handle_timer(id, after);
             }
             let end = if work > 0 {
                 let end = Instant::now();
@@ -400,12 +260,12 @@ impl Running {
             };
             before = end;
             if let Some(started) = self.shutting_down {
-                if self.live_connections() == 0 || end - started > SHUTDOWN_GRACE {
+                if self.hosted.is_empty() || end - started > SHUTDOWN_GRACE {
                     break;
                 }
             }
         }
-        self.close_all();
+        self.close_where(|_| true, "reactor stopping");
         info!("reactor stopped");
     }
 
@@ -433,216 +293,149 @@ impl Running {
         timeout
     }
 
-    fn live_connections(&self) -> usize {
-        self.slots.iter().filter(|s| s.is_some()).count()
-    }
-
-    /// Accepts until the backlog is empty, or until accepting fails for want of descriptors
-    /// or memory; then retries on a timer (see [`ACCEPT_RETRY`]).
-    ///
-    /// A shortage is logged once when it starts and once when the backlog has been drained,
-    /// not at the first success: with the target held at its limit, accepts would alternate
-    /// between success and failure on every retry and flood the log.
-    fn accept(&mut self, index: usize, now: Instant) {
-        loop {
-            let Some(Some(listener)) = self.listeners.get_mut(index) else {
-                return;
-            };
-            match listener.socket.accept() {
-                Ok((stream, peer)) => {
-                    if let Some(shortage) = &mut listener.shortage {
-                        shortage.accepted += 1;
-                    }
-                    let addr = listener.addr.clone();
-                    self.hand_off(stream, peer, addr, now);
-                }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                    if let Some(shortage) = listener.shortage.take() {
-                        let lasted = now.saturating_duration_since(shortage.started);
-                        info!(
-                            listener = %listener.addr,
-                            failed_attempts = shortage.failed_attempts,
-                            accepted_meanwhile = shortage.accepted,
-                            lasted_ms = lasted.as_millis(),
-                            "accepting again: the backlog is drained"
-                        );
-                    }
-                    return;
-                }
-                Err(err) => match AcceptFailure::of(&err) {
-                    AcceptFailure::Connection => {
-                        debug!(%err, "pending connection lost before accept");
-                    }
-                    AcceptFailure::Resources => {
-                        let shortage = listener.shortage.get_or_insert_with(|| {
-                            warn!(
-                                listener = %listener.addr,
-                                %err,
-                                retry_ms = ACCEPT_RETRY.as_millis(),
-                                "accept failed; retrying on a timer, silently until the \
-                                 backlog is drained"
-                            );
-                            AcceptShortage {
-                                started: now,
-                                failed_attempts: 0,
-                                accepted: 0,
-                                retry_at: None,
-                            }
-                        });
-                        shortage.failed_attempts += 1;
-                        if shortage.retry_at.is_none() {
-                            let at = now + ACCEPT_RETRY;
-                            shortage.retry_at = Some(at);
-                            self.timers.arm(at, LISTENER_BASE + index);
-                        }
-                        return;
-                    }
-                },
-            }
-        }
-    }
-
-    /// The accept retry timer of listener `index` fired. Entries left over from an earlier
-    /// shortage, or from a listener since removed, do nothing.
-    fn retry_accept(&mut self, index: usize, now: Instant) {
-        let Some(Some(listener)) = self.listeners.get_mut(index) else {
-            return;
-        };
-        let Some(shortage) = &mut listener.shortage else {
-            return;
-        };
-        if shortage.retry_at.is_some_and(|at| at <= now) {
-            shortage.retry_at = None;
-            self.accept(index, now);
-        }
-    }
-
-    /// Gives the connection to the least loaded reactor (ties go round robin).
-    fn hand_off(
-        &mut self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        listener: ListenerAddr,
-        now: Instant,
-    ) {
-        let count = self.peers.len();
-        let mut best = self.next_peer % count.max(1);
-        for step in 0..count {
-            let candidate = (self.next_peer + step) % count;
-            if self.peers[candidate].stats.connections() < self.peers[best].stats.connections() {
-                best = candidate;
-            }
-        }
-        self.next_peer = (best + 1) % count.max(1);
-        if best == self.config.index {
-            self.adopt(stream, peer, listener, now);
-        } else {
-            // Count it now so a burst of accepts spreads out before the peer wakes.
-            let stats = &self.peers[best].stats;
-            stats.set_connections(usize::try_from(stats.connections() + 1).unwrap_or(usize::MAX));
-            let stream: std::net::TcpStream = stream.into();
-            self.peers[best].send(ReactorMessage::Adopt {
-                stream,
-                peer,
-                listener,
-            });
-        }
-    }
-
-    fn adopt(&mut self, stream: TcpStream, peer: SocketAddr, listener: ListenerAddr, now: Instant) {
+    /// Starts hosting a subscriber: gives it an id and lets it register its descriptors.
+    /// During shutdown it is dropped instead, which closes its descriptors.
+    fn host(&mut self, subscriber: NewSubscriber, now: Instant) {
         if self.shutting_down.is_some() {
             return;
         }
-        let _ = stream.set_nodelay(true);
-        let index = self.free.pop().unwrap_or_else(|| {
-            self.slots.push(None);
-            self.generations.push(0);
-            self.slots.len() - 1
+        let is_connection = subscriber.accepted_on().is_some();
+        let mailbox = self.mailbox.clone();
+        let inserted = self.hosted.insert_with(move |id| {
+            let notifier: AsyncNotifier =
+                Arc::new(move || mailbox.send(ReactorMessage::AsyncEvents(id)));
+            Hosted {
+                subscriber,
+                notifier,
+                timer_armed: None,
+                is_connection,
+            }
         });
-        let mut conn = TcpConnection::new(stream, peer, listener, Arc::clone(&self.context), now);
-        if let Err(err) =
-            self.poll
-                .registry()
-                .register(conn.source(), Token(index), Interest::READABLE)
-        {
-            warn!(%err, %peer, "cannot watch connection");
-            self.free.push(index);
+        let Some(id) = inserted else {
+            warn!("no room for another subscriber on this reactor");
+            return;
+        };
+        if is_connection {
+            self.connections += 1;
+            self.update_connection_count();
+        }
+        debug!(index = id.index, "subscriber hosted");
+        self.call(id, now, |sub, cx| match sub.init(cx, now) {
+            Ok(()) => Flow::Continue,
+            Err(err) => {
+                warn!(%err, "cannot watch a new subscriber's descriptors");
+                Flow::Close
+            }
+        });
+    }
+
+    /// Calls into subscriber `id`, if it is still here, then does what its answer and its
+    /// new state ask: close it, arm its deadline, place what it handed off, close the queues
+    /// of controllers it tore down.
+    fn call(
+        &mut self,
+        id: SubscriberId,
+        now: Instant,
+        work: impl FnOnce(&mut (dyn Subscriber + Send), &mut SubscriberCx<'_>) -> Flow,
+    ) {
+        let Some(hosted) = self.hosted.get_mut(id) else {
+            return;
+        };
+        let io = IoCx::new(
+            &self.completions,
+            id.token(0),
+            &hosted.notifier,
+            &mut self.pool,
+        );
+        let mut cx = SubscriberCx::new(io, id, self.poll.registry(), &mut self.handed_off);
+        let flow = work(hosted.subscriber.as_mut(), &mut cx);
+        let gone = cx.into_gone();
+        self.broadcast_gone(gone);
+        if !self.handed_off.is_empty() {
+            self.place_handed_off(now);
+        }
+        self.after_call(id, flow);
+    }
+
+    fn after_call(&mut self, id: SubscriberId, flow: Flow) {
+        let Some(hosted) = self.hosted.get_mut(id) else {
+            return;
+        };
+        if flow == Flow::Close {
+            self.close(id, "closed itself");
             return;
         }
-        debug!(%peer, slot = index, "connection adopted");
-        let timer_armed = conn.deadline();
-        if let Some(at) = timer_armed {
-            self.timers.arm(at, index);
+        if let Some(at) = hosted.subscriber.deadline() {
+            if hosted.timer_armed.is_none_or(|armed| at < armed) {
+                self.timers.arm(at, id);
+                hosted.timer_armed = Some(at);
+            }
         }
-        let generation = self.generations[index];
-        let mailbox = self.mailbox.clone();
-        let notifier: AsyncNotifier =
-            Arc::new(move || mailbox.send(ReactorMessage::AsyncEvents { index, generation }));
-        self.slots[index] = Some(Slot {
-            conn,
-            generation,
-            writable_armed: false,
-            timer_armed,
-            notifier,
-        });
-        self.update_connection_count();
+        if self.shutting_down.is_some() && hosted.subscriber.in_flight() == 0 {
+            self.close(id, "target shutting down");
+        }
+    }
+
+    /// A timer entry of `id` fired; [`Self::after_call`] arms its current deadline.
+    fn handle_timer(&mut self, id: SubscriberId, now: Instant) {
+        let Some(hosted) = self.hosted.get_mut(id) else {
+            return;
+        };
+        hosted.timer_armed = None;
+        self.call(id, now, |sub, cx| sub.handle_timer(cx, now));
+    }
+
+    /// Gives each new subscriber (a connection just accepted) to the least loaded reactor.
+    fn place_handed_off(&mut self, now: Instant) {
+        let mut handed_off = std::mem::take(&mut self.handed_off);
+        for subscriber in handed_off.drain(..) {
+            let best = least_loaded(&self.peers, &mut self.next_peer);
+            match self.peers.get(best) {
+                Some(peer) if best != self.config.index => {
+                    if subscriber.accepted_on().is_some() {
+                        // Count it now so a burst of accepts spreads out before the peer
+                        // wakes; the peer's own count replaces this one.
+                        let stats = &peer.stats;
+                        stats.set_connections(
+                            usize::try_from(stats.connections() + 1).unwrap_or(usize::MAX),
+                        );
+                    }
+                    peer.send(ReactorMessage::Subscribe(subscriber));
+                }
+                _ => self.host(subscriber, now),
+            }
+        }
+        // Keep the allocation for the next accept.
+        if self.handed_off.is_empty() {
+            self.handed_off = handed_off;
+        }
     }
 
     fn update_connection_count(&self) {
-        self.mailbox.stats.set_connections(self.live_connections());
+        self.mailbox.stats.set_connections(self.connections);
     }
 
     fn handle_inbox(&mut self, now: Instant) -> u64 {
-        if !self.mailbox.has_mail.swap(false, Ordering::Acquire) {
+        let messages = self.mailbox.take_mail();
+        if messages.is_empty() {
             return 0;
         }
-        let messages = std::mem::take(
-            &mut *self
-                .mailbox
-                .inbox
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
         let count = messages.len() as u64;
         for message in messages {
             match message {
-                ReactorMessage::Adopt {
-                    stream,
-                    peer,
-                    listener,
-                } => {
-                    // Dropping the stream on failure closes it: nothing leaks.
-                    match stream.set_nonblocking(true) {
-                        Ok(()) => self.adopt(TcpStream::from_std(stream), peer, listener, now),
-                        Err(err) => warn!(%err, %peer, "cannot adopt connection"),
-                    }
+                ReactorMessage::Subscribe(subscriber) => self.host(subscriber, now),
+                ReactorMessage::AsyncEvents(id) => {
+                    self.call(id, now, |sub, cx| sub.handle_async_events(cx, now));
                 }
                 ReactorMessage::ControllerGone(ctrlr) => self.close_where(
-                    |conn| conn.controller().is_some_and(|c| Arc::ptr_eq(c, &ctrlr)),
+                    |sub| sub.controller().is_some_and(|c| Arc::ptr_eq(c, &ctrlr)),
                     "controller gone",
                 ),
-                ReactorMessage::AsyncEvents { index, generation } => {
-                    if let Some(Some(slot)) = self.slots.get_mut(index) {
-                        if slot.generation == generation {
-                            let mut cx = IoCx::new(
-                                &self.completions,
-                                io_token_base(index, generation),
-                                &slot.notifier,
-                                &mut self.pool,
-                            );
-                            let flow = slot.conn.handle_controller_events(&mut cx, now);
-                            self.after_conn_work(index, flow);
-                        }
-                    }
+                ReactorMessage::RemoveListener(addr) => {
+                    self.close_where(|sub| sub.listening_on() == Some(&addr), "listener removed");
                 }
-                ReactorMessage::AddListener { listener, addr } => {
-                    if self.shutting_down.is_none() {
-                        self.add_listeners(vec![(listener, addr)]);
-                    }
-                }
-                ReactorMessage::RemoveListener(addr) => self.remove_listener(&addr),
-                ReactorMessage::CloseConnections(listener) => {
-                    self.close_where(|conn| conn.listener() == &listener, "listener removed");
+                ReactorMessage::CloseConnections(addr) => {
+                    self.close_where(|sub| sub.accepted_on() == Some(&addr), "listener removed");
                 }
                 ReactorMessage::Shutdown => self.begin_shutdown(now),
             }
@@ -657,20 +450,8 @@ impl Running {
         }
         info!("shutting down: no new connections, finishing in-flight commands");
         self.shutting_down = Some(now);
-        for slot in &mut self.listeners {
-            if let Some(mut listener) = slot.take() {
-                let _ = self.poll.registry().deregister(&mut listener.socket);
-            }
-        }
-        let idle: Vec<usize> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| (s.as_ref()?.conn.in_flight() == 0).then_some(i))
-            .collect();
-        for index in idle {
-            self.close(index, "target shutting down");
-        }
+        // Listeners have nothing in flight: they close here, and nothing new is accepted.
+        self.close_where(|sub| sub.in_flight() == 0, "target shutting down");
     }
 
     fn handle_completions(&mut self, now: Instant) -> u64 {
@@ -680,25 +461,10 @@ impl Running {
         let mut done = std::mem::take(&mut self.done);
         let count = done.len() as u64;
         for mut io in done.drain(..) {
-            let (index, generation, tag) = split_token(io.token);
-            let flow = match self.slots.get_mut(index) {
-                Some(Some(slot)) if slot.generation == generation => {
-                    io.token = u64::from(tag);
-                    let mut cx = IoCx::new(
-                        &self.completions,
-                        io_token_base(index, generation),
-                        &slot.notifier,
-                        &mut self.pool,
-                    );
-                    let flow = slot.conn.handle_io_done(io, &mut cx, now);
-                    let gone = cx.into_gone();
-                    self.broadcast_gone(gone);
-                    flow
-                }
-                // The connection closed while this I/O ran: drop the result.
-                _ => continue,
-            };
-            self.after_conn_work(index, flow);
+            let (id, tag) = SubscriberId::split(io.token);
+            io.token = u64::from(tag);
+            // A subscriber closed while this I/O ran is gone: the result is dropped.
+            self.call(id, now, |sub, cx| sub.handle_io_done(io, cx, now));
         }
         // Keep the allocation for the next batch.
         self.done = done;
@@ -711,76 +477,19 @@ impl Running {
         let mut granted = 0;
         while let Some((key, credits)) = self.pool.poll_granted() {
             granted += 1;
-            let (index, generation, tag) = split_token(key);
-            let Some(Some(slot)) = self.slots.get_mut(index) else {
+            let (id, tag) = SubscriberId::split(key);
+            if self.hosted.get_mut(id).is_none() {
                 self.pool.give_credits(credits);
                 continue;
-            };
-            let tag = u16::try_from(tag)
-                .ok()
-                .filter(|_| slot.generation == generation);
-            let Some(tag) = tag else {
-                self.pool.give_credits(credits);
-                continue;
-            };
-            let mut cx = IoCx::new(
-                &self.completions,
-                io_token_base(index, generation),
-                &slot.notifier,
-                &mut self.pool,
-            );
-            let flow = slot.conn.handle_buffers_granted(tag, credits, &mut cx, now);
-            let gone = cx.into_gone();
-            self.broadcast_gone(gone);
-            self.after_conn_work(index, flow);
+            }
+            self.call(id, now, |sub, cx| {
+                sub.handle_buffers_granted(tag, credits, cx, now)
+            });
         }
         granted
     }
 
-    fn handle_conn_event(
-        &mut self,
-        index: usize,
-        readable: bool,
-        writable: bool,
-        closing: bool,
-        now: Instant,
-    ) {
-        let Some(Some(slot)) = self.slots.get_mut(index) else {
-            return;
-        };
-        let mut cx = IoCx::new(
-            &self.completions,
-            io_token_base(index, slot.generation),
-            &slot.notifier,
-            &mut self.pool,
-        );
-        let flow = slot
-            .conn
-            .handle_event(readable, writable, closing, &mut cx, now);
-        let gone = cx.into_gone();
-        self.broadcast_gone(gone);
-        self.after_conn_work(index, flow);
-    }
-
-    fn handle_conn_timer(&mut self, index: usize, now: Instant) {
-        let Some(Some(slot)) = self.slots.get_mut(index) else {
-            return;
-        };
-        let mut cx = IoCx::new(
-            &self.completions,
-            io_token_base(index, slot.generation),
-            &slot.notifier,
-            &mut self.pool,
-        );
-        // This entry fired; after_conn_work arms the connection's current deadline.
-        slot.timer_armed = None;
-        let flow = slot.conn.handle_timer(&mut cx, now);
-        let gone = cx.into_gone();
-        self.broadcast_gone(gone);
-        self.after_conn_work(index, flow);
-    }
-
-    /// Tells every reactor about controllers this connection's work tore down.
+    /// Tells every reactor about controllers a subscriber's work tore down.
     fn broadcast_gone(&self, gone: Vec<Arc<Controller>>) {
         for ctrlr in gone {
             for peer in self.peers.iter() {
@@ -789,126 +498,41 @@ impl Running {
         }
     }
 
-    fn after_conn_work(&mut self, index: usize, flow: Flow) {
-        let Some(Some(slot)) = self.slots.get_mut(index) else {
+    fn close(&mut self, id: SubscriberId, why: &str) {
+        let Some(mut hosted) = self.hosted.remove(id) else {
             return;
         };
-        if flow == Flow::Close {
-            self.close(index, "closed by protocol");
-            return;
+        let io = IoCx::new(
+            &self.completions,
+            id.token(0),
+            &hosted.notifier,
+            &mut self.pool,
+        );
+        let mut cx = SubscriberCx::new(io, id, self.poll.registry(), &mut self.handed_off);
+        hosted.subscriber.close(&mut cx);
+        let gone = cx.into_gone();
+        self.pool
+            .forget_waiters(|key| SubscriberId::split(key).0 == id);
+        debug!(index = id.index, why, "subscriber closed");
+        if hosted.is_connection {
+            self.connections -= 1;
+            self.update_connection_count();
         }
-        if let Some(at) = slot.conn.deadline() {
-            if slot.timer_armed.is_none_or(|armed| at < armed) {
-                self.timers.arm(at, index);
-                slot.timer_armed = Some(at);
-            }
-        }
-        let wants = slot.conn.wants_writable();
-        if wants != slot.writable_armed {
-            let interest = if wants {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if let Err(err) =
-                self.poll
-                    .registry()
-                    .reregister(slot.conn.source(), Token(index), interest)
-            {
-                warn!(%err, "cannot change interest");
-            }
-            slot.writable_armed = wants;
-        }
-        if self.shutting_down.is_some() && slot.conn.in_flight() == 0 {
-            self.close(index, "target shutting down");
-        }
+        self.broadcast_gone(gone);
+        // A subscriber hands nothing off as it closes; drop anything it tried to.
+        self.handed_off.clear();
     }
 
-    fn close(&mut self, index: usize, why: &str) {
-        let Some(slot) = self.slots.get_mut(index).and_then(Option::take) else {
-            return;
-        };
-        let mut conn = slot.conn;
-        let _ = self.poll.registry().deregister(conn.source());
-        let gone = conn.close();
-        let generation = slot.generation;
-        self.pool.forget_waiters(|key| {
-            let (i, g, _) = split_token(key);
-            i == index && g == generation
-        });
-        debug!(slot = index, why, "connection closed");
-        self.broadcast_gone(gone.into_iter().collect());
-        self.generations[index] = self.generations[index].wrapping_add(1);
-        self.free.push(index);
-        self.update_connection_count();
-    }
-
-    /// Closes every connection `doomed` picks.
-    fn close_where(&mut self, doomed: impl Fn(&TcpConnection) -> bool, why: &str) {
-        let picked: Vec<usize> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| doomed(&s.as_ref()?.conn).then_some(i))
-            .collect();
-        for index in picked {
-            self.close(index, why);
+    /// Closes every subscriber `doomed` picks.
+    fn close_where(&mut self, doomed: impl Fn(&(dyn Subscriber + Send)) -> bool, why: &str) {
+        for id in self
+            .hosted
+            .ids_where(|hosted| doomed(hosted.subscriber.as_ref()))
+        {
+            self.close(id, why);
         }
     }
-
-    fn close_all(&mut self) {
-        for index in 0..self.slots.len() {
-            self.close(index, "reactor stopping");
-        }
-    }
-}
-
-/// Backend tokens carry the connection slot, its generation (so a completion for a closed
-/// connection whose slot was reused is recognised and dropped) and the command's tag.
-fn io_token_base(index: usize, generation: u16) -> u64 {
-    ((index as u64 & 0xFFFF) << 48) | (u64::from(generation) << 32)
-}
-
-fn split_token(token: u64) -> (usize, u16, u32) {
-    #[allow(clippy::cast_possible_truncation)]
-    let (generation, tag) = ((token >> 32) as u16, token as u32);
-    (
-        usize::try_from(token >> 48).unwrap_or(usize::MAX),
-        generation,
-        tag,
-    )
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn accept_failures_for_want_of_resources_retry_and_lost_connections_go_on() {
-        for errno in [
-            libc::EMFILE,
-            libc::ENFILE,
-            libc::ENOBUFS,
-            libc::ENOMEM,
-            libc::EINVAL,
-        ] {
-            let err = std::io::Error::from_raw_os_error(errno);
-            assert_eq!(AcceptFailure::of(&err), AcceptFailure::Resources, "{err}");
-        }
-        for errno in [
-            libc::ECONNABORTED,
-            libc::EINTR,
-            libc::EPROTO,
-            libc::ENETUNREACH,
-        ] {
-            let err = std::io::Error::from_raw_os_error(errno);
-            assert_eq!(AcceptFailure::of(&err), AcceptFailure::Connection, "{err}");
-        }
-    }
-
-    #[test]
-    fn tokens_round_trip() {
-        let token = io_token_base(513, 7) | 42;
-        assert_eq!(split_token(token), (513, 7, 42));
-    }
-}
+mod tests;

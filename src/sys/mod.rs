@@ -1,8 +1,15 @@
-//! Small OS services: CPU pinning and CPU-time figures.
+//! Small OS services: CPU pinning, CPU-time figures and eventfds.
+//!
+//! The crate denies `unsafe_code`; this module and its children allow it, each block with a
+//! `// SAFETY:` comment, so that raw system calls stay here behind safe functions and types.
 
 #![allow(unsafe_code)]
 
+mod eventfd;
+
 use std::time::Duration;
+
+pub use eventfd::EventFd;
 
 /// Pins the calling thread to one CPU.
 pub fn pin_current_thread(core: usize) -> std::io::Result<()> {

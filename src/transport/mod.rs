@@ -3,4 +3,5 @@
 pub mod buffer_pool;
 pub mod context;
 pub mod queue;
+pub mod subscriber;
 pub mod tcp;

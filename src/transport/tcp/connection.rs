@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mio::Interest;
 use mio::net::TcpStream;
 use tracing::{debug, warn};
 
@@ -14,12 +15,15 @@ use super::send_queue::MAX_SLICES;
 use crate::backend::IoDone;
 use crate::controller::{Controller, ListenerAddr};
 use crate::transport::context::{Flow, IoCx};
+use crate::transport::subscriber::{Readiness, Subscriber, SubscriberCx};
 
 /// Bytes read per `read` call at least: large reads keep syscalls per command low.
 const READ_CHUNK: usize = 64 * 1024;
 /// How long a host may leave its receive window shut (nothing of ours written) before it is
 /// taken for dead: its buffers would otherwise stay held for ever.
 pub const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The key of the socket, the connection's one descriptor.
+const SOCKET: u16 = 0;
 
 pub struct TcpConnection {
     stream: TcpStream,
@@ -28,6 +32,8 @@ pub struct TcpConnection {
     rbuf: Vec<u8>,
     rlen: usize,
     write_blocked: bool,
+    /// Whether the socket is registered for writability too.
+    writable_armed: bool,
     /// Since when a blocked send has made no progress.
     stalled_since: Option<Instant>,
     /// Reading stopped because too much waits to be written; it resumes once that is sent.
@@ -43,6 +49,8 @@ impl core::fmt::Debug for TcpConnection {
 }
 
 impl TcpConnection {
+    /// A connection just accepted, not yet watched: the reactor that serves it registers the
+    /// socket in [`Subscriber::init`].
     pub fn new(
         stream: TcpStream,
         peer: SocketAddr,
@@ -58,36 +66,45 @@ impl TcpConnection {
             rbuf: vec![0; READ_CHUNK],
             rlen: 0,
             write_blocked: false,
+            writable_armed: false,
             stalled_since: None,
             paused: false,
         }
-    }
-
-    pub fn source(&mut self) -> &mut TcpStream {
-        &mut self.stream
     }
 
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
 
-    pub fn listener(&self) -> &ListenerAddr {
-        self.qpair.listener()
-    }
-
-    pub fn controller(&self) -> Option<&Arc<Controller>> {
-        self.qpair.controller()
-    }
-
     pub fn qid(&self) -> Option<u16> {
         self.qpair.qid()
     }
+}
 
-    pub fn in_flight(&self) -> usize {
-        self.qpair.in_flight()
+impl Subscriber for TcpConnection {
+    fn init(&mut self, cx: &mut SubscriberCx<'_>, _now: Instant) -> std::io::Result<()> {
+        let _ = self.stream.set_nodelay(true);
+        cx.register(&mut self.stream, SOCKET, Interest::READABLE)
     }
 
-    pub fn deadline(&self) -> Option<Instant> {
+    /// `read_closed` or `error` say the peer shut down its side or the socket has an error:
+    /// then reading goes on until the socket says so, instead of stopping at the first short
+    /// read.
+    fn process(&mut self, ready: Readiness, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+        let closing = ready.read_closed || ready.error;
+        if ready.writable {
+            self.write_blocked = false;
+        }
+        let mut flow = Flow::Continue;
+        // While paused, new bytes wait in the socket; finish resumes reading once the
+        // output has gone.
+        if (ready.readable || closing) && !self.paused {
+            flow = self.read_all(closing, &mut cx.io, now);
+        }
+        self.settle(flow, cx, now)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
         let stall = self
             .stalled_since
             .filter(|_| self.write_blocked)
@@ -98,53 +115,7 @@ impl TcpConnection {
         }
     }
 
-    /// Whether the socket must be watched for writability: only while a send is blocked, so
-    /// an idle connection never wakes the reactor.
-    pub fn wants_writable(&self) -> bool {
-        self.write_blocked
-    }
-
-    /// Handles readiness. `closing` says the peer shut down its side or the socket has an
-    /// error: then reading goes on until the socket says so, instead of stopping at the first
-    /// short read.
-    pub fn handle_event(
-        &mut self,
-        readable: bool,
-        writable: bool,
-        closing: bool,
-        cx: &mut IoCx<'_>,
-        now: Instant,
-    ) -> Flow {
-        if writable {
-            self.write_blocked = false;
-        }
-        let mut flow = Flow::Continue;
-        // While paused, new bytes wait in the socket; finish resumes reading once the
-        // output has gone.
-        if (readable || closing) && !self.paused {
-            flow = self.read_all(closing, cx, now);
-        }
-        self.finish(flow, cx, now)
-    }
-
-    pub fn handle_io_done(&mut self, done: IoDone, cx: &mut IoCx<'_>, now: Instant) -> Flow {
-        let flow = self.qpair.handle_io_done(done, cx, now);
-        self.finish(flow, cx, now)
-    }
-
-    /// The buffers command `tag` waited for are reserved for it.
-    pub fn handle_buffers_granted(
-        &mut self,
-        tag: u16,
-        credits: u32,
-        cx: &mut IoCx<'_>,
-        now: Instant,
-    ) -> Flow {
-        let flow = self.qpair.handle_buffers_granted(tag, credits, cx, now);
-        self.finish(flow, cx, now)
-    }
-
-    pub fn handle_timer(&mut self, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+    fn handle_timer(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
         if let Some(since) = self.stalled_since.filter(|_| self.write_blocked) {
             if now >= since + SEND_STALL_TIMEOUT {
                 warn!(peer = %self.peer, timeout_s = SEND_STALL_TIMEOUT.as_secs(),
@@ -153,22 +124,58 @@ impl TcpConnection {
             }
         }
         let flow = self.qpair.handle_timer(now);
-        self.finish(flow, cx, now)
+        self.settle(flow, cx, now)
+    }
+
+    fn handle_io_done(&mut self, done: IoDone, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+        let flow = self.qpair.handle_io_done(done, &mut cx.io, now);
+        self.settle(flow, cx, now)
+    }
+
+    fn handle_buffers_granted(
+        &mut self,
+        tag: u16,
+        credits: u32,
+        cx: &mut SubscriberCx<'_>,
+        now: Instant,
+    ) -> Flow {
+        let flow = self
+            .qpair
+            .handle_buffers_granted(tag, credits, &mut cx.io, now);
+        self.settle(flow, cx, now)
     }
 
     /// Delivers async events the controller raised (namespace changes, discovery changes).
-    pub fn handle_controller_events(&mut self, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+    fn handle_async_events(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
         self.qpair.poll_async_events();
-        self.finish(Flow::Continue, cx, now)
+        self.settle(Flow::Continue, cx, now)
     }
 
-    /// Tears the queue down; returns the controller if this closed its admin queue.
-    pub fn close(&mut self) -> Option<Arc<Controller>> {
+    fn controller(&self) -> Option<&Arc<Controller>> {
+        self.qpair.controller()
+    }
+
+    fn accepted_on(&self) -> Option<&ListenerAddr> {
+        Some(self.qpair.listener())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.qpair.in_flight()
+    }
+
+    /// Sends what it can, shuts the socket down and tears the queue down (reporting the
+    /// controller if this was its admin queue).
+    fn close(&mut self, cx: &mut SubscriberCx<'_>) {
+        let _ = cx.deregister(&mut self.stream);
         let _ = self.flush(Instant::now());
         let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        self.qpair.close()
+        if let Some(ctrlr) = self.qpair.close() {
+            cx.io.controller_gone(ctrlr);
+        }
     }
+}
 
+impl TcpConnection {
     /// Reads until the socket is drained, or until the queue has too much to send. A read
     /// shorter than the room offered drains a TCP socket (epoll(7)), so the read that would
     /// only say `WouldBlock` is skipped: the next bytes raise a new edge.
@@ -218,6 +225,24 @@ impl TcpConnection {
         let (used, flow) = self.qpair.handle_input(&self.rbuf[..self.rlen], cx, now);
         self.rbuf.copy_within(used..self.rlen, 0);
         self.rlen -= used;
+        flow
+    }
+
+    /// [`finish`](Self::finish)es a call, then watches the socket for writability exactly
+    /// while a send is blocked, so an idle connection never wakes the reactor.
+    fn settle(&mut self, flow: Flow, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+        let flow = self.finish(flow, &mut cx.io, now);
+        if flow == Flow::Continue && self.write_blocked != self.writable_armed {
+            let interest = if self.write_blocked {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(err) = cx.reregister(&mut self.stream, SOCKET, interest) {
+                warn!(peer = %self.peer, %err, "cannot change interest");
+            }
+            self.writable_armed = self.write_blocked;
+        }
         flow
     }
 

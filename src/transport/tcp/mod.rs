@@ -1,8 +1,10 @@
-//! NVMe/TCP: wire format, queue pairs and connections.
+//! NVMe/TCP: wire format, queue pairs, connections and listeners. A [`TcpAcceptor`] and each
+//! [`TcpConnection`] are reactor subscribers.
 
 mod connection;
 mod context;
 mod inbound;
+mod listener;
 mod outbound;
 pub mod pdu;
 mod qpair;
@@ -11,6 +13,7 @@ pub mod wire;
 
 pub use connection::TcpConnection;
 pub use context::TcpContext;
+pub use listener::TcpAcceptor;
 pub use qpair::TcpQpair;
 
 #[cfg(test)]
