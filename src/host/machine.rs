@@ -59,6 +59,16 @@ impl HostMachine {
         }
     }
 
+    /// The same queue sending writes up to `limit` bytes in the capsule (what the target's
+    /// IOCCSZ allows an I/O queue).
+    #[must_use]
+    pub fn with_in_capsule_limit(&self, limit: usize) -> Self {
+        Self {
+            in_capsule_limit: limit,
+            ..self.clone()
+        }
+    }
+
     /// The connection's first PDU.
     pub fn icreq(&self, out: &mut Vec<u8>) {
         IcReq {
@@ -251,3 +261,8 @@ pub fn parse_from_target(bytes: &[u8], digests: Digests) -> Result<Pdu<'_>, Host
     }
     Ok(pdu)
 }
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+#[path = "machine_tests.rs"]
+mod tests;

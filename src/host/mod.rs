@@ -241,6 +241,11 @@ impl HostQueue {
         self.machine.maxh2cdata()
     }
 
+    /// The queue's protocol state, for another I/O path that takes the socket over.
+    pub fn machine(&self) -> &HostMachine {
+        &self.machine
+    }
+
     /// Hands the connected socket to another I/O path. Only valid with no command
     /// outstanding: this queue reads whole PDUs, so no byte of a later one is buffered here.
     pub fn into_stream(self) -> Result<TcpStream, HostError> {

@@ -7,15 +7,13 @@
 //! round-robin.
 //!
 //! - `options`: transport ID, sizes, patterns (pure parsing)
-//! - `deframe`, `emit`: PDUs in and out
-//! - `queue`: one I/O queue's socket and command slots
+//! - `queue`: one I/O queue's socket and command slots; what its PDUs mean is
+//!   `host::HostMachine`'s
 //! - `workload`, `verify`: what to send and how to check what comes back
 //! - `session`: connect, identify, check the options against the target
 //! - `run`: the measurement loop; `stats`: histogram and report
 //! - `idle`: controllers that only send Keep Alive (`--idle`), for idle-cost measurements
 
-pub mod deframe;
-pub mod emit;
 pub mod idle;
 pub mod options;
 pub mod queue;

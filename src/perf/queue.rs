@@ -1,19 +1,18 @@
 //! A lean NVMe/TCP I/O queue for load generation. It owns the (non-blocking) socket and
 //! moves bytes: submissions of a whole batch go out in one write, the socket is read in large
 //! chunks and every complete PDU in a chunk is handled. Buffers are allocated once per queue;
-//! a command slot's index is its CID.
+//! a command slot's index is its CID. What the PDUs mean is the host's [`HostMachine`]'s, the
+//! same as for the blocking host: this file keeps only the socket and the slots.
 
 use std::io::{ErrorKind, Read, Write};
 use std::time::Instant;
 
 use mio::net::TcpStream;
 
-use super::deframe::{self, DeframeError};
-use super::emit;
 use super::workload::Op;
-use crate::host::HostQueue;
-use crate::nvme::{Sgl, Status};
-use crate::transport::tcp::pdu::{self, Framing, Pdu, PduView};
+use crate::host::{CommandBuffers, HostError, HostMachine, HostQueue};
+use crate::nvme::Status;
+use crate::transport::tcp::pdu;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK: usize = 64 << 10;
@@ -24,10 +23,8 @@ pub enum QueueError {
     Io(#[from] std::io::Error),
     #[error("the target closed the connection")]
     Closed,
-    #[error("malformed PDU from the target")]
-    Deframe(#[from] DeframeError),
-    #[error("the target terminated the connection (fes {fes:#x})")]
-    Terminated { fes: u16 },
+    #[error(transparent)]
+    Host(#[from] HostError),
     #[error("protocol violation by the target: {0}")]
     Protocol(&'static str),
 }
@@ -64,24 +61,47 @@ pub struct QueueParams {
 
 pub struct IoQueue {
     stream: TcpStream,
-    /// The digests ICResp granted and the target's CPDA.
-    framing: Framing,
-    maxh2cdata: usize,
+    /// The queue's protocol: framing, commands, R2T, C2HData.
+    machine: HostMachine,
     params: QueueParams,
     inbuf: Vec<u8>,
     in_start: usize,
     in_end: usize,
     out: Vec<u8>,
     out_pos: usize,
-    slots: Vec<Slot>,
+    slots: Slots,
     free: Vec<u16>,
+}
+
+/// The command slots, indexed by CID, as the machine sees their buffers.
+struct Slots(Vec<Slot>);
+
+impl CommandBuffers for Slots {
+    fn write_data(&self, cid: u16) -> Option<&[u8]> {
+        self.0
+            .get(usize::from(cid))
+            .filter(|s| s.busy && s.op == Op::Write)
+            .map(|s| s.buf.as_slice())
+    }
+
+    fn read_buffer(&mut self, cid: u16) -> Option<&mut [u8]> {
+        self.0
+            .get_mut(usize::from(cid))
+            .filter(|s| s.busy && s.op == Op::Read)
+            .map(|s| s.buf.as_mut_slice())
+    }
+
+    fn data_received(&mut self, cid: u16, _offset: usize, len: usize) {
+        if let Some(slot) = self.0.get_mut(usize::from(cid)) {
+            slot.received += len;
+        }
+    }
 }
 
 impl IoQueue {
     /// Takes over a connected I/O queue (Fabrics Connect done, nothing outstanding).
     pub fn from_host(host: HostQueue, params: QueueParams) -> Result<Self, QueueError> {
-        let framing = host.framing();
-        let maxh2cdata = host.maxh2cdata().max(4096);
+        let machine = host.machine().with_in_capsule_limit(params.in_capsule);
         let std_stream = host
             .into_stream()
             .map_err(|_| QueueError::Protocol("I/O queue busy at hand-over"))?;
@@ -102,15 +122,14 @@ impl IoQueue {
         let max_pdu = params.io_size + pdu::DATA_HLEN + 2 * pdu::DIGEST_LEN;
         Ok(Self {
             stream: TcpStream::from_std(std_stream),
-            framing,
-            maxh2cdata,
+            machine,
             params,
             inbuf: vec![0; max_pdu.max(READ_CHUNK) + READ_CHUNK],
             in_start: 0,
             in_end: 0,
             out: Vec::with_capacity(READ_CHUNK),
             out_pos: 0,
-            slots,
+            slots: Slots(slots),
             free: (0..params.depth).rev().collect(),
         })
     }
@@ -120,26 +139,26 @@ impl IoQueue {
     }
 
     pub fn outstanding(&self) -> usize {
-        self.slots.len() - self.free.len()
+        self.slots.0.len() - self.free.len()
     }
 
     /// A free slot's CID, if any.
     pub fn alloc(&mut self) -> Option<u16> {
         let cid = self.free.pop()?;
-        self.slots[usize::from(cid)].busy = true;
+        self.slots.0[usize::from(cid)].busy = true;
         Some(cid)
     }
 
     pub fn slot(&self, cid: u16) -> &Slot {
-        &self.slots[usize::from(cid)]
+        &self.slots.0[usize::from(cid)]
     }
 
     pub fn slot_mut(&mut self, cid: u16) -> &mut Slot {
-        &mut self.slots[usize::from(cid)]
+        &mut self.slots.0[usize::from(cid)]
     }
 
     pub fn release(&mut self, cid: u16) {
-        if let Some(slot) = self.slots.get_mut(usize::from(cid)).filter(|s| s.busy) {
+        if let Some(slot) = self.slots.0.get_mut(usize::from(cid)).filter(|s| s.busy) {
             slot.busy = false;
             self.free.push(cid);
         }
@@ -149,7 +168,7 @@ impl IoQueue {
     /// sending; `flush` puts it on the wire.
     pub fn submit(&mut self, cid: u16, now: Instant) {
         let p = self.params;
-        let slot = &mut self.slots[usize::from(cid)];
+        let slot = &mut self.slots.0[usize::from(cid)];
         slot.submitted = now;
         slot.received = 0;
         let nlb = u32::try_from(p.io_size / p.block_size).unwrap_or(u32::MAX);
@@ -158,15 +177,12 @@ impl IoQueue {
             Op::Write => HostQueue::write_sqe(p.nsid, slot.slba, nlb, false),
         };
         sqe.set_cid(cid);
-        let len = u32::try_from(p.io_size).unwrap_or(u32::MAX);
-        let in_capsule = slot.op == Op::Write && p.io_size <= p.in_capsule;
-        sqe.set_sgl(if in_capsule {
-            Sgl::in_capsule(len)
-        } else {
-            Sgl::transport(len)
-        });
-        let data: &[u8] = if in_capsule { &slot.buf } else { &[] };
-        emit::capsule_cmd(&mut self.out, &self.framing, &sqe, data);
+        let (write, read_len): (&[u8], usize) = match slot.op {
+            Op::Read => (&[], p.io_size),
+            Op::Write => (&slot.buf, 0),
+        };
+        let read_len = u32::try_from(read_len).unwrap_or(u32::MAX);
+        self.machine.command(&mut self.out, sqe, write, read_len);
     }
 
     /// Writes as much of the pending output as the socket takes. True if anything went out.
@@ -219,11 +235,17 @@ impl IoQueue {
     /// Handles every complete PDU between `in_start` and `in_end` of `inbuf`.
     fn handle_pdus(&mut self, inbuf: &[u8], done: &mut Vec<Done>) -> Result<(), QueueError> {
         let max = inbuf.len() - READ_CHUNK;
-        let digests = self.framing.digests;
-        while let Some(view) = deframe::next_pdu(&inbuf[self.in_start..self.in_end], max, digests)?
+        while let Some(view) = self
+            .machine
+            .deframe(&inbuf[self.in_start..self.in_end], max)?
         {
             self.in_start += view.len();
-            self.handle_pdu(&view, done)?;
+            let finished = self
+                .machine
+                .handle_pdu(&view, &mut self.slots, &mut self.out)?;
+            if let Some(cqe) = finished {
+                self.finish(cqe.cid, cqe.status, done)?;
+            }
         }
         Ok(())
     }
@@ -240,62 +262,10 @@ impl IoQueue {
         }
     }
 
-    fn handle_pdu(&mut self, view: &PduView<'_>, done: &mut Vec<Done>) -> Result<(), QueueError> {
-        match Pdu::parse(view).map_err(DeframeError::from)? {
-            Pdu::CapsuleResp(resp) => self.finish(resp.cqe.cid, resp.cqe.status, done),
-            Pdu::C2HData(_) => {
-                let data = deframe::c2h_payload(view)?;
-                let cid = data.cccid;
-                let offset = usize::try_from(data.datao).unwrap_or(usize::MAX);
-                let slot = self
-                    .slots
-                    .get_mut(usize::from(cid))
-                    .filter(|s| s.busy && s.op == Op::Read)
-                    .ok_or(QueueError::Protocol("C2HData for a command not reading"))?;
-                let target = offset
-                    .checked_add(data.data.len())
-                    .and_then(|end| slot.buf.get_mut(offset..end))
-                    .ok_or(QueueError::Protocol("C2HData beyond the read"))?;
-                target.copy_from_slice(data.data);
-                slot.received += data.data.len();
-                if data.success {
-                    if !data.last {
-                        return Err(QueueError::Protocol("SUCCESS without LAST_PDU"));
-                    }
-                    self.finish(cid, Status::SUCCESS, done)?;
-                }
-                Ok(())
-            }
-            Pdu::R2t(r2t) => {
-                let r2to = usize::try_from(r2t.r2to).unwrap_or(usize::MAX);
-                let r2tl = usize::try_from(r2t.r2tl).unwrap_or(usize::MAX);
-                let slot = self
-                    .slots
-                    .get(usize::from(r2t.cccid))
-                    .filter(|s| s.busy && s.op == Op::Write)
-                    .ok_or(QueueError::Protocol("R2T for a command not writing"))?;
-                let data = slot
-                    .buf
-                    .get(r2to..r2to.saturating_add(r2tl))
-                    .ok_or(QueueError::Protocol("R2T beyond the write"))?;
-                emit::h2c_data(
-                    &mut self.out,
-                    &self.framing,
-                    (r2t.cccid, r2t.ttag),
-                    r2to,
-                    data,
-                    self.maxh2cdata,
-                );
-                Ok(())
-            }
-            Pdu::C2HTermReq(term) => Err(QueueError::Terminated { fes: term.fes }),
-            _ => Err(QueueError::Protocol("unexpected PDU type")),
-        }
-    }
-
     fn finish(&mut self, cid: u16, status: Status, done: &mut Vec<Done>) -> Result<(), QueueError> {
         let slot = self
             .slots
+            .0
             .get(usize::from(cid))
             .filter(|s| s.busy)
             .ok_or(QueueError::Protocol("completion for an idle CID"))?;
