@@ -22,3 +22,6 @@ mod fixture_tests;
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)]
 mod fuzz_tests;
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+mod pair_tests;

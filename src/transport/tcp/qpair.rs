@@ -509,4 +509,4 @@ impl Responder for TcpOutput {
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)]
 #[path = "qpair_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -16,14 +16,15 @@ use crate::transport::tcp::pdu::{
     CapsuleCmd, CapsuleResp, Digests, Framing, Pdu, PduView, TermReq, pdu_type,
 };
 
-const SUBNQN: &str = "nqn.2026-11.io.nvmf-tgt:unit";
-const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
+pub(crate) const SUBNQN: &str = "nqn.2026-11.io.nvmf-tgt:unit";
+pub(crate) const HOSTNQN: &str =
+    "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001";
 
 fn listener() -> ListenerAddr {
     ListenerAddr::Tcp("127.0.0.1:4420".parse().expect("socket address"))
 }
 
-fn context() -> Arc<TcpContext> {
+pub(crate) fn context() -> Arc<TcpContext> {
     context_with(Arc::new(RamBackend::new(1 << 20)))
 }
 
@@ -66,7 +67,7 @@ struct Host {
 }
 
 /// A reactor's pool with SPDK's TCP defaults, alone in its shared pool.
-fn buffer_pool() -> BufferPool {
+pub(crate) fn buffer_pool() -> BufferPool {
     let shared = SharedPool::new(PoolLimits::spdk_tcp_defaults(1));
     BufferPool::new(shared, 0, Arc::new(|| {}))
 }
