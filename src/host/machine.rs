@@ -265,4 +265,4 @@ pub fn parse_from_target(bytes: &[u8], digests: Digests) -> Result<Pdu<'_>, Host
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)]
 #[path = "machine_tests.rs"]
-mod tests;
+pub(crate) mod tests;

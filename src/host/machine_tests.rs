@@ -56,9 +56,10 @@ fn c2h(cid: u16, data: &[u8], success: bool, on: bool) -> Vec<u8> {
     pdu
 }
 
-/// Commands by CID: (data to write, read buffer, bytes received).
+/// Commands by CID: (data to write, read buffer, bytes received). Also the host's side of
+/// the in-memory pair tests.
 #[derive(Default)]
-struct Table(HashMap<u16, (Vec<u8>, Vec<u8>, usize)>);
+pub(crate) struct Table(pub(crate) HashMap<u16, (Vec<u8>, Vec<u8>, usize)>);
 
 impl CommandBuffers for Table {
     fn write_data(&self, cid: u16) -> Option<&[u8]> {

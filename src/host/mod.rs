@@ -19,6 +19,9 @@ use crate::transport::tcp::pdu::{self, CommonHeader, Framing, PduError, PduView}
 
 mod machine;
 
+/// A command table for tests that drive the machine in memory.
+#[cfg(test)]
+pub(crate) use machine::tests::Table as TestCommands;
 pub use machine::{CommandBuffers, HostMachine, parse_from_target};
 
 /// What one queue connects with.

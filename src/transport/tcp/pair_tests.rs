@@ -2,7 +2,6 @@
 //! `Pair::drive`): what one sends the other reads, until neither has anything to say. No
 //! socket, no thread, no clock; both ends are the real code.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,39 +9,13 @@ use super::TcpContext;
 use super::TcpQpair;
 use super::qpair::tests::{HOSTNQN, SUBNQN, buffer_pool, context};
 use crate::controller::ListenerAddr;
-use crate::host::{CommandBuffers, HostError, HostMachine, HostQueue};
+use crate::host::{HostError, HostMachine, HostQueue, TestCommands};
 use crate::nvme::connect::{CATTR_DISABLE_SQ_FLOW_CONTROL, ConnectCmd, ConnectData};
 use crate::nvme::opcode::{FABRICS, admin, fctype};
 use crate::nvme::{Cqe, Sqe, Status};
 use crate::transport::buffer_pool::BufferPool;
 use crate::transport::context::{AsyncNotifier, Flow, IoCx};
 use crate::transport::tcp::pdu::{self, fes, pdu_type};
-
-/// The host's commands in flight: (data to write, read buffer, bytes read).
-#[derive(Default)]
-struct Commands(HashMap<u16, (Vec<u8>, Vec<u8>, usize)>);
-
-impl CommandBuffers for Commands {
-    fn write_data(&self, cid: u16) -> Option<&[u8]> {
-        self.0
-            .get(&cid)
-            .map(|c| c.0.as_slice())
-            .filter(|w| !w.is_empty())
-    }
-
-    fn read_buffer(&mut self, cid: u16) -> Option<&mut [u8]> {
-        self.0
-            .get_mut(&cid)
-            .map(|c| c.1.as_mut_slice())
-            .filter(|r| !r.is_empty())
-    }
-
-    fn data_received(&mut self, cid: u16, _offset: usize, len: usize) {
-        if let Some(c) = self.0.get_mut(&cid) {
-            c.2 += len;
-        }
-    }
-}
 
 /// One queue: the target's end and the host's, and the bytes in flight between them.
 struct Pair {
@@ -54,7 +27,7 @@ struct Pair {
     pool: BufferPool,
     now: Instant,
     host: HostMachine,
-    commands: Commands,
+    commands: TestCommands,
     to_target: Vec<u8>,
     finished: Vec<Cqe>,
     next_cid: u16,
@@ -78,7 +51,7 @@ impl Pair {
             pool: buffer_pool(),
             now,
             host,
-            commands: Commands::default(),
+            commands: TestCommands::default(),
             to_target: Vec::new(),
             finished: Vec::new(),
             next_cid: 1,
