@@ -265,6 +265,21 @@ fn a_host_that_never_reads_its_socket_holds_at_most_its_queue_depth() {
     // Past its queue depth the host was cut off; everyone else is served.
     let log = target.log();
     assert!(log.contains("more commands than the queue holds"), "{log}");
+    // The line says whose queue it was: the connection's span carries peer, qid, subsystem and
+    // controller.
+    let plain = common::without_colours(&log);
+    let line = plain
+        .lines()
+        .find(|l| l.contains("terminating connection"))
+        .expect("a termination logged");
+    for field in [
+        "qpair{peer=127.0.0.1:",
+        " qid=1 ",
+        " subnqn=nqn.",
+        " cntlid=",
+    ] {
+        assert!(line.contains(field), "{field} missing in: {line}");
+    }
     let (_admin2, mut other) = controller(target.addr(), 32, false);
     still_serves(&mut other, 0, 0x42);
 }

@@ -346,7 +346,7 @@ impl QueueCore {
         // says whose queue this is, on every line logged inside it.
         let span = tracing::Span::current();
         span.record("qid", qid);
-        span.record("subnqn", ctrlr.subnqn().as_str());
+        span.record("subnqn", tracing::field::display(ctrlr.subnqn()));
         span.record("cntlid", ctrlr.cntlid().0);
         self.attach(ctrlr, qid, epoch, entries);
         self.respond(cqe, out);

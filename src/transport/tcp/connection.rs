@@ -38,6 +38,9 @@ pub struct TcpConnection {
     stalled_since: Option<Instant>,
     /// Reading stopped because too much waits to be written; it resumes once that is sent.
     paused: bool,
+    /// `qpair{peer, qid, subnqn, cntlid}`, entered around every call into the queue, so a line
+    /// it logs says whose queue it is (the queue core records the rest at Connect).
+    span: tracing::Span,
 }
 
 impl core::fmt::Debug for TcpConnection {
@@ -69,7 +72,21 @@ impl TcpConnection {
             writable_armed: false,
             stalled_since: None,
             paused: false,
+            span: tracing::info_span!(
+                "qpair",
+                %peer,
+                qid = tracing::field::Empty,
+                subnqn = tracing::field::Empty,
+                cntlid = tracing::field::Empty
+            ),
         }
+    }
+
+    /// Runs `f` inside the queue's span.
+    fn in_span<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let span = self.span.clone();
+        let _entered = span.enter();
+        f(self)
     }
 
     pub fn peer(&self) -> SocketAddr {
@@ -91,17 +108,7 @@ impl Subscriber for TcpConnection {
     /// then reading goes on until the socket says so, instead of stopping at the first short
     /// read.
     fn process(&mut self, ready: Readiness, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
-        let closing = ready.read_closed || ready.error;
-        if ready.writable {
-            self.write_blocked = false;
-        }
-        let mut flow = Flow::Continue;
-        // While paused, new bytes wait in the socket; finish resumes reading once the
-        // output has gone.
-        if (ready.readable || closing) && !self.paused {
-            flow = self.read_all(closing, &mut cx.io, now);
-        }
-        self.settle(flow, cx, now)
+        self.in_span(|conn| conn.process_in_span(ready, cx, now))
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -116,20 +123,14 @@ impl Subscriber for TcpConnection {
     }
 
     fn handle_timer(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
-        if let Some(since) = self.stalled_since.filter(|_| self.write_blocked) {
-            if now >= since + SEND_STALL_TIMEOUT {
-                warn!(peer = %self.peer, timeout_s = SEND_STALL_TIMEOUT.as_secs(),
-                      "host stopped reading its socket; closing");
-                return Flow::Close;
-            }
-        }
-        let flow = self.qpair.handle_timer(now);
-        self.settle(flow, cx, now)
+        self.in_span(|conn| conn.handle_timer_in_span(cx, now))
     }
 
     fn handle_io_done(&mut self, done: IoDone, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
-        let flow = self.qpair.handle_io_done(done, &mut cx.io, now);
-        self.settle(flow, cx, now)
+        self.in_span(|conn| {
+            let flow = conn.qpair.handle_io_done(done, &mut cx.io, now);
+            conn.settle(flow, cx, now)
+        })
     }
 
     fn handle_buffers_granted(
@@ -139,16 +140,20 @@ impl Subscriber for TcpConnection {
         cx: &mut SubscriberCx<'_>,
         now: Instant,
     ) -> Flow {
-        let flow = self
-            .qpair
-            .handle_buffers_granted(tag, credits, &mut cx.io, now);
-        self.settle(flow, cx, now)
+        self.in_span(|conn| {
+            let flow = conn
+                .qpair
+                .handle_buffers_granted(tag, credits, &mut cx.io, now);
+            conn.settle(flow, cx, now)
+        })
     }
 
     /// Delivers async events the controller raised (namespace changes, discovery changes).
     fn handle_async_events(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
-        self.qpair.poll_async_events();
-        self.settle(Flow::Continue, cx, now)
+        self.in_span(|conn| {
+            conn.qpair.poll_async_events();
+            conn.settle(Flow::Continue, cx, now)
+        })
     }
 
     fn controller(&self) -> Option<&Arc<Controller>> {
@@ -166,12 +171,49 @@ impl Subscriber for TcpConnection {
     /// Sends what it can, shuts the socket down and tears the queue down (reporting the
     /// controller if this was its admin queue).
     fn close(&mut self, cx: &mut SubscriberCx<'_>) {
-        let _ = cx.deregister(&mut self.stream);
-        let _ = self.flush(Instant::now());
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
-        if let Some(ctrlr) = self.qpair.close() {
-            cx.io.controller_gone(ctrlr);
+        self.in_span(|conn| {
+            let _ = cx.deregister(&mut conn.stream);
+            let _ = conn.flush(Instant::now());
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
+            if let Some(ctrlr) = conn.qpair.close() {
+                cx.io.controller_gone(ctrlr);
+            }
+        });
+    }
+}
+
+impl TcpConnection {
+    fn process_in_span(
+        &mut self,
+        ready: Readiness,
+        cx: &mut SubscriberCx<'_>,
+        now: Instant,
+    ) -> Flow {
+        let closing = ready.read_closed || ready.error;
+        if ready.writable {
+            self.write_blocked = false;
         }
+        let mut flow = Flow::Continue;
+        // While paused, new bytes wait in the socket; finish resumes reading once the
+        // output has gone.
+        if (ready.readable || closing) && !self.paused {
+            flow = self.read_all(closing, &mut cx.io, now);
+        }
+        self.settle(flow, cx, now)
+    }
+
+    fn handle_timer_in_span(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+        if let Some(since) = self.stalled_since.filter(|_| self.write_blocked) {
+            if now >= since + SEND_STALL_TIMEOUT {
+                warn!(
+                    timeout_s = SEND_STALL_TIMEOUT.as_secs(),
+                    "host stopped reading its socket; closing"
+                );
+                return Flow::Close;
+            }
+        }
+        let flow = self.qpair.handle_timer(now);
+        self.settle(flow, cx, now)
     }
 }
 
