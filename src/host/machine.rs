@@ -84,16 +84,15 @@ impl HostMachine {
     /// Takes the target's answer to ICReq: the framing it grants, which must be the digests
     /// asked for.
     pub fn handle_icresp(&mut self, bytes: &[u8]) -> Result<(), HostError> {
-        let resp: IcResp = match parse_from_target(bytes, Digests::NONE) {
-            Ok(Pdu::IcResp(resp)) => resp,
-            Ok(Pdu::C2HTermReq(term)) => {
+        let resp: IcResp = match parse_from_target(bytes, Digests::NONE)? {
+            Pdu::IcResp(resp) => resp,
+            Pdu::C2HTermReq(term) => {
                 return Err(HostError::Terminated {
                     fes: term.fes,
                     fei: term.fei,
                 });
             }
-            Ok(_) => return Err(HostError::Protocol("expected ICResp")),
-            Err(err) => return Err(err),
+            _ => return Err(HostError::Protocol("expected ICResp")),
         };
         if resp.pfv != 0 {
             return Err(HostError::Protocol(

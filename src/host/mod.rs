@@ -211,7 +211,8 @@ impl HostQueue {
         };
         queue.machine.icreq(&mut queue.out);
         queue.flush()?;
-        let resp = queue.recv_pdu()?;
+        // The machine checks the ICResp's framing as it reads it.
+        let resp = queue.read_pdu()?;
         queue.machine.handle_icresp(&resp)?;
         Ok(queue)
     }
@@ -289,7 +290,8 @@ impl HostQueue {
             return Ok(done);
         }
         loop {
-            let bytes = self.recv_pdu()?;
+            // Framing (and the header digest) checked once, here.
+            let bytes = self.read_pdu()?;
             let view = PduView::new_checked(&bytes, self.machine.framing().digests)?;
             let finished = self
                 .machine
@@ -440,6 +442,14 @@ impl HostQueue {
     /// Receives one whole PDU and checks its framing (lengths, header digest) against what
     /// ICResp negotiated; a PDU that does not hold together is an error before it is returned.
     pub fn recv_pdu(&mut self) -> Result<Vec<u8>, HostError> {
+        let pdu = self.read_pdu()?;
+        PduView::new_checked(&pdu, self.machine.framing().digests)?;
+        Ok(pdu)
+    }
+
+    /// Reads the bytes of one whole PDU, as long as its common header says; its framing is
+    /// left to whoever reads it next.
+    fn read_pdu(&mut self) -> Result<Vec<u8>, HostError> {
         let mut pdu = vec![0u8; pdu::CH_LEN];
         self.stream.read_exact(&mut pdu)?;
         let ch = CommonHeader::peek(&pdu).ok_or(PduError::Truncated)?;
@@ -450,7 +460,6 @@ impl HostQueue {
         }
         pdu.resize(plen, 0);
         self.stream.read_exact(&mut pdu[pdu::CH_LEN..])?;
-        PduView::new_checked(&pdu, self.machine.framing().digests)?;
         Ok(pdu)
     }
 

@@ -5,6 +5,7 @@ use crate::backend::{IoKind, IoRequest};
 use crate::controller::{IoOp, IoPlan};
 use crate::nvme::opcode;
 use crate::nvme::{Sqe, Status};
+use crate::transport::buffer_pool::DataBuf;
 
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Direction {
@@ -45,8 +46,8 @@ pub(super) fn transfer_lens(plan: &IoPlan) -> (usize, usize) {
 /// host sent. `Ok(None)`: nothing to do, the command succeeds as it is.
 pub(super) fn io_request(
     plan: &IoPlan,
-    read: &mut crate::transport::buffer_pool::DataBuf,
-    host: &mut crate::transport::buffer_pool::DataBuf,
+    read: &mut DataBuf,
+    host: &mut DataBuf,
 ) -> Result<Option<IoRequest>, Status> {
     let request = match &plan.op {
         IoOp::Read { offset, len } | IoOp::Compare { offset, len } => IoRequest {
