@@ -122,6 +122,14 @@ impl FeatureState {
     }
 }
 
+impl AdminState {
+    /// A PCIe controller reset aborts every admin command in flight: parked Asynchronous
+    /// Event Requests are no longer the host's to wait for (events stay pending).
+    pub(crate) fn forget_parked_aers(&mut self) {
+        self.aer_cids.clear();
+    }
+}
+
 type Notifier = Arc<dyn Fn() + Send + Sync>;
 
 /// Which attachment of an I/O queue ID a transport queue holds. A qid is reused when the host
@@ -410,11 +418,22 @@ impl Controller {
         cmd: &ConnectCmd,
         now: Instant,
     ) -> Result<QueueEpoch, Status> {
+        let epoch = self.attach_io_slot(cmd.qid, cmd.sq_flow_control_disabled())?;
+        self.handle_activity(now);
+        Ok(epoch)
+    }
+
+    /// Takes I/O queue slot `qid` for a new attachment, if it is free.
+    pub(crate) fn attach_io_slot(
+        &self,
+        qid: u16,
+        sq_flow_control_disabled: bool,
+    ) -> Result<QueueEpoch, Status> {
         if !self.is_enabled() {
             return Err(Status::COMMAND_SEQUENCE_ERROR);
         }
         let slot = self
-            .io_queue_slot(cmd.qid)
+            .io_queue_slot(qid)
             .ok_or(Status::INVALID_QUEUE_IDENTIFIER.with_dnr())?;
         let epoch = self.new_epoch();
         if slot
@@ -423,10 +442,9 @@ impl Controller {
         {
             return Err(Status::INVALID_QUEUE_IDENTIFIER.with_dnr());
         }
-        if let Some(b) = self.sqfc_disabled.get(usize::from(cmd.qid)) {
-            b.store(cmd.sq_flow_control_disabled(), Ordering::Relaxed);
+        if let Some(b) = self.sqfc_disabled.get(usize::from(qid)) {
+            b.store(sq_flow_control_disabled, Ordering::Relaxed);
         }
-        self.handle_activity(now);
         Ok(QueueEpoch(epoch))
     }
 

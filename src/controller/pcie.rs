@@ -11,7 +11,7 @@ use std::time::Instant;
 use crate::nvme::opcode::admin;
 use crate::nvme::{Nqn, Sqe, Status};
 
-use super::ctrlr::{AdminQueueInit, AdminState, ControllerInit};
+use super::ctrlr::{AdminQueueInit, AdminState, ControllerInit, QueueEpoch};
 use super::registry::RegistryError;
 use super::{Controller, ListenerAddr, Registry};
 
@@ -221,10 +221,24 @@ impl Controller {
         }
     }
 
-    /// A reset or shutdown deleted every I/O queue.
+    /// The transport set up I/O submission queue `qid` the controller accepted (a
+    /// [`QueueRequest::CreateSq`]): it serves I/O from now on, under the epoch returned, until
+    /// it is deleted or the controller resets.
+    pub fn attach_pcie_io_queue(&self, qid: u16) -> Result<QueueEpoch, Status> {
+        if !self.lock().pcie.sqs.contains_key(&qid) {
+            return Err(Status::INVALID_QUEUE_IDENTIFIER.with_dnr());
+        }
+        self.attach_io_slot(qid, false)
+    }
+
+    /// A reset or shutdown deleted every I/O queue, and aborted the admin commands in flight
+    /// (parked Asynchronous Event Requests among them).
     pub(crate) fn forget_pcie_queues(st: &mut AdminState) {
         st.pcie.cqs.clear();
         st.pcie.sqs.clear();
+        if st.pcie.params.is_some() {
+            st.forget_parked_aers();
+        }
     }
 }
 
@@ -481,6 +495,32 @@ mod tests {
             s(admin::DELETE_IO_CQ, 2, 1, 0, 0),
             Status::INVALID_QUEUE_IDENTIFIER.with_dnr()
         );
+    }
+
+    #[test]
+    fn a_created_sq_serves_io_until_its_controller_resets() {
+        let reg = registry();
+        let ctrlr = enabled(&reg);
+        assert_eq!(
+            ctrlr.attach_pcie_io_queue(1),
+            Err(Status::INVALID_QUEUE_IDENTIFIER.with_dnr()),
+            "not created"
+        );
+        let cq = queue_cmd(admin::CREATE_IO_CQ, 1, 64, PC, 0x30_0000);
+        run(&ctrlr, &cq).expect("cq");
+        let sq = queue_cmd(admin::CREATE_IO_SQ, 1, 64, PC | (1 << 16), 0x40_0000);
+        run(&ctrlr, &sq).expect("sq");
+        let epoch = ctrlr.attach_pcie_io_queue(1).expect("attach");
+        assert!(ctrlr.is_io_queue_live(1, epoch));
+        assert_eq!(
+            ctrlr.attach_pcie_io_queue(1),
+            Err(Status::INVALID_QUEUE_IDENTIFIER.with_dnr()),
+            "attached once"
+        );
+        ctrlr
+            .write_register(offset::CC, PropertySize::Four, 0x0046_0000)
+            .expect("reset");
+        assert!(!ctrlr.is_io_queue_live(1, epoch), "a reset ends the queue");
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub enum Flow {
 pub struct IoCx<'a> {
     completions: &'a Completions,
     token_base: u64,
+    /// High bits of the 16-bit tag that a subscriber serving several queues (vfio-user: one
+    /// socket, many submission queues) sets to say which of its queues a command is on.
+    tag_prefix: u16,
     notifier: &'a AsyncNotifier,
     pub pool: &'a mut BufferPool,
     gone: Vec<Arc<Controller>>,
@@ -37,6 +40,7 @@ impl<'a> IoCx<'a> {
         Self {
             completions,
             token_base,
+            tag_prefix: 0,
             notifier,
             pool,
             gone: Vec::new(),
@@ -51,7 +55,13 @@ impl<'a> IoCx<'a> {
 
     /// The backend token for the command with this tag.
     pub fn token(&self, tag: u16) -> u64 {
-        self.token_base | u64::from(tag)
+        self.token_base | u64::from(self.tag_prefix | tag)
+    }
+
+    /// Sets the bits ORed into every tag's token from now on (see [`Self::token`]); the
+    /// caller keeps its queues' tags clear of them.
+    pub fn set_tag_prefix(&mut self, prefix: u16) {
+        self.tag_prefix = prefix;
     }
 
     pub fn completions(&self) -> &Completions {
