@@ -4,3 +4,4 @@
 //! memory (`queues`).
 
 pub mod memory;
+pub mod prp;
