@@ -109,6 +109,7 @@ impl Status {
     pub const DATA_SGL_LENGTH_INVALID: Self = generic(0x0F);
     pub const METADATA_SGL_LENGTH_INVALID: Self = generic(0x10);
     pub const SGL_DESCRIPTOR_TYPE_INVALID: Self = generic(0x11);
+    pub const INVALID_PRP_OFFSET: Self = generic(0x13);
     pub const INVALID_SGL_OFFSET: Self = generic(0x16);
     pub const HOST_ID_INCONSISTENT_FORMAT: Self = generic(0x18);
     pub const KEEP_ALIVE_EXPIRED: Self = generic(0x19);

@@ -1,4 +1,4 @@
-//! Small OS services: CPU pinning, CPU-time figures and eventfds.
+//! Small OS services: CPU pinning, CPU-time figures, eventfds and shared file mappings.
 //!
 //! The crate denies `unsafe_code`; this module and its children allow it, each block with a
 //! `// SAFETY:` comment, so that raw system calls stay here behind safe functions and types.
@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 mod eventfd;
+pub mod mmap;
 
 use std::time::Duration;
 
