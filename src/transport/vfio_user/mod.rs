@@ -1,0 +1,6 @@
+//! vfio-user: an emulated NVMe PCI controller that a VM's own driver uses, reached by a VMM
+//! (QEMU's `vfio-user-pci`) over a UNIX socket.
+//!
+//! `protocol` is the wire format (messages, no I/O).
+
+pub mod protocol;
