@@ -5,3 +5,4 @@ pub mod context;
 pub mod queue;
 pub mod subscriber;
 pub mod tcp;
+pub mod vfio_user;
