@@ -24,11 +24,13 @@ passed=0 failed=0
 
 now() { date +%s.%N; }
 since() { awk -v t0="$1" -v t1="$(now)" 'BEGIN { printf "%.1f", t1 - t0 }'; }
-# wait_until SECONDS COMMAND...: polls every 0.1 s.
+# wait_until SECONDS COMMAND...: polls every 0.1 s until COMMAND succeeds or SECONDS pass.
 wait_until() {
-  local n=$(( $1 * 10 )); shift
-  while [ "$n" -gt 0 ]; do "$@" && return 0; sleep 0.1; n=$((n - 1)); done
-  "$@"
+  local end=$(( SECONDS + $1 )); shift
+  until "$@"; do
+    [ "$SECONDS" -lt "$end" ] || return 1
+    sleep 0.1
+  done
 }
 no() { ! "$@"; }
 say() { echo "  $*"; }
@@ -191,6 +193,7 @@ check_nshotplug() {
 
 echo "guest: kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime)s at the start of the checks"
 echo "guest: checks: $CHECKS"
+cd /tmp || exit 1   # fio writes verify state files in the current directory; / is read-only
 T0=$(now)
 for c in $CHECKS; do
   t=$(now)

@@ -3,7 +3,9 @@
 # QEMU (setup-qemu.sh), a vfio-user-pci device on SOCKET, the host root read-only over 9p and
 # WORKDIR at /tmp/work; the guest runs WORKDIR/test.sh and leaves rc and test.log in WORKDIR,
 # the console goes to WORKDIR/console.log. Exit 0 when the guest's test exited 0.
-# SOCKET "none" boots without the device. Run as root.
+# SOCKET "none" boots without the device; "qemu-nvme" gives the guest QEMU's own emulated NVMe
+# controller instead (on WORKDIR/qemu-nvme.img, 128 MiB, serial QEMU-NVME-0001), to try the
+# guest checks against a controller known to work. Run as root.
 # usage: run-guest.sh WORKDIR SOCKET [timeout_s]
 #   env: SMP (default 1), MEM in MiB (default 1024), QEMU_CHROOT, KV, INITRD, APPEND (kernel
 #   command line extras), VFU_MSG_TIMEOUT (ms QEMU waits for a vfio-user reply; QEMU's default 5000)
@@ -18,7 +20,7 @@ MEM=${MEM:-1024}
 [ -d "$WORK" ] || { echo "run-guest: $1 is not a directory" >&2; exit 2; }
 [ -f "/boot/vmlinuz-${KV:-none}" ] || { echo "run-guest: no Debian kernel in /boot (contrib/linux-host/install-deps.sh installs it)" >&2; exit 2; }
 [ -x "$ROOT/usr/bin/qemu-system-x86_64" ] || { echo "run-guest: no QEMU in $ROOT; run contrib/vfio-user/setup-qemu.sh" >&2; exit 2; }
-if [ "$SOCKET" != none ]; then
+if [ "$SOCKET" != none ] && [ "$SOCKET" != qemu-nvme ]; then
   SOCKET=$(readlink -f "$SOCKET")
   [ -S "$SOCKET" ] || { echo "run-guest: $SOCKET is not a socket" >&2; exit 2; }
 fi
@@ -64,7 +66,11 @@ mnt --bind /dev "$R/dev"
 cp "/boot/vmlinuz-$KV" "$R/run/boot/vmlinuz"
 cp "$INITRD" "$R/run/boot/initrd"
 device=()
-if [ "$SOCKET" != none ]; then
+if [ "$SOCKET" = qemu-nvme ]; then
+  [ -f "$WORK/qemu-nvme.img" ] || truncate -s 128M "$WORK/qemu-nvme.img"
+  device=(-drive "file=/run/work/qemu-nvme.img,if=none,id=nvm,format=raw,cache=none"
+          -device "nvme,drive=nvm,serial=QEMU-NVME-0001")
+elif [ "$SOCKET" != none ]; then
   mnt --bind "$(dirname "$SOCKET")" "$R/run/sock"
   opts=""
   [ -z "${VFU_MSG_TIMEOUT:-}" ] || opts=",\"x-msg-timeout\":$VFU_MSG_TIMEOUT"
