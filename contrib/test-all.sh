@@ -1,9 +1,10 @@
 #!/bin/bash
 # Installs what the tests need and runs all of them: format, lints, unit and integration
-# tests against the real binary, and the real Linux NVMe/TCP host in a qemu guest.
+# tests against the real binary, the real Linux NVMe/TCP host in a qemu guest, and the Linux
+# nvme PCI driver in a QEMU guest on the target's vfio-user controller.
 # Run as root on Debian 12 (the harness installs packages and boots a guest).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 stage() { printf '\n=== %s ===\n' "$*"; }
 failed=()
 run() { local name=$1; shift; stage "$name"; if "$@"; then echo "--- $name: ok"; else echo "--- $name: FAILED"; failed+=("$name"); fi; }
@@ -22,6 +23,18 @@ run "cargo test" cargo test
 # fails the stage and prints the seed that replays it (NVMF_FUZZ_REPLAY=...).
 run "fuzz" env NVMF_FUZZ_SECONDS="${NVMF_FUZZ_SECONDS:-120}" cargo test --lib fuzz -- --nocapture
 run "linux host" contrib/linux-host/run-matrix.sh
+# Guard until the vfio-user server lands: a build that refuses vfiouser listeners skips the
+# stage (and passes it). Afterwards this is: run "vfio-user" contrib/vfio-user/run-matrix.sh
+vfio_user() {
+  local served=0
+  contrib/vfio-user/served.sh target/release/nvmf-tgt || served=$?
+  case $served in
+    0) contrib/vfio-user/run-matrix.sh;;
+    1) echo "vfio-user: skipped, not served by this build";;
+    *) return 1;;
+  esac
+}
+run "vfio-user" vfio_user
 
 stage "summary"
 if [ ${#failed[@]} -eq 0 ]; then
