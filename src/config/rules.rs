@@ -683,10 +683,10 @@ impl Rules<'_> {
             .help(format!(
                 "add a [transport.{kind}] section (it may be empty)"
             ));
-        } else if kind != TransportKind::Tcp {
+        } else if kind == TransportKind::Rdma {
             self.machine(
                 pointer.to_string(),
-                format!("this build serves NVMe/TCP only; the {kind} listener is refused at run"),
+                format!("this build serves NVMe/TCP and vfio-user only; the {kind} listener is refused at run"),
             );
         }
     }

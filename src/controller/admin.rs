@@ -364,6 +364,9 @@ impl Controller {
         match sqe.opcode() {
             // Property Get/Set and Disconnect carry no data; Connect was handled before.
             opcode::FABRICS => Ok(0),
+            // PRPs carry no length, and no feature served here takes data: a PCIe host's
+            // Set Features brings none.
+            admin::SET_FEATURES if self.kind == ControllerKind::Pcie => Ok(0),
             admin::SET_FEATURES if sgl_len <= SET_FEATURES_DATA_MAX => Ok(sgl_len as usize),
             admin::SET_FEATURES => Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr()),
             admin::GET_LOG_PAGE
@@ -372,6 +375,15 @@ impl Controller {
             | admin::GET_FEATURES
             | admin::ASYNC_EVENT_REQUEST
             | admin::KEEP_ALIVE => Ok(0),
+            // Queue memory is the host's, not data: the PCIe transport maps it.
+            admin::CREATE_IO_SQ
+            | admin::CREATE_IO_CQ
+            | admin::DELETE_IO_SQ
+            | admin::DELETE_IO_CQ
+                if self.kind == ControllerKind::Pcie =>
+            {
+                Ok(0)
+            }
             _ => Err(Status::INVALID_OPCODE.with_dnr()),
         }
     }

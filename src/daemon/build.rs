@@ -17,6 +17,7 @@ use crate::reconcile::plan::{listener_addr, listeners as listeners_of};
 use crate::transport::buffer_pool::{PoolLimits, SharedPool};
 use crate::transport::subscriber::NewSubscriber;
 use crate::transport::tcp::{TcpAcceptor, TcpContext};
+use crate::transport::vfio_user::{VfioUserContext, VfioUserEndpoint};
 
 pub struct Built {
     pub registry: Arc<Registry>,
@@ -29,6 +30,7 @@ pub struct Built {
 #[derive(Debug, Clone)]
 pub struct Transports {
     pub tcp: Arc<TcpContext>,
+    pub vfio_user: Arc<VfioUserContext>,
 }
 
 /// The shared data buffer pool the declaration asks for, for `reactors` reactors.
@@ -65,14 +67,14 @@ pub fn limits(config: &Config) -> (LimitsByTransport, bool) {
             in_capsule_data_size: rdma.in_capsule_data_size,
             max_io_size: rdma.max_io_size,
         },
-        vfio_user: TransportLimits {
+        vfio_user: crate::transport::vfio_user::fit_limits(TransportLimits {
             max_queue_depth: vfio.max_queue_depth,
             max_aq_depth: vfio.max_aq_depth,
             max_io_qpairs_per_ctrlr: vfio.max_io_qpairs_per_ctrlr,
             // PCIe has no capsules.
             in_capsule_data_size: 0,
             max_io_size: vfio.max_io_size,
-        },
+        }),
     };
     (limits, tcp.c2h_success)
 }
@@ -84,12 +86,18 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
         specs.push(subsystem_spec(config, subsystem)?);
     }
     let registry = Arc::new(Registry::new(specs, limits).context("invalid subsystems")?);
+    let vfio = config.transport.vfiouser.clone().unwrap_or_default();
     let transports = Transports {
         tcp: Arc::new(TcpContext {
             registry: Arc::clone(&registry),
             limits: limits.tcp,
             c2h_success,
         }),
+        vfio_user: Arc::new(VfioUserContext::new(
+            Arc::clone(&registry),
+            limits.vfio_user,
+            !vfio.disable_mappable_bar0,
+        )),
     };
     let mut listeners = Vec::new();
     for addr in listeners_of(config) {
@@ -116,7 +124,13 @@ pub fn open_listener(
                     .with_context(|| format!("cannot listen on {socket}"))?;
             Ok(Box::new(acceptor))
         }
-        ListenerAddr::Rdma(_) | ListenerAddr::VfioUser(_) => {
+        ListenerAddr::VfioUser(dir) => {
+            let endpoint =
+                VfioUserEndpoint::bind(dir, addr.clone(), Arc::clone(&transports.vfio_user))
+                    .with_context(|| format!("cannot listen on {addr}"))?;
+            Ok(Box::new(endpoint))
+        }
+        ListenerAddr::Rdma(_) => {
             bail!("{addr}: this transport is not served by this build")
         }
     }

@@ -7,9 +7,54 @@
 //! transport-neutral queue core), `endpoint` (the reactor subscriber for the socket).
 
 pub mod device;
+pub mod endpoint;
 pub mod memory;
 pub mod msix;
+pub mod nvme_device;
 pub mod protocol;
 pub mod prp;
 pub mod queues;
 pub mod server;
+
+use std::sync::Arc;
+
+pub use endpoint::VfioUserEndpoint;
+
+use crate::controller::{Registry, TransportLimits};
+
+/// MSI-X vectors of the emulated controller: the admin queue's and one per I/O completion
+/// queue a VM of up to 31 vCPUs asks for (Linux's `nvme` uses one per CPU).
+pub const INTERRUPT_VECTORS: u16 = 32;
+/// Entries per queue at most: a backend tag has 16 bits, the queue ID takes those the
+/// command's index within its queue leaves (see [`nvme_device::tag_layout`]).
+pub const MAX_QUEUE_DEPTH: u32 = 4096;
+
+/// Shared by every vfio-user endpoint of the target.
+#[derive(Debug)]
+pub struct VfioUserContext {
+    pub registry: Arc<Registry>,
+    pub limits: TransportLimits,
+    /// The doorbell page is mappable by the VMM (polled) instead of trapped as messages.
+    pub mappable_doorbells: bool,
+    pub interrupt_vectors: u16,
+}
+
+impl VfioUserContext {
+    pub fn new(registry: Arc<Registry>, limits: TransportLimits, mappable_doorbells: bool) -> Self {
+        Self {
+            registry,
+            limits,
+            mappable_doorbells,
+            interrupt_vectors: INTERRUPT_VECTORS,
+        }
+    }
+}
+
+/// The declared limits cut to what the tag space holds: queue depth at most
+/// [`MAX_QUEUE_DEPTH`], and no more I/O queues than the tag bits left for queue IDs.
+pub fn fit_limits(mut limits: TransportLimits) -> TransportLimits {
+    limits.max_queue_depth = limits.max_queue_depth.min(MAX_QUEUE_DEPTH);
+    let (_, max_qid) = nvme_device::tag_layout(limits.max_queue_depth);
+    limits.max_io_qpairs_per_ctrlr = limits.max_io_qpairs_per_ctrlr.min(u32::from(max_qid));
+    limits
+}

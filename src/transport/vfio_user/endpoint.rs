@@ -1,0 +1,277 @@
+//! The owner of one vfio-user socket (`DIR/cntrl`): accepts a VMM, serves it one NVMe
+//! controller, and starts afresh when the VMM goes (a VM reboot, QEMU's exit).
+//!
+//! One client at a time, as a PCI function has one host: a second VMM that connects while
+//! the first is served is closed at once. The listening socket, the client's socket and
+//! (later) its doorbell descriptors are this one subscriber's descriptors.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mio::Interest;
+use mio::net::{UnixListener, UnixStream};
+use tracing::{debug, info, warn};
+
+use super::VfioUserContext;
+use super::device::{PciDevice, PciParams};
+use super::nvme_device::NvmeDevice;
+use super::server::{ClientConnection, ConnectionState};
+use crate::backend::IoDone;
+use crate::controller::{ListenerAddr, PcieParams};
+use crate::transport::context::Flow;
+use crate::transport::subscriber::{Readiness, Subscriber, SubscriberCx};
+
+/// The key of the listening socket.
+const LISTENER: u16 = 0;
+/// The key of the client's socket.
+const CLIENT: u16 = 1;
+/// The socket's name in the listener's directory (SPDK's).
+pub const SOCKET_NAME: &str = "cntrl";
+
+/// A served VMM: its connection and the controller it sees.
+struct Client {
+    conn: ClientConnection,
+    device: NvmeDevice,
+    writable_armed: bool,
+}
+
+pub struct VfioUserEndpoint {
+    listener: UnixListener,
+    path: PathBuf,
+    addr: ListenerAddr,
+    context: Arc<VfioUserContext>,
+    client: Option<Client>,
+    span: tracing::Span,
+}
+
+impl VfioUserEndpoint {
+    /// Listens on `DIR/cntrl` for listener `addr` (`ListenerAddr::VfioUser(DIR)`): creates
+    /// the directory if needed and replaces a socket left by an earlier run.
+    pub fn bind(
+        dir: &Path,
+        addr: ListenerAddr,
+        context: Arc<VfioUserContext>,
+    ) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(SOCKET_NAME);
+        remove_stale_socket(&path)?;
+        let listener = UnixListener::bind(&path)?;
+        info!(path = %path.display(), "vfio-user listening");
+        let span = tracing::info_span!("vfio_user", path = %path.display(), cntlid = tracing::field::Empty);
+        Ok(Self {
+            listener,
+            path,
+            addr,
+            context,
+            client: None,
+            span,
+        })
+    }
+
+    fn accept_all(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.serve(stream, cx, now),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    warn!(%err, "accept failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, stream: UnixStream, cx: &mut SubscriberCx<'_>, now: Instant) {
+        if self.client.is_some() {
+            warn!("a second VMM connected while one is served; closing it");
+            drop(stream);
+            return;
+        }
+        let registry = &self.context.registry;
+        let Some(subsys) = registry
+            .subsystems()
+            .into_iter()
+            .find(|s| !s.is_discovery() && s.allows_listener(&self.addr))
+        else {
+            warn!("no subsystem serves this socket any more; closing the VMM's connection");
+            return;
+        };
+        let params = PcieParams {
+            interrupt_vectors: self.context.interrupt_vectors,
+        };
+        let ctrlr = match registry.attach_pcie(subsys.nqn(), &self.addr, params, now) {
+            Ok(ctrlr) => ctrlr,
+            Err(err) => {
+                warn!(%err, "cannot create the controller; closing the VMM's connection");
+                return;
+            }
+        };
+        self.span.record("cntlid", ctrlr.cntlid().0);
+        let mut conn = ClientConnection::new(stream);
+        if let Err(err) = cx.register(&mut conn, CLIENT, Interest::READABLE) {
+            warn!(%err, "cannot watch the VMM's socket");
+            ctrlr.tear_down();
+            cx.io.controller_gone(ctrlr);
+            return;
+        }
+        let pci = PciDevice::new(PciParams {
+            msix_vectors: self.context.interrupt_vectors,
+            // The doorbell page is not mapped into the VMM yet: every doorbell write comes
+            // as a message, in poll mode too.
+            mappable_doorbells: false,
+        });
+        let device = NvmeDevice::new(ctrlr, pci, self.context.limits, cx.io.async_notifier());
+        info!("VMM connected");
+        self.client = Some(Client {
+            conn,
+            device,
+            writable_armed: false,
+        });
+    }
+
+    /// Drops the client: its queues, its memory maps and its controller.
+    fn drop_client(&mut self, cx: &mut SubscriberCx<'_>) {
+        let Some(mut client) = self.client.take() else {
+            return;
+        };
+        let _ = cx.deregister(&mut client.conn);
+        let ctrlr = client.device.tear_down(&mut cx.io);
+        cx.io.controller_gone(ctrlr);
+        info!("VMM disconnected; the controller is gone");
+    }
+
+    fn serve_client(&mut self, ready: Readiness, cx: &mut SubscriberCx<'_>, now: Instant) {
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let mut alive = true;
+        if ready.writable {
+            alive = client.conn.handle_writable(&mut client.device).is_ok();
+        }
+        if alive && (ready.readable || ready.read_closed || ready.error) {
+            alive = match client.conn.handle_readable(&mut client.device) {
+                Ok(ConnectionState::Open) => true,
+                Ok(ConnectionState::Closed) => false,
+                Err(err) => {
+                    warn!(%err, "vfio-user protocol error; closing the VMM's connection");
+                    false
+                }
+            };
+        }
+        if alive {
+            client.device.run_queues(&mut cx.io, now);
+        }
+        self.settle(alive, cx);
+    }
+
+    /// Keeps the client if it is alive, watching its socket for writability exactly while
+    /// replies wait.
+    fn settle(&mut self, alive: bool, cx: &mut SubscriberCx<'_>) {
+        if !alive {
+            self.drop_client(cx);
+            return;
+        }
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let wants = client.conn.wants_writable();
+        if wants != client.writable_armed {
+            let interest = if wants {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if let Err(err) = cx.reregister(&mut client.conn, CLIENT, interest) {
+                warn!(%err, "cannot change interest");
+            }
+            client.writable_armed = wants;
+        }
+    }
+}
+
+impl Subscriber for VfioUserEndpoint {
+    fn init(&mut self, cx: &mut SubscriberCx<'_>, _now: Instant) -> std::io::Result<()> {
+        cx.register(&mut self.listener, LISTENER, Interest::READABLE)
+    }
+
+    fn process(&mut self, ready: Readiness, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+        let span = self.span.clone();
+        let _entered = span.enter();
+        match ready.key {
+            LISTENER => self.accept_all(cx, now),
+            CLIENT => self.serve_client(ready, cx, now),
+            _ => {}
+        }
+        Flow::Continue
+    }
+
+    fn handle_io_done(&mut self, done: IoDone, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+        if let Some(client) = self.client.as_mut() {
+            client.device.handle_io_done(done, &mut cx.io, now);
+        }
+        Flow::Continue
+    }
+
+    fn handle_buffers_granted(
+        &mut self,
+        tag: u16,
+        credits: u32,
+        cx: &mut SubscriberCx<'_>,
+        now: Instant,
+    ) -> Flow {
+        match self.client.as_mut() {
+            Some(client) => client
+                .device
+                .handle_buffers_granted(tag, credits, &mut cx.io, now),
+            None => cx.io.pool.give_credits(credits),
+        }
+        Flow::Continue
+    }
+
+    fn handle_async_events(&mut self, cx: &mut SubscriberCx<'_>, _now: Instant) -> Flow {
+        if let Some(client) = self.client.as_mut() {
+            client.device.handle_async_events(&mut cx.io);
+        }
+        Flow::Continue
+    }
+
+    fn listening_on(&self) -> Option<&ListenerAddr> {
+        Some(&self.addr)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.client.as_ref().map_or(0, |c| c.device.in_flight())
+    }
+
+    fn close(&mut self, cx: &mut SubscriberCx<'_>) {
+        self.drop_client(cx);
+        let _ = cx.deregister(&mut self.listener);
+        if let Err(err) = std::fs::remove_file(&self.path) {
+            debug!(path = %self.path.display(), %err, "cannot remove the socket");
+        }
+    }
+}
+
+/// Removes `path` if it is a socket nobody listens on (left by a target that died); refuses
+/// to take over a live one or to remove anything that is not a socket.
+fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{} is served by another process", path.display()),
+        ));
+    }
+    std::fs::remove_file(path)
+}

@@ -1,0 +1,846 @@
+//! The NVMe controller a VM sees through vfio-user: the PCI function (`device.rs`,
+//! `msix.rs`), BAR0 mapped onto the controller's registers, and its queues in guest memory,
+//! each submission queue driven by the transport-neutral [`QueueCore`].
+//!
+//! Protocol messages ([`Device`]) only record what changed: a doorbell write moves a ring's
+//! tail, a CC write creates or drops the admin queue. The owner then calls
+//! [`NvmeDevice::run_queues`] once per batch of messages (with the reactor's context), which
+//! fetches the new commands, runs them, posts completions and fires each completion queue's
+//! interrupt once.
+//!
+//! Bounds: a submission queue holds at most `entries - 1` commands in flight, and a command is
+//! fetched only when its completion queue has room for it beside every completion already
+//! owed, so posting never finds a completion queue full and a guest that stops consuming
+//! completions stops its own submissions, nothing more.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, trace, warn};
+
+use super::device::{Bar0Access, ConfigChange, PciDevice, region};
+use super::memory::{GuestMemory, Prot};
+use super::msix::{Delivery, Interrupts};
+use super::protocol::{device_flags, dma_unmap_flags};
+use super::prp::{self, Segment};
+use super::queues::{CompletionRing, SubmissionRing};
+use super::server::{Device, DeviceInfo, DmaMap, DmaUnmap, Errno, IrqInfo, IrqSet, RegionInfo};
+use crate::backend::IoDone;
+use crate::controller::{Controller, QueueEpoch, QueueRequest, RegisterEffect, TransportLimits};
+use crate::nvme::properties::PropertySize;
+use crate::nvme::{Cqe, Status};
+use crate::transport::buffer_pool::DataBuf;
+use crate::transport::context::{AsyncNotifier, Flow, IoCx};
+use crate::transport::queue::{DataRequest, HostData, QueueCore, Received, Responder};
+
+/// Zeroes written into guest memory for reads of zeroes and zero tails.
+static ZEROES: [u8; 4096] = [0; 4096];
+
+/// Where a command's data lies in guest memory, kept from its SQE until it completes.
+#[derive(Debug, Clone, Copy)]
+struct DataPointer {
+    prp1: u64,
+    prp2: u64,
+}
+
+/// One submission queue: its ring, its completion queue, and the core that runs its commands.
+#[derive(Debug)]
+struct Sq {
+    ring: SubmissionRing,
+    cqid: u16,
+    core: QueueCore,
+    /// Data pointers of the commands in flight, by CID.
+    pointers: HashMap<u16, DataPointer>,
+    /// Commands fetched whose completion is not posted yet.
+    owed: usize,
+    /// The ring became unusable (its memory was unmapped, an SQE could not be read): nothing
+    /// more is fetched from it until the host recreates it.
+    stopped: bool,
+}
+
+#[derive(Debug)]
+struct Cq {
+    ring: CompletionRing,
+    vector: Option<u16>,
+    /// Completions owed by the submission queues on it.
+    owed: usize,
+    /// Something was posted since its interrupt last fired.
+    notify: bool,
+}
+
+/// The admin queue before CC.EN, or after a reset: its registers only.
+const ADMIN: u16 = 0;
+
+/// The NVMe controller of one vfio-user client.
+pub struct NvmeDevice {
+    ctrlr: Arc<Controller>,
+    pci: PciDevice,
+    irqs: Interrupts,
+    mem: GuestMemory,
+    /// By queue ID; index 0 is the admin queue.
+    sqs: Vec<Option<Sq>>,
+    cqs: Vec<Option<Cq>>,
+    /// Submission queues whose tail moved since the last [`run_queues`](Self::run_queues).
+    rung: Vec<u16>,
+    /// Create/Delete I/O Queue commands the controller accepted, carried out after the
+    /// admin queue's batch (they change the queue tables the batch is borrowing).
+    queue_requests: Vec<(u16, QueueRequest)>,
+    /// Buffers whose data went into guest memory, for the pool.
+    spent: Vec<DataBuf>,
+    segments: Vec<Segment>,
+    /// Bits of a backend tag that name the command within its queue; the queue ID goes above.
+    tag_bits: u32,
+}
+
+impl std::fmt::Debug for NvmeDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmeDevice")
+            .field("cntlid", &self.ctrlr.cntlid())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Tag bits needed for queues of up to `max_entries` entries (a queue holds at most
+/// `entries - 1` commands), and the highest queue ID that leaves room for.
+pub fn tag_layout(max_entries: u32) -> (u32, u16) {
+    let tags = max_entries.saturating_sub(1).max(1);
+    let bits = u32::BITS - (tags - 1).leading_zeros();
+    let bits = bits.clamp(1, 15);
+    let max_qid = u16::try_from((1u32 << (16 - bits)) - 1).unwrap_or(u16::MAX);
+    (bits, max_qid)
+}
+
+impl NvmeDevice {
+    pub fn new(
+        ctrlr: Arc<Controller>,
+        pci: PciDevice,
+        limits: TransportLimits,
+        notifier: AsyncNotifier,
+    ) -> Self {
+        let (tag_bits, max_qid) = tag_layout(limits.max_queue_depth);
+        let io_queues = usize::try_from(limits.max_io_qpairs_per_ctrlr).unwrap_or(0);
+        let queues = io_queues.min(usize::from(max_qid)) + 1;
+        ctrlr.set_async_event_notifier(notifier);
+        let irqs = Interrupts::new(pci.params().msix_vectors);
+        Self {
+            ctrlr,
+            pci,
+            irqs,
+            mem: GuestMemory::new(),
+            sqs: (0..queues).map(|_| None).collect(),
+            cqs: (0..queues).map(|_| None).collect(),
+            rung: Vec::new(),
+            queue_requests: Vec::new(),
+            spent: Vec::new(),
+            segments: Vec::new(),
+            tag_bits,
+        }
+    }
+
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.ctrlr
+    }
+
+    /// Commands in flight on every queue.
+    pub fn in_flight(&self) -> usize {
+        self.sqs
+            .iter()
+            .flatten()
+            .map(|sq| sq.core.in_flight())
+            .sum()
+    }
+
+    /// Fetches and runs the commands of every submission queue whose doorbell rang, carries
+    /// out queue creations and deletions, and fires the interrupts of completion queues that
+    /// got entries.
+    pub fn run_queues(&mut self, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+        while let Some(qid) = self.rung.pop() {
+            self.drain(qid, cx, now);
+            if qid == ADMIN {
+                self.carry_out_queue_requests(cx);
+            }
+        }
+        self.finish(cx);
+        Flow::Continue
+    }
+
+    /// A backend finished a command; the low bits of its tag name the command, the high bits
+    /// its queue.
+    pub fn handle_io_done(&mut self, mut done: IoDone, cx: &mut IoCx<'_>, now: Instant) {
+        let Ok(token) = u16::try_from(done.token & 0xFFFF) else {
+            return;
+        };
+        let (qid, tag) = self.split_tag(token);
+        done.token = u64::from(tag);
+        self.with_queue(qid, cx, |core, out, cx| {
+            core.io_done(done, cx, out, now);
+        });
+        self.drain(qid, cx, now);
+        self.finish(cx);
+    }
+
+    /// The buffers a command waited for are reserved.
+    pub fn handle_buffers_granted(
+        &mut self,
+        token: u16,
+        credits: u32,
+        cx: &mut IoCx<'_>,
+        now: Instant,
+    ) {
+        let (qid, tag) = self.split_tag(token);
+        let mut served = false;
+        self.with_queue(qid, cx, |core, out, cx| {
+            served = true;
+            core.buffers_granted(tag, credits, cx, out, now);
+        });
+        if !served {
+            cx.pool.give_credits(credits);
+        }
+        self.finish(cx);
+    }
+
+    /// The controller has async events: complete parked Asynchronous Event Requests.
+    pub fn handle_async_events(&mut self, cx: &mut IoCx<'_>) {
+        self.with_queue(ADMIN, cx, |core, out, _| core.poll_async_events(out));
+        self.finish(cx);
+    }
+
+    /// The client is gone: every queue detaches; returns the controller, which is gone too.
+    pub fn tear_down(&mut self, cx: &mut IoCx<'_>) -> Arc<Controller> {
+        for sq in self.sqs.iter_mut().skip(1).flatten() {
+            sq.core.detach();
+        }
+        self.sqs.iter_mut().for_each(|sq| *sq = None);
+        self.cqs.iter_mut().for_each(|cq| *cq = None);
+        self.give_spent(cx);
+        self.mem.unmap_all();
+        self.ctrlr.tear_down();
+        Arc::clone(&self.ctrlr)
+    }
+
+    /// The highest queue ID the device has doorbells for.
+    fn max_qid(&self) -> u16 {
+        u16::try_from(self.sqs.len().saturating_sub(1)).unwrap_or(u16::MAX)
+    }
+
+    fn split_tag(&self, token: u16) -> (u16, u16) {
+        (token >> self.tag_bits, token & ((1 << self.tag_bits) - 1))
+    }
+
+    /// Runs `f` on queue `qid`'s core with a responder over its completion queue; nothing if
+    /// the queue is gone.
+    fn with_queue(
+        &mut self,
+        qid: u16,
+        cx: &mut IoCx<'_>,
+        f: impl FnOnce(&mut QueueCore, &mut PcieOutput<'_>, &mut IoCx<'_>),
+    ) {
+        let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(cq) = self
+            .cqs
+            .get_mut(usize::from(sq.cqid))
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        let mut out = PcieOutput {
+            mem: &self.mem,
+            cq,
+            pointers: Some(&mut sq.pointers),
+            owed: &mut sq.owed,
+            segments: &mut self.segments,
+            spent: &mut self.spent,
+            queue_requests: &mut self.queue_requests,
+        };
+        cx.set_tag_prefix(qid << self.tag_bits);
+        f(&mut sq.core, &mut out, cx);
+        cx.set_tag_prefix(0);
+    }
+
+    /// Fetches and submits commands from `qid` while it has some and room for them.
+    fn drain(&mut self, qid: u16, cx: &mut IoCx<'_>, now: Instant) {
+        let tag_bits = self.tag_bits;
+        let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
+            return;
+        };
+        let Some(cq) = self
+            .cqs
+            .get_mut(usize::from(sq.cqid))
+            .and_then(Option::as_mut)
+        else {
+            return;
+        };
+        cx.set_tag_prefix(qid << tag_bits);
+        while !sq.stopped && !sq.ring.is_empty() {
+            let cq_room = cq.ring.entries() as usize - 1;
+            if cq.ring.pending() as usize + cq.owed >= cq_room
+                || sq.owed + 1 >= sq.ring.entries() as usize
+            {
+                // The host catches up first: it consumes completions, commands complete.
+                break;
+            }
+            let sqe = match sq.ring.pop(&self.mem) {
+                Some(Ok(sqe)) => sqe,
+                Some(Err(err)) => {
+                    warn!(qid, error = %err, "cannot read a submission queue entry; the queue stops");
+                    sq.stopped = true;
+                    break;
+                }
+                None => break,
+            };
+            sq.owed += 1;
+            cq.owed += 1;
+            let mut out = PcieOutput {
+                mem: &self.mem,
+                cq: &mut *cq,
+                pointers: Some(&mut sq.pointers),
+                owed: &mut sq.owed,
+                segments: &mut self.segments,
+                spent: &mut self.spent,
+                queue_requests: &mut self.queue_requests,
+            };
+            match sq.core.receive(&out) {
+                Received::Accepted => {}
+                Received::Stale | Received::Overflow => {
+                    debug!(qid, "queue no longer serves; the command is dropped");
+                    out.forget_one();
+                    sq.stopped = true;
+                    break;
+                }
+            }
+            let cid = sqe.cid();
+            let refused = if sqe.psdt() != 0 {
+                // Identify says PRPs only (SGLS = 0).
+                Some(Status::INVALID_FIELD.with_dnr())
+            } else if out.pointers.as_ref().is_some_and(|p| p.contains_key(&cid)) {
+                Some(Status::COMMAND_ID_CONFLICT.with_dnr())
+            } else {
+                None
+            };
+            if let Some(status) = refused {
+                // Its completion must not forget the data pointer of the command in flight
+                // under the same CID.
+                out.pointers = None;
+                sq.core.respond(Cqe::new(cid, status), &mut out);
+                continue;
+            }
+            if let Some(pointers) = out.pointers.as_deref_mut() {
+                pointers.insert(
+                    cid,
+                    DataPointer {
+                        prp1: sqe.prp1(),
+                        prp2: sqe.prp2(),
+                    },
+                );
+            }
+            trace!(qid, cid, opcode = sqe.opcode(), "command");
+            // PRPs carry no length: the command's own fields say how much moves, and the PRP
+            // walk checks every page of it.
+            let flow = sq
+                .core
+                .submit(sqe, u32::MAX, |_| Ok(HostData::Fetch), cx, &mut out, now);
+            if flow == Flow::Close && qid != ADMIN {
+                sq.stopped = true;
+            }
+        }
+        cx.set_tag_prefix(0);
+        sq.core.report_activity(now);
+    }
+
+    /// Carries out the Create/Delete I/O Queue commands of the admin batch, and completes them.
+    fn carry_out_queue_requests(&mut self, cx: &mut IoCx<'_>) {
+        let requests = std::mem::take(&mut self.queue_requests);
+        for (cid, request) in requests {
+            let status = self.carry_out(request).err().unwrap_or(Status::SUCCESS);
+            if !status.is_success() {
+                self.ctrlr.undo_queue_request(&request);
+            }
+            self.with_queue(ADMIN, cx, |core, out, _| {
+                core.respond(Cqe::new(cid, status), out);
+            });
+        }
+    }
+
+    fn carry_out(&mut self, request: QueueRequest) -> Result<(), Status> {
+        let invalid = Status::INVALID_FIELD.with_dnr();
+        match request {
+            QueueRequest::CreateCq {
+                qid,
+                entries,
+                base,
+                vector,
+            } => {
+                let slot = self.cqs.get_mut(usize::from(qid)).ok_or(invalid)?;
+                let ring =
+                    CompletionRing::new(&self.mem, base, u32::from(entries)).map_err(|err| {
+                        warn!(qid, base, error = %err, "completion queue outside guest memory");
+                        invalid
+                    })?;
+                *slot = Some(Cq {
+                    ring,
+                    vector,
+                    owed: 0,
+                    notify: false,
+                });
+                debug!(qid, entries, ?vector, "I/O completion queue created");
+            }
+            QueueRequest::CreateSq {
+                qid,
+                entries,
+                base,
+                cqid,
+                ..
+            } => {
+                if self.sqs.get(usize::from(qid)).is_none() {
+                    return Err(invalid);
+                }
+                let ring =
+                    SubmissionRing::new(&self.mem, base, u32::from(entries)).map_err(|err| {
+                        warn!(qid, base, error = %err, "submission queue outside guest memory");
+                        invalid
+                    })?;
+                let epoch = self.ctrlr.attach_pcie_io_queue(qid)?;
+                let mut core = QueueCore::new();
+                core.attach(Arc::clone(&self.ctrlr), qid, epoch, entries);
+                self.sqs[usize::from(qid)] = Some(Sq {
+                    ring,
+                    cqid,
+                    core,
+                    pointers: HashMap::new(),
+                    owed: 0,
+                    stopped: false,
+                });
+                debug!(qid, entries, cqid, "I/O submission queue created");
+            }
+            QueueRequest::DeleteSq { qid } => {
+                if let Some(mut sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::take) {
+                    // Its commands are aborted: their completions are no longer owed.
+                    if let Some(cq) = self
+                        .cqs
+                        .get_mut(usize::from(sq.cqid))
+                        .and_then(Option::as_mut)
+                    {
+                        cq.owed = cq.owed.saturating_sub(sq.owed);
+                    }
+                    sq.core.detach();
+                    debug!(qid, "I/O submission queue deleted");
+                }
+            }
+            QueueRequest::DeleteCq { qid } => {
+                if let Some(slot) = self.cqs.get_mut(usize::from(qid)) {
+                    *slot = None;
+                    debug!(qid, "I/O completion queue deleted");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a batch: buffers back to the pool, an interrupt for every completion queue that
+    /// got entries.
+    fn finish(&mut self, cx: &mut IoCx<'_>) {
+        self.give_spent(cx);
+        for cq in self.cqs.iter_mut().flatten() {
+            if std::mem::take(&mut cq.notify) {
+                if let Some(vector) = cq.vector {
+                    match self.irqs.trigger(vector) {
+                        Ok(Delivery::Signalled | Delivery::Pending | Delivery::Suppressed) => {}
+                        Err(err) => warn!(vector, error = %err, "cannot signal an interrupt"),
+                    }
+                }
+            }
+        }
+    }
+
+    fn give_spent(&mut self, cx: &mut IoCx<'_>) {
+        for buf in self.spent.drain(..) {
+            cx.pool.give(buf);
+        }
+    }
+
+    /// CC.EN 0 -> 1: the admin queue from AQA, ASQ and ACQ.
+    fn create_admin_queue(&mut self, aqa: u32, asq: u64, acq: u64) {
+        let sq_entries = u16::try_from((aqa & 0xFFF) + 1).unwrap_or(1);
+        let cq_entries = u16::try_from(((aqa >> 16) & 0xFFF) + 1).unwrap_or(1);
+        let rings = SubmissionRing::new(&self.mem, asq, u32::from(sq_entries)).and_then(|sq| {
+            CompletionRing::new(&self.mem, acq, u32::from(cq_entries)).map(|cq| (sq, cq))
+        });
+        let (sq_ring, cq_ring) = match rings {
+            Ok(rings) => rings,
+            Err(err) => {
+                warn!(asq, acq, error = %err, "admin queue outside guest memory; it cannot serve");
+                return;
+            }
+        };
+        let mut core = QueueCore::new();
+        core.attach(
+            Arc::clone(&self.ctrlr),
+            ADMIN,
+            QueueEpoch::ADMIN,
+            sq_entries,
+        );
+        self.sqs[0] = Some(Sq {
+            ring: sq_ring,
+            cqid: ADMIN,
+            core,
+            pointers: HashMap::new(),
+            owed: 0,
+            stopped: false,
+        });
+        self.cqs[0] = Some(Cq {
+            ring: cq_ring,
+            // The admin completion queue always interrupts on vector 0.
+            vector: Some(0),
+            owed: 0,
+            notify: false,
+        });
+        debug!(sq_entries, cq_entries, "admin queue created");
+    }
+
+    /// A controller reset or shutdown: every queue is gone; commands in flight are dropped
+    /// (a backend completion for one finds no queue and is ignored).
+    fn drop_queues(&mut self) {
+        for sq in self.sqs.iter_mut().skip(1).flatten() {
+            sq.core.detach();
+        }
+        self.sqs.iter_mut().for_each(|sq| *sq = None);
+        self.cqs.iter_mut().for_each(|cq| *cq = None);
+        self.rung.clear();
+        self.queue_requests.clear();
+    }
+
+    fn doorbell(&mut self, access: Bar0Access, value: u32) -> Result<(), Errno> {
+        match access {
+            Bar0Access::SqTail { qid } => {
+                let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
+                    debug!(qid, "doorbell of a queue that does not exist");
+                    return Ok(());
+                };
+                if let Err(err) = sq.ring.set_tail(value) {
+                    warn!(qid, value, error = %err, "invalid submission queue doorbell write");
+                    return Ok(());
+                }
+                if !self.rung.contains(&qid) {
+                    self.rung.push(qid);
+                }
+            }
+            Bar0Access::CqHead { qid } => {
+                let Some(cq) = self.cqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
+                    debug!(qid, "doorbell of a queue that does not exist");
+                    return Ok(());
+                };
+                if let Err(err) = cq.ring.set_head(value) {
+                    warn!(qid, value, error = %err, "invalid completion queue doorbell write");
+                    return Ok(());
+                }
+                // Room in the completion queue: submission queues that waited for it go on.
+                for (sqid, sq) in self.sqs.iter().enumerate() {
+                    if let Some(sq) = sq.as_ref().filter(|sq| sq.cqid == qid) {
+                        let sqid = u16::try_from(sqid).unwrap_or(0);
+                        if !sq.ring.is_empty() && !self.rung.contains(&sqid) {
+                            self.rung.push(sqid);
+                        }
+                    }
+                }
+            }
+            Bar0Access::Register { .. } | Bar0Access::Invalid => {}
+        }
+        Ok(())
+    }
+
+    fn bar0_read(&self, offset: u64, data: &mut [u8]) -> Result<(), Errno> {
+        let value = match Bar0Access::decode(offset, data.len(), self.max_qid()) {
+            Bar0Access::Register { offset, size } => {
+                // Registers we do not have (INTMS, INTMC, NSSR, CMB...) read as zero.
+                self.ctrlr.read_register(offset, size).unwrap_or(0)
+            }
+            // Doorbells are write-only.
+            Bar0Access::SqTail { .. } | Bar0Access::CqHead { .. } => 0,
+            Bar0Access::Invalid => return Err(libc::EINVAL),
+        };
+        let bytes = value.to_le_bytes();
+        let n = data.len().min(bytes.len());
+        data[..n].copy_from_slice(&bytes[..n]);
+        Ok(())
+    }
+
+    fn bar0_write(&mut self, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        let mut bytes = [0u8; 8];
+        let n = data.len().min(8);
+        bytes[..n].copy_from_slice(&data[..n]);
+        let value = u64::from_le_bytes(bytes);
+        match Bar0Access::decode(offset, data.len(), self.max_qid()) {
+            Bar0Access::Register { offset, size } => {
+                match self.ctrlr.write_register(offset, size, value) {
+                    Ok(RegisterEffect::None) => {}
+                    Ok(RegisterEffect::Enabled { aqa, asq, acq }) => {
+                        self.create_admin_queue(aqa, asq, acq);
+                    }
+                    Ok(RegisterEffect::Reset | RegisterEffect::ShutDown) => self.drop_queues(),
+                    Err(status) => {
+                        debug!(offset, %status, "register write refused");
+                    }
+                }
+                Ok(())
+            }
+            access @ (Bar0Access::SqTail { .. } | Bar0Access::CqHead { .. }) => {
+                let value = u32::try_from(value & 0xFFFF_FFFF).unwrap_or(0);
+                self.doorbell(access, value)
+            }
+            Bar0Access::Invalid => Err(libc::EINVAL),
+        }
+    }
+}
+
+impl Device for NvmeDevice {
+    fn info(&self) -> DeviceInfo {
+        DeviceInfo {
+            flags: device_flags::RESET | device_flags::PCI,
+            num_regions: region::COUNT,
+            num_irqs: super::msix::index::COUNT,
+        }
+    }
+
+    fn region_info(&self, index: u32) -> Option<RegionInfo> {
+        let desc = self.pci.region_desc(index)?;
+        Some(RegionInfo {
+            flags: desc.flags,
+            size: desc.size,
+            mmap: None,
+        })
+    }
+
+    fn irq_info(&self, index: u32) -> Option<IrqInfo> {
+        let desc = self.irqs.irq_desc(index)?;
+        Some(IrqInfo {
+            flags: desc.flags,
+            count: desc.count,
+        })
+    }
+
+    fn region_read(&mut self, index: u32, offset: u64, data: &mut [u8]) -> Result<(), Errno> {
+        match index {
+            region::BAR0 => self.bar0_read(offset, data),
+            region::BAR4 => self.irqs.table_read(offset, data).map_err(|e| e.errno()),
+            region::BAR5 => self.irqs.pba_read(offset, data).map_err(|e| e.errno()),
+            region::CONFIG => self.pci.config_read(offset, data).map_err(|e| e.errno()),
+            _ => Err(libc::EINVAL),
+        }
+    }
+
+    fn region_write(&mut self, index: u32, offset: u64, data: &[u8]) -> Result<(), Errno> {
+        match index {
+            region::BAR0 => self.bar0_write(offset, data),
+            region::BAR4 => self.irqs.table_write(offset, data).map_err(|e| e.errno()),
+            region::BAR5 => self.irqs.pba_write(offset, data).map_err(|e| e.errno()),
+            region::CONFIG => {
+                let changes = self.pci.config_write(offset, data).map_err(|e| e.errno())?;
+                for change in changes {
+                    let applied = match change {
+                        ConfigChange::MsixControl(control) => {
+                            self.irqs.set_msix_control(control.enabled, control.masked)
+                        }
+                        ConfigChange::Command(command) => {
+                            self.irqs.set_intx_disabled(command.intx_disabled)
+                        }
+                    };
+                    applied.map_err(|e| e.errno())?;
+                }
+                Ok(())
+            }
+            _ => Err(libc::EINVAL),
+        }
+    }
+
+    fn dma_map(&mut self, map: DmaMap, fd: Option<OwnedFd>) -> Result<(), Errno> {
+        let prot = Prot::from_dma_flags(map.flags).ok_or(libc::EINVAL)?;
+        self.mem
+            .map(map.iova, map.size, prot, fd.map(|fd| (fd, map.offset)))
+            .map_err(|err| err.to_errno())
+    }
+
+    fn dma_unmap(&mut self, unmap: DmaUnmap) -> Result<(), Errno> {
+        if unmap.flags & dma_unmap_flags::ALL != 0 {
+            self.mem.unmap_all();
+            return Ok(());
+        }
+        self.mem
+            .unmap(unmap.iova, unmap.size)
+            .map_err(|err| err.to_errno())
+    }
+
+    fn set_irqs(&mut self, set: IrqSet, fds: Vec<OwnedFd>) -> Result<(), Errno> {
+        self.irqs
+            .set_irqs(set.index, set.flags, set.start, set.count, &set.data, fds)
+            .map_err(|e| e.errno())
+    }
+
+    fn reset(&mut self) -> Result<(), Errno> {
+        debug!("device reset");
+        let _ =
+            self.ctrlr
+                .write_register(crate::nvme::properties::offset::CC, PropertySize::Four, 0);
+        self.drop_queues();
+        self.pci.reset();
+        self.irqs.reset();
+        Ok(())
+    }
+}
+
+/// How a submission queue's core answers: completions into its completion queue in guest
+/// memory, data through the command's PRPs.
+struct PcieOutput<'a> {
+    mem: &'a GuestMemory,
+    cq: &'a mut Cq,
+    /// `None` while answering a command refused for its CID, which must leave the pointer of
+    /// the command in flight under that CID alone.
+    pointers: Option<&'a mut HashMap<u16, DataPointer>>,
+    owed: &'a mut usize,
+    segments: &'a mut Vec<Segment>,
+    spent: &'a mut Vec<DataBuf>,
+    queue_requests: &'a mut Vec<(u16, QueueRequest)>,
+}
+
+impl PcieOutput<'_> {
+    /// A fetched command will get no completion.
+    fn forget_one(&mut self) {
+        *self.owed = self.owed.saturating_sub(1);
+        self.cq.owed = self.cq.owed.saturating_sub(1);
+    }
+
+    fn pointer(&self, cid: u16) -> Option<DataPointer> {
+        self.pointers.as_ref()?.get(&cid).copied()
+    }
+
+    /// The guest segments of `len` bytes of command `cid`'s data.
+    fn segments_of(&mut self, cid: u16, len: usize) -> Result<(), Status> {
+        let pointer = self.pointer(cid).ok_or(Status::INTERNAL_ERROR)?;
+        prp::prp_segments(self.mem, pointer.prp1, pointer.prp2, len, self.segments)
+    }
+
+    /// Writes `data` then `zeroes` zero bytes to command `cid`'s buffer.
+    fn write_data(&mut self, cid: u16, data: &[u8], zeroes: usize) -> Result<(), Status> {
+        let len = data.len() + zeroes;
+        if len == 0 {
+            return Ok(());
+        }
+        self.segments_of(cid, len)?;
+        let mut source = Source {
+            data,
+            zeroes,
+            at: 0,
+        };
+        for segment in self.segments.iter() {
+            let mut gpa = segment.gpa;
+            let mut left = segment.len;
+            while left > 0 {
+                let chunk = source.next(left);
+                self.mem.write(gpa, chunk).map_err(|err| err.to_status())?;
+                gpa += chunk.len() as u64;
+                left -= chunk.len();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Data followed by zeroes, handed out in pieces.
+struct Source<'d> {
+    data: &'d [u8],
+    zeroes: usize,
+    at: usize,
+}
+
+impl<'d> Source<'d> {
+    /// The next piece, at most `max` bytes (never empty while something is left).
+    fn next(&mut self, max: usize) -> &'d [u8] {
+        if self.at < self.data.len() {
+            let end = (self.at + max).min(self.data.len());
+            let piece = &self.data[self.at..end];
+            self.at = end;
+            return piece;
+        }
+        let n = max.min(self.zeroes).min(ZEROES.len());
+        self.zeroes -= n;
+        &ZEROES[..n]
+    }
+}
+
+impl Responder for PcieOutput<'_> {
+    fn complete(&mut self, cqe: Cqe) {
+        if let Some(pointers) = self.pointers.as_deref_mut() {
+            pointers.remove(&cqe.cid);
+        }
+        *self.owed = self.owed.saturating_sub(1);
+        self.cq.owed = self.cq.owed.saturating_sub(1);
+        match self.cq.ring.post(self.mem, &cqe) {
+            Ok(()) => self.cq.notify = true,
+            Err(err) => warn!(cid = cqe.cid, error = %err, "cannot post a completion"),
+        }
+    }
+
+    fn complete_with_data(&mut self, cid: u16, data: &[u8], zeroes: usize, mut cqe: Cqe) {
+        if let Err(status) = self.write_data(cid, data, zeroes) {
+            cqe.status = status;
+        }
+        self.complete(cqe);
+    }
+
+    fn complete_with_buffer(&mut self, cid: u16, data: DataBuf, mut cqe: Cqe) {
+        if let Err(status) = self.write_data(cid, &data, 0) {
+            cqe.status = status;
+        }
+        self.spent.push(data);
+        self.complete(cqe);
+    }
+
+    fn complete_with_zeroes(&mut self, cid: u16, len: usize, mut cqe: Cqe) {
+        if let Err(status) = self.write_data(cid, &[], len) {
+            cqe.status = status;
+        }
+        self.complete(cqe);
+    }
+
+    fn request_data(&mut self, cid: u16, _tag: u16, buf: &mut [u8]) -> DataRequest {
+        let copied = self
+            .segments_of(cid, buf.len())
+            .and_then(|()| prp::copy_from_guest(self.mem, self.segments, buf));
+        match copied {
+            Ok(()) => DataRequest::Filled,
+            Err(status) => DataRequest::Failed(status),
+        }
+    }
+
+    fn undelivered_completions(&self) -> usize {
+        // Fetching stops before the completion queue could overflow (see `drain`).
+        0
+    }
+
+    fn queue_request(
+        &mut self,
+        _ctrlr: &Controller,
+        cid: u16,
+        request: QueueRequest,
+    ) -> Option<Cqe> {
+        self.queue_requests.push((cid, request));
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_leave_room_for_the_queue_ids() {
+        assert_eq!(tag_layout(256), (8, 255));
+        assert_eq!(tag_layout(32), (5, 2047));
+        assert_eq!(tag_layout(1024), (10, 63));
+        assert_eq!(tag_layout(4096), (12, 15));
+        assert_eq!(tag_layout(2), (1, 32767));
+    }
+}

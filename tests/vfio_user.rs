@@ -1,0 +1,170 @@
+//! vfio-user against the real binary: a fake VMM (`vfio_user::Client`, rust-vmm's VMM side)
+//! with a guest NVMe driver in it brings the controller up through BAR0 and config space,
+//! creates queues in a memfd "guest RAM", and moves data through PRPs, as QEMU and Linux's
+//! `nvme` driver do.
+
+// Test patterns and page offsets are small by construction.
+#![allow(clippy::cast_possible_truncation)]
+
+mod common;
+#[path = "vfio_user/guest.rs"]
+mod guest;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{SUBNQN, TargetProcess, free_port};
+use guest::{DATA, Guest, IDENTIFY, PAGE, PRP_LISTS, rw, sqe};
+
+struct VfioTarget {
+    target: TargetProcess,
+    socket: PathBuf,
+}
+
+fn start(interrupt_mode: bool, namespace: &str) -> VfioTarget {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let vfio_dir = dir.path().join("vm0");
+    let config = format!(
+        "[target]\ninterrupt_mode = {interrupt_mode}\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n\n\
+         [transport.tcp]\n\n\
+         [transport.vfiouser]\ndisable_mappable_bar0 = true\n\n\
+         [[subsystem]]\nnqn = \"{SUBNQN}\"\nallow_any_host = true\n\n\
+         [[subsystem.listener]]\ntransport = \"vfiouser\"\npath = \"{}\"\n\n\
+         [[subsystem.listener]]\ntransport = \"tcp\"\naddress = \"127.0.0.1\"\nport = {port}\n\n\
+         [[subsystem.namespace]]\nnsid = 1\n{namespace}\n",
+        dir.path().join("ctl.sock").display(),
+        vfio_dir.display(),
+    );
+    let target = TargetProcess::start_with_config(dir, port, &config);
+    let socket = vfio_dir.join("cntrl");
+    wait_for(&socket, &target);
+    VfioTarget { target, socket }
+}
+
+fn wait_for(socket: &Path, target: &TargetProcess) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no vfio-user socket at {}:\n{}",
+            socket.display(),
+            target.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A pattern that differs per byte and per run of the test.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ ((i >> 9) as u8))
+        .collect()
+}
+
+#[test]
+fn a_guest_brings_the_controller_up_and_moves_data_through_prps() {
+    let mut t = start(true, "ram = { size = \"16MiB\" }");
+    let mut g = Guest::connect(&t.socket, 4);
+
+    // The PCI function a driver binds to: NVMe class, our IDs, MSI-X in the capability list.
+    let class = g.config_read32(0x08) >> 8;
+    assert_eq!(class, 0x01_08_02, "class code");
+    assert!(g.find_capability(0x10).is_some(), "PCI Express capability");
+    let regions: Vec<u64> = (0..9)
+        .map(|i| g.client.region(i).map_or(0, |r| r.size))
+        .collect();
+    assert_eq!(regions[0], 16 * 1024, "BAR0: registers and doorbells");
+    assert_eq!(regions[7], 4096, "config space");
+
+    let cap = g.read_reg64(0x0);
+    assert_eq!((cap >> 32) & 0xF, 0, "CAP.DSTRD: doorbells 4 bytes apart");
+    assert!(cap & 0xFFFF >= 31, "CAP.MQES");
+    assert_eq!(g.read_reg32(0x08), 0x0001_0300, "VS 1.3");
+    g.enable();
+
+    // Identify Controller into one page.
+    let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "identify controller: {c:?}");
+    let id = g.read_ram(IDENTIFY, 4096);
+    assert!(
+        id[4..24].iter().any(|b| *b != b' ' && *b != 0),
+        "a serial number"
+    );
+    assert_eq!(c.sqid, 0);
+    // Identify Namespace 1: 16 MiB in 512-byte blocks.
+    let c = g.admin(sqe(0x06, 1, IDENTIFY, 0, [0, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "identify namespace");
+    let ns = g.read_ram(IDENTIFY, 4096);
+    let nsze = u64::from_le_bytes(ns[0..8].try_into().expect("8 bytes"));
+    assert_eq!(nsze, 16 * 1024 * 1024 / 512);
+
+    // Number of Queues, then one I/O queue pair on vector 1.
+    let c = g.admin(sqe(0x09, 0, 0, 0, [0x07, 0x0001_0001, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "set features number of queues");
+    g.create_io_queues(1, 1);
+
+    // 128 KiB written from 32 scattered pages (a PRP list), read back into others.
+    let len = 128 * 1024;
+    let data = pattern(len, 7);
+    let pages: Vec<u64> = (0..32u64).map(|i| DATA + (31 - i) * 2 * PAGE).collect();
+    for (i, page) in pages.iter().enumerate() {
+        g.write_ram(*page, &data[i * 4096..(i + 1) * 4096]);
+    }
+    let (prp1, prp2) = g.prps(&pages, 0, PRP_LISTS);
+    let c = g.io(1, rw(0x01, 8, 256, prp1, prp2));
+    assert_eq!(c.status, 0, "write: {c:?}");
+    let back: Vec<u64> = (0..32u64)
+        .map(|i| DATA + 0x10_0000 + i * 3 * PAGE)
+        .collect();
+    let (prp1, prp2) = g.prps(&back, 0, PRP_LISTS + PAGE);
+    let c = g.io(1, rw(0x02, 8, 256, prp1, prp2));
+    assert_eq!(c.status, 0, "read: {c:?}");
+    let mut read = Vec::new();
+    for page in &back {
+        read.extend(g.read_ram(*page, 4096));
+    }
+    assert!(read == data, "read back what was written");
+
+    // A read into a buffer that starts mid-page: PRP1 with an offset, three pages.
+    let offset = 0x200;
+    let pages: Vec<u64> = (0..3u64).map(|i| DATA + 0x30_0000 + i * 5 * PAGE).collect();
+    let (prp1, prp2) = g.prps(&pages, offset, PRP_LISTS + 2 * PAGE);
+    let c = g.io(1, rw(0x02, 8, 16, prp1, prp2));
+    assert_eq!(c.status, 0, "read with an offset");
+    let mut got = g.read_ram(pages[0] + offset, (PAGE - offset) as usize);
+    got.extend(g.read_ram(pages[1], 4096));
+    got.extend(g.read_ram(pages[2], offset as usize));
+    assert!(got == data[..8192], "offset read");
+
+    // A PRP outside guest memory: Data Transfer Error, and the queue serves on.
+    let c = g.io(1, rw(0x02, 0, 8, guest::RAM_SIZE + 0x1000, 0));
+    assert_eq!((c.sct(), c.sc()), (0, 0x04), "data transfer error: {c:?}");
+    // A second page with an offset: Invalid PRP Offset.
+    let c = g.io(1, rw(0x02, 0, 16, DATA, DATA + 0x2000 + 0x10));
+    assert_eq!((c.sct(), c.sc()), (0, 0x13), "invalid PRP offset: {c:?}");
+    let c = g.io(1, rw(0x02, 8, 8, DATA, 0));
+    assert_eq!(c.status, 0, "the queue still serves");
+
+    // A controller reset drops the queues; enabling again starts afresh.
+    g.disable();
+    g.enable();
+    let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "identify after a reset");
+
+    // The VMM goes (a VM reboot) and comes back: a new controller serves it.
+    drop(g);
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "identify on a new connection");
+    g.create_io_queues(1, 1);
+    let c = g.io(1, rw(0x02, 8, 8, DATA, 0));
+    assert_eq!(c.status, 0, "read on a new connection");
+    assert!(
+        g.read_ram(DATA, 4096) == data[..4096],
+        "data survived the VMM's reconnect"
+    );
+    drop(g);
+    t.target.stop();
+}

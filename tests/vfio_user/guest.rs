@@ -1,0 +1,421 @@
+//! A fake VMM with a guest NVMe driver in it: `vfio_user::Client` (rust-vmm's VMM side of the
+//! protocol) connected to the target's socket, guest RAM in a memfd shared with the target by
+//! DMA_MAP, MSI-X vectors as eventfds, and the driver's side of the NVMe PCIe queues (SQEs
+//! written into guest RAM, doorbells rung by REGION_WRITE, completions read by phase bit).
+
+#![allow(dead_code)]
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rustix::event::{EventfdFlags, PollFd, PollFlags};
+use rustix::fs::MemfdFlags;
+
+/// Guest RAM: 64 MiB at guest physical address 0.
+pub const RAM_SIZE: u64 = 64 << 20;
+pub const PAGE: u64 = 4096;
+
+pub const BAR0: u32 = 0;
+pub const CONFIG: u32 = 7;
+pub const MSIX_INDEX: u32 = 2;
+/// VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER
+pub const IRQ_EVENTFD_TRIGGER: u32 = 4 | 32;
+
+/// Where the driver keeps things in guest RAM.
+pub const ASQ: u64 = 0x1_0000;
+pub const ACQ: u64 = 0x2_0000;
+pub const IOSQ: u64 = 0x3_0000;
+pub const IOCQ: u64 = 0x4_0000;
+pub const IDENTIFY: u64 = 0x10_0000;
+pub const PRP_LISTS: u64 = 0x18_0000;
+pub const DATA: u64 = 0x20_0000;
+
+pub const ADMIN_ENTRIES: u16 = 32;
+pub const IO_ENTRIES: u16 = 64;
+
+/// One completion as the driver reads it.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    pub dw0: u32,
+    pub sqhd: u16,
+    pub sqid: u16,
+    pub cid: u16,
+    /// Status field without the phase bit: SCT << 8 | SC (DNR and More above).
+    pub status: u16,
+}
+
+impl Completion {
+    pub fn sc(&self) -> u8 {
+        (self.status & 0xFF) as u8
+    }
+    pub fn sct(&self) -> u8 {
+        ((self.status >> 8) & 0x7) as u8
+    }
+}
+
+struct Ring {
+    base: u64,
+    entries: u16,
+    /// SQ: the tail the driver writes; CQ: the head it consumes.
+    index: u16,
+    phase: bool,
+}
+
+/// The guest: its RAM, its interrupts, its queues.
+pub struct Guest {
+    pub client: vfio_user::Client,
+    ram: OwnedFd,
+    vectors: Vec<OwnedFd>,
+    sqs: Vec<Option<Ring>>,
+    cqs: Vec<Option<Ring>>,
+    next_cid: u16,
+}
+
+impl Guest {
+    /// Connects to `socket`, maps guest RAM, enables MSI-X with `vectors` eventfds.
+    pub fn connect(socket: &Path, vectors: u32) -> Self {
+        let mut client = vfio_user::Client::new(socket).expect("vfio-user client");
+        let ram = rustix::fs::memfd_create("guest-ram", MemfdFlags::CLOEXEC).expect("memfd");
+        rustix::fs::ftruncate(&ram, RAM_SIZE).expect("ftruncate");
+        client
+            .dma_map(0, 0, RAM_SIZE, ram.as_raw_fd())
+            .expect("dma map");
+        let mut guest = Self {
+            client,
+            ram,
+            vectors: Vec::new(),
+            sqs: (0..8).map(|_| None).collect(),
+            cqs: (0..8).map(|_| None).collect(),
+            next_cid: 1,
+        };
+        guest.enable_msix(vectors);
+        guest
+    }
+
+    /// Enables MSI-X in config space and gives the device an eventfd per vector.
+    pub fn enable_msix(&mut self, vectors: u32) {
+        let cap = self.find_capability(0x11).expect("MSI-X capability");
+        let control = self.config_read16(cap + 2);
+        self.config_write16(cap + 2, control | 0x8000);
+        // Bus master on, as a driver does before DMA.
+        let command = self.config_read16(0x04);
+        self.config_write16(0x04, command | 0x6);
+        self.vectors = (0..vectors)
+            .map(|_| {
+                rustix::event::eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)
+                    .expect("eventfd")
+            })
+            .collect();
+        let fds: Vec<i32> = self.vectors.iter().map(|fd| fd.as_raw_fd()).collect();
+        self.client
+            .set_irqs(MSIX_INDEX, IRQ_EVENTFD_TRIGGER, 0, vectors, &fds)
+            .expect("set irqs");
+    }
+
+    pub fn config_read(&mut self, offset: u64, data: &mut [u8]) {
+        self.client
+            .region_read(CONFIG, offset, data)
+            .expect("config read");
+    }
+
+    pub fn config_read16(&mut self, offset: u64) -> u16 {
+        let mut b = [0; 2];
+        self.config_read(offset, &mut b);
+        u16::from_le_bytes(b)
+    }
+
+    pub fn config_read32(&mut self, offset: u64) -> u32 {
+        let mut b = [0; 4];
+        self.config_read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    pub fn config_write16(&mut self, offset: u64, value: u16) {
+        self.client
+            .region_write(CONFIG, offset, &value.to_le_bytes())
+            .expect("config write");
+    }
+
+    /// The config-space offset of capability `id`, walking the list from 0x34.
+    pub fn find_capability(&mut self, id: u8) -> Option<u64> {
+        let mut at = u64::from(self.config_read16(0x34) & 0xFF);
+        for _ in 0..48 {
+            if at == 0 {
+                return None;
+            }
+            let header = self.config_read16(at);
+            if (header & 0xFF) as u8 == id {
+                return Some(at);
+            }
+            at = u64::from(header >> 8);
+        }
+        None
+    }
+
+    pub fn read_reg32(&mut self, offset: u64) -> u32 {
+        let mut b = [0; 4];
+        self.client
+            .region_read(BAR0, offset, &mut b)
+            .expect("bar0 read");
+        u32::from_le_bytes(b)
+    }
+
+    pub fn read_reg64(&mut self, offset: u64) -> u64 {
+        let mut b = [0; 8];
+        self.client
+            .region_read(BAR0, offset, &mut b)
+            .expect("bar0 read");
+        u64::from_le_bytes(b)
+    }
+
+    pub fn write_reg32(&mut self, offset: u64, value: u32) {
+        self.client
+            .region_write(BAR0, offset, &value.to_le_bytes())
+            .expect("bar0 write");
+    }
+
+    pub fn write_reg64(&mut self, offset: u64, value: u64) {
+        self.client
+            .region_write(BAR0, offset, &value.to_le_bytes())
+            .expect("bar0 write");
+    }
+
+    pub fn write_ram(&self, gpa: u64, data: &[u8]) {
+        let n = rustix::io::pwrite(&self.ram, data, gpa).expect("pwrite");
+        assert_eq!(n, data.len());
+    }
+
+    pub fn read_ram(&self, gpa: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        let n = rustix::io::pread(&self.ram, &mut buf, gpa).expect("pread");
+        assert_eq!(n, len);
+        buf
+    }
+
+    /// Sets the admin queue up and enables the controller; waits for CSTS.RDY.
+    pub fn enable(&mut self) {
+        self.write_ram(ASQ, &vec![0; usize::from(ADMIN_ENTRIES) * 64]);
+        self.write_ram(ACQ, &vec![0; usize::from(ADMIN_ENTRIES) * 16]);
+        let aqa = (u32::from(ADMIN_ENTRIES - 1) << 16) | u32::from(ADMIN_ENTRIES - 1);
+        self.write_reg32(0x24, aqa);
+        self.write_reg64(0x28, ASQ);
+        self.write_reg64(0x30, ACQ);
+        // IOCQES 4, IOSQES 6, MPS 0, CSS 0, EN.
+        self.write_reg32(0x14, (4 << 20) | (6 << 16) | 1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.read_reg32(0x1C) & 1 == 0 {
+            assert!(Instant::now() < deadline, "CSTS.RDY never set");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.sqs[0] = Some(Ring {
+            base: ASQ,
+            entries: ADMIN_ENTRIES,
+            index: 0,
+            phase: true,
+        });
+        self.cqs[0] = Some(Ring {
+            base: ACQ,
+            entries: ADMIN_ENTRIES,
+            index: 0,
+            phase: true,
+        });
+    }
+
+    /// Clears CC.EN and waits for CSTS.RDY to clear; the queues are gone.
+    pub fn disable(&mut self) {
+        let cc = self.read_reg32(0x14);
+        self.write_reg32(0x14, cc & !1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.read_reg32(0x1C) & 1 != 0 {
+            assert!(Instant::now() < deadline, "CSTS.RDY never cleared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.sqs.iter_mut().for_each(|q| *q = None);
+        self.cqs.iter_mut().for_each(|q| *q = None);
+    }
+
+    pub fn next_cid(&mut self) -> u16 {
+        self.next_cid = self.next_cid.wrapping_add(1).max(1);
+        self.next_cid
+    }
+
+    /// Writes `sqe` (its CID already set) at the tail of SQ `qid` and rings its doorbell.
+    pub fn submit(&mut self, qid: u16, sqe: &[u8; 64]) {
+        let ring = self.sqs[usize::from(qid)].as_mut().expect("sq exists");
+        let at = ring.base + u64::from(ring.index) * 64;
+        ring.index = (ring.index + 1) % ring.entries;
+        let tail = ring.index;
+        self.write_ram(at, sqe);
+        self.write_reg32(0x1000 + 8 * u64::from(qid), u32::from(tail));
+    }
+
+    /// Waits for the next completion on CQ `cqid` (by its phase bit), consuming it and
+    /// ringing the head doorbell. `vector` is the eventfd to wait on (None: poll).
+    pub fn wait_completion(&mut self, cqid: u16, vector: Option<usize>) -> Completion {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(c) = self.take_completion(cqid) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "no completion on CQ {cqid}");
+            match vector {
+                Some(v) => {
+                    self.wait_interrupt(v, Duration::from_millis(200));
+                }
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// The completion at the head of CQ `cqid` if its phase says it is new.
+    pub fn take_completion(&mut self, cqid: u16) -> Option<Completion> {
+        let (at, phase) = {
+            let ring = self.cqs[usize::from(cqid)].as_ref().expect("cq exists");
+            (ring.base + u64::from(ring.index) * 16, ring.phase)
+        };
+        let b = self.read_ram(at, 16);
+        let raw_status = u16::from_le_bytes([b[14], b[15]]);
+        if (raw_status & 1 == 1) != phase {
+            return None;
+        }
+        let ring = self.cqs[usize::from(cqid)].as_mut().expect("cq exists");
+        ring.index = (ring.index + 1) % ring.entries;
+        if ring.index == 0 {
+            ring.phase = !ring.phase;
+        }
+        let head = ring.index;
+        self.write_reg32(0x1000 + 8 * u64::from(cqid) + 4, u32::from(head));
+        Some(Completion {
+            dw0: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            sqhd: u16::from_le_bytes([b[8], b[9]]),
+            sqid: u16::from_le_bytes([b[10], b[11]]),
+            cid: u16::from_le_bytes([b[12], b[13]]),
+            status: raw_status >> 1,
+        })
+    }
+
+    /// Waits up to `timeout` for vector `v`'s eventfd; true if it fired (and is reset).
+    pub fn wait_interrupt(&self, v: usize, timeout: Duration) -> bool {
+        let fd = &self.vectors[v];
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        let ts = rustix::event::Timespec {
+            tv_sec: i64::from(ms / 1000),
+            tv_nsec: i64::from(ms % 1000) * 1_000_000,
+        };
+        let ready = rustix::event::poll(&mut fds, Some(&ts)).unwrap_or(0);
+        if ready == 0 {
+            return false;
+        }
+        let mut b = [0u8; 8];
+        let _ = rustix::io::read(fd.as_fd(), &mut b);
+        true
+    }
+
+    /// Runs one admin command and waits for its completion.
+    pub fn admin(&mut self, mut sqe: [u8; 64]) -> Completion {
+        let cid = self.next_cid();
+        sqe[2..4].copy_from_slice(&cid.to_le_bytes());
+        self.submit(0, &sqe);
+        let c = self.wait_completion(0, Some(0));
+        assert_eq!(c.cid, cid, "completion for the command sent");
+        c
+    }
+
+    /// Creates I/O CQ and SQ `qid` (interrupts on `vector`).
+    pub fn create_io_queues(&mut self, qid: u16, vector: u16) {
+        // One page each: 64 entries of 64 bytes (SQ) or 16 bytes (CQ).
+        let cq_base = IOCQ + u64::from(qid - 1) * PAGE;
+        let sq_base = IOSQ + u64::from(qid - 1) * PAGE;
+        self.write_ram(cq_base, &vec![0; usize::from(IO_ENTRIES) * 16]);
+        let size = u32::from(IO_ENTRIES - 1) << 16;
+        let c = self.admin(sqe(
+            0x05,
+            0,
+            cq_base,
+            0,
+            [
+                u32::from(qid) | size,
+                0x3 | (u32::from(vector) << 16),
+                0,
+                0,
+                0,
+                0,
+            ],
+        ));
+        assert_eq!(c.status, 0, "create I/O CQ");
+        let c = self.admin(sqe(
+            0x01,
+            0,
+            sq_base,
+            0,
+            [
+                u32::from(qid) | size,
+                0x1 | (u32::from(qid) << 16),
+                0,
+                0,
+                0,
+                0,
+            ],
+        ));
+        assert_eq!(c.status, 0, "create I/O SQ");
+        self.cqs[usize::from(qid)] = Some(Ring {
+            base: cq_base,
+            entries: IO_ENTRIES,
+            index: 0,
+            phase: true,
+        });
+        self.sqs[usize::from(qid)] = Some(Ring {
+            base: sq_base,
+            entries: IO_ENTRIES,
+            index: 0,
+            phase: true,
+        });
+    }
+
+    /// Runs one I/O command on queue `qid` and waits for its completion (vector `qid`).
+    pub fn io(&mut self, qid: u16, mut sqe: [u8; 64]) -> Completion {
+        let cid = self.next_cid();
+        sqe[2..4].copy_from_slice(&cid.to_le_bytes());
+        self.submit(qid, &sqe);
+        let c = self.wait_completion(qid, Some(usize::from(qid)));
+        assert_eq!(c.cid, cid, "completion for the command sent");
+        c
+    }
+
+    /// PRP1 and PRP2 for `pages` (each a page-aligned guest address, the first one possibly
+    /// with `offset`), building a PRP list at `list` when needed.
+    pub fn prps(&self, pages: &[u64], offset: u64, list: u64) -> (u64, u64) {
+        match pages.len() {
+            0 => (0, 0),
+            1 => (pages[0] + offset, 0),
+            2 => (pages[0] + offset, pages[1]),
+            _ => {
+                let entries: Vec<u8> = pages[1..].iter().flat_map(|p| p.to_le_bytes()).collect();
+                self.write_ram(list, &entries);
+                (pages[0] + offset, list)
+            }
+        }
+    }
+}
+
+/// An SQE: opcode, nsid, PRP1, PRP2, CDW10..CDW15.
+pub fn sqe(opcode: u8, nsid: u32, prp1: u64, prp2: u64, cdw: [u32; 6]) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    b[0] = opcode;
+    b[4..8].copy_from_slice(&nsid.to_le_bytes());
+    b[24..32].copy_from_slice(&prp1.to_le_bytes());
+    b[32..40].copy_from_slice(&prp2.to_le_bytes());
+    for (i, v) in cdw.iter().enumerate() {
+        b[40 + 4 * i..44 + 4 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+/// A Read (0x02) or Write (0x01) of `blocks` 512-byte blocks at `lba`.
+pub fn rw(opcode: u8, lba: u64, blocks: u32, prp1: u64, prp2: u64) -> [u8; 64] {
+    let lba_lo = (lba & 0xFFFF_FFFF) as u32;
+    let lba_hi = (lba >> 32) as u32;
+    sqe(opcode, 1, prp1, prp2, [lba_lo, lba_hi, blocks - 1, 0, 0, 0])
+}
