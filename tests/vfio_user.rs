@@ -168,3 +168,83 @@ fn a_guest_brings_the_controller_up_and_moves_data_through_prps() {
     drop(g);
     t.target.stop();
 }
+
+#[test]
+fn a_hostile_guest_gets_statuses_and_the_target_serves_on() {
+    let mut t = start(true, "ram = { size = \"16MiB\" }");
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+
+    // Queues outside guest memory, or on a completion queue that does not exist.
+    let size = u32::from(guest::IO_ENTRIES - 1) << 16;
+    let outside = guest::RAM_SIZE + 0x10_0000;
+    let c = g.admin(sqe(
+        0x05,
+        0,
+        outside,
+        0,
+        [1 | size, 0x3 | (1 << 16), 0, 0, 0, 0],
+    ));
+    assert_eq!(
+        (c.sct(), c.sc()),
+        (0, 0x02),
+        "CQ outside guest memory: {c:?}"
+    );
+    let c = g.admin(sqe(
+        0x01,
+        0,
+        guest::IOSQ,
+        0,
+        [1 | size, 0x1 | (3 << 16), 0, 0, 0, 0],
+    ));
+    assert_eq!(
+        (c.sct(), c.sc()),
+        (1, 0x00),
+        "SQ on a CQ that does not exist: {c:?}"
+    );
+
+    // Doorbells of queues that do not exist, and a tail past the end of the admin queue, are
+    // ignored; the admin queue serves on.
+    g.write_reg32(0x1000 + 8 * 5, 1);
+    g.write_reg32(0x1000 + 8 * 2 + 4, 7);
+    g.write_reg32(0x1000, 1000);
+    let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "identify after junk doorbells: {c:?}");
+
+    g.create_io_queues(1, 1);
+    let c = g.io(1, sqe(0x7F, 1, DATA, 0, [0; 6]));
+    assert_eq!(
+        (c.sct(), c.sc()),
+        (0, 0x01),
+        "a fabrics opcode on PCIe: {c:?}"
+    );
+    let c = g.io(1, sqe(0x55, 1, DATA, 0, [0; 6]));
+    assert_eq!((c.sct(), c.sc()), (0, 0x01), "an unknown opcode: {c:?}");
+    let mut sgl = rw(0x02, 0, 8, DATA, 0);
+    sgl[1] = 0x40; // PSDT: SGL, which Identify says is not supported
+    let c = g.io(1, sgl);
+    assert_eq!((c.sct(), c.sc()), (0, 0x02), "an SGL on PCIe: {c:?}");
+    let c = g.io(1, rw(0x02, 1 << 40, 8, DATA, 0));
+    assert_eq!((c.sct(), c.sc()), (0, 0x80), "LBA out of range: {c:?}");
+
+    // The VMM unmaps guest memory under live queues: the next command cannot be fetched, the
+    // queue stops, and the target lives.
+    g.client.dma_unmap(0, guest::RAM_SIZE).expect("dma unmap");
+    g.submit(1, &rw(0x02, 0, 8, DATA, 0));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        g.config_read32(0x08) >> 8,
+        0x01_08_02,
+        "the device still answers"
+    );
+    drop(g);
+
+    // The next VMM is served as if nothing happened.
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    g.create_io_queues(1, 1);
+    let c = g.io(1, rw(0x02, 0, 8, DATA, 0));
+    assert_eq!(c.status, 0, "a read on the next connection: {c:?}");
+    drop(g);
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+}

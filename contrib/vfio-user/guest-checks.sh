@@ -3,7 +3,7 @@
 # PCI driver against the vfio-user controller. Every check prints "CHECK name: ok" or
 # "CHECK name: FAILED" and "STEP name seconds"; the exit code is 0 when every check passed.
 # env: CHECKS      checks to run, in order (default: device driver identify integrity fio reset
-#                  rebind, and nshotplug when NS_HOTPLUG=1)
+#                  rebind, nshotplug when NS_HOTPLUG=1, idle when IDLE_SECONDS > 0)
 #      PCI_CLASS   the device to wait for (default 0x010802, NVMe); PCI_ID=vvvv:dddd instead
 #                  matches vendor and device IDs (the device check reports every PCI function)
 #      DEVICE_WAIT seconds to wait for it (default 30)
@@ -18,6 +18,7 @@ FIO_OFFSET=${FIO_OFFSET:-64M}
 if [ -z "${CHECKS:-}" ]; then
   CHECKS="device driver identify integrity fio reset rebind"
   [ "${NS_HOTPLUG:-0}" != 1 ] || CHECKS="$CHECKS nshotplug"
+  [ "${IDLE_SECONDS:-0}" = 0 ] || CHECKS="$CHECKS idle"
 fi
 BDF="" CTRL="" D="" PATTERN_OK=""
 passed=0 failed=0
@@ -189,6 +190,15 @@ check_nshotplug() {
   fi
   touch "$W/ns-done"
   [ $rc = 0 ] && read_back
+}
+
+# The guest sits idle with the controller bound while the host measures the target's CPU
+# between the two markers.
+check_idle() {
+  touch "$W/idle-start"
+  sleep "${IDLE_SECONDS:-30}"
+  touch "$W/idle-end"
+  wait_until 10 test -e "$W/idle-measured"
 }
 
 echo "guest: kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime)s at the start of the checks"

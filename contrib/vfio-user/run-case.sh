@@ -14,12 +14,15 @@ BIN=${NVMF_TGT:-$TOP/target/release/nvmf-tgt}
 OUT=${3:-/var/tmp/nvmf-tgt-vfio-user/$MODE-$BACKEND}
 VM_TIMEOUT=${VM_TIMEOUT:-600}
 NS_HOTPLUG=${NS_HOTPLUG:-1}
+# A booted, idle VM: 30 s in interrupt mode, where it must cost the target < 0.5% of a core;
+# 5 s in poll mode, where the reactor spins (shown, not judged).
+IDLE_LIMIT_PCT=0.5
 NQN="nqn.2026-11.io.nvmf-tgt:vfio-user-$MODE-$BACKEND"
 SN="VFU-HARNESS-0001"
 MN="nvmf-tgt vfio-user harness"
 case "$MODE" in
-  interrupt) INTERRUPT=true; NOMAP=true;;
-  poll) INTERRUPT=false; NOMAP=false;;
+  interrupt) INTERRUPT=true; NOMAP=true; IDLE_SECONDS=${IDLE_SECONDS:-30};;
+  poll) INTERRUPT=false; NOMAP=false; IDLE_SECONDS=${IDLE_SECONDS:-5};;
   *) echo "run-case: unknown mode $MODE (interrupt|poll)" >&2; exit 2;;
 esac
 [ -x "$BIN" ] || { echo "run-case: no nvmf-tgt binary at $BIN" >&2; exit 2; }
@@ -66,9 +69,10 @@ fi
 
 RUST_LOG=${RUST_LOG:-info} "$BIN" run -c "$OUT/target.toml" > "$OUT/target.log" 2>&1 &
 TPID=$!
-EDITOR_PID=""
+EDITOR_PID="" IDLE_PID=""
 stop_all() {
   [ -z "$EDITOR_PID" ] || kill "$EDITOR_PID" 2>/dev/null || true
+  [ -z "$IDLE_PID" ] || kill "$IDLE_PID" 2>/dev/null || true
   if [ -n "$TPID" ]; then kill -TERM "$TPID" 2>/dev/null || true; wait "$TPID" 2>/dev/null || true; fi
 }
 trap stop_all EXIT
@@ -86,7 +90,7 @@ fi
 cp "$HERE/guest-checks.sh" "$OUT/guest-checks.sh"
 cat > "$OUT/test.sh" <<EOT
 # Written by run-case.sh; guest-init.sh runs it with sh.
-export EXPECT_SN="$SN" EXPECT_MN="$MN" EXPECT_NS_BYTES=134217728 NS_HOTPLUG=$NS_HOTPLUG
+export EXPECT_SN="$SN" EXPECT_MN="$MN" EXPECT_NS_BYTES=134217728 NS_HOTPLUG=$NS_HOTPLUG IDLE_SECONDS=$IDLE_SECONDS
 exec bash /tmp/work/guest-checks.sh
 EOT
 
@@ -105,11 +109,25 @@ marker() { for _ in $(seq $((VM_TIMEOUT * 10))); do [ -e "$OUT/$1" ] && return 0
 ) > "$OUT/host-ns.log" 2>&1 &
 EDITOR_PID=$!
 
+# The idle step, host side: the target's CPU time (utime + stime, /proc/PID/stat) between the
+# guest's idle-start and idle-end markers.
+ticks() { local s; s=$(<"/proc/$TPID/stat"); s=${s##*) }; read -r -a f <<< "$s"; echo $(( f[11] + f[12] )); }
+(
+  marker idle-start || exit 0
+  t0=$(date +%s%N); c0=$(ticks)
+  marker idle-end || exit 0
+  t1=$(date +%s%N); c1=$(ticks)
+  awk -v c=$((c1 - c0)) -v hz="$(getconf CLK_TCK)" -v ns=$((t1 - t0)) \
+    'BEGIN { printf "%.2f\n", 100 * (c / hz) / (ns / 1e9) }' > "$OUT/idle-pct"
+  touch "$OUT/idle-measured"
+) > "$OUT/host-idle.log" 2>&1 &
+IDLE_PID=$!
+
 START=$(date +%s)
 GRC=0
 "$HERE/run-guest.sh" "$OUT" "$SOCK" "$VM_TIMEOUT" > "$OUT/run-guest.log" 2>&1 || GRC=$?
 WALL=$(( $(date +%s) - START ))
-kill "$EDITOR_PID" 2>/dev/null || true; EDITOR_PID=""
+kill "$EDITOR_PID" "$IDLE_PID" 2>/dev/null || true; EDITOR_PID="" IDLE_PID=""
 "$BIN" status --socket "$OUT/ctl.sock" > "$OUT/status.txt" 2>&1 || true
 kill -TERM "$TPID" 2>/dev/null || true
 TRC=0; wait "$TPID" || TRC=$?
@@ -121,8 +139,16 @@ FAIL=""
 [ $GRC = 0 ] || FAIL="guest checks failed (exit $(cat "$OUT/rc" 2>/dev/null || echo none)); see $OUT/test.log and $OUT/console.log"
 [ $TRC = 0 ] || FAIL="${FAIL:+$FAIL; }target exited $TRC after SIGTERM; see $OUT/target.log"
 ! grep -q panicked "$OUT/target.log" || FAIL="${FAIL:+$FAIL; }target panicked; see $OUT/target.log"
+IDLE=""
+if [ "$IDLE_SECONDS" != 0 ]; then
+  pct=$(cat "$OUT/idle-pct" 2>/dev/null || echo none)
+  IDLE="; idle VM for ${IDLE_SECONDS}s: target ${pct}% of a core"
+  if [ "$MODE" = interrupt ] && ! awk -v p="$pct" -v l="$IDLE_LIMIT_PCT" 'BEGIN { exit !(p != "none" && p + 0 < l) }'; then
+    FAIL="${FAIL:+$FAIL; }an idle VM cost the target ${pct}% of a core (limit ${IDLE_LIMIT_PCT}%)"
+  fi
+fi
 if [ -z "$FAIL" ]; then
-  result PASS "${WALL}s; logs in $OUT"
+  result PASS "${WALL}s$IDLE; logs in $OUT"
 else
   result FAIL "$FAIL"
   tail -20 "$OUT/test.log" 2>/dev/null | sed 's/^/    /' || true

@@ -22,8 +22,8 @@ use self::commands::{Command, CommandTable, Stage};
 use self::transfer::{Direction, io_request, transfer_direction, transfer_lens};
 use crate::backend::IoDone;
 use crate::controller::{
-    AdminOutcome, ConnectOutcome, Controller, IoOp, ListenerAddr, QueueEpoch, QueueRequest,
-    Registry,
+    AdminOutcome, ConnectOutcome, Controller, ControllerKind, IoOp, ListenerAddr, QueueEpoch,
+    QueueRequest, Registry,
 };
 use crate::nvme::opcode::{self, fctype};
 use crate::nvme::{Cqe, Sqe, Status};
@@ -387,6 +387,11 @@ impl QueueCore {
         // Borrowed, not cloned: an Arc clone and drop per command is two atomic operations.
         let (qid, epoch) = (*qid, *epoch);
         let cid = sqe.cid();
+        if sqe.opcode() == opcode::FABRICS && ctrlr.kind() == ControllerKind::Pcie {
+            // PCIe has no fabrics commands: 0x7F is an opcode like any other it lacks.
+            self.respond(Cqe::new(cid, Status::INVALID_OPCODE.with_dnr()), out);
+            return Flow::Continue;
+        }
         if sqe.opcode() == opcode::FABRICS && sqe.fctype() == fctype::CONNECT {
             self.respond(
                 Cqe::new(cid, Status::COMMAND_SEQUENCE_ERROR.with_dnr()),
