@@ -248,3 +248,64 @@ fn a_hostile_guest_gets_statuses_and_the_target_serves_on() {
     drop(g);
     assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
 }
+
+/// A declaration with a TCP listener (so the harness knows the target is up) and, when
+/// `vfio_dir` is given, a vfio-user listener in that directory.
+fn declaration(dir: &Path, port: u16, vfio_dir: Option<&Path>) -> String {
+    let vfio = vfio_dir.map_or(String::new(), |d| {
+        format!(
+            "[[subsystem.listener]]\ntransport = \"vfiouser\"\npath = \"{}\"\n\n",
+            d.display()
+        )
+    });
+    format!(
+        "[target]\ninterrupt_mode = true\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n\n\
+         [transport.tcp]\n\n[transport.vfiouser]\ndisable_mappable_bar0 = true\n\n\
+         [[subsystem]]\nnqn = \"{SUBNQN}\"\nallow_any_host = true\n\n{vfio}\
+         [[subsystem.listener]]\ntransport = \"tcp\"\naddress = \"127.0.0.1\"\nport = {port}\n\n\
+         [[subsystem.namespace]]\nnsid = 1\nram = {{ size = \"16MiB\" }}\n",
+        dir.join("ctl.sock").display(),
+    )
+}
+
+#[test]
+fn a_vfio_user_listener_comes_and_goes_with_the_declaration() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let base = dir.path().to_owned();
+    let vfio_dir = base.join("vm1");
+    let mut target = TargetProcess::start_with_config(dir, port, &declaration(&base, port, None));
+    let socket = vfio_dir.join("cntrl");
+    assert!(!socket.exists());
+
+    let save = |text: String| {
+        let tmp = base.join(".target.toml.swp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, base.join("target.toml")).expect("rename");
+    };
+    save(declaration(&base, port, Some(&vfio_dir)));
+    wait_for(&socket, &target);
+    let mut g = Guest::connect(&socket, 2);
+    g.enable();
+    let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "identify through the listener a reload added");
+
+    save(declaration(&base, port, None));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the socket outlived its listener:\n{}",
+            target.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The VMM's connection went with the listener.
+    let mut buf = [0u8; 4];
+    assert!(
+        g.client.region_read(guest::CONFIG, 0, &mut buf).is_err(),
+        "the VMM is disconnected"
+    );
+    drop(g);
+    assert!(target.stop().success(), "clean exit:\n{}", target.log());
+}
