@@ -251,20 +251,25 @@ impl Guest {
     }
 
     /// Waits for the next completion on CQ `cqid` (by its phase bit), consuming it and
-    /// ringing the head doorbell. `vector` is the eventfd to wait on (None: poll).
+    /// ringing the head doorbell. With `vector`, the completion must come with its interrupt:
+    /// the eventfd fires (the target posts before it signals), then the entry is there.
     pub fn wait_completion(&mut self, cqid: u16, vector: Option<usize>) -> Completion {
+        if let Some(v) = vector {
+            assert!(
+                self.wait_interrupt(v, Duration::from_secs(10)),
+                "no interrupt on vector {v} for CQ {cqid}"
+            );
+            return self
+                .take_completion(cqid)
+                .unwrap_or_else(|| panic!("an interrupt on vector {v} but no entry on CQ {cqid}"));
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(c) = self.take_completion(cqid) {
                 return c;
             }
             assert!(Instant::now() < deadline, "no completion on CQ {cqid}");
-            match vector {
-                Some(v) => {
-                    self.wait_interrupt(v, Duration::from_millis(200));
-                }
-                None => std::thread::sleep(Duration::from_millis(1)),
-            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
