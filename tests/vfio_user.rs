@@ -309,3 +309,48 @@ fn a_vfio_user_listener_comes_and_goes_with_the_declaration() {
     drop(g);
     assert!(target.stop().success(), "clean exit:\n{}", target.log());
 }
+
+#[test]
+fn malformed_messages_close_that_vmm_only() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    let mut t = start(true, "ram = { size = \"16MiB\" }");
+    let header = |id: u16, command: u16, size: u32| {
+        let mut h = Vec::new();
+        h.extend(id.to_le_bytes());
+        h.extend(command.to_le_bytes());
+        h.extend(size.to_le_bytes());
+        h.extend(0u32.to_le_bytes()); // a command
+        h.extend(0u32.to_le_bytes());
+        h
+    };
+    let junk: Vec<Vec<u8>> = vec![
+        // A message size below the header.
+        header(0, 1, 8),
+        // A message size far past the limit.
+        header(0, 1, u32::MAX),
+        // A command before VERSION.
+        header(0, 4, 32).into_iter().chain([0u8; 16]).collect(),
+        // Random bytes.
+        (0..512u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect(),
+    ];
+    for bytes in junk {
+        let mut raw = UnixStream::connect(&t.socket).expect("connect");
+        raw.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = raw.write_all(&bytes);
+        // The target answers with an error or closes; either way it reaches the end.
+        let mut sink = Vec::new();
+        let _ = raw.read_to_end(&mut sink);
+    }
+    // A VMM that connects after all of that is served.
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "identify after the junk");
+    drop(g);
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+}
