@@ -84,12 +84,8 @@ pub struct NvmeDevice {
     cqs: Vec<Option<Cq>>,
     /// Submission queues whose tail moved since the last [`run_queues`](Self::run_queues).
     rung: Vec<u16>,
-    /// Create/Delete I/O Queue commands the controller accepted, carried out after the
-    /// admin queue's batch (they change the queue tables the batch is borrowing).
-    queue_requests: Vec<(u16, QueueRequest)>,
-    /// Buffers whose data went into guest memory, for the pool.
-    spent: Vec<DataBuf>,
-    segments: Vec<Segment>,
+    /// What every queue's responder shares while a call runs.
+    scratch: Scratch,
     /// Bits of a backend tag that name the command within its queue; the queue ID goes above.
     tag_bits: u32,
 }
@@ -132,9 +128,7 @@ impl NvmeDevice {
             sqs: (0..queues).map(|_| None).collect(),
             cqs: (0..queues).map(|_| None).collect(),
             rung: Vec::new(),
-            queue_requests: Vec::new(),
-            spent: Vec::new(),
-            segments: Vec::new(),
+            scratch: Scratch::default(),
             tag_bits,
         }
     }
@@ -237,14 +231,7 @@ impl NvmeDevice {
         cx: &mut IoCx<'_>,
         f: impl FnOnce(&mut QueueCore, &mut PcieOutput<'_>, &mut IoCx<'_>),
     ) {
-        let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
-            return;
-        };
-        let Some(cq) = self
-            .cqs
-            .get_mut(usize::from(sq.cqid))
-            .and_then(Option::as_mut)
-        else {
+        let Some((sq, cq)) = queue_pair(&mut self.sqs, &mut self.cqs, qid) else {
             return;
         };
         let mut out = PcieOutput {
@@ -252,9 +239,7 @@ impl NvmeDevice {
             cq,
             pointers: Some(&mut sq.pointers),
             owed: &mut sq.owed,
-            segments: &mut self.segments,
-            spent: &mut self.spent,
-            queue_requests: &mut self.queue_requests,
+            scratch: &mut self.scratch,
         };
         cx.set_tag_prefix(qid << self.tag_bits);
         f(&mut sq.core, &mut out, cx);
@@ -264,14 +249,7 @@ impl NvmeDevice {
     /// Fetches and submits commands from `qid` while it has some and room for them.
     fn drain(&mut self, qid: u16, cx: &mut IoCx<'_>, now: Instant) {
         let tag_bits = self.tag_bits;
-        let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
-            return;
-        };
-        let Some(cq) = self
-            .cqs
-            .get_mut(usize::from(sq.cqid))
-            .and_then(Option::as_mut)
-        else {
+        let Some((sq, cq)) = queue_pair(&mut self.sqs, &mut self.cqs, qid) else {
             return;
         };
         cx.set_tag_prefix(qid << tag_bits);
@@ -299,9 +277,7 @@ impl NvmeDevice {
                 cq: &mut *cq,
                 pointers: Some(&mut sq.pointers),
                 owed: &mut sq.owed,
-                segments: &mut self.segments,
-                spent: &mut self.spent,
-                queue_requests: &mut self.queue_requests,
+                scratch: &mut self.scratch,
             };
             match sq.core.receive(&out) {
                 Received::Accepted => {}
@@ -353,7 +329,7 @@ impl NvmeDevice {
 
     /// Carries out the Create/Delete I/O Queue commands of the admin batch, and completes them.
     fn carry_out_queue_requests(&mut self, cx: &mut IoCx<'_>) {
-        let requests = std::mem::take(&mut self.queue_requests);
+        let requests = std::mem::take(&mut self.scratch.queue_requests);
         for (cid, request) in requests {
             let status = self.carry_out(request).err().unwrap_or(Status::SUCCESS);
             if !status.is_success() {
@@ -457,7 +433,7 @@ impl NvmeDevice {
     }
 
     fn give_spent(&mut self, cx: &mut IoCx<'_>) {
-        for buf in self.spent.drain(..) {
+        for buf in self.scratch.spent.drain(..) {
             cx.pool.give(buf);
         }
     }
@@ -510,7 +486,7 @@ impl NvmeDevice {
         self.sqs.iter_mut().for_each(|sq| *sq = None);
         self.cqs.iter_mut().for_each(|cq| *cq = None);
         self.rung.clear();
-        self.queue_requests.clear();
+        self.scratch.queue_requests.clear();
     }
 
     fn doorbell(&mut self, access: Bar0Access, value: u32) -> Result<(), Errno> {
@@ -691,6 +667,29 @@ impl Device for NvmeDevice {
     }
 }
 
+/// Buffers every responder of the device uses in turn, kept to reuse their allocations.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Create/Delete I/O Queue commands the controller accepted, carried out after the
+    /// admin queue's batch (they change the queue tables the batch is borrowing).
+    queue_requests: Vec<(u16, QueueRequest)>,
+    /// Buffers whose data went into guest memory, for the pool.
+    spent: Vec<DataBuf>,
+    /// The guest segments of the command being answered.
+    segments: Vec<Segment>,
+}
+
+/// Submission queue `qid` and its completion queue, if both exist.
+fn queue_pair<'a>(
+    sqs: &'a mut [Option<Sq>],
+    cqs: &'a mut [Option<Cq>],
+    qid: u16,
+) -> Option<(&'a mut Sq, &'a mut Cq)> {
+    let sq = sqs.get_mut(usize::from(qid))?.as_mut()?;
+    let cq = cqs.get_mut(usize::from(sq.cqid))?.as_mut()?;
+    Some((sq, cq))
+}
+
 /// How a submission queue's core answers: completions into its completion queue in guest
 /// memory, data through the command's PRPs.
 struct PcieOutput<'a> {
@@ -700,9 +699,7 @@ struct PcieOutput<'a> {
     /// the command in flight under that CID alone.
     pointers: Option<&'a mut HashMap<u16, DataPointer>>,
     owed: &'a mut usize,
-    segments: &'a mut Vec<Segment>,
-    spent: &'a mut Vec<DataBuf>,
-    queue_requests: &'a mut Vec<(u16, QueueRequest)>,
+    scratch: &'a mut Scratch,
 }
 
 impl PcieOutput<'_> {
@@ -719,7 +716,13 @@ impl PcieOutput<'_> {
     /// The guest segments of `len` bytes of command `cid`'s data.
     fn segments_of(&mut self, cid: u16, len: usize) -> Result<(), Status> {
         let pointer = self.pointer(cid).ok_or(Status::INTERNAL_ERROR)?;
-        prp::prp_segments(self.mem, pointer.prp1, pointer.prp2, len, self.segments)
+        prp::prp_segments(
+            self.mem,
+            pointer.prp1,
+            pointer.prp2,
+            len,
+            &mut self.scratch.segments,
+        )
     }
 
     /// Writes `data` then `zeroes` zero bytes to command `cid`'s buffer.
@@ -734,7 +737,7 @@ impl PcieOutput<'_> {
             zeroes,
             at: 0,
         };
-        for segment in self.segments.iter() {
+        for segment in self.scratch.segments.iter() {
             let mut gpa = segment.gpa;
             let mut left = segment.len;
             while left > 0 {
@@ -794,7 +797,7 @@ impl Responder for PcieOutput<'_> {
         if let Err(status) = self.write_data(cid, &data, 0) {
             cqe.status = status;
         }
-        self.spent.push(data);
+        self.scratch.spent.push(data);
         self.complete(cqe);
     }
 
@@ -808,7 +811,7 @@ impl Responder for PcieOutput<'_> {
     fn request_data(&mut self, cid: u16, _tag: u16, buf: &mut [u8]) -> DataRequest {
         let copied = self
             .segments_of(cid, buf.len())
-            .and_then(|()| prp::copy_from_guest(self.mem, self.segments, buf));
+            .and_then(|()| prp::copy_from_guest(self.mem, &self.scratch.segments, buf));
         match copied {
             Ok(()) => DataRequest::Filled,
             Err(status) => DataRequest::Failed(status),
@@ -826,7 +829,7 @@ impl Responder for PcieOutput<'_> {
         cid: u16,
         request: QueueRequest,
     ) -> Option<Cqe> {
-        self.queue_requests.push((cid, request));
+        self.scratch.queue_requests.push((cid, request));
         None
     }
 }
