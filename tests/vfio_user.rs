@@ -22,18 +22,25 @@ struct VfioTarget {
 }
 
 fn start(interrupt_mode: bool, namespace: &str) -> VfioTarget {
+    start_with(interrupt_mode, false, namespace)
+}
+
+/// A target in interrupt or poll mode; `mappable` offers BAR0's doorbell page for mapping
+/// (poll mode only).
+fn start_with(interrupt_mode: bool, mappable: bool, namespace: &str) -> VfioTarget {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let vfio_dir = dir.path().join("vm0");
     let config = format!(
         "[target]\ninterrupt_mode = {interrupt_mode}\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n\n\
          [transport.tcp]\n\n\
-         [transport.vfiouser]\ndisable_mappable_bar0 = true\n\n\
+         [transport.vfiouser]\ndisable_mappable_bar0 = {}\n\n\
          [[subsystem]]\nnqn = \"{SUBNQN}\"\nallow_any_host = true\n\n\
          [[subsystem.listener]]\ntransport = \"vfiouser\"\npath = \"{}\"\n\n\
          [[subsystem.listener]]\ntransport = \"tcp\"\naddress = \"127.0.0.1\"\nport = {port}\n\n\
          [[subsystem.namespace]]\nnsid = 1\n{namespace}\n",
         dir.path().join("ctl.sock").display(),
+        !mappable,
         vfio_dir.display(),
     );
     let target = TargetProcess::start_with_config(dir, port, &config);
@@ -75,6 +82,11 @@ fn a_guest_brings_the_controller_up_and_moves_data_through_prps() {
         .map(|i| g.client.region(i).map_or(0, |r| r.size))
         .collect();
     assert_eq!(regions[0], 16 * 1024, "BAR0: registers and doorbells");
+    let bar0 = g.client.region(0).expect("BAR0");
+    assert!(
+        bar0.file_offset.is_none() && bar0.flags & 4 == 0,
+        "trapped doorbells: nothing to map"
+    );
     assert_eq!(regions[7], 4096, "config space");
 
     let cap = g.read_reg64(0x0);
@@ -353,4 +365,104 @@ fn malformed_messages_close_that_vmm_only() {
     assert_eq!(c.status, 0, "identify after the junk");
     drop(g);
     assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+}
+
+#[test]
+fn doorbells_mapped_by_the_vmm_are_stores_the_target_polls() {
+    let mut t = start_with(false, true, "ram = { size = \"16MiB\" }");
+    let mut g = Guest::connect(&t.socket, 2);
+    // The admin queue comes up through trapped register writes; QEMU may trap doorbell writes
+    // too before it maps the page, so the first commands ring by REGION_WRITE.
+    g.enable();
+    let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "identify through trapped doorbells");
+
+    g.map_doorbells();
+    assert_eq!(
+        &g.doorbell_page()[..8],
+        &[1, 0, 0, 0, 1, 0, 0, 0],
+        "the page holds the trapped admin doorbells (tail 1, head 1)"
+    );
+    let c = g.admin(sqe(0x09, 0, 0, 0, [0x07, 0x0001_0001, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "set features through a stored doorbell");
+    g.create_io_queues(1, 1);
+
+    // More commands than the queue has entries: both doorbells wrap, every one a store.
+    let data = pattern(4096, 41);
+    for i in 0..150u64 {
+        let lba = (i % 16) * 8;
+        if i < 16 {
+            let page = DATA + (i % 16) * PAGE;
+            g.write_ram(page, &data);
+            let c = g.io(1, rw(0x01, lba, 8, page, 0));
+            assert_eq!(c.status, 0, "write {i}: {c:?}");
+        } else {
+            let page = DATA + 0x10_0000 + (i % 16) * PAGE;
+            g.write_ram(page, &[0; 4096]);
+            let c = g.io(1, rw(0x02, lba, 8, page, 0));
+            assert_eq!(c.status, 0, "read {i}: {c:?}");
+            assert!(g.read_ram(page, 4096) == data, "read {i} back");
+        }
+    }
+
+    // A trapped doorbell write still moves the queue, and the stores go on after it.
+    g.trap_doorbells();
+    let c = g.io(1, rw(0x02, 0, 8, DATA, 0));
+    assert_eq!(c.status, 0, "a trapped doorbell in mapped mode: {c:?}");
+    g.map_doorbells();
+    let c = g.io(1, rw(0x02, 0, 8, DATA, 0));
+    assert_eq!(c.status, 0, "stored again: {c:?}");
+
+    // A stored tail past the end of the queue is ignored; the next good one serves.
+    g.ring(0x1000 + 8, 1000);
+    std::thread::sleep(Duration::from_millis(20));
+    let c = g.io(1, rw(0x02, 0, 8, DATA, 0));
+    assert_eq!(c.status, 0, "after an invalid stored tail: {c:?}");
+
+    // A controller reset zeroes the page; the queues start again from 0.
+    g.disable();
+    assert!(
+        g.doorbell_page().iter().all(|b| *b == 0),
+        "the page is zeroed by a reset"
+    );
+    g.enable();
+    let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "identify through the page after a reset");
+    drop(g);
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+    let log = plain(&t.target.log());
+    let line = log
+        .lines()
+        .find(|l| l.contains("doorbell writes"))
+        .unwrap_or_else(|| panic!("the counts at disconnect:\n{log}"));
+    assert!(line.contains("mapped=true"), "{line}");
+    let count = |key: &str| -> u64 {
+        let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+    };
+    assert!(count("polled=") >= 300, "{line}");
+    // The two trapped by choice above: a command and its head.
+    assert_eq!(count("trapped_after_mapped="), 2, "{line}");
+}
+
+/// A log without its colours (ANSI SGR sequences).
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

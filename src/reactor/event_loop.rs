@@ -145,6 +145,8 @@ struct Hosted {
     timer_armed: Option<Instant>,
     /// Counted in the reactor's connections (it was accepted on a listener).
     is_connection: bool,
+    /// In [`Running::pollers`].
+    polled: bool,
 }
 
 struct Running {
@@ -162,6 +164,10 @@ struct Running {
     pool: BufferPool,
     /// New subscribers handed off during a call, placed once it returns.
     handed_off: Vec<NewSubscriber>,
+    /// Subscribers that want [`Subscriber::poll`] every turn (poll mode only).
+    pollers: Vec<SubscriberId>,
+    /// The pollers of the turn in progress (a poll may change `pollers`).
+    polling: Vec<SubscriberId>,
     next_peer: usize,
     shutting_down: Option<Instant>,
 }
@@ -185,6 +191,8 @@ impl Running {
             done: Vec::new(),
             pool,
             handed_off: Vec::new(),
+            pollers: Vec::new(),
+            polling: Vec::new(),
             next_peer: 0,
             shutting_down: None,
         }
@@ -239,6 +247,7 @@ impl Running {
                 let ready = Readiness::of(key, event);
                 self.call(id, after, |sub, cx| sub.process(ready, cx, after));
             }
+            work += self.poll_subscribers(after);
             work += self.handle_inbox(after);
             work += self.handle_completions(after);
             work += self.grant_buffers(after);
@@ -309,6 +318,7 @@ impl Running {
                 notifier,
                 timer_armed: None,
                 is_connection,
+                polled: false,
             }
         });
         let Some(id) = inserted else {
@@ -371,9 +381,39 @@ impl Running {
                 hosted.timer_armed = Some(at);
             }
         }
+        let wants_poll = !self.config.interrupt_mode && hosted.subscriber.wants_poll();
+        if wants_poll != hosted.polled {
+            hosted.polled = wants_poll;
+            if wants_poll {
+                self.pollers.push(id);
+            } else {
+                self.pollers.retain(|&p| p != id);
+            }
+        }
         if self.shutting_down.is_some() && hosted.subscriber.in_flight() == 0 {
             self.close(id, "target shutting down");
         }
+    }
+
+    /// Polls every subscriber that wants it; returns the work they found.
+    fn poll_subscribers(&mut self, now: Instant) -> u64 {
+        if self.pollers.is_empty() {
+            return 0;
+        }
+        let mut polling = std::mem::take(&mut self.polling);
+        polling.extend_from_slice(&self.pollers);
+        let mut work = 0;
+        for id in polling.drain(..) {
+            let mut found = 0;
+            self.call(id, now, |sub, cx| {
+                let polled = sub.poll(cx, now);
+                found = polled.work;
+                polled.flow
+            });
+            work += found;
+        }
+        self.polling = polling;
+        work
     }
 
     /// A timer entry of `id` fired; [`Self::after_call`] arms its current deadline.
@@ -513,6 +553,9 @@ impl Running {
         let gone = cx.into_gone();
         self.pool
             .forget_waiters(|key| SubscriberId::split(key).0 == id);
+        if hosted.polled {
+            self.pollers.retain(|&p| p != id);
+        }
         debug!(index = id.index, why, "subscriber closed");
         if hosted.is_connection {
             self.connections -= 1;

@@ -92,6 +92,30 @@ impl Readiness {
     }
 }
 
+/// What one [`Subscriber::poll`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Polled {
+    /// Things it found to do (doorbells the guest moved): a turn with some counts as busy.
+    pub work: u64,
+    pub flow: Flow,
+}
+
+impl Polled {
+    /// Nothing to do.
+    pub const IDLE: Self = Self {
+        work: 0,
+        flow: Flow::Continue,
+    };
+
+    /// `work` things done; the subscriber goes on.
+    pub fn work(work: u64) -> Self {
+        Self {
+            work,
+            flow: Flow::Continue,
+        }
+    }
+}
+
 /// A new subscriber on its way to a reactor, with its descriptors not registered yet.
 pub type NewSubscriber = Box<dyn Subscriber + Send>;
 
@@ -120,6 +144,21 @@ pub trait Subscriber {
     fn handle_timer(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
         let _ = (cx, now);
         Flow::Continue
+    }
+
+    /// Whether the reactor is to call [`poll`](Self::poll) every turn: the subscriber watches
+    /// memory that nothing signals a change of (a doorbell page a VMM maps into its guest).
+    /// Asked after every call. Only a reactor in poll mode polls; in interrupt mode nothing is
+    /// polled (the declaration's rules keep what needs it out of interrupt mode).
+    fn wants_poll(&self) -> bool {
+        false
+    }
+
+    /// One look at what the subscriber polls, on every turn of a poll-mode reactor while it
+    /// [`wants_poll`](Self::wants_poll).
+    fn poll(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Polled {
+        let _ = (cx, now);
+        Polled::IDLE
     }
 
     /// A backend finished a request this subscriber submitted; `done.token` is the command's

@@ -1,7 +1,8 @@
 //! A fake VMM with a guest NVMe driver in it: `vfio_user::Client` (rust-vmm's VMM side of the
 //! protocol) connected to the target's socket, guest RAM in a memfd shared with the target by
 //! DMA_MAP, MSI-X vectors as eventfds, and the driver's side of the NVMe PCIe queues (SQEs
-//! written into guest RAM, doorbells rung by REGION_WRITE, completions read by phase bit).
+//! written into guest RAM, doorbells rung by REGION_WRITE or, once the doorbell page is
+//! mapped, by stores into it, completions read by phase bit).
 
 #![allow(dead_code)]
 
@@ -70,6 +71,8 @@ pub struct Guest {
     sqs: Vec<Option<Ring>>,
     cqs: Vec<Option<Ring>>,
     next_cid: u16,
+    /// BAR0's file and the file offset of BAR0's offset 0, once the doorbells are mapped.
+    mapped: Option<(std::fs::File, u64)>,
 }
 
 impl Guest {
@@ -88,6 +91,7 @@ impl Guest {
             sqs: (0..8).map(|_| None).collect(),
             cqs: (0..8).map(|_| None).collect(),
             next_cid: 1,
+            mapped: None,
         };
         guest.enable_msix(vectors);
         guest
@@ -181,6 +185,53 @@ impl Guest {
             .expect("bar0 write");
     }
 
+    /// Maps the doorbell page as a VMM does (BAR0's fd at its file offset, the sparse area
+    /// 0x1000..0x2000): from now on doorbells are stores into it, which nothing signals. The
+    /// stores are `pwrite`s into the file at the offset the mapping would have, the same
+    /// page-cache page; every doorbell value here is below 256, so no store can tear.
+    pub fn map_doorbells(&mut self) {
+        let region = self.client.region(BAR0).expect("BAR0");
+        assert_ne!(region.flags & 4, 0, "BAR0 is mappable: {region:?}");
+        let areas: Vec<(u64, u64)> = region
+            .sparse_areas
+            .iter()
+            .map(|a| (a.offset, a.size))
+            .collect();
+        assert_eq!(areas, vec![(0x1000, 0x1000)], "the doorbell page only");
+        let file = region.file_offset.as_ref().expect("BAR0's fd");
+        let start = file.start();
+        let file = file.file().try_clone().expect("dup");
+        let len = file.metadata().expect("fstat").len();
+        assert!(start + 0x2000 <= len, "the file holds the doorbell page");
+        self.mapped = Some((file, start));
+    }
+
+    /// Back to ringing doorbells by REGION_WRITE (a VMM that traps them again).
+    pub fn trap_doorbells(&mut self) {
+        self.mapped = None;
+    }
+
+    /// The doorbell page as the guest would read it back (mapped doorbells only).
+    pub fn doorbell_page(&self) -> Vec<u8> {
+        let (file, start) = self.mapped.as_ref().expect("mapped");
+        let mut buf = vec![0; 4096];
+        let n = rustix::io::pread(file, &mut buf, start + 0x1000).expect("pread");
+        assert_eq!(n, buf.len());
+        buf
+    }
+
+    /// Rings the doorbell at BAR0 `offset`: a store into the mapped page, or a REGION_WRITE.
+    pub fn ring(&mut self, offset: u64, value: u32) {
+        match &self.mapped {
+            Some((file, start)) => {
+                let n =
+                    rustix::io::pwrite(file, &value.to_le_bytes(), start + offset).expect("store");
+                assert_eq!(n, 4);
+            }
+            None => self.write_reg32(offset, value),
+        }
+    }
+
     pub fn write_ram(&self, gpa: u64, data: &[u8]) {
         let n = rustix::io::pwrite(&self.ram, data, gpa).expect("pwrite");
         assert_eq!(n, data.len());
@@ -247,7 +298,7 @@ impl Guest {
         ring.index = (ring.index + 1) % ring.entries;
         let tail = ring.index;
         self.write_ram(at, sqe);
-        self.write_reg32(0x1000 + 8 * u64::from(qid), u32::from(tail));
+        self.ring(0x1000 + 8 * u64::from(qid), u32::from(tail));
     }
 
     /// Waits for the next completion on CQ `cqid` (by its phase bit), consuming it and
@@ -290,7 +341,7 @@ impl Guest {
             ring.phase = !ring.phase;
         }
         let head = ring.index;
-        self.write_reg32(0x1000 + 8 * u64::from(cqid) + 4, u32::from(head));
+        self.ring(0x1000 + 8 * u64::from(cqid) + 4, u32::from(head));
         Some(Completion {
             dw0: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             sqhd: u16::from_le_bytes([b[8], b[9]]),

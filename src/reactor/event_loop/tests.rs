@@ -6,6 +6,7 @@ use super::*;
 use crate::controller::ListenerAddr;
 use crate::sys::EventFd;
 use crate::transport::buffer_pool::PoolLimits;
+use crate::transport::subscriber::Polled;
 
 const FIRST: u16 = 10;
 const SECOND: u16 = 20;
@@ -271,4 +272,134 @@ fn handed_off_connections_spread_over_reactors_and_close_with_their_listener() {
         reactor.send(ReactorMessage::Shutdown);
         reactor.join();
     }
+}
+
+/// Watches a counter nothing signals, as a doorbell page is: wants polling until its eventfd
+/// says stop (if `stops`), and reports the times the counter moved as work.
+struct Poller {
+    fd: Arc<EventFd>,
+    polls: Arc<std::sync::atomic::AtomicU64>,
+    doorbell: Arc<std::sync::atomic::AtomicU64>,
+    seen_doorbell: u64,
+    served: Sender<u64>,
+    wants: bool,
+    stops: bool,
+}
+
+impl Subscriber for Poller {
+    fn init(&mut self, cx: &mut SubscriberCx<'_>, _now: Instant) -> std::io::Result<()> {
+        cx.register(&mut &*self.fd, 0, Interest::READABLE)
+    }
+
+    fn process(&mut self, _ready: Readiness, _cx: &mut SubscriberCx<'_>, _now: Instant) -> Flow {
+        let _ = self.fd.drain();
+        self.wants &= !self.stops;
+        Flow::Continue
+    }
+
+    fn wants_poll(&self) -> bool {
+        self.wants
+    }
+
+    fn poll(&mut self, _cx: &mut SubscriberCx<'_>, _now: Instant) -> Polled {
+        use std::sync::atomic::Ordering;
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        let value = self.doorbell.load(Ordering::Acquire);
+        if value == self.seen_doorbell {
+            return Polled::IDLE;
+        }
+        self.seen_doorbell = value;
+        let _ = self.served.send(value);
+        Polled::work(1)
+    }
+
+    fn close(&mut self, cx: &mut SubscriberCx<'_>) {
+        let _ = cx.deregister(&mut &*self.fd);
+    }
+}
+
+fn poller(
+    stops: bool,
+) -> (
+    Poller,
+    Arc<EventFd>,
+    Arc<std::sync::atomic::AtomicU64>,
+    Arc<std::sync::atomic::AtomicU64>,
+    Receiver<u64>,
+) {
+    let fd = Arc::new(EventFd::new().expect("eventfd"));
+    let polls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let doorbell = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (tx, rx) = channel();
+    let poller = Poller {
+        fd: Arc::clone(&fd),
+        polls: Arc::clone(&polls),
+        doorbell: Arc::clone(&doorbell),
+        seen_doorbell: 0,
+        served: tx,
+        wants: true,
+        stops,
+    };
+    (poller, fd, polls, doorbell, rx)
+}
+
+#[test]
+fn poll_mode_polls_every_turn_while_asked_and_a_poll_with_work_is_busy() {
+    use std::sync::atomic::Ordering;
+    let (poller, stop, polls, doorbell, served) = poller(true);
+    let reactor = start(false, vec![Box::new(poller)]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while polls.load(Ordering::Relaxed) < 1000 {
+        assert!(Instant::now() < deadline, "the reactor does not poll");
+        std::thread::yield_now();
+    }
+    let idle = reactor.stats().snapshot();
+    assert_eq!(idle.events, 0, "polls that found nothing are no events");
+    for value in 1..=3 {
+        doorbell.store(value, Ordering::Release);
+        let got = served
+            .recv_timeout(Duration::from_secs(5))
+            .expect("a store is found by polling, with nothing signalled");
+        assert_eq!(got, value);
+    }
+    let busy = reactor.stats().snapshot();
+    assert!(busy.events >= 3, "each poll with work counts: {busy:?}");
+    assert!(busy.busy_ns > idle.busy_ns, "and its time is busy");
+
+    // No longer wanted: polling stops.
+    stop.notify().expect("notify");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = polls.load(Ordering::Relaxed);
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = polls.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "polling goes on");
+        last = now;
+    }
+    doorbell.store(9, Ordering::Release);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(served.try_recv().is_err(), "nothing polled any more");
+    reactor.send(ReactorMessage::Shutdown);
+    reactor.join();
+}
+
+#[test]
+fn interrupt_mode_never_polls() {
+    use std::sync::atomic::Ordering;
+    let (poller, ready, polls, doorbell, served) = poller(false);
+    let reactor = start(true, vec![Box::new(poller)]);
+    doorbell.store(1, Ordering::Release);
+    // Turns come, each asking the poller (which still wants polling) after its call.
+    for _ in 0..5 {
+        ready.notify().expect("notify");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(reactor.stats().snapshot().wakeups >= 5);
+    assert_eq!(polls.load(Ordering::Relaxed), 0);
+    assert!(served.try_recv().is_err());
+    reactor.send(ReactorMessage::Shutdown);
+    reactor.join();
 }

@@ -2,8 +2,9 @@
 //! controller, and starts afresh when the VMM goes (a VM reboot, QEMU's exit).
 //!
 //! One client at a time, as a PCI function has one host: a second VMM that connects while
-//! the first is served is closed at once. The listening socket, the client's socket and
-//! (later) its doorbell descriptors are this one subscriber's descriptors.
+//! the first is served is closed at once. The listening socket and the client's socket are
+//! this one subscriber's descriptors; with mappable doorbells (poll mode) the reactor also
+//! polls it every turn, for the doorbell page the guest stores into.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,12 +16,13 @@ use tracing::{debug, info, warn};
 
 use super::VfioUserContext;
 use super::device::{PciDevice, PciParams};
+use super::doorbells::DoorbellPage;
 use super::nvme_device::NvmeDevice;
 use super::server::{ClientConnection, ConnectionState};
 use crate::backend::IoDone;
 use crate::controller::{ListenerAddr, PcieParams};
 use crate::transport::context::Flow;
-use crate::transport::subscriber::{Readiness, Subscriber, SubscriberCx};
+use crate::transport::subscriber::{Polled, Readiness, Subscriber, SubscriberCx};
 
 /// The key of the listening socket.
 const LISTENER: u16 = 0;
@@ -116,13 +118,29 @@ impl VfioUserEndpoint {
             cx.io.controller_gone(ctrlr);
             return;
         }
+        // Mappable doorbells are polled: the declaration's rules allow them in poll mode only.
+        let doorbells = if self.context.mappable_doorbells {
+            match DoorbellPage::new() {
+                Ok(page) => Some(page),
+                Err(err) => {
+                    warn!(%err, "cannot make the doorbell page; doorbell writes will be trapped");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let pci = PciDevice::new(PciParams {
             msix_vectors: self.context.interrupt_vectors,
-            // The doorbell page is not mapped into the VMM yet: every doorbell write comes
-            // as a message, in poll mode too.
-            mappable_doorbells: false,
+            mappable_doorbells: doorbells.is_some(),
         });
-        let device = NvmeDevice::new(ctrlr, pci, self.context.limits, cx.io.async_notifier());
+        let device = NvmeDevice::new(
+            ctrlr,
+            pci,
+            self.context.limits,
+            cx.io.async_notifier(),
+            doorbells,
+        );
         info!("VMM connected");
         self.client = Some(Client {
             conn,
@@ -235,6 +253,21 @@ impl Subscriber for VfioUserEndpoint {
             client.device.handle_async_events(&mut cx.io);
         }
         Flow::Continue
+    }
+
+    fn wants_poll(&self) -> bool {
+        self.client
+            .as_ref()
+            .is_some_and(|c| c.device.polls_doorbells())
+    }
+
+    fn poll(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Polled {
+        let Some(client) = self.client.as_mut() else {
+            return Polled::IDLE;
+        };
+        let span = self.span.clone();
+        let _entered = span.enter();
+        Polled::work(client.device.poll_doorbells(&mut cx.io, now))
     }
 
     fn listening_on(&self) -> Option<&ListenerAddr> {

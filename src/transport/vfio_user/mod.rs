@@ -3,10 +3,12 @@
 //!
 //! Rooms: `protocol` (the messages), `server` (one VMM's connection, non-blocking, knowing no
 //! PCI), `device` and `msix` (the PCI function), `memory`, `prp` and `queues` (guest memory,
-//! checked at every access), `nvme_device` (BAR0 onto the controller, queues onto the
-//! transport-neutral queue core), `endpoint` (the reactor subscriber for the socket).
+//! checked at every access), `doorbells` (the doorbell page a VMM maps, polled),
+//! `nvme_device` (BAR0 onto the controller, queues onto the transport-neutral queue core),
+//! `endpoint` (the reactor subscriber for the socket).
 
 pub mod device;
+pub mod doorbells;
 pub mod endpoint;
 pub mod memory;
 pub mod msix;
@@ -51,10 +53,12 @@ impl VfioUserContext {
 }
 
 /// The declared limits cut to what the tag space holds: queue depth at most
-/// [`MAX_QUEUE_DEPTH`], and no more I/O queues than the tag bits left for queue IDs.
+/// [`MAX_QUEUE_DEPTH`], and no more I/O queues than the tag bits left for queue IDs, nor than
+/// the doorbell page has doorbells for ([`doorbells::MAX_QID`]).
 pub fn fit_limits(mut limits: TransportLimits) -> TransportLimits {
     limits.max_queue_depth = limits.max_queue_depth.min(MAX_QUEUE_DEPTH);
     let (_, max_qid) = nvme_device::tag_layout(limits.max_queue_depth);
+    let max_qid = max_qid.min(doorbells::MAX_QID);
     limits.max_io_qpairs_per_ctrlr = limits.max_io_qpairs_per_ctrlr.min(u32::from(max_qid));
     limits
 }

@@ -18,9 +18,10 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tracing::{debug, trace, warn};
+use tracing::{debug, info, trace, warn};
 
 use super::device::{Bar0Access, ConfigChange, PciDevice, region};
+use super::doorbells::{Doorbell, DoorbellPage};
 use super::memory::{GuestMemory, Prot};
 use super::msix::{Delivery, Interrupts};
 use super::protocol::{device_flags, dma_unmap_flags};
@@ -88,6 +89,20 @@ pub struct NvmeDevice {
     scratch: Scratch,
     /// Bits of a backend tag that name the command within its queue; the queue ID goes above.
     tag_bits: u32,
+    /// The doorbell page the VMM maps, when doorbells are mappable (polled).
+    doorbells: Option<DoorbellPage>,
+    counts: DoorbellCounts,
+}
+
+/// How doorbell writes came, for the log when the client goes.
+#[derive(Debug, Default, Clone, Copy)]
+struct DoorbellCounts {
+    /// As REGION_WRITE messages.
+    trapped: u64,
+    /// As stores into the mapped page, found by polling.
+    polled: u64,
+    /// Trapped after the first polled one: a VMM that mapped the page sends none.
+    trapped_after_mapped: u64,
 }
 
 impl std::fmt::Debug for NvmeDevice {
@@ -109,13 +124,18 @@ pub fn tag_layout(max_entries: u32) -> (u32, u16) {
 }
 
 impl NvmeDevice {
+    /// The device of `ctrlr`; with `doorbells` (and `pci` made with mappable doorbells)
+    /// BAR0's doorbell page is that page, which the owner polls
+    /// ([`poll_doorbells`](Self::poll_doorbells)).
     pub fn new(
         ctrlr: Arc<Controller>,
         pci: PciDevice,
         limits: TransportLimits,
         notifier: AsyncNotifier,
+        doorbells: Option<DoorbellPage>,
     ) -> Self {
         let (tag_bits, max_qid) = tag_layout(limits.max_queue_depth);
+        let max_qid = max_qid.min(super::doorbells::MAX_QID);
         let io_queues = usize::try_from(limits.max_io_qpairs_per_ctrlr).unwrap_or(0);
         let queues = io_queues.min(usize::from(max_qid)) + 1;
         ctrlr.set_async_event_notifier(notifier);
@@ -130,7 +150,50 @@ impl NvmeDevice {
             rung: Vec::new(),
             scratch: Scratch::default(),
             tag_bits,
+            doorbells,
+            counts: DoorbellCounts::default(),
         }
+    }
+
+    /// Its doorbells are a mapped page that must be polled.
+    pub fn polls_doorbells(&self) -> bool {
+        self.doorbells.is_some()
+    }
+
+    /// Looks at the mapped doorbell of every live queue: each one the guest moved is taken
+    /// as a trapped write would be, then the queues run. Returns how many moved.
+    pub fn poll_doorbells(&mut self, cx: &mut IoCx<'_>, now: Instant) -> u64 {
+        if self.doorbells.is_none() {
+            return 0;
+        }
+        let mut moved = 0;
+        for qid in 0..=self.max_qid() {
+            let q = usize::from(qid);
+            let live = [
+                (self.sqs[q].is_some(), Doorbell::SqTail(qid)),
+                (self.cqs[q].is_some(), Doorbell::CqHead(qid)),
+            ];
+            for (live, doorbell) in live {
+                let Some(page) = self.doorbells.as_mut().filter(|_| live) else {
+                    continue;
+                };
+                if let Some(value) = page.take(doorbell) {
+                    if self.counts.polled == 0 {
+                        debug!(
+                            ?doorbell,
+                            value, "the VMM mapped the doorbell page: first store seen"
+                        );
+                    }
+                    self.counts.polled += 1;
+                    moved += 1;
+                    self.doorbell(doorbell, value);
+                }
+            }
+        }
+        if moved > 0 {
+            self.run_queues(cx, now);
+        }
+        moved
     }
 
     pub fn controller(&self) -> &Arc<Controller> {
@@ -210,6 +273,14 @@ impl NvmeDevice {
         self.cqs.iter_mut().for_each(|cq| *cq = None);
         self.give_spent(cx);
         self.mem.unmap_all();
+        let counts = self.counts;
+        info!(
+            mapped = self.doorbells.is_some(),
+            trapped = counts.trapped,
+            polled = counts.polled,
+            trapped_after_mapped = counts.trapped_after_mapped,
+            "doorbell writes"
+        );
         self.ctrlr.tear_down();
         Arc::clone(&self.ctrlr)
     }
@@ -362,6 +433,9 @@ impl NvmeDevice {
                     owed: 0,
                     notify: false,
                 });
+                if let Some(page) = self.doorbells.as_mut() {
+                    page.reset(Doorbell::CqHead(qid));
+                }
                 debug!(qid, entries, ?vector, "I/O completion queue created");
             }
             QueueRequest::CreateSq {
@@ -390,6 +464,9 @@ impl NvmeDevice {
                     owed: 0,
                     stopped: false,
                 });
+                if let Some(page) = self.doorbells.as_mut() {
+                    page.reset(Doorbell::SqTail(qid));
+                }
                 debug!(qid, entries, cqid, "I/O submission queue created");
             }
             QueueRequest::DeleteSq { qid } => {
@@ -474,6 +551,10 @@ impl NvmeDevice {
             owed: 0,
             notify: false,
         });
+        if let Some(page) = self.doorbells.as_mut() {
+            page.reset(Doorbell::SqTail(ADMIN));
+            page.reset(Doorbell::CqHead(ADMIN));
+        }
         debug!(sq_entries, cq_entries, "admin queue created");
     }
 
@@ -487,31 +568,36 @@ impl NvmeDevice {
         self.cqs.iter_mut().for_each(|cq| *cq = None);
         self.rung.clear();
         self.scratch.queue_requests.clear();
+        if let Some(page) = self.doorbells.as_mut() {
+            page.clear();
+        }
     }
 
-    fn doorbell(&mut self, access: Bar0Access, value: u32) -> Result<(), Errno> {
-        match access {
-            Bar0Access::SqTail { qid } => {
+    /// A doorbell write, trapped or polled: moves a ring and notes the queues to run. A value
+    /// the ring refuses changes nothing.
+    fn doorbell(&mut self, doorbell: Doorbell, value: u32) {
+        match doorbell {
+            Doorbell::SqTail(qid) => {
                 let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
                     debug!(qid, "doorbell of a queue that does not exist");
-                    return Ok(());
+                    return;
                 };
                 if let Err(err) = sq.ring.set_tail(value) {
                     warn!(qid, value, error = %err, "invalid submission queue doorbell write");
-                    return Ok(());
+                    return;
                 }
                 if !self.rung.contains(&qid) {
                     self.rung.push(qid);
                 }
             }
-            Bar0Access::CqHead { qid } => {
+            Doorbell::CqHead(qid) => {
                 let Some(cq) = self.cqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
                     debug!(qid, "doorbell of a queue that does not exist");
-                    return Ok(());
+                    return;
                 };
                 if let Err(err) = cq.ring.set_head(value) {
                     warn!(qid, value, error = %err, "invalid completion queue doorbell write");
-                    return Ok(());
+                    return;
                 }
                 // Room in the completion queue: submission queues that waited for it go on.
                 for (sqid, sq) in self.sqs.iter().enumerate() {
@@ -523,9 +609,21 @@ impl NvmeDevice {
                     }
                 }
             }
-            Bar0Access::Register { .. } | Bar0Access::Invalid => {}
         }
-        Ok(())
+    }
+
+    /// A doorbell write that came as a message (always, or before the VMM mapped the page).
+    fn trapped_doorbell(&mut self, doorbell: Doorbell, value: u64) {
+        let value = u32::try_from(value & 0xFFFF_FFFF).unwrap_or(0);
+        trace!(?doorbell, value, "doorbell write");
+        self.counts.trapped += 1;
+        if self.counts.polled > 0 {
+            self.counts.trapped_after_mapped += 1;
+        }
+        if let Some(page) = self.doorbells.as_mut() {
+            page.record(doorbell, value);
+        }
+        self.doorbell(doorbell, value);
     }
 
     fn bar0_read(&self, offset: u64, data: &mut [u8]) -> Result<(), Errno> {
@@ -563,9 +661,13 @@ impl NvmeDevice {
                 }
                 Ok(())
             }
-            access @ (Bar0Access::SqTail { .. } | Bar0Access::CqHead { .. }) => {
-                let value = u32::try_from(value & 0xFFFF_FFFF).unwrap_or(0);
-                self.doorbell(access, value)
+            Bar0Access::SqTail { qid } => {
+                self.trapped_doorbell(Doorbell::SqTail(qid), value);
+                Ok(())
+            }
+            Bar0Access::CqHead { qid } => {
+                self.trapped_doorbell(Doorbell::CqHead(qid), value);
+                Ok(())
             }
             Bar0Access::Invalid => Err(libc::EINVAL),
         }
@@ -583,10 +685,16 @@ impl Device for NvmeDevice {
 
     fn region_info(&self, index: u32) -> Option<RegionInfo> {
         let desc = self.pci.region_desc(index)?;
+        let mmap = match &self.doorbells {
+            Some(page) if index == region::BAR0 && !desc.sparse_mmap.is_empty() => {
+                Some(page.region_mmap())
+            }
+            _ => None,
+        };
         Some(RegionInfo {
             flags: desc.flags,
             size: desc.size,
-            mmap: None,
+            mmap,
         })
     }
 
