@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{SUBNQN, TargetProcess, free_port};
-use guest::{DATA, Guest, IDENTIFY, PAGE, PRP_LISTS, rw, sqe};
+use guest::{DATA, EVENT_IDX, Guest, IDENTIFY, PAGE, PRP_LISTS, SHADOW, rw, sqe};
 
 struct VfioTarget {
     target: TargetProcess,
@@ -22,25 +22,24 @@ struct VfioTarget {
 }
 
 fn start(interrupt_mode: bool, namespace: &str) -> VfioTarget {
-    start_with(interrupt_mode, false, namespace)
+    start_with(interrupt_mode, "disable_mappable_bar0 = true", namespace)
 }
 
-/// A target in interrupt or poll mode; `mappable` offers BAR0's doorbell page for mapping
-/// (poll mode only).
-fn start_with(interrupt_mode: bool, mappable: bool, namespace: &str) -> VfioTarget {
+/// A target in interrupt or poll mode with `vfiouser` in `[transport.vfiouser]`
+/// (`disable_mappable_bar0 = false` offers BAR0's doorbell page for mapping, poll mode only).
+fn start_with(interrupt_mode: bool, vfiouser: &str, namespace: &str) -> VfioTarget {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let vfio_dir = dir.path().join("vm0");
     let config = format!(
         "[target]\ninterrupt_mode = {interrupt_mode}\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n\n\
          [transport.tcp]\n\n\
-         [transport.vfiouser]\ndisable_mappable_bar0 = {}\n\n\
+         [transport.vfiouser]\n{vfiouser}\n\n\
          [[subsystem]]\nnqn = \"{SUBNQN}\"\nallow_any_host = true\n\n\
          [[subsystem.listener]]\ntransport = \"vfiouser\"\npath = \"{}\"\n\n\
          [[subsystem.listener]]\ntransport = \"tcp\"\naddress = \"127.0.0.1\"\nport = {port}\n\n\
          [[subsystem.namespace]]\nnsid = 1\n{namespace}\n",
         dir.path().join("ctl.sock").display(),
-        !mappable,
         vfio_dir.display(),
     );
     let target = TargetProcess::start_with_config(dir, port, &config);
@@ -369,7 +368,11 @@ fn malformed_messages_close_that_vmm_only() {
 
 #[test]
 fn doorbells_mapped_by_the_vmm_are_stores_the_target_polls() {
-    let mut t = start_with(false, true, "ram = { size = \"16MiB\" }");
+    let mut t = start_with(
+        false,
+        "disable_mappable_bar0 = false",
+        "ram = { size = \"16MiB\" }",
+    );
     let mut g = Guest::connect(&t.socket, 2);
     // The admin queue comes up through trapped register writes; QEMU may trap doorbell writes
     // too before it maps the page, so the first commands ring by REGION_WRITE.
@@ -465,4 +468,222 @@ fn plain(log: &str) -> String {
         }
     }
     out
+}
+
+/// Waits until the target has published EventIdx `value` for doorbell `index` (it does so
+/// after it served the queue, which may be just after the completion is seen).
+fn wait_event_idx(g: &Guest, index: u64, value: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while g.event_idx(index) != value {
+        assert!(
+            Instant::now() < deadline,
+            "EventIdx {index} is {}, not {value}",
+            g.event_idx(index)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Reads 8 blocks at `lba` into `page` and checks them against `want`.
+fn read_check(g: &mut Guest, lba: u64, page: u64, want: &[u8], what: &str) {
+    g.write_ram(page, &[0; 4096]);
+    let c = g.io(1, rw(0x02, lba, 8, page, 0));
+    assert_eq!(c.status, 0, "{what}: {c:?}");
+    assert!(g.read_ram(page, 4096) == want, "{what}: data");
+}
+
+#[test]
+fn shadow_doorbells_ring_only_when_the_event_index_asks() {
+    let mut t = start(true, "ram = { size = \"16MiB\" }");
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0);
+    let oacs = u16::from_le_bytes(g.read_ram(IDENTIFY + 256, 2).try_into().expect("2"));
+    assert_eq!(oacs & (1 << 8), 1 << 8, "OACS: Doorbell Buffer Config");
+
+    // Buffers that are not page aligned, or outside guest memory, are refused.
+    let c = g.admin(sqe(0x7C, 0, SHADOW + 8, EVENT_IDX, [0; 6]));
+    assert_eq!((c.sct(), c.sc()), (0, 0x02), "misaligned: {c:?}");
+    let c = g.admin(sqe(0x7C, 0, SHADOW, guest::RAM_SIZE, [0; 6]));
+    assert_eq!((c.sct(), c.sc()), (0, 0x02), "outside memory: {c:?}");
+    let c = g.config_shadow();
+    assert_eq!(c.status, 0, "doorbell buffer config: {c:?}");
+    g.create_io_queues(1, 1);
+
+    // 150 commands, one at a time, through 64-entry queues: the tail and the head wrap. Every
+    // submission finds EventIdx = the tail served so far, so each one rings; the target reads
+    // the CQ head from its shadow, which rings only once a lap.
+    let data = pattern(4096, 77);
+    g.write_ram(DATA, &data);
+    let c = g.io(1, rw(0x01, 0, 8, DATA, 0));
+    assert_eq!(c.status, 0, "write: {c:?}");
+    for i in 0..150 {
+        read_check(&mut g, 0, DATA + PAGE, &data, &format!("read {i}"));
+    }
+    let tail = u32::from(g.sq_tail(1));
+    wait_event_idx(&g, 2, tail);
+    assert!(g.rings >= 151, "each submission rang: {}", g.rings);
+    assert!(
+        g.quiet >= 100,
+        "most CQ head updates did not ring: {}",
+        g.quiet
+    );
+
+    // Two submissions, the ring of the first held back until after the second: the second
+    // does not need one (EventIdx has not moved), and the one kick serves both.
+    let pages = [DATA + 2 * PAGE, DATA + 3 * PAGE];
+    for page in pages {
+        g.write_ram(page, &[0; 4096]);
+    }
+    let (a, b) = (g.next_cid(), g.next_cid());
+    let mut cmd = rw(0x02, 0, 8, pages[0], 0);
+    cmd[2..4].copy_from_slice(&a.to_le_bytes());
+    assert!(g.submit_held(1, &cmd), "the first passes EventIdx");
+    let mut cmd = rw(0x02, 0, 8, pages[1], 0);
+    cmd[2..4].copy_from_slice(&b.to_le_bytes());
+    assert!(
+        !g.submit_held(1, &cmd),
+        "the second does not: no ring for it"
+    );
+    // Its value does not matter: a shadowed queue's doorbell only says "look".
+    g.kick(1, 999);
+    let mut cids = vec![
+        g.wait_completion(1, None).cid,
+        g.wait_completion(1, None).cid,
+    ];
+    cids.sort_unstable();
+    let mut want = vec![a, b];
+    want.sort_unstable();
+    assert_eq!(cids, want, "both served");
+    for page in pages {
+        assert!(g.read_ram(page, 4096) == data);
+    }
+    // Their interrupt was not waited for: clear it for the next command's.
+    g.wait_interrupt(1, Duration::from_millis(10));
+
+    // A shadow tail past the queue is ignored like an invalid doorbell write; the next good
+    // one serves.
+    let index = 2;
+    let good = u32::from(g.sq_tail(1));
+    g.write_ram(SHADOW + 4 * index, &1000u32.to_le_bytes());
+    g.kick(1, 1000);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        g.take_completion(1).is_none(),
+        "nothing from a bad shadow tail"
+    );
+    g.write_ram(SHADOW + 4 * index, &good.to_le_bytes());
+    read_check(&mut g, 0, DATA + 4 * PAGE, &data, "after a bad shadow tail");
+
+    // A reset forgets the buffers: the shadows say junk, the doorbells are what counts.
+    g.disable();
+    g.enable();
+    g.write_ram(SHADOW + 8, &7u32.to_le_bytes());
+    g.create_io_queues(1, 1);
+    let rings = g.rings;
+    read_check(
+        &mut g,
+        0,
+        DATA + 5 * PAGE,
+        &data,
+        "after a reset, real doorbells",
+    );
+    assert_eq!(g.rings, rings, "no shadows after the reset");
+    drop(g);
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+}
+
+/// Bursts of submissions by Linux's protocol, each doorbell rung only when EventIdx asks,
+/// while the target serves and rearms at the same time: a submission stored just before the
+/// target's EventIdx store (so the guest saw the old one and did not ring) must be found by
+/// the target's second look. In interrupt mode a miss is a command never served.
+fn shadow_bursts(g: &mut Guest, bursts: usize) {
+    let mut seed = 0x2545_F491_u32;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        seed
+    };
+    let mut served = 0;
+    for burst in 0..bursts {
+        let n = 1 + (next() % 8) as usize;
+        for _ in 0..n {
+            let cid = g.next_cid();
+            let mut cmd = rw(0x02, u64::from(next() % 64) * 8, 8, DATA, 0);
+            cmd[2..4].copy_from_slice(&cid.to_le_bytes());
+            g.submit(1, &cmd);
+        }
+        for i in 0..n {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                if let Some(c) = g.take_completion(1) {
+                    assert_eq!(c.status, 0, "burst {burst}: {c:?}");
+                    served += 1;
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "burst {burst}: command {i} of {n} never served ({} rings, {} quiet)",
+                    g.rings,
+                    g.quiet
+                );
+                std::hint::spin_loop();
+            }
+        }
+    }
+    assert!(served > bursts);
+    assert!(g.quiet > 0, "some submissions did not need a ring");
+}
+
+#[test]
+fn a_submission_that_races_the_event_index_is_served() {
+    let mut t = start(true, "ram = { size = \"16MiB\" }");
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    assert_eq!(g.config_shadow().status, 0);
+    g.create_io_queues(1, 1);
+    shadow_bursts(&mut g, 2000);
+    let (rings, quiet) = (g.rings, g.quiet);
+    drop(g);
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+    eprintln!("interrupt mode: {rings} rings, {quiet} quiet updates");
+}
+
+#[test]
+fn shadow_doorbells_with_mapped_doorbells_in_poll_mode() {
+    let mut t = start_with(
+        false,
+        "disable_mappable_bar0 = false",
+        "ram = { size = \"16MiB\" }",
+    );
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    g.map_doorbells();
+    assert_eq!(g.config_shadow().status, 0);
+    g.create_io_queues(1, 1);
+    shadow_bursts(&mut g, 1000);
+    drop(g);
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+}
+
+#[test]
+fn disabled_shadow_doorbells_are_not_offered() {
+    let mut t = start_with(
+        true,
+        "disable_mappable_bar0 = true\ndisable_shadow_doorbells = true",
+        "ram = { size = \"16MiB\" }",
+    );
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0);
+    let oacs = u16::from_le_bytes(g.read_ram(IDENTIFY + 256, 2).try_into().expect("2"));
+    assert_eq!(oacs & (1 << 8), 0, "no Doorbell Buffer Config");
+    let c = g.config_shadow();
+    assert_eq!((c.sct(), c.sc()), (0, 0x01), "invalid opcode: {c:?}");
+    assert!(!g.shadowed);
+    drop(g);
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
 }

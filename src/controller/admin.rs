@@ -137,6 +137,9 @@ impl Controller {
             {
                 self.queue_command(&mut self.lock(), sqe).map(Reply::Queue)
             }
+            admin::DOORBELL_BUFFER_CONFIG if self.kind == ControllerKind::Pcie => self
+                .doorbell_buffer_config(&self.lock(), sqe)
+                .map(Reply::Queue),
             _ => Err(Status::INVALID_OPCODE.with_dnr()),
         }
     }
@@ -216,8 +219,14 @@ impl Controller {
         };
         match self.kind {
             ControllerKind::Fabrics => io,
-            // PCIe: PRPs only, no capsules, no fabrics commands.
+            // PCIe: PRPs only, no capsules, no fabrics commands; shadow doorbells if the
+            // transport serves them.
             ControllerKind::Pcie => IdentifyController {
+                oacs: if self.offers_shadow_doorbells() {
+                    identify::oacs::DOORBELL_BUFFER_CONFIG
+                } else {
+                    0
+                },
                 sgls: 0,
                 ioccsz: 0,
                 iorcsz: 0,
@@ -375,11 +384,13 @@ impl Controller {
             | admin::GET_FEATURES
             | admin::ASYNC_EVENT_REQUEST
             | admin::KEEP_ALIVE => Ok(0),
-            // Queue memory is the host's, not data: the PCIe transport maps it.
+            // Queue memory and doorbell buffers are the host's, not data: the PCIe transport
+            // maps them.
             admin::CREATE_IO_SQ
             | admin::CREATE_IO_CQ
             | admin::DELETE_IO_SQ
             | admin::DELETE_IO_CQ
+            | admin::DOORBELL_BUFFER_CONFIG
                 if self.kind == ControllerKind::Pcie =>
             {
                 Ok(0)

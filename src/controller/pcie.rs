@@ -20,6 +20,9 @@ use super::{Controller, ListenerAddr, Registry};
 pub struct PcieParams {
     /// MSI-X vectors the device has: completion queues may name vectors below it.
     pub interrupt_vectors: u16,
+    /// The transport serves shadow doorbells: Doorbell Buffer Config is accepted and Identify
+    /// Controller says so (OACS bit 8).
+    pub shadow_doorbells: bool,
 }
 
 /// A Create or Delete I/O Queue command the controller accepted, for the transport to carry
@@ -45,6 +48,14 @@ pub enum QueueRequest {
     },
     DeleteCq {
         qid: u16,
+    },
+    /// Doorbell Buffer Config (NVMe Base 2.0, 5.8): from now on the host writes each I/O
+    /// queue's tail or head into the shadow doorbell buffer at `shadow` too, and rings the
+    /// doorbell only when the value passes the EventIdx the controller keeps at `event_idx`.
+    /// Both are page-aligned guest addresses; a reset forgets them.
+    DoorbellBuffers {
+        shadow: u64,
+        event_idx: u64,
     },
 }
 
@@ -202,6 +213,29 @@ impl Controller {
         }
     }
 
+    /// Checks a Doorbell Buffer Config command: offered by the transport, PRP1 (the shadow
+    /// doorbells) and PRP2 (the EventIdx buffer) page aligned (CC.MPS is 0: 4 KiB).
+    pub(crate) fn doorbell_buffer_config(
+        &self,
+        st: &AdminState,
+        sqe: &Sqe,
+    ) -> Result<QueueRequest, Status> {
+        if !st.pcie.params.is_some_and(|p| p.shadow_doorbells) {
+            return Err(Status::INVALID_OPCODE.with_dnr());
+        }
+        let (shadow, event_idx) = (sqe.prp1(), sqe.prp2());
+        let aligned = |gpa: u64| gpa != 0 && gpa & 0xFFF == 0;
+        if !aligned(shadow) || !aligned(event_idx) || shadow == event_idx {
+            return Err(Status::INVALID_FIELD.with_dnr());
+        }
+        Ok(QueueRequest::DoorbellBuffers { shadow, event_idx })
+    }
+
+    /// Whether the transport serves shadow doorbells (a PCIe controller that offers them).
+    pub(crate) fn offers_shadow_doorbells(&self) -> bool {
+        self.lock().pcie.params.is_some_and(|p| p.shadow_doorbells)
+    }
+
     /// The transport could not set up a queue the controller accepted (its memory is not
     /// mapped, say): forget it, so the host may try again.
     pub fn undo_queue_request(&self, request: &QueueRequest) {
@@ -216,8 +250,11 @@ impl Controller {
                     *users = users.saturating_sub(1);
                 }
             }
-            // A deletion always succeeds for the host; nothing to restore.
-            QueueRequest::DeleteSq { .. } | QueueRequest::DeleteCq { .. } => {}
+            // A deletion always succeeds for the host; nothing to restore. The controller
+            // keeps nothing of doorbell buffers.
+            QueueRequest::DeleteSq { .. }
+            | QueueRequest::DeleteCq { .. }
+            | QueueRequest::DoorbellBuffers { .. } => {}
         }
     }
 
@@ -301,6 +338,7 @@ mod tests {
 
     const PARAMS: PcieParams = PcieParams {
         interrupt_vectors: 3,
+        shadow_doorbells: true,
     };
 
     /// A PCIe controller whose host has set up the admin queue and enabled it.
@@ -400,6 +438,79 @@ mod tests {
         connect.set_fctype(crate::nvme::opcode::fctype::PROPERTY_GET);
         assert_eq!(
             status(run(&ctrlr, &connect)),
+            Status::INVALID_OPCODE.with_dnr()
+        );
+    }
+
+    #[test]
+    fn doorbell_buffer_config_takes_two_pages_when_offered() {
+        let reg = registry();
+        let ctrlr = enabled(&reg);
+        assert_eq!(
+            ctrlr.identify_controller().oacs,
+            crate::nvme::identify::oacs::DOORBELL_BUFFER_CONFIG
+        );
+        let config = |prp1: u64, prp2: u64| {
+            let mut sqe = Sqe::new(admin::DOORBELL_BUFFER_CONFIG, 4);
+            sqe.bytes_mut()[24..32].copy_from_slice(&prp1.to_le_bytes());
+            sqe.bytes_mut()[32..40].copy_from_slice(&prp2.to_le_bytes());
+            sqe
+        };
+        assert_eq!(
+            ctrlr.admin_host_data_len(&config(0x50_0000, 0x51_0000), 0),
+            Ok(0),
+            "the buffers are not data"
+        );
+        assert_eq!(
+            run(&ctrlr, &config(0x50_0000, 0x51_0000)),
+            Ok(QueueRequest::DoorbellBuffers {
+                shadow: 0x50_0000,
+                event_idx: 0x51_0000
+            })
+        );
+        for (prp1, prp2) in [
+            (0x50_0008, 0x51_0000),
+            (0x50_0000, 0x51_0800),
+            (0, 0x51_0000),
+            (0x50_0000, 0),
+            (0x50_0000, 0x50_0000),
+        ] {
+            assert_eq!(
+                status(run(&ctrlr, &config(prp1, prp2))),
+                Status::INVALID_FIELD.with_dnr(),
+                "{prp1:#x} {prp2:#x}"
+            );
+        }
+
+        // A transport that does not offer them (disable_shadow_doorbells).
+        let plain = reg
+            .attach_pcie(
+                NQN,
+                &vfio(),
+                PcieParams {
+                    shadow_doorbells: false,
+                    ..PARAMS
+                },
+                Instant::now(),
+            )
+            .expect("attach");
+        assert_eq!(plain.identify_controller().oacs, 0);
+        let four = PropertySize::Four;
+        let eight = PropertySize::Eight;
+        plain
+            .write_register(offset::AQA, four, 0x001F_001F)
+            .expect("aqa");
+        plain
+            .write_register(offset::ASQ, eight, 0x10_0000)
+            .expect("asq");
+        plain
+            .write_register(offset::ACQ, eight, 0x20_0000)
+            .expect("acq");
+        plain
+            .write_register(offset::CC, four, 0x0046_0001)
+            .expect("cc");
+        assert_eq!(
+            status(run(&plain, &config(0x50_0000, 0x51_0000))),
             Status::INVALID_OPCODE.with_dnr()
         );
     }

@@ -97,6 +97,7 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
             Arc::clone(&registry),
             limits.vfio_user,
             !vfio.disable_mappable_bar0,
+            !vfio.disable_shadow_doorbells,
         )),
     };
     let mut listeners = Vec::new();

@@ -46,6 +46,12 @@ pub mod oaes {
 }
 
 /// Optional NVM Command Support bits.
+/// Optional Admin Command Support (OACS) bits (NVMe Base 2.0, Figure 275).
+pub mod oacs {
+    /// Doorbell Buffer Config (shadow doorbells and EventIdx, 5.8).
+    pub const DOORBELL_BUFFER_CONFIG: u16 = 1 << 8;
+}
+
 pub mod oncs {
     pub const COMPARE: u16 = 1 << 0;
     pub const WRITE_UNCORRECTABLE: u16 = 1 << 1;

@@ -235,6 +235,15 @@ pub fn acquire_fence() {
     fence(Ordering::Acquire);
 }
 
+/// Orders every store before it before every load after it (`mfence` on x86): an EventIdx
+/// published before the shadow doorbell is read again, against a guest that stores its shadow
+/// doorbell, then fences, then reads the EventIdx (Linux's `nvme_dbbuf_update_and_check_event`),
+/// so at least one of the two sides sees the other's store.
+#[inline]
+pub fn full_fence() {
+    fence(Ordering::SeqCst);
+}
+
 /// An anonymous memory file of `len` bytes (zeroes), closed on exec: guest memory in tests,
 /// a doorbell page a VMM can map.
 pub fn memfd(len: u64) -> io::Result<OwnedFd> {

@@ -31,6 +31,9 @@ pub const IOCQ: u64 = 0x4_0000;
 pub const IDENTIFY: u64 = 0x10_0000;
 pub const PRP_LISTS: u64 = 0x18_0000;
 pub const DATA: u64 = 0x20_0000;
+/// The shadow doorbell and EventIdx buffers (Doorbell Buffer Config), a page each.
+pub const SHADOW: u64 = 0x5_0000;
+pub const EVENT_IDX: u64 = 0x6_0000;
 
 pub const ADMIN_ENTRIES: u16 = 32;
 pub const IO_ENTRIES: u16 = 64;
@@ -73,6 +76,12 @@ pub struct Guest {
     next_cid: u16,
     /// BAR0's file and the file offset of BAR0's offset 0, once the doorbells are mapped.
     mapped: Option<(std::fs::File, u64)>,
+    /// Doorbell Buffer Config succeeded: I/O queues' doorbells go through the shadows.
+    pub shadowed: bool,
+    /// I/O doorbell updates through the shadows that rang the real doorbell, and that did
+    /// not (EventIdx said the target would look anyway).
+    pub rings: u64,
+    pub quiet: u64,
 }
 
 impl Guest {
@@ -92,6 +101,9 @@ impl Guest {
             cqs: (0..8).map(|_| None).collect(),
             next_cid: 1,
             mapped: None,
+            shadowed: false,
+            rings: 0,
+            quiet: 0,
         };
         guest.enable_msix(vectors);
         guest
@@ -284,6 +296,78 @@ impl Guest {
         }
         self.sqs.iter_mut().for_each(|q| *q = None);
         self.cqs.iter_mut().for_each(|q| *q = None);
+        // A reset forgets the doorbell buffers.
+        self.shadowed = false;
+    }
+
+    /// Doorbell Buffer Config with [`SHADOW`] and [`EVENT_IDX`], zeroed first as Linux's
+    /// are; from its success on, I/O doorbells go through the shadows.
+    pub fn config_shadow(&mut self) -> Completion {
+        self.write_ram(SHADOW, &[0; 4096]);
+        self.write_ram(EVENT_IDX, &[0; 4096]);
+        let c = self.admin(sqe(0x7C, 0, SHADOW, EVENT_IDX, [0; 6]));
+        self.shadowed = c.status == 0;
+        c
+    }
+
+    /// The dword at `gpa`.
+    pub fn read_u32(&self, gpa: u64) -> u32 {
+        let b = self.read_ram(gpa, 4);
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// The EventIdx the target published for doorbell `index` (2 qid: SQ tail, 2 qid + 1:
+    /// CQ head).
+    pub fn event_idx(&self, index: u64) -> u32 {
+        self.read_u32(EVENT_IDX + 4 * index)
+    }
+
+    /// Moves doorbell `index` (2 qid: SQ tail, 2 qid + 1: CQ head) to `value`. For a shadowed
+    /// I/O queue, as Linux's `nvme_dbbuf_update_and_check_event`: the shadow first, a full
+    /// fence, then the EventIdx decides whether the real doorbell rings too. With `hold`, the
+    /// shadow moves but nothing rings. Returns whether the real doorbell was (to be) rung.
+    fn update_doorbell(&mut self, index: u64, value: u32, hold: bool) -> bool {
+        if self.shadowed && index >= 2 {
+            let at = SHADOW + 4 * index;
+            let old = self.read_u32(at);
+            self.write_ram(at, &value.to_le_bytes());
+            // The store (a pwrite) is visible before the load that follows.
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            let event_idx = self.event_idx(index);
+            if !need_event(event_idx as u16, value as u16, old as u16) {
+                self.quiet += 1;
+                return false;
+            }
+            self.rings += 1;
+        }
+        if !hold {
+            self.ring(0x1000 + 4 * index, value);
+        }
+        true
+    }
+
+    /// Writes `sqe` at the tail of SQ `qid` and moves the shadow tail, without ringing; returns
+    /// whether EventIdx asked for a ring (see [`kick`](Self::kick)).
+    pub fn submit_held(&mut self, qid: u16, sqe: &[u8; 64]) -> bool {
+        let ring = self.sqs[usize::from(qid)].as_mut().expect("sq exists");
+        let at = ring.base + u64::from(ring.index) * 64;
+        ring.index = (ring.index + 1) % ring.entries;
+        let tail = ring.index;
+        self.write_ram(at, sqe);
+        self.update_doorbell(2 * u64::from(qid), u32::from(tail), true)
+    }
+
+    /// Rings SQ `qid`'s real doorbell with `value`, whatever the shadow says.
+    pub fn kick(&mut self, qid: u16, value: u32) {
+        self.ring(0x1000 + 8 * u64::from(qid), value);
+    }
+
+    /// The tail the driver has written SQ `qid` up to.
+    pub fn sq_tail(&self, qid: u16) -> u16 {
+        self.sqs[usize::from(qid)]
+            .as_ref()
+            .expect("sq exists")
+            .index
     }
 
     pub fn next_cid(&mut self) -> u16 {
@@ -298,7 +382,7 @@ impl Guest {
         ring.index = (ring.index + 1) % ring.entries;
         let tail = ring.index;
         self.write_ram(at, sqe);
-        self.ring(0x1000 + 8 * u64::from(qid), u32::from(tail));
+        self.update_doorbell(2 * u64::from(qid), u32::from(tail), false);
     }
 
     /// Waits for the next completion on CQ `cqid` (by its phase bit), consuming it and
@@ -341,7 +425,7 @@ impl Guest {
             ring.phase = !ring.phase;
         }
         let head = ring.index;
-        self.ring(0x1000 + 8 * u64::from(cqid) + 4, u32::from(head));
+        self.update_doorbell(2 * u64::from(cqid) + 1, u32::from(head), false);
         Some(Completion {
             dw0: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             sqhd: u16::from_le_bytes([b[8], b[9]]),
@@ -454,6 +538,11 @@ impl Guest {
             }
         }
     }
+}
+
+/// Linux's `nvme_dbbuf_need_event`: moving a doorbell from `old` to `new` passes `event_idx`.
+pub fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 /// An SQE: opcode, nsid, PRP1, PRP2, CDW10..CDW15.

@@ -277,10 +277,12 @@ fn fabrics_controllers_create_no_queues_with_admin_commands() {
         admin::CREATE_IO_SQ,
         admin::DELETE_IO_SQ,
         admin::DELETE_IO_CQ,
+        admin::DOORBELL_BUFFER_CONFIG,
     ] {
         let (cqe, _) = run(&ctrlr, &admin_cmd(opcode, 0, 1 | (63 << 16), 1, 0));
         assert_eq!(cqe.status, Status::INVALID_OPCODE.with_dnr(), "{opcode:#x}");
     }
+    assert_eq!(ctrlr.identify_controller().oacs, 0, "no shadow doorbells");
 }
 
 #[test]

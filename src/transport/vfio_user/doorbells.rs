@@ -1,4 +1,7 @@
-//! Doorbells a VMM maps into its guest (poll mode, `disable_mappable_bar0 = false`): BAR0's
+//! Doorbells other than trapped register writes.
+//!
+//! **The doorbell page.** Doorbells a VMM maps into its guest (poll mode,
+//! `disable_mappable_bar0 = false`): BAR0's
 //! doorbell page, 0x1000..0x2000, is a page of a memfd that we map too, so a guest's doorbell
 //! write is a plain store into it, with no exit and no message. Nothing signals such a store:
 //! the reactor polls the page every turn ([`DoorbellPage::take`]).
@@ -12,14 +15,25 @@
 //! placed yet): a trapped write is stored into the page as well ([`DoorbellPage::record`]), so
 //! the page always holds the last value of every doorbell, whichever way it came, and a
 //! change is a change of the page.
+//!
+//! **Shadow doorbells** (Doorbell Buffer Config, NVMe Base 2.0, 5.8): the host gives two pages
+//! of its memory. It writes each I/O queue's new tail or head into the shadow doorbell buffer
+//! (same layout as the doorbells) and rings the real doorbell only when the value passes the
+//! EventIdx we keep in the EventIdx buffer: Linux's `nvme_dbbuf_need_event(event_idx, new,
+//! old)`, `(u16)(new - event_idx - 1) < (u16)(new - old)`. After a queue is served up to tail
+//! T we publish EventIdx T (the next submission rings), then read the shadow again with a
+//! full fence between ([`ShadowDoorbells::rearm`]): a host that stored T + 1 before it could
+//! see EventIdx T did not ring, and that read finds it. The admin queue is never shadowed
+//! (Linux and SPDK leave it to its doorbell).
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use super::device::{DOORBELL_BASE, DOORBELL_PAGE};
+use super::memory::GuestMemory;
 use super::server::RegionMmap;
-use crate::sys::mmap::{MapProt, Mapping, acquire_fence, memfd};
+use crate::sys::mmap::{MapProt, Mapping, acquire_fence, full_fence, memfd};
 
 /// Bytes of the doorbell page.
 pub const PAGE_LEN: usize = 0x1000;
@@ -121,6 +135,89 @@ impl DoorbellPage {
     }
 }
 
+/// Aligned dwords of guest memory: where shadow doorbells and EventIdx are.
+pub trait GuestDwords {
+    /// One aligned load; `None` if the address is not readable guest memory.
+    fn load(&self, gpa: u64) -> Option<u32>;
+    /// One aligned store; false if the address is not writable guest memory.
+    fn store(&self, gpa: u64, value: u32) -> bool;
+}
+
+impl GuestDwords for GuestMemory {
+    fn load(&self, gpa: u64) -> Option<u32> {
+        self.read_u32(gpa).ok()
+    }
+
+    fn store(&self, gpa: u64, value: u32) -> bool {
+        self.write_u32(gpa, value).is_ok()
+    }
+}
+
+/// The shadow doorbell and EventIdx buffers a host gave with Doorbell Buffer Config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowDoorbells {
+    shadow: u64,
+    event_idx: u64,
+}
+
+impl ShadowDoorbells {
+    /// Buffers at `shadow` and `event_idx` (guest physical, page aligned).
+    pub fn new(shadow: u64, event_idx: u64) -> Self {
+        Self { shadow, event_idx }
+    }
+
+    /// Bytes of each buffer that the doorbells of queues up to `max_qid` take.
+    pub fn len(max_qid: u16) -> u64 {
+        (u64::from(max_qid) + 1) * 8
+    }
+
+    pub fn shadow(&self) -> u64 {
+        self.shadow
+    }
+
+    pub fn event_idx(&self) -> u64 {
+        self.event_idx
+    }
+
+    /// The value the host wrote for `doorbell`: one aligned load, then an acquire fence (the
+    /// commands up to a new tail are read after it). `None` if it cannot be read.
+    pub fn read(&self, mem: &impl GuestDwords, doorbell: Doorbell) -> Option<u32> {
+        let value = mem.load(Self::at(self.shadow, doorbell)?)?;
+        acquire_fence();
+        Some(value)
+    }
+
+    /// Sets `doorbell`'s shadow value: at configuration, what the doorbell said until then;
+    /// at queue creation, 0.
+    pub fn write(&self, mem: &impl GuestDwords, doorbell: Doorbell, value: u32) {
+        if let Some(gpa) = Self::at(self.shadow, doorbell) {
+            mem.store(gpa, value);
+        }
+    }
+
+    /// Publishes `doorbell`'s EventIdx: the host rings when it moves the value past it.
+    pub fn publish(&self, mem: &impl GuestDwords, doorbell: Doorbell, value: u32) {
+        if let Some(gpa) = Self::at(self.event_idx, doorbell) {
+            mem.store(gpa, value);
+        }
+    }
+
+    /// A queue was served up to `consumed` (an SQ's tail, a CQ's head): publishes EventIdx =
+    /// `consumed`, then, after a full fence, reads the shadow again and returns it. A value
+    /// that moved since the caller last looked is one the host stored before it could see the
+    /// EventIdx, and it may not have rung for it: the caller serves it (and rearms again).
+    pub fn rearm(&self, mem: &impl GuestDwords, doorbell: Doorbell, consumed: u32) -> Option<u32> {
+        self.publish(mem, doorbell, consumed);
+        full_fence();
+        self.read(mem, doorbell)
+    }
+
+    fn at(base: u64, doorbell: Doorbell) -> Option<u64> {
+        let index = u64::try_from(doorbell.index()?).ok()?;
+        base.checked_add(index * 4)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,5 +303,109 @@ mod tests {
         let mut page = DoorbellPage::new().expect("page");
         assert_eq!(page.take(Doorbell::SqTail(MAX_QID + 1)), None);
         page.record(Doorbell::SqTail(u16::MAX), 1);
+    }
+}
+
+/// Shadow doorbells against a host that follows Linux's protocol, in memory we control.
+#[cfg(test)]
+mod shadow_tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const SHADOW: u64 = 0x10_0000;
+    const EVENT_IDX: u64 = 0x20_0000;
+
+    /// What the host does when our store reaches the trap.
+    type HostStep = Box<dyn FnOnce(&mut HashMap<u64, u32>)>;
+
+    /// Guest dwords in a map; a store to `trap` runs `then` first (once), as a host vCPU
+    /// that acts between our EventIdx store and our next load.
+    #[derive(Default)]
+    struct Fake {
+        words: RefCell<HashMap<u64, u32>>,
+        trap: Option<u64>,
+        then: RefCell<Option<HostStep>>,
+    }
+
+    impl GuestDwords for Fake {
+        fn load(&self, gpa: u64) -> Option<u32> {
+            Some(self.words.borrow().get(&gpa).copied().unwrap_or(0))
+        }
+
+        fn store(&self, gpa: u64, value: u32) -> bool {
+            if Some(gpa) == self.trap {
+                if let Some(then) = self.then.borrow_mut().take() {
+                    then(&mut self.words.borrow_mut());
+                }
+            }
+            self.words.borrow_mut().insert(gpa, value);
+            true
+        }
+    }
+
+    /// Linux's `nvme_dbbuf_need_event`.
+    fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
+        new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
+    #[test]
+    fn buffers_have_the_doorbells_layout() {
+        let buffers = ShadowDoorbells::new(SHADOW, EVENT_IDX);
+        let mem = Fake::default();
+        buffers.write(&mem, Doorbell::SqTail(3), 7);
+        buffers.publish(&mem, Doorbell::CqHead(3), 5);
+        assert_eq!(mem.words.borrow().get(&(SHADOW + 24)), Some(&7));
+        assert_eq!(mem.words.borrow().get(&(EVENT_IDX + 28)), Some(&5));
+        assert_eq!(buffers.read(&mem, Doorbell::SqTail(3)), Some(7));
+        assert_eq!(ShadowDoorbells::len(MAX_QID), 4096, "one page at most");
+        assert_eq!(buffers.read(&mem, Doorbell::SqTail(MAX_QID + 1)), None);
+    }
+
+    #[test]
+    fn a_host_rings_only_when_the_value_passes_the_event_index() {
+        // Served up to 4: EventIdx 4. The next submission (4 -> 5) rings.
+        assert!(need_event(4, 5, 4));
+        // Submissions before we catch up do not ring: 5 -> 6 with EventIdx still 4.
+        assert!(!need_event(4, 6, 5));
+        // A batch that passes it rings once: 3 -> 6 with EventIdx 4.
+        assert!(need_event(4, 6, 3));
+        // Across the wrap of a 64-entry queue: 63 -> 1 passes EventIdx 63 and 0.
+        assert!(need_event(63, 1, 63));
+        assert!(need_event(0, 1, 63));
+    }
+
+    #[test]
+    fn rearming_finds_a_submission_that_raced_the_event_index() {
+        let sq = Doorbell::SqTail(1);
+        let buffers = ShadowDoorbells::new(SHADOW, EVENT_IDX);
+        let mut mem = Fake {
+            trap: Some(EVENT_IDX + 8),
+            ..Fake::default()
+        };
+        // We served the queue up to tail 4; the EventIdx the host sees is still 2. Just
+        // before our store of EventIdx 4 lands, the host stores tail 5 and reads EventIdx 2:
+        // no need to ring (5 - 2 - 1 = 2 is not below 5 - 4 = 1).
+        mem.words.get_mut().insert(SHADOW + 8, 4);
+        mem.words.get_mut().insert(EVENT_IDX + 8, 2);
+        let rang = std::rc::Rc::new(std::cell::Cell::new(None));
+        let seen = std::rc::Rc::clone(&rang);
+        *mem.then.get_mut() = Some(Box::new(move |words| {
+            words.insert(SHADOW + 8, 5);
+            let event_idx = u16::try_from(words[&(EVENT_IDX + 8)]).expect("u16");
+            seen.set(Some(need_event(event_idx, 5, 4)));
+        }));
+        let moved = buffers.rearm(&mem, sq, 4);
+        assert_eq!(rang.get(), Some(false), "the host did not ring");
+        assert_eq!(
+            moved,
+            Some(5),
+            "the re-read after EventIdx finds the submission"
+        );
+        assert_eq!(mem.words.borrow()[&(EVENT_IDX + 8)], 4);
+        // Served up to 5 now, and nothing raced: the queue is settled.
+        assert_eq!(buffers.rearm(&mem, sq, 5), Some(5));
+        assert_eq!(mem.words.borrow()[&(EVENT_IDX + 8)], 5);
     }
 }

@@ -102,6 +102,7 @@ impl VfioUserEndpoint {
         };
         let params = PcieParams {
             interrupt_vectors: self.context.interrupt_vectors,
+            shadow_doorbells: self.context.shadow_doorbells,
         };
         let ctrlr = match registry.attach_pcie(subsys.nqn(), &self.addr, params, now) {
             Ok(ctrlr) => ctrlr,
@@ -221,6 +222,21 @@ impl Subscriber for VfioUserEndpoint {
             LISTENER => self.accept_all(cx, now),
             CLIENT => self.serve_client(ready, cx, now),
             _ => {}
+        }
+        Flow::Continue
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.client.as_ref().and_then(|c| c.device.retry_at())
+    }
+
+    fn handle_timer(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+        if let Some(client) = self.client.as_mut() {
+            if client.device.retry_at().is_some() {
+                let span = self.span.clone();
+                let _entered = span.enter();
+                client.device.run_queues(&mut cx.io, now);
+            }
         }
         Flow::Continue
     }

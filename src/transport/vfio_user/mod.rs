@@ -38,15 +38,23 @@ pub struct VfioUserContext {
     pub limits: TransportLimits,
     /// The doorbell page is mappable by the VMM (polled) instead of trapped as messages.
     pub mappable_doorbells: bool,
+    /// Doorbell Buffer Config is offered: shadow doorbells with EventIdx.
+    pub shadow_doorbells: bool,
     pub interrupt_vectors: u16,
 }
 
 impl VfioUserContext {
-    pub fn new(registry: Arc<Registry>, limits: TransportLimits, mappable_doorbells: bool) -> Self {
+    pub fn new(
+        registry: Arc<Registry>,
+        limits: TransportLimits,
+        mappable_doorbells: bool,
+        shadow_doorbells: bool,
+    ) -> Self {
         Self {
             registry,
             limits,
             mappable_doorbells,
+            shadow_doorbells,
             interrupt_vectors: INTERRUPT_VECTORS,
         }
     }

@@ -21,7 +21,7 @@ use std::time::Instant;
 use tracing::{debug, info, trace, warn};
 
 use super::device::{Bar0Access, ConfigChange, PciDevice, region};
-use super::doorbells::{Doorbell, DoorbellPage};
+use super::doorbells::{Doorbell, DoorbellPage, ShadowDoorbells};
 use super::memory::{GuestMemory, Prot};
 use super::msix::{Delivery, Interrupts};
 use super::protocol::{device_flags, dma_unmap_flags};
@@ -59,6 +59,8 @@ struct Sq {
     /// The ring became unusable (its memory was unmapped, an SQE could not be read): nothing
     /// more is fetched from it until the host recreates it.
     stopped: bool,
+    /// The shadow tail last read (shadow doorbells, I/O queues).
+    shadow_seen: u32,
 }
 
 #[derive(Debug)]
@@ -69,7 +71,22 @@ struct Cq {
     owed: usize,
     /// Something was posted since its interrupt last fired.
     notify: bool,
+    /// The shadow head last read (shadow doorbells, I/O queues).
+    shadow_seen: u32,
 }
+
+/// Why [`NvmeDevice::drain_ring`] stopped fetching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// Nothing more to fetch, or it waits for its own commands to complete.
+    Done,
+    /// Its completion queue has no room for more: it waits for the host's head.
+    CqFull,
+}
+
+/// Rounds of serving and rearming one shadowed submission queue before the others get their
+/// turn: a host that keeps submitting as fast as it is served cannot hold the reactor.
+const SHADOW_ROUNDS: usize = 4;
 
 /// The admin queue before CC.EN, or after a reset: its registers only.
 const ADMIN: u16 = 0;
@@ -91,6 +108,13 @@ pub struct NvmeDevice {
     tag_bits: u32,
     /// The doorbell page the VMM maps, when doorbells are mappable (polled).
     doorbells: Option<DoorbellPage>,
+    /// The host's shadow doorbell and EventIdx buffers, after Doorbell Buffer Config.
+    shadow: Option<ShadowDoorbells>,
+    /// Shadowed submission queues still moving when their rounds ran out: served again at
+    /// the next turn ([`retry_at`](Self::retry_at)).
+    unsettled: Vec<u16>,
+    /// The time of the last call, for [`retry_at`](Self::retry_at).
+    last_now: Option<Instant>,
     counts: DoorbellCounts,
 }
 
@@ -151,47 +175,80 @@ impl NvmeDevice {
             scratch: Scratch::default(),
             tag_bits,
             doorbells,
+            shadow: None,
+            unsettled: Vec::new(),
+            last_now: None,
             counts: DoorbellCounts::default(),
         }
     }
 
-    /// Its doorbells are a mapped page that must be polled.
+    /// Its doorbells are memory that must be polled (in poll mode): a mapped doorbell page,
+    /// shadow doorbells.
     pub fn polls_doorbells(&self) -> bool {
-        self.doorbells.is_some()
+        self.doorbells.is_some() || self.shadow.is_some()
     }
 
-    /// Looks at the mapped doorbell of every live queue: each one the guest moved is taken
-    /// as a trapped write would be, then the queues run. Returns how many moved.
+    /// When the owner is to call [`run_queues`](Self::run_queues) although nothing rang: a
+    /// shadowed queue was still moving when its turn ended.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.last_now.filter(|_| !self.unsettled.is_empty())
+    }
+
+    /// Looks at the mapped doorbell and the shadow doorbells of every live queue: each one the
+    /// guest moved is taken as a trapped write would be, then the queues run. Returns how many
+    /// moved.
     pub fn poll_doorbells(&mut self, cx: &mut IoCx<'_>, now: Instant) -> u64 {
-        if self.doorbells.is_none() {
-            return 0;
-        }
         let mut moved = 0;
-        for qid in 0..=self.max_qid() {
-            let q = usize::from(qid);
-            let live = [
-                (self.sqs[q].is_some(), Doorbell::SqTail(qid)),
-                (self.cqs[q].is_some(), Doorbell::CqHead(qid)),
-            ];
-            for (live, doorbell) in live {
-                let Some(page) = self.doorbells.as_mut().filter(|_| live) else {
-                    continue;
-                };
-                if let Some(value) = page.take(doorbell) {
-                    if self.counts.polled == 0 {
-                        debug!(
-                            ?doorbell,
-                            value, "the VMM mapped the doorbell page: first store seen"
-                        );
+        if self.doorbells.is_some() {
+            for qid in 0..=self.max_qid() {
+                let q = usize::from(qid);
+                let live = [
+                    (self.sqs[q].is_some(), Doorbell::SqTail(qid)),
+                    (self.cqs[q].is_some(), Doorbell::CqHead(qid)),
+                ];
+                for (live, doorbell) in live {
+                    let Some(page) = self.doorbells.as_mut().filter(|_| live) else {
+                        continue;
+                    };
+                    if let Some(value) = page.take(doorbell) {
+                        if self.counts.polled == 0 {
+                            debug!(
+                                ?doorbell,
+                                value, "the VMM mapped the doorbell page: first store seen"
+                            );
+                        }
+                        self.counts.polled += 1;
+                        moved += 1;
+                        self.doorbell(doorbell, value);
                     }
-                    self.counts.polled += 1;
-                    moved += 1;
-                    self.doorbell(doorbell, value);
                 }
             }
         }
-        if moved > 0 {
+        moved += self.poll_shadows();
+        if moved > 0 || !self.unsettled.is_empty() {
             self.run_queues(cx, now);
+        }
+        moved
+    }
+
+    /// Takes the shadow doorbells the host moved, and notes their queues to run; how many
+    /// moved.
+    fn poll_shadows(&mut self) -> u64 {
+        if self.shadow.is_none() {
+            return 0;
+        }
+        let mut moved = 0;
+        for qid in 1..=self.max_qid() {
+            if self.take_shadow_head(qid) {
+                moved += 1;
+                self.ring_sqs_of(qid);
+            }
+            if self.take_shadow_tail(qid) {
+                moved += 1;
+                if !self.rung.contains(&qid) {
+                    self.rung.push(qid);
+                }
+            }
         }
         moved
     }
@@ -213,6 +270,12 @@ impl NvmeDevice {
     /// out queue creations and deletions, and fires the interrupts of completion queues that
     /// got entries.
     pub fn run_queues(&mut self, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+        self.last_now = Some(now);
+        for qid in std::mem::take(&mut self.unsettled) {
+            if !self.rung.contains(&qid) {
+                self.rung.push(qid);
+            }
+        }
         while let Some(qid) = self.rung.pop() {
             self.drain(qid, cx, now);
             if qid == ADMIN {
@@ -317,19 +380,148 @@ impl NvmeDevice {
         cx.set_tag_prefix(0);
     }
 
-    /// Fetches and submits commands from `qid` while it has some and room for them.
+    /// Fetches and submits commands from `qid` while it has some and room for them. A
+    /// shadowed queue takes its shadow tail (and its completion queue's shadow head) first,
+    /// and after each round publishes EventIdx and looks again, until the host stops moving
+    /// them or [`SHADOW_ROUNDS`] pass.
     fn drain(&mut self, qid: u16, cx: &mut IoCx<'_>, now: Instant) {
+        if qid == ADMIN || self.shadow.is_none() {
+            self.drain_ring(qid, cx, now);
+            return;
+        }
+        self.unsettled.retain(|&q| q != qid);
+        for _ in 0..SHADOW_ROUNDS {
+            let Some(cqid) = self.sqs.get(usize::from(qid)).and_then(|s| s.as_ref()) else {
+                return;
+            };
+            let cqid = cqid.cqid;
+            self.take_shadow_tail(qid);
+            self.take_shadow_head(cqid);
+            let drained = self.drain_ring(qid, cx, now);
+            if !self.rearm(qid, cqid, drained) {
+                return;
+            }
+        }
+        trace!(
+            qid,
+            "the host keeps submitting; the queue goes on at the next turn"
+        );
+        self.unsettled.push(qid);
+    }
+
+    /// Publishes the EventIdx of SQ `qid` (the tail served up to) and, when it waits for
+    /// room, of its CQ `cqid` (the head seen), then reads both shadows again: true if the host
+    /// moved one meanwhile (and may not have rung).
+    fn rearm(&self, qid: u16, cqid: u16, drained: Drained) -> bool {
+        let Some(shadow) = self.shadow else {
+            return false;
+        };
+        let Some(sq) = self.sqs.get(usize::from(qid)).and_then(Option::as_ref) else {
+            return false;
+        };
+        if sq.stopped {
+            return false;
+        }
+        let tail = shadow.rearm(&self.mem, Doorbell::SqTail(qid), sq.ring.tail());
+        let mut moved = tail.is_some_and(|tail| tail != sq.shadow_seen);
+        if drained == Drained::CqFull {
+            if let Some(cq) = self.cqs.get(usize::from(cqid)).and_then(Option::as_ref) {
+                let head = shadow.rearm(&self.mem, Doorbell::CqHead(cqid), cq.ring.head());
+                moved |= head.is_some_and(|head| head != cq.shadow_seen);
+            }
+        }
+        moved
+    }
+
+    /// Takes SQ `qid`'s shadow tail into its ring if the host moved it; true if it did. A
+    /// value the ring refuses is ignored like an invalid doorbell write.
+    fn take_shadow_tail(&mut self, qid: u16) -> bool {
+        let Some(shadow) = self.shadow.filter(|_| qid != ADMIN) else {
+            return false;
+        };
+        let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(value) = shadow.read(&self.mem, Doorbell::SqTail(qid)) else {
+            return false;
+        };
+        if value == sq.shadow_seen {
+            return false;
+        }
+        sq.shadow_seen = value;
+        match sq.ring.set_tail(value) {
+            Ok(()) => true,
+            Err(err) => {
+                warn!(qid, value, error = %err, "invalid shadow submission queue doorbell");
+                false
+            }
+        }
+    }
+
+    /// Takes CQ `cqid`'s shadow head into its ring if the host moved it; true if it did.
+    fn take_shadow_head(&mut self, cqid: u16) -> bool {
+        let Some(shadow) = self.shadow.filter(|_| cqid != ADMIN) else {
+            return false;
+        };
+        let Some(cq) = self.cqs.get_mut(usize::from(cqid)).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(value) = shadow.read(&self.mem, Doorbell::CqHead(cqid)) else {
+            return false;
+        };
+        if value == cq.shadow_seen {
+            return false;
+        }
+        cq.shadow_seen = value;
+        match cq.ring.set_head(value) {
+            Ok(()) => true,
+            Err(err) => {
+                warn!(qid = cqid, value, error = %err, "invalid shadow completion queue doorbell");
+                false
+            }
+        }
+    }
+
+    /// Notes the submission queues on CQ `cqid` that have commands waiting, to run: it has
+    /// room again.
+    fn ring_sqs_of(&mut self, cqid: u16) {
+        for (sqid, sq) in self.sqs.iter().enumerate() {
+            if let Some(sq) = sq.as_ref().filter(|sq| sq.cqid == cqid) {
+                let sqid = u16::try_from(sqid).unwrap_or(0);
+                if !sq.ring.is_empty() && !self.rung.contains(&sqid) {
+                    self.rung.push(sqid);
+                }
+            }
+        }
+    }
+
+    /// Notes every live shadowed submission queue to run: a doorbell rang while shadow
+    /// doorbells are on, and the shadows say what moved.
+    fn ring_shadowed(&mut self) {
+        for (sqid, sq) in self.sqs.iter().enumerate().skip(1) {
+            let sqid = u16::try_from(sqid).unwrap_or(0);
+            if sq.is_some() && !self.rung.contains(&sqid) {
+                self.rung.push(sqid);
+            }
+        }
+    }
+
+    /// Fetches and submits commands from `qid`'s ring while it has some and room for them.
+    fn drain_ring(&mut self, qid: u16, cx: &mut IoCx<'_>, now: Instant) -> Drained {
         let tag_bits = self.tag_bits;
         let Some((sq, cq)) = queue_pair(&mut self.sqs, &mut self.cqs, qid) else {
-            return;
+            return Drained::Done;
         };
         cx.set_tag_prefix(qid << tag_bits);
+        let mut drained = Drained::Done;
         while !sq.stopped && !sq.ring.is_empty() {
+            // The host catches up first: it consumes completions, commands complete.
             let cq_room = cq.ring.entries() as usize - 1;
-            if cq.ring.pending() as usize + cq.owed >= cq_room
-                || sq.owed + 1 >= sq.ring.entries() as usize
-            {
-                // The host catches up first: it consumes completions, commands complete.
+            if cq.ring.pending() as usize + cq.owed >= cq_room {
+                drained = Drained::CqFull;
+                break;
+            }
+            if sq.owed + 1 >= sq.ring.entries() as usize {
                 break;
             }
             let sqe = match sq.ring.pop(&self.mem) {
@@ -396,6 +588,7 @@ impl NvmeDevice {
         }
         cx.set_tag_prefix(0);
         sq.core.report_activity(now);
+        drained
     }
 
     /// Carries out the Create/Delete I/O Queue commands of the admin batch, and completes them.
@@ -432,9 +625,14 @@ impl NvmeDevice {
                     vector,
                     owed: 0,
                     notify: false,
+                    shadow_seen: 0,
                 });
                 if let Some(page) = self.doorbells.as_mut() {
                     page.reset(Doorbell::CqHead(qid));
+                }
+                if let Some(shadow) = self.shadow {
+                    shadow.write(&self.mem, Doorbell::CqHead(qid), 0);
+                    shadow.publish(&self.mem, Doorbell::CqHead(qid), 0);
                 }
                 debug!(qid, entries, ?vector, "I/O completion queue created");
             }
@@ -463,9 +661,14 @@ impl NvmeDevice {
                     pointers: HashMap::new(),
                     owed: 0,
                     stopped: false,
+                    shadow_seen: 0,
                 });
                 if let Some(page) = self.doorbells.as_mut() {
                     page.reset(Doorbell::SqTail(qid));
+                }
+                if let Some(shadow) = self.shadow {
+                    shadow.write(&self.mem, Doorbell::SqTail(qid), 0);
+                    shadow.publish(&self.mem, Doorbell::SqTail(qid), 0);
                 }
                 debug!(qid, entries, cqid, "I/O submission queue created");
             }
@@ -489,7 +692,45 @@ impl NvmeDevice {
                     debug!(qid, "I/O completion queue deleted");
                 }
             }
+            QueueRequest::DoorbellBuffers { shadow, event_idx } => {
+                self.configure_shadows(shadow, event_idx)?;
+            }
         }
+        Ok(())
+    }
+
+    /// Doorbell Buffer Config: both buffers must be readable and writable guest memory. What
+    /// the doorbells said so far goes into the shadows, and each EventIdx asks for the next
+    /// value, so the switch loses nothing.
+    fn configure_shadows(&mut self, shadow: u64, event_idx: u64) -> Result<(), Status> {
+        let len = ShadowDoorbells::len(self.max_qid());
+        for gpa in [shadow, event_idx] {
+            if let Err(err) = self.mem.check(gpa, len, Prot::READ_WRITE) {
+                warn!(shadow, event_idx, error = %err, "doorbell buffers outside guest memory");
+                return Err(Status::INVALID_FIELD.with_dnr());
+            }
+        }
+        let buffers = ShadowDoorbells::new(shadow, event_idx);
+        for (qid, sq) in self.sqs.iter_mut().enumerate().skip(1) {
+            let Some(sq) = sq else {
+                continue;
+            };
+            let doorbell = Doorbell::SqTail(u16::try_from(qid).unwrap_or(0));
+            sq.shadow_seen = sq.ring.tail();
+            buffers.write(&self.mem, doorbell, sq.shadow_seen);
+            buffers.publish(&self.mem, doorbell, sq.shadow_seen);
+        }
+        for (qid, cq) in self.cqs.iter_mut().enumerate().skip(1) {
+            let Some(cq) = cq else {
+                continue;
+            };
+            let doorbell = Doorbell::CqHead(u16::try_from(qid).unwrap_or(0));
+            cq.shadow_seen = cq.ring.head();
+            buffers.write(&self.mem, doorbell, cq.shadow_seen);
+            buffers.publish(&self.mem, doorbell, cq.shadow_seen);
+        }
+        self.shadow = Some(buffers);
+        debug!(shadow, event_idx, "shadow doorbells configured");
         Ok(())
     }
 
@@ -543,6 +784,7 @@ impl NvmeDevice {
             pointers: HashMap::new(),
             owed: 0,
             stopped: false,
+            shadow_seen: 0,
         });
         self.cqs[0] = Some(Cq {
             ring: cq_ring,
@@ -550,6 +792,7 @@ impl NvmeDevice {
             vector: Some(0),
             owed: 0,
             notify: false,
+            shadow_seen: 0,
         });
         if let Some(page) = self.doorbells.as_mut() {
             page.reset(Doorbell::SqTail(ADMIN));
@@ -571,11 +814,22 @@ impl NvmeDevice {
         if let Some(page) = self.doorbells.as_mut() {
             page.clear();
         }
+        if self.shadow.take().is_some() {
+            debug!("shadow doorbells forgotten");
+        }
+        self.unsettled.clear();
     }
 
     /// A doorbell write, trapped or polled: moves a ring and notes the queues to run. A value
-    /// the ring refuses changes nothing.
+    /// the ring refuses changes nothing. With shadow doorbells, an I/O queue's doorbell only
+    /// says "look at the shadows" (the host wrote its value there first, and may have moved
+    /// it again since): every shadowed queue runs, and takes its shadow values.
     fn doorbell(&mut self, doorbell: Doorbell, value: u32) {
+        let (Doorbell::SqTail(qid) | Doorbell::CqHead(qid)) = doorbell;
+        if qid != ADMIN && self.shadow.is_some() {
+            self.ring_shadowed();
+            return;
+        }
         match doorbell {
             Doorbell::SqTail(qid) => {
                 let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
@@ -600,14 +854,7 @@ impl NvmeDevice {
                     return;
                 }
                 // Room in the completion queue: submission queues that waited for it go on.
-                for (sqid, sq) in self.sqs.iter().enumerate() {
-                    if let Some(sq) = sq.as_ref().filter(|sq| sq.cqid == qid) {
-                        let sqid = u16::try_from(sqid).unwrap_or(0);
-                        if !sq.ring.is_empty() && !self.rung.contains(&sqid) {
-                            self.rung.push(sqid);
-                        }
-                    }
-                }
+                self.ring_sqs_of(qid);
             }
         }
     }
