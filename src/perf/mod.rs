@@ -7,7 +7,8 @@
 //! round-robin.
 //!
 //! - `options`: transport ID, sizes, patterns (pure parsing)
-//! - `queue`: one I/O queue's socket and command slots; what its PDUs mean is
+//! - `io`: what the loop drives on any transport: slots, queues, a session
+//! - `queue`: one NVMe/TCP I/O queue's socket and command slots; what its PDUs mean is
 //!   `host::HostMachine`'s
 //! - `workload`, `verify`: what to send and how to check what comes back
 //! - `session`: connect, identify, check the options against the target
@@ -15,6 +16,7 @@
 //! - `idle`: controllers that only send Keep Alive (`--idle`), for idle-cost measurements
 
 pub mod idle;
+pub mod io;
 pub mod options;
 pub mod queue;
 pub mod run;

@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use mio::net::TcpStream;
 
+use super::PerfError;
+use super::io::{Done, Queue, Slot};
 use super::workload::Op;
 use crate::host::{CommandBuffers, HostError, HostMachine, HostQueue};
 use crate::nvme::Status;
@@ -29,23 +31,13 @@ pub enum QueueError {
     Protocol(&'static str),
 }
 
-/// One command slot; `buf` holds the write data or receives the read data.
+/// A slot with what the socket side tracks of it.
 #[derive(Debug)]
-pub struct Slot {
-    pub op: Op,
-    pub slba: u64,
-    pub generation: u64,
-    pub submitted: Instant,
-    pub buf: Vec<u8>,
+struct Entry {
+    slot: Slot,
+    /// Read data bytes received so far.
     received: usize,
     busy: bool,
-}
-
-/// A finished command.
-#[derive(Debug, Clone, Copy)]
-pub struct Done {
-    pub cid: u16,
-    pub status: Status,
 }
 
 /// What a queue needs to know besides its socket.
@@ -60,6 +52,7 @@ pub struct QueueParams {
 }
 
 pub struct IoQueue {
+    qid: u16,
     stream: TcpStream,
     /// The queue's protocol: framing, commands, R2T, C2HData.
     machine: HostMachine,
@@ -74,26 +67,26 @@ pub struct IoQueue {
 }
 
 /// The command slots, indexed by CID, as the machine sees their buffers.
-struct Slots(Vec<Slot>);
+struct Slots(Vec<Entry>);
 
 impl CommandBuffers for Slots {
     fn write_data(&self, cid: u16) -> Option<&[u8]> {
         self.0
             .get(usize::from(cid))
-            .filter(|s| s.busy && s.op == Op::Write)
-            .map(|s| s.buf.as_slice())
+            .filter(|e| e.busy && e.slot.op == Op::Write)
+            .map(|e| e.slot.buf.as_slice())
     }
 
     fn read_buffer(&mut self, cid: u16) -> Option<&mut [u8]> {
         self.0
             .get_mut(usize::from(cid))
-            .filter(|s| s.busy && s.op == Op::Read)
-            .map(|s| s.buf.as_mut_slice())
+            .filter(|e| e.busy && e.slot.op == Op::Read)
+            .map(|e| e.slot.buf.as_mut_slice())
     }
 
     fn data_received(&mut self, cid: u16, _offset: usize, len: usize) {
-        if let Some(slot) = self.0.get_mut(usize::from(cid)) {
-            slot.received += len;
+        if let Some(entry) = self.0.get_mut(usize::from(cid)) {
+            entry.received += len;
         }
     }
 }
@@ -101,6 +94,7 @@ impl CommandBuffers for Slots {
 impl IoQueue {
     /// Takes over a connected I/O queue (Fabrics Connect done, nothing outstanding).
     pub fn from_host(host: HostQueue, params: QueueParams) -> Result<Self, QueueError> {
+        let qid = host.qid();
         let machine = host.machine().with_in_capsule_limit(params.in_capsule);
         let std_stream = host
             .into_stream()
@@ -108,12 +102,8 @@ impl IoQueue {
         std_stream.set_nonblocking(true)?;
         let now = Instant::now();
         let slots = (0..params.depth)
-            .map(|_| Slot {
-                op: Op::Read,
-                slba: 0,
-                generation: 0,
-                submitted: now,
-                buf: vec![0; params.io_size],
+            .map(|_| Entry {
+                slot: Slot::new(params.io_size, now),
                 received: 0,
                 busy: false,
             })
@@ -121,6 +111,7 @@ impl IoQueue {
         // Room for the largest PDU (a whole read in one C2HData) plus a full read chunk.
         let max_pdu = params.io_size + pdu::DATA_HLEN + 2 * pdu::DIGEST_LEN;
         Ok(Self {
+            qid,
             stream: TcpStream::from_std(std_stream),
             machine,
             params,
@@ -138,55 +129,15 @@ impl IoQueue {
         &mut self.stream
     }
 
-    pub fn outstanding(&self) -> usize {
-        self.slots.0.len() - self.free.len()
-    }
-
-    /// A free slot's CID, if any.
-    pub fn alloc(&mut self) -> Option<u16> {
-        let cid = self.free.pop()?;
-        self.slots.0[usize::from(cid)].busy = true;
-        Some(cid)
-    }
-
-    pub fn slot(&self, cid: u16) -> &Slot {
-        &self.slots.0[usize::from(cid)]
-    }
-
-    pub fn slot_mut(&mut self, cid: u16) -> &mut Slot {
-        &mut self.slots.0[usize::from(cid)]
-    }
-
-    pub fn release(&mut self, cid: u16) {
-        if let Some(slot) = self.slots.0.get_mut(usize::from(cid)).filter(|s| s.busy) {
-            slot.busy = false;
-            self.free.push(cid);
+    fn error(&self, source: QueueError) -> PerfError {
+        PerfError::Queue {
+            qid: self.qid,
+            source,
         }
     }
 
-    /// Queues the command of slot `cid` (op, slba and, for writes, buf already set) for
-    /// sending; `flush` puts it on the wire.
-    pub fn submit(&mut self, cid: u16, now: Instant) {
-        let p = self.params;
-        let slot = &mut self.slots.0[usize::from(cid)];
-        slot.submitted = now;
-        slot.received = 0;
-        let nlb = u32::try_from(p.io_size / p.block_size).unwrap_or(u32::MAX);
-        let mut sqe = match slot.op {
-            Op::Read => HostQueue::read_sqe(p.nsid, slot.slba, nlb),
-            Op::Write => HostQueue::write_sqe(p.nsid, slot.slba, nlb, false),
-        };
-        sqe.set_cid(cid);
-        let (write, read_len): (&[u8], usize) = match slot.op {
-            Op::Read => (&[], p.io_size),
-            Op::Write => (&slot.buf, 0),
-        };
-        let read_len = u32::try_from(read_len).unwrap_or(u32::MAX);
-        self.machine.command(&mut self.out, sqe, write, read_len);
-    }
-
     /// Writes as much of the pending output as the socket takes. True if anything went out.
-    pub fn flush(&mut self) -> Result<bool, QueueError> {
+    fn write_out(&mut self) -> Result<bool, QueueError> {
         let mut progress = false;
         while self.out_pos < self.out.len() {
             match self.stream.write(&self.out[self.out_pos..]) {
@@ -212,7 +163,7 @@ impl IoQueue {
 
     /// Reads once from the socket and handles every complete PDU, pushing finished commands
     /// to `done` and queueing H2CData for R2Ts. True if any bytes arrived.
-    pub fn poll_completions(&mut self, done: &mut Vec<Done>) -> Result<bool, QueueError> {
+    fn read_in(&mut self, done: &mut Vec<Done>) -> Result<bool, QueueError> {
         let end = (self.in_end + READ_CHUNK).min(self.inbuf.len());
         let n = match self.stream.read(&mut self.inbuf[self.in_end..end]) {
             Ok(0) => return Err(QueueError::Closed),
@@ -263,16 +214,74 @@ impl IoQueue {
     }
 
     fn finish(&mut self, cid: u16, status: Status, done: &mut Vec<Done>) -> Result<(), QueueError> {
-        let slot = self
+        let entry = self
             .slots
             .0
             .get(usize::from(cid))
-            .filter(|s| s.busy)
+            .filter(|e| e.busy)
             .ok_or(QueueError::Protocol("completion for an idle CID"))?;
-        if status.is_success() && slot.op == Op::Read && slot.received != slot.buf.len() {
+        if status.is_success()
+            && entry.slot.op == Op::Read
+            && entry.received != entry.slot.buf.len()
+        {
             return Err(QueueError::Protocol("read completed with data missing"));
         }
         done.push(Done { cid, status });
         Ok(())
+    }
+}
+
+impl Queue for IoQueue {
+    fn alloc(&mut self) -> Option<u16> {
+        let cid = self.free.pop()?;
+        self.slots.0[usize::from(cid)].busy = true;
+        Some(cid)
+    }
+
+    fn release(&mut self, cid: u16) {
+        if let Some(entry) = self.slots.0.get_mut(usize::from(cid)).filter(|e| e.busy) {
+            entry.busy = false;
+            self.free.push(cid);
+        }
+    }
+
+    fn slot(&self, cid: u16) -> &Slot {
+        &self.slots.0[usize::from(cid)].slot
+    }
+
+    fn slot_mut(&mut self, cid: u16) -> &mut Slot {
+        &mut self.slots.0[usize::from(cid)].slot
+    }
+
+    fn submit(&mut self, cid: u16, now: Instant) {
+        let p = self.params;
+        let entry = &mut self.slots.0[usize::from(cid)];
+        entry.received = 0;
+        let slot = &mut entry.slot;
+        slot.submitted = now;
+        let nlb = u32::try_from(p.io_size / p.block_size).unwrap_or(u32::MAX);
+        let mut sqe = match slot.op {
+            Op::Read => HostQueue::read_sqe(p.nsid, slot.slba, nlb),
+            Op::Write => HostQueue::write_sqe(p.nsid, slot.slba, nlb, false),
+        };
+        sqe.set_cid(cid);
+        let (write, read_len): (&[u8], usize) = match slot.op {
+            Op::Read => (&[], p.io_size),
+            Op::Write => (&slot.buf, 0),
+        };
+        let read_len = u32::try_from(read_len).unwrap_or(u32::MAX);
+        self.machine.command(&mut self.out, sqe, write, read_len);
+    }
+
+    fn flush(&mut self) -> Result<bool, PerfError> {
+        self.write_out().map_err(|e| self.error(e))
+    }
+
+    fn poll_completions(&mut self, done: &mut Vec<Done>) -> Result<bool, PerfError> {
+        self.read_in(done).map_err(|e| self.error(e))
+    }
+
+    fn outstanding(&self) -> usize {
+        self.slots.0.len() - self.free.len()
     }
 }

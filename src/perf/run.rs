@@ -1,23 +1,18 @@
-//! The measurement loop: one thread drives every I/O queue round-robin. Per queue and pass:
-//! read what arrived and complete it, refill the freed slots, write the batch out. When no
-//! queue made progress the thread spins (`busy_poll`) or sleeps in epoll.
+//! The measurement loop: one thread drives every I/O queue of a session round-robin,
+//! whatever the transport. Per queue and pass: take what completed, refill the freed slots,
+//! send the batch. When no queue made progress the thread spins (`busy_poll`) or sleeps in
+//! the session's `wait`.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token};
-
-use super::queue::{Done, IoQueue};
-use super::session::{self, Namespace, Session};
+use super::io::{Done, Namespace, Queue, Session};
 use super::stats::{Report, Stats};
 use super::verify::{self, Mismatch};
 use super::workload::{Op, Workload};
-use super::{Limit, PerfConfig, PerfError};
+use super::{Limit, PerfConfig, PerfError, session};
 use crate::nvme::Status;
 use crate::sys;
-
-/// Sent on the admin queue this often, well inside `session::KATO_MS`.
-const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(10);
 
 /// A once-per-second figure for the live progress line.
 #[derive(Debug, Clone, Copy)]
@@ -45,22 +40,21 @@ struct VerifyState {
 }
 
 /// Connects, runs the workload, disconnects; `progress` is called about once a second.
-pub fn run(cfg: &PerfConfig, mut progress: impl FnMut(&Progress)) -> Result<Report, PerfError> {
+pub fn run(cfg: &PerfConfig, progress: impl FnMut(&Progress)) -> Result<Report, PerfError> {
     if let Some(core) = cfg.core {
         sys::pin_current_thread(core).map_err(|source| PerfError::Pin { core, source })?;
     }
-    let mut session = Session::connect(cfg)?;
-    let ns = session.ns;
-    let mut poll = Poll::new().map_err(PerfError::Poll)?;
-    for (i, q) in session.queues.iter_mut().enumerate() {
-        poll.registry()
-            .register(
-                q.stream_mut(),
-                Token(i),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-            .map_err(PerfError::Poll)?;
-    }
+    let mut session = session::Session::connect(cfg)?;
+    measure(cfg, &mut session, progress)
+}
+
+/// Runs the workload on a connected session.
+pub fn measure<S: Session>(
+    cfg: &PerfConfig,
+    session: &mut S,
+    mut progress: impl FnMut(&Progress),
+) -> Result<Report, PerfError> {
+    let ns = session.namespace();
     let units = ns.blocks * ns.block_size as u64 / cfg.io_size as u64;
     let mut driver = Driver {
         cfg,
@@ -78,12 +72,12 @@ pub fn run(cfg: &PerfConfig, mut progress: impl FnMut(&Progress)) -> Result<Repo
     };
     let cpu_start = sys::own_cpu_time().unwrap_or_default();
     let start = Instant::now();
-    driver.drive(&mut session, &mut poll, start, &mut progress)?;
+    driver.drive(session, start, &mut progress)?;
     let elapsed = start.elapsed();
     let cpu = sys::own_cpu_time()
         .unwrap_or_default()
         .saturating_sub(cpu_start);
-    Ok(driver.report(elapsed, cpu))
+    Ok(driver.report(session, elapsed, cpu))
 }
 
 struct Driver<'a> {
@@ -99,14 +93,12 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
-    fn drive(
+    fn drive<S: Session>(
         &mut self,
-        session: &mut Session,
-        poll: &mut Poll,
+        session: &mut S,
         start: Instant,
         progress: &mut impl FnMut(&Progress),
     ) -> Result<(), PerfError> {
-        let mut events = Events::with_capacity(64);
         let end = match self.cfg.limit {
             Limit::Time(t) => Some(start + t),
             Limit::Count(_) => None,
@@ -115,7 +107,6 @@ impl Driver<'_> {
         let mut next_tick = start + Duration::from_secs(1);
         let mut tick_ios = 0;
         let mut tick_bytes = 0;
-        let mut next_keep_alive = start + KEEP_ALIVE_EVERY;
         loop {
             let now = Instant::now();
             let stop_submitting = match self.cfg.limit {
@@ -124,17 +115,15 @@ impl Driver<'_> {
             };
             let mut moved = false;
             let mut outstanding = 0;
-            for (i, q) in session.queues.iter_mut().enumerate() {
-                let qid = u16::try_from(i + 1).unwrap_or(u16::MAX);
-                let qerr = |source| PerfError::Queue { qid, source };
-                if q.poll_completions(&mut self.done).map_err(qerr)? {
+            for q in session.queues() {
+                if q.poll_completions(&mut self.done)? {
                     moved = true;
                     self.complete(q, Instant::now());
                 }
                 if !stop_submitting {
                     self.refill(q, Instant::now());
                 }
-                moved |= q.flush().map_err(qerr)?;
+                moved |= q.flush()?;
                 outstanding += q.outstanding();
             }
             if stop_submitting && outstanding == 0 {
@@ -154,8 +143,7 @@ impl Driver<'_> {
                         e.saturating_duration_since(now)
                     })
                     .clamp(Duration::from_micros(1), Duration::from_millis(100));
-                poll.poll(&mut events, Some(wait))
-                    .map_err(PerfError::Poll)?;
+                session.wait(wait)?;
             }
             if now >= next_tick {
                 let secs = now.duration_since(next_tick - Duration::from_secs(1));
@@ -170,18 +158,12 @@ impl Driver<'_> {
                 tick_bytes = self.stats.bytes;
                 next_tick = now + Duration::from_secs(1);
             }
-            if now >= next_keep_alive {
-                session
-                    .admin
-                    .keep_alive()
-                    .map_err(|e| session::host_error(self.cfg, "keep alive", e))?;
-                next_keep_alive = now + KEEP_ALIVE_EVERY;
-            }
+            session.housekeeping(now)?;
         }
     }
 
     /// Fills the free slots of `q` with new commands (left in its send buffer).
-    fn refill(&mut self, q: &mut IoQueue, now: Instant) {
+    fn refill(&mut self, q: &mut impl Queue, now: Instant) {
         let limit = match self.cfg.limit {
             Limit::Count(n) => n,
             Limit::Time(_) => u64::MAX,
@@ -216,7 +198,7 @@ impl Driver<'_> {
     }
 
     /// Accounts for the commands `poll_completions` finished and frees their slots.
-    fn complete(&mut self, q: &mut IoQueue, now: Instant) {
+    fn complete(&mut self, q: &mut impl Queue, now: Instant) {
         // Taken out and put back so its capacity is reused: no allocation per pass.
         let mut finished = std::mem::take(&mut self.done);
         for done in finished.drain(..) {
@@ -224,8 +206,11 @@ impl Driver<'_> {
             let unit = slot.slba / self.nlb;
             if done.status.is_success() {
                 let is_read = slot.op == Op::Read;
-                self.stats
-                    .record(now.duration_since(slot.submitted), is_read, slot.buf.len());
+                self.stats.record(
+                    now.duration_since(slot.submitted),
+                    is_read,
+                    self.cfg.io_size,
+                );
                 if self.cfg.verify {
                     if is_read {
                         let expected = self.verify.written.get(&unit).copied();
@@ -251,12 +236,14 @@ impl Driver<'_> {
         self.done = finished;
     }
 
-    fn report(&self, elapsed: Duration, cpu: Duration) -> Report {
+    fn report(&self, session: &impl Session, elapsed: Duration, cpu: Duration) -> Report {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let cfg = self.cfg;
+        let target = session.target();
         Report {
-            target: cfg.addr.to_string(),
-            subnqn: cfg.subnqn.clone(),
+            transport: target.transport,
+            target: target.address,
+            subnqn: target.subnqn,
             nsid: self.ns.nsid,
             block_size: self.ns.block_size,
             pattern: cfg.pattern,
@@ -276,6 +263,7 @@ impl Driver<'_> {
             cpu_percent: cpu.as_secs_f64() / secs * 100.0,
             io_errors: self.stats.io_errors,
             first_io_error: self.firsts.io_error.map(|s| s.to_string()),
+            busy_poll: cfg.busy_poll,
             verify: cfg.verify,
             verify_errors: self.stats.verify_errors,
             first_verify_error: self.firsts.mismatch.map(|m| m.to_string()),

@@ -1,8 +1,14 @@
-//! Setting up a run: the admin queue (connect, enable, identify), the namespace, the checks
-//! of the options against what the target allows, then the I/O queues.
+//! Setting up an NVMe/TCP run: the admin queue (connect, enable, identify), the namespace, the
+//! checks of the options against what the target allows, then the I/O queues; and while it
+//! runs, sleeping in epoll on their sockets and sending Keep Alive.
 
 use std::io::ErrorKind;
+use std::time::{Duration, Instant};
 
+use mio::{Events, Interest, Poll, Token};
+
+pub use super::io::Namespace;
+use super::io::{self, Limits, TargetInfo, active_namespaces, check_options};
 use super::queue::{IoQueue, QueueParams};
 use super::{PerfConfig, PerfError, connect_refusal};
 use crate::host::{HostError, HostQueue, QueueOptions};
@@ -11,18 +17,17 @@ use crate::nvme::identify::IdentifyController;
 
 /// Keep Alive Timeout asked for on the admin queue; `run` sends a Keep Alive well within it.
 pub const KATO_MS: u32 = 30_000;
-
-#[derive(Debug, Clone, Copy)]
-pub struct Namespace {
-    pub nsid: u32,
-    pub blocks: u64,
-    pub block_size: usize,
-}
+/// Sent on the admin queue this often during a run, well inside [`KATO_MS`].
+const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Session {
     pub admin: HostQueue,
     pub ns: Namespace,
     pub queues: Vec<IoQueue>,
+    cfg: PerfConfig,
+    /// The I/O queues' sockets, registered once `wait` is first called.
+    poll: Option<(Poll, Events)>,
+    next_keep_alive: Option<Instant>,
 }
 
 impl Session {
@@ -45,7 +50,12 @@ impl Session {
             PerfError::Invalid("the target sent a short Identify Controller page".into())
         })?;
         let ns = namespace(cfg, &mut admin)?;
-        check_options(cfg, &ns, max_entries, &ctrl, page_size)?;
+        let limits = Limits {
+            max_entries,
+            mdts: ctrl.mdts,
+            page_size,
+        };
+        check_options(cfg, &ns, limits)?;
 
         let in_capsule = usize::try_from(ctrl.ioccsz * 16)
             .unwrap_or(0)
@@ -68,7 +78,65 @@ impl Session {
                     .map_err(|source| PerfError::Queue { qid, source })?,
             );
         }
-        Ok(Self { admin, ns, queues })
+        Ok(Self {
+            admin,
+            ns,
+            queues,
+            cfg: cfg.clone(),
+            poll: None,
+            next_keep_alive: None,
+        })
+    }
+}
+
+impl io::Session for Session {
+    type Queue = IoQueue;
+
+    fn namespace(&self) -> Namespace {
+        self.ns
+    }
+
+    fn queues(&mut self) -> &mut [IoQueue] {
+        &mut self.queues
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<(), PerfError> {
+        if self.poll.is_none() {
+            let poll = Poll::new().map_err(PerfError::Poll)?;
+            for (i, q) in self.queues.iter_mut().enumerate() {
+                poll.registry()
+                    .register(
+                        q.stream_mut(),
+                        Token(i),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )
+                    .map_err(PerfError::Poll)?;
+            }
+            self.poll = Some((poll, Events::with_capacity(64)));
+        }
+        if let Some((poll, events)) = self.poll.as_mut() {
+            poll.poll(events, Some(timeout)).map_err(PerfError::Poll)?;
+        }
+        Ok(())
+    }
+
+    fn housekeeping(&mut self, now: Instant) -> Result<(), PerfError> {
+        let next = *self.next_keep_alive.get_or_insert(now + KEEP_ALIVE_EVERY);
+        if now >= next {
+            self.admin
+                .keep_alive()
+                .map_err(|e| host_error(&self.cfg, "keep alive", e))?;
+            self.next_keep_alive = Some(now + KEEP_ALIVE_EVERY);
+        }
+        Ok(())
+    }
+
+    fn target(&self) -> TargetInfo {
+        TargetInfo {
+            transport: "tcp",
+            address: self.cfg.addr.to_string(),
+            subnqn: self.cfg.subnqn.clone(),
+        }
     }
 }
 
@@ -78,11 +146,7 @@ fn namespace(cfg: &PerfConfig, admin: &mut HostQueue) -> Result<Namespace, PerfE
     let list = admin
         .identify(2, 0)
         .map_err(|e| host_error(cfg, during, e))?;
-    let active: Vec<u32> = list
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .take_while(|&n| n != 0)
-        .collect();
+    let active = active_namespaces(&list);
     let nsid = match cfg.nsid {
         Some(nsid) => nsid,
         None => *active
@@ -103,67 +167,7 @@ fn namespace(cfg: &PerfConfig, admin: &mut HostQueue) -> Result<Namespace, PerfE
         }
         Err(e) => return Err(host_error(cfg, during, e)),
     };
-    let (blocks, block_size) = parse_namespace(&page).ok_or_else(not_found)?;
-    Ok(Namespace {
-        nsid,
-        blocks,
-        block_size,
-    })
-}
-
-/// Size in blocks and block size from Identify Namespace; `None` for an inactive namespace.
-fn parse_namespace(page: &[u8]) -> Option<(u64, usize)> {
-    let nsze = u64::from_le_bytes(page.get(..8)?.try_into().ok()?);
-    let flbas = *page.get(26)?;
-    let format = usize::from(flbas & 0xF) | (usize::from((flbas >> 5) & 0x3) << 4);
-    let lbads = *page.get(128 + 4 * format + 2)?;
-    if nsze == 0 || !(9..=30).contains(&lbads) {
-        return None;
-    }
-    Some((nsze, 1usize << lbads))
-}
-
-fn check_options(
-    cfg: &PerfConfig,
-    ns: &Namespace,
-    max_entries: u64,
-    ctrl: &IdentifyController,
-    page_size: usize,
-) -> Result<(), PerfError> {
-    let bad = |msg: String| Err(PerfError::Invalid(msg));
-    if cfg.io_size == 0 || cfg.io_size % ns.block_size != 0 {
-        return bad(format!(
-            "I/O size {} is not a multiple of the namespace's {}-byte blocks",
-            cfg.io_size, ns.block_size
-        ));
-    }
-    if ctrl.mdts > 0 {
-        let max = page_size << ctrl.mdts;
-        if cfg.io_size > max {
-            return bad(format!(
-                "I/O size {} is more than the target's maximum transfer of {max} bytes",
-                cfg.io_size
-            ));
-        }
-    }
-    if cfg.queue_depth == 0 || u64::from(cfg.queue_depth) + 1 > max_entries {
-        return bad(format!(
-            "queue depth {} is out of range: the target allows 1 to {}",
-            cfg.queue_depth,
-            max_entries.saturating_sub(1)
-        ));
-    }
-    let ns_bytes = ns.blocks.saturating_mul(ns.block_size as u64);
-    if (cfg.io_size as u64) > ns_bytes {
-        return bad(format!(
-            "I/O size {} is larger than namespace {} ({ns_bytes} bytes)",
-            cfg.io_size, ns.nsid
-        ));
-    }
-    if cfg.connections == 0 {
-        return bad("--connections must be at least 1".into());
-    }
-    Ok(())
+    Namespace::from_identify(nsid, &page).ok_or_else(not_found)
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {
@@ -194,22 +198,5 @@ pub fn host_error(cfg: &PerfConfig, during: &'static str, e: HostError) -> PerfE
             during,
         },
         source => PerfError::Host { during, source },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn namespace_format_from_flbas() {
-        let mut page = vec![0u8; 4096];
-        assert_eq!(parse_namespace(&page), None);
-        page[..8].copy_from_slice(&1000u64.to_le_bytes());
-        page[128 + 2] = 9;
-        page[128 + 4 + 2] = 12;
-        assert_eq!(parse_namespace(&page), Some((1000, 512)));
-        page[26] = 1;
-        assert_eq!(parse_namespace(&page), Some((1000, 4096)));
     }
 }

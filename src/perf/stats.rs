@@ -89,6 +89,9 @@ pub struct Latency {
 /// What a run reports, printed as text or as one JSON object.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// `tcp` or `vfio-user`.
+    pub transport: &'static str,
+    /// An address or a socket path.
     pub target: String,
     pub subnqn: String,
     pub nsid: u32,
@@ -112,6 +115,8 @@ pub struct Report {
     pub io_errors: u64,
     /// The status of the first failed I/O.
     pub first_io_error: Option<String>,
+    /// The initiator spun on its queues instead of sleeping.
+    pub busy_poll: bool,
     pub verify: bool,
     pub verify_errors: u64,
     /// What was wrong with the first read that failed verification.
