@@ -330,3 +330,197 @@ fn idle_hosts_connect_controllers_and_only_keep_them_alive() {
         "clap rejects --idle with --count"
     );
 }
+
+/// A target in interrupt mode whose subsystem has a vfio-user listener (trapped doorbells)
+/// beside the TCP one the harness waits for; returns it with the controller's socket.
+fn vfio_user_target(namespace: &str) -> (TargetProcess, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    let vfio_dir = dir.path().join("vm0");
+    let config = format!(
+        "[target]\ninterrupt_mode = true\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n\n\
+         [transport.tcp]\n\n[transport.vfiouser]\ndisable_mappable_bar0 = true\n\n\
+         [[subsystem]]\nnqn = \"{SUBNQN}\"\nallow_any_host = true\n\n\
+         [[subsystem.listener]]\ntransport = \"vfiouser\"\npath = \"{}\"\n\n\
+         [[subsystem.listener]]\ntransport = \"tcp\"\naddress = \"127.0.0.1\"\nport = {port}\n\n\
+         [[subsystem.namespace]]\nnsid = 1\n{namespace}\n",
+        dir.path().join("ctl.sock").display(),
+        vfio_dir.display(),
+    );
+    let target = TargetProcess::start_with_config(dir, port, &config);
+    let socket = vfio_dir.join("cntrl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(std::time::Instant::now() < deadline, "{}", target.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    (target, socket)
+}
+
+fn vfio_perf(socket: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_nvmf-perf"))
+        .arg("--vfio-user")
+        .arg(socket)
+        .args(["--seed", "7"])
+        .args(args)
+        .output()
+        .expect("run nvmf-perf")
+}
+
+fn vfio_perf_json(
+    target: &TargetProcess,
+    socket: &std::path::Path,
+    args: &[&str],
+) -> serde_json::Value {
+    let out = vfio_perf(socket, &[args, &["--json"]].concat());
+    assert!(
+        out.status.success(),
+        "nvmf-perf --vfio-user {args:?} failed: {}\ntarget log:\n{}",
+        stderr(&out),
+        target.log()
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON object on stdout")
+}
+
+#[test]
+fn a_fake_vmm_measures_the_vfio_user_controller() {
+    let (target, socket) = vfio_user_target("null = { size = \"1GiB\" }");
+    // A second of 4K random reads at QD8, woken by MSI-X eventfds.
+    let report = vfio_perf_json(&target, &socket, &["-t", "1", "-q", "8", "-w", "randread"]);
+    assert_eq!(report["transport"], "vfio-user", "{report}");
+    assert_eq!(report["target"], socket.display().to_string());
+    assert_eq!(report["subnqn"], SUBNQN, "from Identify Controller");
+    assert_eq!(report["doorbells"], "trapped", "{report}");
+    assert_eq!(report["busy_poll"], false);
+    assert_eq!(report["nsid"], 1);
+    assert_eq!(report["io_errors"], 0, "{report}");
+    let (ios, iops, elapsed) = (
+        num(&report, "ios"),
+        num(&report, "iops"),
+        num(&report, "elapsed_s"),
+    );
+    assert!(ios > 100.0 && ios == num(&report, "reads"), "{report}");
+    assert!(
+        elapsed >= 1.0 && (iops * elapsed - ios).abs() < 1.0,
+        "{report}"
+    );
+    let l = |k: &str| report["latency_us"][k].as_f64().expect("latency figure");
+    assert!(
+        0.0 < l("min") && l("min") <= l("p50") && l("p50") <= l("p99"),
+        "{report}"
+    );
+    assert!(
+        l("p99") <= l("max") * 1.001 && l("avg") <= l("max"),
+        "{report}"
+    );
+
+    // Two polled queues, spun on: counted I/Os all complete, on a fresh controller.
+    let report = vfio_perf_json(
+        &target,
+        &socket,
+        &[
+            "--count",
+            "20000",
+            "-q",
+            "16",
+            "--queues",
+            "2",
+            "--busy-poll",
+        ],
+    );
+    assert_eq!(report["ios"], 20000, "{report}");
+    assert_eq!(report["connections"], 2);
+    assert_eq!(report["busy_poll"], true);
+    assert_eq!(report["io_errors"], 0, "{report}");
+}
+
+#[test]
+fn vfio_user_data_moves_right_through_prps() {
+    // 16 MiB of RAM; written first, then read back and checked, at 4K, 8K (PRP2 is the
+    // second page) and 64K (a PRP list).
+    let (target, socket) = vfio_user_target("ram = { size = \"16MiB\" }");
+    for args in [
+        &["--count", "4096", "-q", "16", "-w", "write", "-o", "4k"][..],
+        &["--count", "3000", "-q", "8", "-w", "randrw", "-o", "8k"],
+        &[
+            "--count", "500", "-q", "4", "-w", "randrw", "-o", "64k", "--queues", "2",
+        ],
+        &[
+            "--count",
+            "256",
+            "-q",
+            "32",
+            "-w",
+            "read",
+            "-o",
+            "64k",
+            "--busy-poll",
+        ],
+    ] {
+        let report = vfio_perf_json(&target, &socket, &[args, &["--verify"]].concat());
+        assert_eq!(report["verify_errors"], 0, "{args:?}: {report}");
+        assert_eq!(report["io_errors"], 0, "{args:?}: {report}");
+    }
+    // Reads of blocks never written: every one is caught.
+    let (_fresh, socket) = vfio_user_target("ram = { size = \"4MiB\" }");
+    let out = vfio_perf(&socket, &["--count", "100", "-w", "randread", "--verify"]);
+    expect_failure(&out, "verify: 100 of 100 reads returned wrong data");
+}
+
+#[test]
+fn vfio_user_errors_are_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = vfio_perf(&dir.path().join("cntrl"), &["--count", "10"]);
+    expect_failure(&out, "cannot connect to");
+    let (_target, socket) = vfio_user_target("null = { size = \"1GiB\" }");
+    let out = vfio_perf(&socket, &["--count", "10", "--nsid", "9"]);
+    expect_failure(&out, "namespace 9 not found");
+    let out = vfio_perf(
+        &socket,
+        &["--count", "10", "--subnqn", "nqn.2026-11.io.nvmf-tgt:other"],
+    );
+    expect_failure(&out, "belongs to subsystem");
+    let out = vfio_perf(&socket, &["--count", "10", "--queues", "40"]);
+    expect_failure(&out, "MSI-X vectors");
+}
+
+#[test]
+fn a_vfio_user_target_that_stops_mid_run_is_a_timeout_and_one_that_dies_is_an_error() {
+    let (target, socket) = vfio_user_target("null = { size = \"1GiB\" }");
+    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-perf"))
+        .arg("--vfio-user")
+        .arg(&socket)
+        .args(["-t", "30", "-q", "4", "--timeout", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn nvmf-perf");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    common::signal(target.pid(), "STOP");
+    let out = child.wait_with_output().expect("wait");
+    common::signal(target.pid(), "CONT");
+    expect_failure(
+        &out,
+        "did not answer within 1s (waiting for I/O completions)",
+    );
+
+    let (mut target, socket) = vfio_user_target("null = { size = \"1GiB\" }");
+    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-perf"))
+        .arg("--vfio-user")
+        .arg(&socket)
+        .args(["-t", "30", "-q", "4", "--timeout", "5"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn nvmf-perf");
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    common::signal(target.pid(), "KILL");
+    let _ = target.stop();
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().expect("wait");
+    expect_failure(&out, "the target closed the socket");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(4),
+        "noticed at once"
+    );
+}

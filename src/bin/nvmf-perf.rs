@@ -1,5 +1,6 @@
-//! `nvmf-perf`: a userspace NVMe/TCP host that connects to any NVMe/TCP target, drives I/O
-//! and reports IOPS, bandwidth, latency percentiles and its own CPU use.
+//! `nvmf-perf`: a userspace NVMe/TCP host that connects to any NVMe/TCP target (or a fake VMM
+//! that drives a vfio-user controller), drives I/O and reports IOPS, bandwidth, latency
+//! percentiles and its own CPU use.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -7,7 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use nvmf_tgt::perf::{self, Limit, Pattern, PerfConfig, Progress, TransportId, parse_size};
+use nvmf_tgt::perf::{
+    self, Limit, Pattern, PerfConfig, Progress, Target, TcpTarget, TransportId, Trtype,
+    VfioUserTarget, parse_size,
+};
 
 const DEFAULT_HOSTNQN: &str =
     "nqn.2014-08.org.nvmexpress:uuid:6e766d66-7065-7266-0000-000000000001";
@@ -16,13 +20,19 @@ const DEFAULT_HOSTNQN: &str =
 #[command(
     name = "nvmf-perf",
     version,
-    about = "Drive I/O against an NVMe/TCP target and measure it (like spdk_nvme_perf)"
+    about = "Drive I/O against an NVMe/TCP target or a vfio-user controller and measure it (like spdk_nvme_perf)"
 )]
 struct Cli {
     /// SPDK transport ID, e.g. 'trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:4420
-    /// subnqn:nqn.2016-06.io.spdk:cnode1'. Flags given as well take precedence.
+    /// subnqn:nqn.2016-06.io.spdk:cnode1' or 'trtype:vfiouser traddr:/run/vm0' (the
+    /// listener's directory). Flags given as well take precedence.
     #[arg(short = 'r', long = "transport-id")]
     transport_id: Option<String>,
+    /// A vfio-user controller's socket (DIR/cntrl, or DIR): be its VMM, with a guest NVMe
+    /// driver's queues in shared memory, doorbells as messages, completions by MSI-X eventfd
+    /// (or by spinning on guest memory with --busy-poll).
+    #[arg(long, value_name = "SOCKET", conflicts_with_all = ["addr", "port", "hdr_digest", "data_digest", "idle"])]
+    vfio_user: Option<String>,
     /// Target address (traddr).
     #[arg(long)]
     addr: Option<String>,
@@ -55,7 +65,7 @@ struct Cli {
     count: Option<u64>,
     /// I/O queues (one TCP connection each) of one controller, driven round-robin; with
     /// --idle, controllers.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, visible_alias = "queues", default_value_t = 1)]
     connections: u16,
     /// Pin the perf thread to this CPU.
     #[arg(long)]
@@ -67,7 +77,8 @@ struct Cli {
     /// Write stamped blocks (LBA + generation) and check every read.
     #[arg(long)]
     verify: bool,
-    /// Spin on the sockets instead of sleeping in epoll while waiting.
+    /// Spin on the sockets instead of sleeping in epoll while waiting (vfio-user: polled
+    /// completion queues, created without interrupts, spun on in guest memory).
     #[arg(long)]
     busy_poll: bool,
     /// Seconds without an answer before the target counts as gone.
@@ -159,6 +170,10 @@ fn config(cli: &Cli) -> anyhow::Result<PerfConfig> {
         Some(text) => TransportId::parse(text).context("-r")?,
         None => TransportId::default(),
     };
+    if let Some(socket) = &cli.vfio_user {
+        id.trtype = Some(Trtype::VfioUser);
+        id.traddr = Some(socket.clone());
+    }
     if let Some(addr) = &cli.addr {
         id.traddr = Some(addr.clone());
     }
@@ -171,10 +186,26 @@ fn config(cli: &Cli) -> anyhow::Result<PerfConfig> {
     if let Some(nqn) = &cli.hostnqn {
         id.hostnqn = Some(nqn.clone());
     }
-    let addr = id.socket_addr()?;
-    let subnqn = id
-        .subnqn
-        .context("subnqn is missing (give it in -r or as --subnqn)")?;
+    let target = match id.trtype.unwrap_or(Trtype::Tcp) {
+        Trtype::Tcp => Target::Tcp(TcpTarget {
+            addr: id.socket_addr()?,
+            subnqn: id
+                .subnqn
+                .context("subnqn is missing (give it in -r or as --subnqn)")?,
+            hostnqn: id.hostnqn.unwrap_or_else(|| DEFAULT_HOSTNQN.into()),
+            header_digest: cli.hdr_digest,
+            data_digest: cli.data_digest,
+        }),
+        Trtype::VfioUser => {
+            if cli.hdr_digest || cli.data_digest {
+                bail!("digests are NVMe/TCP's; a vfio-user controller has none");
+            }
+            Target::VfioUser(VfioUserTarget {
+                socket: id.vfio_user_socket()?,
+                subnqn: id.subnqn,
+            })
+        }
+    };
     let io_size = parse_size(&cli.io_size)?;
     let io_size = usize::try_from(io_size).context("I/O size too large")?;
     let limit = match (cli.count, cli.time) {
@@ -187,9 +218,7 @@ fn config(cli: &Cli) -> anyhow::Result<PerfConfig> {
             .map_or(1, |d| d.as_secs() ^ u64::from(d.subsec_nanos()) << 20)
     });
     Ok(PerfConfig {
-        addr,
-        subnqn,
-        hostnqn: id.hostnqn.unwrap_or_else(|| DEFAULT_HOSTNQN.into()),
+        target,
         nsid: cli.nsid,
         queue_depth: cli.queue_depth,
         io_size,
@@ -198,8 +227,6 @@ fn config(cli: &Cli) -> anyhow::Result<PerfConfig> {
         limit,
         connections: cli.connections,
         core: cli.core,
-        header_digest: cli.hdr_digest,
-        data_digest: cli.data_digest,
         verify: cli.verify,
         busy_poll: cli.busy_poll,
         timeout: Duration::from_secs(cli.timeout.max(1)),

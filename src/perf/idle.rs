@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::session::{self, KATO_MS, Session};
-use super::{Limit, PerfConfig, PerfError};
+use super::{Limit, PerfConfig, PerfError, Target};
 use crate::sys;
 
 /// How often an idle host sends Keep Alive: half the timeout it asked for.
@@ -48,6 +48,11 @@ impl IdleReport {
 /// Connects `cfg.connections` controllers and keeps them alive, idle, for the time limit
 /// (`Limit::Count` counts keep-alive rounds instead).
 pub fn idle(cfg: &PerfConfig) -> Result<IdleReport, PerfError> {
+    let Target::Tcp(tcp) = &cfg.target else {
+        return Err(PerfError::Invalid(
+            "--idle is for NVMe/TCP targets (a PCIe controller has no Keep Alive)".into(),
+        ));
+    };
     if cfg.connections == 0 {
         return Err(PerfError::Invalid(
             "--connections must be at least 1".into(),
@@ -61,7 +66,7 @@ pub fn idle(cfg: &PerfConfig) -> Result<IdleReport, PerfError> {
         ..cfg.clone()
     };
     let mut sessions = (0..cfg.connections)
-        .map(|_| Session::connect(&one_queue))
+        .map(|_| Session::connect(&one_queue, tcp))
         .collect::<Result<Vec<_>, _>>()?;
 
     let cpu_start = sys::own_cpu_time().unwrap_or_default();
@@ -97,8 +102,8 @@ pub fn idle(cfg: &PerfConfig) -> Result<IdleReport, PerfError> {
         .saturating_sub(cpu_start);
     let secs = elapsed.as_secs_f64().max(1e-9);
     Ok(IdleReport {
-        target: cfg.addr.to_string(),
-        subnqn: cfg.subnqn.clone(),
+        target: tcp.addr.to_string(),
+        subnqn: tcp.subnqn.clone(),
         controllers: cfg.connections,
         elapsed_s: secs,
         keep_alives,

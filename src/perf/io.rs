@@ -141,7 +141,7 @@ pub trait Queue {
     fn slot_mut(&mut self, cid: u16) -> &mut Slot;
     /// Queues the command of slot `cid` (op, slba and, for `--verify` writes, buf already
     /// set); `flush` sends it.
-    fn submit(&mut self, cid: u16, now: Instant);
+    fn submit(&mut self, cid: u16, now: Instant) -> Result<(), PerfError>;
     /// Sends what `submit` queued. True if anything went out.
     fn flush(&mut self) -> Result<bool, PerfError>;
     /// Pushes the commands that finished to `done` (their slots stay taken until released).
@@ -164,6 +164,11 @@ pub trait Session {
     fn housekeeping(&mut self, now: Instant) -> Result<(), PerfError>;
     /// Where the I/O went and to which subsystem, for the report.
     fn target(&self) -> TargetInfo;
+    /// How doorbells reach a PCIe controller (`trapped` messages or a `mapped` page); `None`
+    /// on fabrics.
+    fn doorbells(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// The report's description of the target.

@@ -1,10 +1,11 @@
-//! `nvmf-perf`: drives I/O against any NVMe/TCP target and measures it, in the spirit of
-//! SPDK's `spdk_nvme_perf`.
+//! `nvmf-perf`: drives I/O against any NVMe/TCP target, or a vfio-user controller as a VMM
+//! would, and measures it, in the spirit of SPDK's `spdk_nvme_perf`.
 //!
-//! The admin queue uses the blocking host library (`crate::host`); I/O queues hand their
-//! socket over to `queue::IoQueue`, a lean non-blocking path that reuses its buffers, batches
-//! submissions into one write and parses many PDUs per read. One thread drives every queue
-//! round-robin.
+//! NVMe/TCP: the admin queue uses the blocking host library (`crate::host`); I/O queues hand
+//! their socket over to `queue::IoQueue`, a lean non-blocking path that reuses its buffers,
+//! batches submissions into one write and parses many PDUs per read. vfio-user: `vfio_user`
+//! is a fake VMM with a guest driver's queues in shared memory. One thread drives every queue
+//! round-robin, the same loop for both.
 //!
 //! - `options`: transport ID, sizes, patterns (pure parsing)
 //! - `io`: what the loop drives on any transport: slots, queues, a session
@@ -14,6 +15,7 @@
 //! - `session`: connect, identify, check the options against the target
 //! - `run`: the measurement loop; `stats`: histogram and report
 //! - `idle`: controllers that only send Keep Alive (`--idle`), for idle-cost measurements
+//! - `vfio_user`: the VMM side of vfio-user, its guest RAM, queues and bring-up
 
 pub mod idle;
 pub mod io;
@@ -23,13 +25,15 @@ pub mod run;
 pub mod session;
 pub mod stats;
 pub mod verify;
+pub mod vfio_user;
 pub mod workload;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use idle::{IdleReport, idle};
-pub use options::{Pattern, TransportId, parse_size};
+pub use options::{Pattern, TransportId, Trtype, parse_size};
 pub use run::{Progress, run};
 pub use stats::Report;
 
@@ -43,22 +47,44 @@ pub enum Limit {
     Count(u64),
 }
 
-/// Everything a run needs, already parsed.
+/// Where the I/O goes.
 #[derive(Debug, Clone)]
-pub struct PerfConfig {
+pub enum Target {
+    Tcp(TcpTarget),
+    VfioUser(VfioUserTarget),
+}
+
+/// An NVMe/TCP subsystem and how to connect to it.
+#[derive(Debug, Clone)]
+pub struct TcpTarget {
     pub addr: SocketAddr,
     pub subnqn: String,
     pub hostnqn: String,
+    pub header_digest: bool,
+    pub data_digest: bool,
+}
+
+/// A vfio-user controller's socket (`DIR/cntrl`).
+#[derive(Debug, Clone)]
+pub struct VfioUserTarget {
+    pub socket: PathBuf,
+    /// When given, the controller's subsystem must be this one.
+    pub subnqn: Option<String>,
+}
+
+/// Everything a run needs, already parsed.
+#[derive(Debug, Clone)]
+pub struct PerfConfig {
+    pub target: Target,
     pub nsid: Option<u32>,
     pub queue_depth: u16,
     pub io_size: usize,
     pub pattern: Pattern,
     pub rwmixread: u8,
     pub limit: Limit,
+    /// I/O queues of the controller (one TCP connection each on NVMe/TCP).
     pub connections: u16,
     pub core: Option<usize>,
-    pub header_digest: bool,
-    pub data_digest: bool,
     pub verify: bool,
     /// Spin on the sockets instead of sleeping in epoll when nothing is ready.
     pub busy_poll: bool,
@@ -71,6 +97,12 @@ pub enum PerfError {
     #[error("cannot connect to {addr}")]
     Connect {
         addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {}", path.display())]
+    ConnectSocket {
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -105,6 +137,13 @@ pub enum PerfError {
         qid: u16,
         #[source]
         source: queue::QueueError,
+    },
+    #[error("vfio-user: {during}{}", qid.map_or(String::new(), |q| format!(" on queue {q}")))]
+    VfioUser {
+        during: &'static str,
+        qid: Option<u16>,
+        #[source]
+        source: vfio_user::VfioError,
     },
     #[error("cannot pin the perf thread to core {core}")]
     Pin {

@@ -1,8 +1,9 @@
 //! What a run asks for, parsed from command-line strings: the SPDK transport ID
-//! (`trtype:tcp traddr:... trsvcid:... subnqn:...`), sizes such as `4k` or `128KiB`, and the
-//! access pattern. No I/O here.
+//! (`trtype:tcp traddr:... trsvcid:... subnqn:...`, or `trtype:vfiouser traddr:DIR`), sizes
+//! such as `4k` or `128KiB`, and the access pattern. No I/O here but name resolution.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {
@@ -12,7 +13,7 @@ pub enum OptionsError {
         "unknown transport ID key {0:?} (known: trtype, adrfam, traddr, trsvcid, subnqn, hostnqn)"
     )]
     UnknownKey(String),
-    #[error("only trtype tcp is supported, not {0:?}")]
+    #[error("trtype must be tcp or vfiouser, not {0:?}")]
     Trtype(String),
     #[error("adrfam must be ipv4 or ipv6, not {0:?}")]
     Adrfam(String),
@@ -29,12 +30,24 @@ pub enum OptionsError {
 /// The SPDK transport-ID fields nvmf-perf understands; absent ones are `None`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct TransportId {
+    /// `None` means tcp.
+    pub trtype: Option<Trtype>,
     pub adrfam: Option<Adrfam>,
     pub traddr: Option<String>,
     pub trsvcid: Option<String>,
     pub subnqn: Option<String>,
     pub hostnqn: Option<String>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trtype {
+    Tcp,
+    /// vfio-user: `traddr` is the listener's directory (SPDK's), or the socket `DIR/cntrl`.
+    VfioUser,
+}
+
+/// The name of a vfio-user controller's socket in its directory (SPDK's and the target's).
+pub const VFIO_USER_SOCKET: &str = "cntrl";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Adrfam {
@@ -54,8 +67,13 @@ impl TransportId {
                 .ok_or_else(|| OptionsError::NotKeyValue(entry.into()))?;
             let value = value.to_string();
             match key.to_ascii_lowercase().as_str() {
-                "trtype" if value.eq_ignore_ascii_case("tcp") => {}
-                "trtype" => return Err(OptionsError::Trtype(value)),
+                "trtype" => {
+                    id.trtype = Some(match value.to_ascii_lowercase().as_str() {
+                        "tcp" => Trtype::Tcp,
+                        "vfiouser" | "vfio-user" => Trtype::VfioUser,
+                        _ => return Err(OptionsError::Trtype(value)),
+                    });
+                }
                 "adrfam" => {
                     id.adrfam = Some(match value.to_ascii_lowercase().as_str() {
                         "ipv4" => Adrfam::Ipv4,
@@ -71,6 +89,20 @@ impl TransportId {
             }
         }
         Ok(id)
+    }
+
+    /// The vfio-user socket: `traddr` if it names `.../cntrl`, else `traddr/cntrl`.
+    pub fn vfio_user_socket(&self) -> Result<PathBuf, OptionsError> {
+        let path = PathBuf::from(
+            self.traddr
+                .as_deref()
+                .ok_or(OptionsError::Missing("traddr"))?,
+        );
+        if path.file_name().is_some_and(|n| n == VFIO_USER_SOCKET) {
+            Ok(path)
+        } else {
+            Ok(path.join(VFIO_USER_SOCKET))
+        }
     }
 
     /// The socket address to connect to, honoring `adrfam` when a name resolves to both.
@@ -162,6 +194,25 @@ mod tests {
         assert_eq!(
             id.socket_addr().expect("addr"),
             "127.0.0.1:4421".parse().expect("literal")
+        );
+    }
+
+    #[test]
+    fn vfio_user_transport_id_names_the_directory_or_the_socket() {
+        let id = TransportId::parse("trtype:VFIOUSER traddr:/var/run/vm0").expect("parse");
+        assert_eq!(id.trtype, Some(Trtype::VfioUser));
+        assert_eq!(
+            id.vfio_user_socket().expect("socket"),
+            PathBuf::from("/var/run/vm0/cntrl")
+        );
+        let id = TransportId::parse("trtype:vfiouser traddr:/var/run/vm0/cntrl").expect("parse");
+        assert_eq!(
+            id.vfio_user_socket().expect("socket"),
+            PathBuf::from("/var/run/vm0/cntrl")
+        );
+        assert_eq!(
+            TransportId::parse("trtype:vfiouser").map(|id| id.vfio_user_socket()),
+            Ok(Err(OptionsError::Missing("traddr")))
         );
     }
 

@@ -253,7 +253,7 @@ impl Queue for IoQueue {
         &mut self.slots.0[usize::from(cid)].slot
     }
 
-    fn submit(&mut self, cid: u16, now: Instant) {
+    fn submit(&mut self, cid: u16, now: Instant) -> Result<(), PerfError> {
         let p = self.params;
         let entry = &mut self.slots.0[usize::from(cid)];
         entry.received = 0;
@@ -271,6 +271,7 @@ impl Queue for IoQueue {
         };
         let read_len = u32::try_from(read_len).unwrap_or(u32::MAX);
         self.machine.command(&mut self.out, sqe, write, read_len);
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<bool, PerfError> {

@@ -10,7 +10,7 @@ use super::io::{Done, Namespace, Queue, Session};
 use super::stats::{Report, Stats};
 use super::verify::{self, Mismatch};
 use super::workload::{Op, Workload};
-use super::{Limit, PerfConfig, PerfError, session};
+use super::{Limit, PerfConfig, PerfError, Target, session, vfio_user};
 use crate::nvme::Status;
 use crate::sys;
 
@@ -44,8 +44,16 @@ pub fn run(cfg: &PerfConfig, progress: impl FnMut(&Progress)) -> Result<Report, 
     if let Some(core) = cfg.core {
         sys::pin_current_thread(core).map_err(|source| PerfError::Pin { core, source })?;
     }
-    let mut session = session::Session::connect(cfg)?;
-    measure(cfg, &mut session, progress)
+    match &cfg.target {
+        Target::Tcp(tcp) => {
+            let mut session = session::Session::connect(cfg, tcp)?;
+            measure(cfg, &mut session, progress)
+        }
+        Target::VfioUser(target) => {
+            let mut session = vfio_user::Session::connect(cfg, target)?;
+            measure(cfg, &mut session, progress)
+        }
+    }
 }
 
 /// Runs the workload on a connected session.
@@ -121,7 +129,7 @@ impl Driver<'_> {
                     self.complete(q, Instant::now());
                 }
                 if !stop_submitting {
-                    self.refill(q, Instant::now());
+                    self.refill(q, Instant::now())?;
                 }
                 moved |= q.flush()?;
                 outstanding += q.outstanding();
@@ -162,8 +170,8 @@ impl Driver<'_> {
         }
     }
 
-    /// Fills the free slots of `q` with new commands (left in its send buffer).
-    fn refill(&mut self, q: &mut impl Queue, now: Instant) {
+    /// Fills the free slots of `q` with new commands (sent by its `flush`).
+    fn refill(&mut self, q: &mut impl Queue, now: Instant) -> Result<(), PerfError> {
         let limit = match self.cfg.limit {
             Limit::Count(n) => n,
             Limit::Time(_) => u64::MAX,
@@ -192,9 +200,10 @@ impl Driver<'_> {
                     );
                 }
             }
-            q.submit(cid, now);
+            q.submit(cid, now)?;
             self.submitted += 1;
         }
+        Ok(())
     }
 
     /// Accounts for the commands `poll_completions` finished and frees their slots.
@@ -251,8 +260,8 @@ impl Driver<'_> {
             io_size: cfg.io_size,
             queue_depth: cfg.queue_depth,
             connections: cfg.connections,
-            header_digest: cfg.header_digest,
-            data_digest: cfg.data_digest,
+            header_digest: matches!(&cfg.target, Target::Tcp(t) if t.header_digest),
+            data_digest: matches!(&cfg.target, Target::Tcp(t) if t.data_digest),
             elapsed_s: secs,
             ios: self.stats.ios(),
             reads: self.stats.reads,
@@ -264,6 +273,7 @@ impl Driver<'_> {
             io_errors: self.stats.io_errors,
             first_io_error: self.firsts.io_error.map(|s| s.to_string()),
             busy_poll: cfg.busy_poll,
+            doorbells: session.doorbells(),
             verify: cfg.verify,
             verify_errors: self.stats.verify_errors,
             first_verify_error: self.firsts.mismatch.map(|m| m.to_string()),

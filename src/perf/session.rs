@@ -10,7 +10,7 @@ use mio::{Events, Interest, Poll, Token};
 pub use super::io::Namespace;
 use super::io::{self, Limits, TargetInfo, active_namespaces, check_options};
 use super::queue::{IoQueue, QueueParams};
-use super::{PerfConfig, PerfError, connect_refusal};
+use super::{PerfConfig, PerfError, TcpTarget, connect_refusal};
 use crate::host::{HostError, HostQueue, QueueOptions};
 use crate::nvme::Status;
 use crate::nvme::identify::IdentifyController;
@@ -25,20 +25,21 @@ pub struct Session {
     pub ns: Namespace,
     pub queues: Vec<IoQueue>,
     cfg: PerfConfig,
+    tcp: TcpTarget,
     /// The I/O queues' sockets, registered once `wait` is first called.
     poll: Option<(Poll, Events)>,
     next_keep_alive: Option<Instant>,
 }
 
 impl Session {
-    pub fn connect(cfg: &PerfConfig) -> Result<Self, PerfError> {
-        let mut opts = QueueOptions::admin(&cfg.subnqn, &cfg.hostnqn);
-        opts.header_digest = cfg.header_digest;
-        opts.data_digest = cfg.data_digest;
+    pub fn connect(cfg: &PerfConfig, tcp: &TcpTarget) -> Result<Self, PerfError> {
+        let mut opts = QueueOptions::admin(&tcp.subnqn, &tcp.hostnqn);
+        opts.header_digest = tcp.header_digest;
+        opts.data_digest = tcp.data_digest;
         opts.timeout = cfg.timeout;
         opts.kato_ms = KATO_MS;
-        let mut admin = HostQueue::connect(cfg.addr, &opts)
-            .map_err(|e| connect_error(cfg, "connecting the admin queue", e))?;
+        let mut admin = HostQueue::connect(tcp.addr, &opts)
+            .map_err(|e| connect_error(cfg, tcp, "connecting the admin queue", e))?;
         let during = "setting up the controller";
         let err = |e| host_error(cfg, during, e);
         admin.enable_controller().map_err(err)?;
@@ -49,7 +50,7 @@ impl Session {
         let ctrl = IdentifyController::parse(&ctrl).ok_or_else(|| {
             PerfError::Invalid("the target sent a short Identify Controller page".into())
         })?;
-        let ns = namespace(cfg, &mut admin)?;
+        let ns = namespace(cfg, &tcp.subnqn, &mut admin)?;
         let limits = Limits {
             max_entries,
             mdts: ctrl.mdts,
@@ -71,8 +72,8 @@ impl Session {
         for qid in 1..=cfg.connections {
             let mut io_opts = opts.io(qid, admin.cntlid(), cfg.queue_depth + 1);
             io_opts.disable_sq_flow_control = true;
-            let host = HostQueue::connect(cfg.addr, &io_opts)
-                .map_err(|e| connect_error(cfg, "connecting an I/O queue", e))?;
+            let host = HostQueue::connect(tcp.addr, &io_opts)
+                .map_err(|e| connect_error(cfg, tcp, "connecting an I/O queue", e))?;
             queues.push(
                 IoQueue::from_host(host, params)
                     .map_err(|source| PerfError::Queue { qid, source })?,
@@ -83,6 +84,7 @@ impl Session {
             ns,
             queues,
             cfg: cfg.clone(),
+            tcp: tcp.clone(),
             poll: None,
             next_keep_alive: None,
         })
@@ -134,14 +136,18 @@ impl io::Session for Session {
     fn target(&self) -> TargetInfo {
         TargetInfo {
             transport: "tcp",
-            address: self.cfg.addr.to_string(),
-            subnqn: self.cfg.subnqn.clone(),
+            address: self.tcp.addr.to_string(),
+            subnqn: self.tcp.subnqn.clone(),
         }
     }
 }
 
 /// The namespace asked for, or the first active one.
-fn namespace(cfg: &PerfConfig, admin: &mut HostQueue) -> Result<Namespace, PerfError> {
+fn namespace(
+    cfg: &PerfConfig,
+    subnqn: &str,
+    admin: &mut HostQueue,
+) -> Result<Namespace, PerfError> {
     let during = "identifying the namespace";
     let list = admin
         .identify(2, 0)
@@ -151,11 +157,11 @@ fn namespace(cfg: &PerfConfig, admin: &mut HostQueue) -> Result<Namespace, PerfE
         Some(nsid) => nsid,
         None => *active
             .first()
-            .ok_or_else(|| PerfError::NoNamespace(cfg.subnqn.clone()))?,
+            .ok_or_else(|| PerfError::NoNamespace(subnqn.to_owned()))?,
     };
     let not_found = || PerfError::NamespaceNotFound {
         nsid,
-        subnqn: cfg.subnqn.clone(),
+        subnqn: subnqn.to_owned(),
     };
     if !active.contains(&nsid) {
         return Err(not_found());
@@ -175,15 +181,20 @@ fn is_timeout(e: &std::io::Error) -> bool {
 }
 
 /// Errors of a Connect: refused by the socket, unanswered, or refused by the target.
-fn connect_error(cfg: &PerfConfig, during: &'static str, e: HostError) -> PerfError {
+fn connect_error(
+    cfg: &PerfConfig,
+    tcp: &TcpTarget,
+    during: &'static str,
+    e: HostError,
+) -> PerfError {
     match e {
         HostError::Io(io) if !is_timeout(&io) => PerfError::Connect {
-            addr: cfg.addr,
+            addr: tcp.addr,
             source: io,
         },
         HostError::Refused(status) => PerfError::Refused {
-            subnqn: cfg.subnqn.clone(),
-            hostnqn: cfg.hostnqn.clone(),
+            subnqn: tcp.subnqn.clone(),
+            hostnqn: tcp.hostnqn.clone(),
             reason: connect_refusal(status),
             status,
         },

@@ -117,6 +117,9 @@ pub struct Report {
     pub first_io_error: Option<String>,
     /// The initiator spun on its queues instead of sleeping.
     pub busy_poll: bool,
+    /// vfio-user: how doorbells reached the controller, `trapped` (messages) or `mapped`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub doorbells: Option<&'static str>,
     pub verify: bool,
     pub verify_errors: u64,
     /// What was wrong with the first read that failed verification.
@@ -128,10 +131,15 @@ impl Report {
     pub fn to_text(&self) -> String {
         let l = &self.latency_us;
         let mut text = format!(
-            "{} nsid {} ({} B blocks) {} {} B qd {} x {} connection(s){}\n\
+            "{}{} nsid {} ({} B blocks) {} {} B qd {} x {} {}{}\n\
              {:>12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}\n\
              {:>12.0} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2} {:>10.2}\n\
              {} I/Os in {:.3} s ({} reads, {} writes), initiator CPU {:.1}% of a core\n",
+            if self.transport == "tcp" {
+                String::new()
+            } else {
+                format!("{} ", self.transport)
+            },
             self.target,
             self.nsid,
             self.block_size,
@@ -139,6 +147,10 @@ impl Report {
             self.io_size,
             self.queue_depth,
             self.connections,
+            match self.doorbells {
+                None => "connection(s)".to_owned(),
+                Some(d) => format!("queue(s), {d} doorbells"),
+            },
             match (self.header_digest, self.data_digest) {
                 (false, false) => "",
                 (true, false) => ", header digest",
