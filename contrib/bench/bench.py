@@ -5,12 +5,15 @@
     bench.py reactors STATUS.json       "busy_ns idle_ns connections", summed over reactors
     bench.py report RAW.jsonl OUT_BASE  writes OUT_BASE.md and OUT_BASE.json, prints the .md
     bench.py compare RAW.jsonl OUT_BASE the same for compare.sh: two builds side by side
+    bench.py vfio-report RAW.jsonl OUT_BASE  the same for vfio-user.sh
 
 RAW.jsonl has one object per measurement, written by run.sh:
   {"kind": "run", "mode", "case", "repeat", "clk_tck", "target_ticks",
    "reactor_busy_ns", "reactor_idle_ns", "perf": <nvmf-perf --json report>}
   {"kind": "idle", "mode", "namespace", "seconds", "clk_tck", "target_ticks",
    "reactor_busy_ns", "reactor_idle_ns", "connections", "idle_host": <nvmf-perf --idle --json>}
+  {"kind": "load", "when", "loadavg": [1, 5, 15 min], "top": ["%CPU COMMAND", ...]}
+    (vfio-user.sh: what else ran on the machine, before and after)
 Settings come from the environment (BENCH_SECONDS, BENCH_REPEATS, BENCH_IDLE_SECONDS,
 BENCH_IDLE_HOSTS) as run.sh exported them.
 """
@@ -139,11 +142,16 @@ def git(*args):
         return None
 
 
-def machine():
+def machine(defaults=None, smoke_below=None):
+    """The machine and the settings; a run is a smoke run when a setting is below
+    `smoke_below` (the defaults unless given)."""
+    defaults = DEFAULTS if defaults is None else defaults
     commit = git("rev-parse", "HEAD")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    settings = {k: int(os.environ.get(k, v)) for k, v in DEFAULTS.items()}
-    settings["BENCH_IDLE_HOSTS"] = int(os.environ.get("BENCH_IDLE_HOSTS", 16))
+    settings = {k: int(os.environ.get(k, v)) for k, v in defaults.items()}
+    if defaults is DEFAULTS:
+        settings["BENCH_IDLE_HOSTS"] = int(os.environ.get("BENCH_IDLE_HOSTS", 16))
+    smoke_below = defaults if smoke_below is None else smoke_below
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "hostname": socket.gethostname(),
@@ -153,7 +161,7 @@ def machine():
         "git_commit": commit,
         "git_dirty": dirty,
         "settings": settings,
-        "smoke": any(settings[k] < v for k, v in DEFAULTS.items()),
+        "smoke": any(settings[k] < v for k, v in smoke_below.items()),
         "placement": "target taskset -c 0 with core_mask 0x1; nvmf-perf --core 1",
     }
 
@@ -421,6 +429,164 @@ def compare_markdown(result):
     return "\n".join(out)
 
 
+# What vfio-user.sh runs, in its order.
+VFIO_CASES = [
+    ("randread-4k-qd1-irq", "4K randread QD1, client woken by MSI-X eventfd"),
+    ("randread-4k-qd1-busy-poll", "4K randread QD1, client spins on polled CQs"),
+    ("randread-4k-qd32-irq", "4K randread QD32, client woken by MSI-X eventfd"),
+    ("randread-4k-qd32-busy-poll", "4K randread QD32, client spins on polled CQs"),
+]
+VFIO_CLIENTS = [("irq", "client woken by MSI-X eventfd"), ("busy-poll", "client spins")]
+
+
+def vfio_report(raw_path, out_base):
+    records = []
+    with open(raw_path) as f:
+        for line in f:
+            if line.strip():
+                records.append(json.loads(line))
+    meta = machine(
+        defaults={"BENCH_SECONDS": 10, "BENCH_REPEATS": 3},
+        smoke_below={"BENCH_SECONDS": 5, "BENCH_REPEATS": 3},
+    )
+    meta["placement"] = (
+        "target taskset -c 0 with core_mask 0x1; nvmf-perf --vfio-user --core 1"
+    )
+    runs = {}
+    for mode in MODES:
+        for case, _ in VFIO_CASES:
+            rs = [
+                r
+                for r in records
+                if r["kind"] == "run" and r["mode"] == mode and r["case"] == case
+            ]
+            if rs:
+                summary = summarize_run(rs)
+                summary["doorbells"] = sorted(
+                    {r["perf"].get("doorbells") or "-" for r in rs}
+                )
+                runs.setdefault(mode, {})[case] = summary
+
+    def get(mode, case, key):
+        return runs.get(mode, {}).get(case, {}).get(key)
+
+    ratios = {}
+    for client, _ in VFIO_CLIENTS:
+        qd32, qd1 = f"randread-4k-qd32-{client}", f"randread-4k-qd1-{client}"
+        ratios[client] = {
+            "qd32_iops_interrupt_over_poll": ratio(
+                get("interrupt", qd32, "iops"), get("poll", qd32, "iops")
+            ),
+            "qd1_avg_latency_interrupt_over_poll": ratio(
+                get("interrupt", qd1, "lat_avg_us"), get("poll", qd1, "lat_avg_us")
+            ),
+            "qd32_target_cpu_us_per_io": {
+                mode: get(mode, qd32, "target_cpu_us_per_io") for mode in MODES
+            },
+        }
+    loads = [r for r in records if r["kind"] == "load"]
+    notes = None
+    if os.environ.get("BENCH_NOTES"):
+        with open(os.environ["BENCH_NOTES"]) as f:
+            notes = f.read()
+    result = {
+        "machine": meta,
+        "runs": runs,
+        "ratios": ratios,
+        "load": loads,
+        "notes": notes,
+    }
+    with open(out_base + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    md = vfio_markdown(result)
+    with open(out_base + ".md", "w") as f:
+        f.write(md)
+    sys.stdout.write(md)
+
+
+def vfio_markdown(result):
+    m = result["machine"]
+    s = m["settings"]
+    title = "nvmf-tgt vfio-user benchmark"
+    if m["smoke"]:
+        title += " (SMOKE RUN: short durations, figures not meaningful)"
+    out = [f"# {title}\n", "| | |\n|---|---|"]
+    commit = (m["git_commit"] or "unknown")[:12] + (" (dirty)" if m["git_dirty"] else "")
+    for k, v in [
+        ("date", m["date"]),
+        ("host", m["hostname"]),
+        ("CPU", m["cpu_model"]),
+        ("cores", m["cores"]),
+        ("kernel", m["kernel"]),
+        ("commit", commit),
+        ("placement", m["placement"]),
+        ("durations", f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats"),
+    ]:
+        out.append(f"| {k} | {v} |")
+    out.append("")
+    out.append(
+        "No VM: nvmf-perf is the VMM, with a guest NVMe driver's queues in a memfd shared by "
+        "DMA_MAP, MSI-X vectors as eventfds, one CQ head and one SQ tail doorbell write per "
+        "batch (posted REGION_WRITE messages when trapped, stores when mapped). Null "
+        "namespace of 1 GiB, one I/O queue. Interrupt mode is `interrupt_mode = true` with "
+        "`disable_mappable_bar0 = true`; poll mode is `interrupt_mode = false` with "
+        "`disable_mappable_bar0 = false`. Cells are the median over the repeats with "
+        "(min..max). Target CPU is utime+stime of the target process from /proc/PID/stat "
+        "over the whole nvmf-perf run (bring-up included) divided by the I/Os completed; "
+        "reactor busy is the target's own busy/(busy+idle) from `nvmf-tgt status`; perf CPU "
+        "is nvmf-perf's own CPU in % of a core.\n"
+    )
+    for mode, cases in result["runs"].items():
+        out.append(f"## {mode} mode\n")
+        out.append(
+            "| workload | IOPS | MiB/s | avg us | p50 us | p99 us | target CPU us/IO "
+            "| target CPU % | reactor busy % | perf CPU % | doorbells |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        for case, label in VFIO_CASES:
+            r = cases.get(case)
+            if r is None:
+                continue
+            out.append(
+                f"| {label} | {cell(r['iops'])} | {cell(r['mib_s'], 1)} "
+                f"| {cell(r['lat_avg_us'], 1)} | {cell(r['lat_p50_us'], 1)} "
+                f"| {cell(r['lat_p99_us'], 1)} | {cell(r['target_cpu_us_per_io'], 2)} "
+                f"| {cell(r['target_cpu_percent'], 1)} "
+                f"| {cell(r['reactor_busy_percent'], 1)} | {cell(r['perf_cpu_percent'], 1)} "
+                f"| {', '.join(r['doorbells'])} |"
+            )
+        out.append("")
+    out.append("## Interrupt / poll\n")
+    out.append(
+        "| client | QD32 IOPS interrupt / poll (goal >= 0.9) | QD1 avg latency interrupt / poll "
+        "| QD32 target CPU us/IO interrupt | poll |"
+    )
+    out.append("|---|---|---|---|---|")
+    for client, label in VFIO_CLIENTS:
+        rt = result["ratios"][client]
+        cpu = rt["qd32_target_cpu_us_per_io"]
+        out.append(
+            f"| {label} | {fmt(rt['qd32_iops_interrupt_over_poll'], 3)} "
+            f"| {fmt(rt['qd1_avg_latency_interrupt_over_poll'], 3)} "
+            f"| {cell(cpu.get('interrupt'), 2)} | {cell(cpu.get('poll'), 2)} |"
+        )
+    out.append("")
+    if result["load"]:
+        out.append("## Machine load\n")
+        out.append("| when | load average (1, 5, 15 min) | busiest processes (%CPU command) |")
+        out.append("|---|---|---|")
+        for r in result["load"]:
+            out.append(
+                f"| {r['when']} | {' '.join(r['loadavg'])} | {'; '.join(r['top'])} |"
+            )
+        out.append("")
+    if result["notes"]:
+        out.append("## Notes\n")
+        out.append(result["notes"].rstrip() + "\n")
+    return "\n".join(out)
+
+
 def main(argv):
     if len(argv) == 2 and argv[1] == "free-port":
         free_port()
@@ -430,6 +596,8 @@ def main(argv):
         report(argv[2], argv[3])
     elif len(argv) == 4 and argv[1] == "compare":
         compare(argv[2], argv[3])
+    elif len(argv) == 4 and argv[1] == "vfio-report":
+        vfio_report(argv[2], argv[3])
     else:
         sys.stderr.write(__doc__)
         return 2

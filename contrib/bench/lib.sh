@@ -1,9 +1,11 @@
-# Shared by contrib/bench/run.sh and contrib/bench/compare.sh: starting and stopping a target
+# Shared by contrib/bench/run.sh, compare.sh and vfio-user.sh: starting and stopping a target
 # on CPU 0, one nvmf-perf run on CPU 1, and the target's CPU and reactor figures.
 #
 # The sourcing script sets ROOT, HELPER, TGT (the nvmf-tgt binary under test), PERF,
 # SUBNQN, CLK_TCK, BENCH_SECONDS, BENCH_PERF_ARGS, and WORK and RAW before starting targets.
-# BUILD, when set, labels each run record (compare.sh runs two builds).
+# BUILD, when set, labels each run record (compare.sh runs two builds). A script whose target
+# is not NVMe/TCP writes its own $WORK/target.toml, starts it with launch_target and redefines
+# perf_target (what nvmf-perf is pointed at).
 
 BUILDS_DIR=${BUILDS_DIR:-/var/tmp/nvmf-bench-builds}
 
@@ -94,20 +96,29 @@ EOF
     || { cat "$WORK/check.log" >&2; die "generated config does not pass nvmf-tgt check"; }
 }
 
-start_target() {
-  local mode=$1 ns=$2 i
-  write_config "$mode" "$ns"
+# launch_target LABEL READY: runs nvmf-tgt on CPU 0 with $WORK/target.toml and waits until
+# the command READY succeeds and the control socket is there.
+launch_target() {
+  local label=$1 ready=$2 i
   RUST_LOG=warn taskset -c 0 "$TGT" run -c "$WORK/target.toml" >"$WORK/target.log" 2>&1 &
   TGT_PID=$!
   for i in $(seq 200); do
-    kill -0 "$TGT_PID" 2>/dev/null || die "nvmf-tgt ($mode, $ns) exited during startup"
-    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && [ -S "$WORK/ctl.sock" ]; then
-      say "target up: $mode mode, $ns namespace, port $PORT, pid $TGT_PID"
+    kill -0 "$TGT_PID" 2>/dev/null || die "nvmf-tgt ($label) exited during startup"
+    if "$ready" && [ -S "$WORK/ctl.sock" ]; then
+      say "target up: $label, pid $TGT_PID"
       return 0
     fi
     sleep 0.1
   done
-  die "nvmf-tgt ($mode, $ns) did not listen on 127.0.0.1:$PORT within 20 s"
+  die "nvmf-tgt ($label) was not ready within 20 s"
+}
+
+tcp_listening() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+
+start_target() {
+  local mode=$1 ns=$2
+  write_config "$mode" "$ns"
+  launch_target "$mode mode, $ns namespace, port $PORT" tcp_listening
 }
 
 stop_target() {
@@ -127,6 +138,11 @@ perf_id() {
   echo "trtype:tcp adrfam:ipv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:$SUBNQN"
 }
 
+# Sets PERF_TARGET to the nvmf-perf arguments that name the target.
+perf_target() {
+  PERF_TARGET=(-r "$(perf_id)")
+}
+
 # run_case MODE CASE REPEAT PERF-ARGS...: one nvmf-perf run, appended to $RAW.
 run_case() {
   local mode=$1 case=$2 rep=$3 rc=0 t0 t1 r0 r1
@@ -135,9 +151,10 @@ run_case() {
   t0=$(cpu_ticks "$TGT_PID")
   local extra=$BENCH_PERF_ARGS
   case "$case" in *-epoll-client) extra= ;; esac
+  perf_target
   # In the background so that a signal to this script is handled at once.
   # shellcheck disable=SC2086
-  "$PERF" -r "$(perf_id)" --core 1 --json -t "$BENCH_SECONDS" $extra "$@" \
+  "$PERF" "${PERF_TARGET[@]}" --core 1 --json -t "$BENCH_SECONDS" $extra "$@" \
     >"$WORK/perf.json" 2>"$WORK/perf.err" &
   PERF_PID=$!
   wait "$PERF_PID" || rc=$?

@@ -260,6 +260,8 @@ impl Doorbells {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read as _;
+
     use super::*;
     use crate::nvme::Status;
 
@@ -306,5 +308,39 @@ mod tests {
         assert_eq!(alloc.pages(1), None);
         let layout = DoorbellLayout { stride: 4 };
         assert_eq!((layout.sq_tail(1), layout.cq_head(1)), (0x1008, 0x100c));
+    }
+
+    #[test]
+    fn mapped_doorbells_are_stores_into_the_page_and_trapped_ones_wait_for_flush() {
+        let fd = mmap::memfd(PAGE).expect("memfd");
+        let page = Arc::new(Mapping::new(&fd, 0, 4096, MapProt::ReadWrite).expect("map"));
+        let theirs = Mapping::new(&fd, 0, 4096, MapProt::ReadWrite).expect("map");
+        let mut doorbells = Doorbells::Mapped {
+            page,
+            start: DOORBELL_BASE,
+        };
+        let layout = DoorbellLayout { stride: 4 };
+        doorbells.ring(layout.sq_tail(1), 5).expect("store");
+        doorbells.ring(layout.cq_head(1), 9).expect("store");
+        doorbells.flush().expect("nothing to send");
+        assert_eq!(theirs.load_u32(8).expect("load"), 5);
+        assert_eq!(theirs.load_u32(12).expect("load"), 9);
+        assert!(
+            doorbells.ring(DOORBELL_BASE - 4, 1).is_err(),
+            "below the page"
+        );
+
+        let (ours, theirs) = UnixStream::pair().expect("socketpair");
+        theirs.set_nonblocking(true).expect("nonblocking");
+        let mut doorbells = Doorbells::trapped(Arc::new(ours));
+        doorbells.ring(layout.sq_tail(1), 5).expect("queue");
+        let mut buf = [0u8; 256];
+        assert!(
+            (&theirs).read(&mut buf).is_err(),
+            "nothing sent before flush"
+        );
+        doorbells.flush().expect("send");
+        let n = (&theirs).read(&mut buf).expect("one message");
+        assert_eq!(n, 16 + 16 + 4, "header, offset/region/count, the value");
     }
 }
