@@ -6,14 +6,16 @@
     bench.py report RAW.jsonl OUT_BASE  writes OUT_BASE.md and OUT_BASE.json, prints the .md
     bench.py compare RAW.jsonl OUT_BASE the same for compare.sh: two builds side by side
     bench.py vfio-report RAW.jsonl OUT_BASE  the same for vfio-user.sh
+    bench.py load WHEN                  one "load" record: the machine's CPU over a second
 
 RAW.jsonl has one object per measurement, written by run.sh:
   {"kind": "run", "mode", "case", "repeat", "clk_tck", "target_ticks",
+   "machine_busy_ticks", "steal_ticks" (all CPUs, over the run),
    "reactor_busy_ns", "reactor_idle_ns", "perf": <nvmf-perf --json report>}
   {"kind": "idle", "mode", "namespace", "seconds", "clk_tck", "target_ticks",
    "reactor_busy_ns", "reactor_idle_ns", "connections", "idle_host": <nvmf-perf --idle --json>}
-  {"kind": "load", "when", "loadavg": [1, 5, 15 min], "top": ["%CPU COMMAND", ...]}
-    (vfio-user.sh: what else ran on the machine, before and after)
+  {"kind": "load", "when", "loadavg": [1, 5, 15 min], "busy_percent", "steal_percent",
+   "top": ["%CPU COMMAND", ...]}  (vfio-user.sh: what else ran, sampled over a second)
 Settings come from the environment (BENCH_SECONDS, BENCH_REPEATS, BENCH_IDLE_SECONDS,
 BENCH_IDLE_HOSTS) as run.sh exported them.
 """
@@ -93,6 +95,22 @@ def summarize_run(records):
         secs = r["perf"]["elapsed_s"]
         return 100.0 * r["target_ticks"] / r["clk_tck"] / secs if secs > 0 else None
 
+    def other_cpu_percent(r):
+        """CPU the machine spent on neither the target nor nvmf-perf during the run, in %
+        of one core (other processes, the kernel's own work; None for older records)."""
+        busy, secs = r.get("machine_busy_ticks"), r["perf"]["elapsed_s"]
+        if busy is None or secs <= 0:
+            return None
+        perf_ticks = r["perf"]["cpu_percent"] / 100.0 * secs * r["clk_tck"]
+        other = busy - r["target_ticks"] - perf_ticks
+        return max(0.0, 100.0 * other / r["clk_tck"] / secs)
+
+    def steal_percent(r):
+        steal, secs = r.get("steal_ticks"), r["perf"]["elapsed_s"]
+        if steal is None or secs <= 0:
+            return None
+        return 100.0 * steal / r["clk_tck"] / secs
+
     return {
         "iops": field(lambda r: r["perf"]["iops"]),
         "mib_s": field(lambda r: r["perf"]["mib_s"]),
@@ -103,6 +121,8 @@ def summarize_run(records):
         "target_cpu_percent": field(target_cpu_percent),
         "reactor_busy_percent": field(busy_percent),
         "perf_cpu_percent": field(lambda r: r["perf"]["cpu_percent"]),
+        "other_cpu_percent": field(other_cpu_percent),
+        "steal_percent": field(steal_percent),
         "io_size": records[0]["perf"]["io_size"],
         "queue_depth": records[0]["perf"]["queue_depth"],
         "connections": records[0]["perf"]["connections"],
@@ -535,15 +555,17 @@ def vfio_markdown(result):
         "(min..max). Target CPU is utime+stime of the target process from /proc/PID/stat "
         "over the whole nvmf-perf run (bring-up included) divided by the I/Os completed; "
         "reactor busy is the target's own busy/(busy+idle) from `nvmf-tgt status`; perf CPU "
-        "is nvmf-perf's own CPU in % of a core.\n"
+        "is nvmf-perf's own CPU in % of a core; other CPU is what the machine's CPUs spent "
+        "on anything else during the run (other processes, interrupts), in % of one core, and "
+        "steal what the hypervisor took from this VM: both near 0 for a clean figure.\n"
     )
     for mode, cases in result["runs"].items():
         out.append(f"## {mode} mode\n")
         out.append(
             "| workload | IOPS | MiB/s | avg us | p50 us | p99 us | target CPU us/IO "
-            "| target CPU % | reactor busy % | perf CPU % | doorbells |"
+            "| target CPU % | reactor busy % | perf CPU % | other CPU % | steal % | doorbells |"
         )
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for case, label in VFIO_CASES:
             r = cases.get(case)
             if r is None:
@@ -554,6 +576,7 @@ def vfio_markdown(result):
                 f"| {cell(r['lat_p99_us'], 1)} | {cell(r['target_cpu_us_per_io'], 2)} "
                 f"| {cell(r['target_cpu_percent'], 1)} "
                 f"| {cell(r['reactor_busy_percent'], 1)} | {cell(r['perf_cpu_percent'], 1)} "
+                f"| {cell(r['other_cpu_percent'], 1)} | {cell(r['steal_percent'], 1)} "
                 f"| {', '.join(r['doorbells'])} |"
             )
         out.append("")
@@ -574,17 +597,71 @@ def vfio_markdown(result):
     out.append("")
     if result["load"]:
         out.append("## Machine load\n")
-        out.append("| when | load average (1, 5, 15 min) | busiest processes (%CPU command) |")
-        out.append("|---|---|---|")
+        out.append(
+            "| when | load average (1, 5, 15 min) | busy CPU % over 1 s | steal % "
+            "| busiest processes in that second (%CPU command) |"
+        )
+        out.append("|---|---|---|---|---|")
         for r in result["load"]:
             out.append(
-                f"| {r['when']} | {' '.join(r['loadavg'])} | {'; '.join(r['top'])} |"
+                f"| {r['when']} | {' '.join(r['loadavg'])} | {fmt(r.get('busy_percent'), 0)} "
+                f"| {fmt(r.get('steal_percent'), 0)} | {'; '.join(r['top'])} |"
             )
         out.append("")
     if result["notes"]:
         out.append("## Notes\n")
         out.append(result["notes"].rstrip() + "\n")
     return "\n".join(out)
+
+
+def load_sample(when, seconds=1.0):
+    """One line of JSON: the machine's busy CPU over `seconds` (in % of one core, steal apart)
+    and the processes that used most of it, this one excluded."""
+    import time
+
+    def cpu_line():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[0] + v[1] + v[2] + v[5] + v[6], v[7]
+
+    def per_process():
+        out = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            out[pid] = (name, int(fields[11]) + int(fields[12]))
+        return out
+
+    tck = os.sysconf("SC_CLK_TCK")
+    (b0, s0), p0 = cpu_line(), per_process()
+    time.sleep(seconds)
+    (b1, s1), p1 = cpu_line(), per_process()
+    procs = []
+    for pid, (name, ticks) in p1.items():
+        if pid in p0 and ticks > p0[pid][1]:
+            procs.append((100.0 * (ticks - p0[pid][1]) / tck / seconds, name))
+    procs.sort(reverse=True)
+    with open("/proc/loadavg") as f:
+        loadavg = f.read().split()[:3]
+    print(
+        json.dumps(
+            {
+                "kind": "load",
+                "when": when,
+                "loadavg": loadavg,
+                "busy_percent": 100.0 * (b1 - b0) / tck / seconds,
+                "steal_percent": 100.0 * (s1 - s0) / tck / seconds,
+                "top": [f"{p:.0f} {n}" for p, n in procs[:5]],
+            }
+        )
+    )
 
 
 def main(argv):
@@ -596,6 +673,8 @@ def main(argv):
         report(argv[2], argv[3])
     elif len(argv) == 4 and argv[1] == "compare":
         compare(argv[2], argv[3])
+    elif len(argv) == 3 and argv[1] == "load":
+        load_sample(argv[2])
     elif len(argv) == 4 and argv[1] == "vfio-report":
         vfio_report(argv[2], argv[3])
     else:

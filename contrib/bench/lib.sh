@@ -43,6 +43,14 @@ cpu_ticks() {
   echo $((${12} + ${13}))
 }
 
+# "busy steal" clock ticks of all CPUs together since boot, from the first line of /proc/stat:
+# busy is user, nice, system, irq and softirq; steal is what the hypervisor took.
+machine_ticks() {
+  local _cpu user nice system _idle _iowait irq softirq steal _rest
+  read -r _cpu user nice system _idle _iowait irq softirq steal _rest </proc/stat
+  echo "$((user + nice + system + irq + softirq)) $steal"
+}
+
 # "busy_ns idle_ns connections" of the target's reactors, from its control socket.
 reactor_ns() {
   "$TGT" status --socket "$WORK/ctl.sock" --json >"$WORK/status.json" \
@@ -145,9 +153,10 @@ perf_target() {
 
 # run_case MODE CASE REPEAT PERF-ARGS...: one nvmf-perf run, appended to $RAW.
 run_case() {
-  local mode=$1 case=$2 rep=$3 rc=0 t0 t1 r0 r1
+  local mode=$1 case=$2 rep=$3 rc=0 t0 t1 r0 r1 m0 m1
   shift 3
   r0=$(reactor_ns)
+  m0=$(machine_ticks)
   t0=$(cpu_ticks "$TGT_PID")
   local extra=$BENCH_PERF_ARGS
   case "$case" in *-epoll-client) extra= ;; esac
@@ -160,6 +169,7 @@ run_case() {
   wait "$PERF_PID" || rc=$?
   PERF_PID=
   t1=$(cpu_ticks "$TGT_PID")
+  m1=$(machine_ticks)
   if [ "$rc" -ne 0 ]; then
     cat "$WORK/perf.err" >&2
     die "nvmf-perf failed (exit $rc) in $mode mode, $case, repeat $rep: nvmf-perf $*"
@@ -167,9 +177,11 @@ run_case() {
   r1=$(reactor_ns)
   read -r b0 i0 _ <<<"$r0"
   read -r b1 i1 _ <<<"$r1"
-  printf '{"kind":"run","build":"%s","mode":"%s","case":"%s","repeat":%d,"clk_tck":%d,"target_ticks":%d,"reactor_busy_ns":%d,"reactor_idle_ns":%d,"perf":%s}\n' \
-    "${BUILD:-}" "$mode" "$case" "$rep" "$CLK_TCK" $((t1 - t0)) $((b1 - b0)) $((i1 - i0)) \
-    "$(<"$WORK/perf.json")" >>"$RAW"
+  read -r mb0 ms0 <<<"$m0"
+  read -r mb1 ms1 <<<"$m1"
+  printf '{"kind":"run","build":"%s","mode":"%s","case":"%s","repeat":%d,"clk_tck":%d,"target_ticks":%d,"machine_busy_ticks":%d,"steal_ticks":%d,"reactor_busy_ns":%d,"reactor_idle_ns":%d,"perf":%s}\n' \
+    "${BUILD:-}" "$mode" "$case" "$rep" "$CLK_TCK" $((t1 - t0)) $((mb1 - mb0)) $((ms1 - ms0)) \
+    $((b1 - b0)) $((i1 - i0)) "$(<"$WORK/perf.json")" >>"$RAW"
   python3 - "$WORK/perf.json" "$mode" "$case" "$rep" <<'EOF' >&2
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -105,17 +105,9 @@ run_io() {
   stop_target
 }
 
-# What else runs on the machine: the load average and the busiest processes, for the report.
+# What else runs on the machine, sampled over a second, for the report.
 record_load() {
-  local when=$1
-  python3 - "$when" <<'EOF' >>"$RAW"
-import json, subprocess, sys
-load = open("/proc/loadavg").read().split()[:3]
-ps = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"],
-                    capture_output=True, text=True).stdout.splitlines()[:6]
-print(json.dumps({"kind": "load", "when": sys.argv[1], "loadavg": load,
-                  "top": [" ".join(l.split()) for l in ps]}))
-EOF
+  python3 "$HELPER" load "$1" >>"$RAW" || die "sampling the machine's load failed"
 }
 
 trap cleanup EXIT
