@@ -43,6 +43,8 @@ const ADMIN_ENTRIES: u16 = 32;
 const CAP_ID_MSIX: u8 = 0x11;
 /// Token of the socket in the session's poll; I/O vectors use their queue ID.
 const SOCKET: Token = Token(usize::MAX);
+/// Pages one command's data may span: PRP1 and a list of one page (512 entries).
+const MAX_PRP_PAGES: u64 = 1 + PAGE / 8;
 /// CSTS is read this often while waiting for the controller.
 const CSTS_POLL: Duration = Duration::from_millis(1);
 
@@ -196,8 +198,18 @@ impl Session {
                 sqs.min(cqs)
             )));
         }
-        let entries = cfg.queue_depth + 1;
+        let entries = cfg
+            .queue_depth
+            .checked_add(1)
+            .ok_or_else(|| VfioError::Device("queue depth too large".into()))?;
         let pages_per_io = (cfg.io_size as u64).div_ceil(PAGE);
+        if pages_per_io > MAX_PRP_PAGES {
+            return Err(VfioError::Device(format!(
+                "I/O size {} needs more than one PRP list page (at most {} bytes)",
+                cfg.io_size,
+                MAX_PRP_PAGES * PAGE
+            )));
+        }
         let interrupts = !cfg.busy_poll;
         for qid in 1..=cfg.connections {
             let full = || VfioError::Device("guest RAM is full".into());
