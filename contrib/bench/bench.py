@@ -15,7 +15,8 @@ RAW.jsonl has one object per measurement, written by run.sh:
   {"kind": "idle", "mode", "namespace", "seconds", "clk_tck", "target_ticks",
    "reactor_busy_ns", "reactor_idle_ns", "connections", "idle_host": <nvmf-perf --idle --json>}
   {"kind": "load", "when", "loadavg": [1, 5, 15 min], "busy_percent", "steal_percent",
-   "top": ["%CPU COMMAND", ...]}  (vfio-user.sh: what else ran, sampled over a second)
+   "top": ["%CPU COMMAND", ...], "date", "git_commit", "git_dirty"}
+    (vfio-user.sh: what else ran, sampled over a second; the first dates the run)
 Settings come from the environment (BENCH_SECONDS, BENCH_REPEATS, BENCH_IDLE_SECONDS,
 BENCH_IDLE_HOSTS) as run.sh exported them.
 """
@@ -472,8 +473,17 @@ def vfio_report(raw_path, out_base):
     meta["placement"] = (
         "target taskset -c 0 with core_mask 0x1; nvmf-perf --vfio-user --core 1"
     )
+    # The run's own date and commit (the sample before it), not the report's.
+    before = next((r for r in records if r["kind"] == "load" and "date" in r), None)
+    if before is not None:
+        for key in ("date", "git_commit", "git_dirty"):
+            meta[key] = before[key]
+    modes = []
+    for r in records:
+        if r["kind"] == "run" and r["mode"] not in modes:
+            modes.append(r["mode"])
     runs = {}
-    for mode in MODES:
+    for mode in modes:
         for case, _ in VFIO_CASES:
             rs = [
                 r
@@ -490,20 +500,24 @@ def vfio_report(raw_path, out_base):
     def get(mode, case, key):
         return runs.get(mode, {}).get(case, {}).get(key)
 
+    # Each mode against poll mode, per client.
     ratios = {}
-    for client, _ in VFIO_CLIENTS:
-        qd32, qd1 = f"randread-4k-qd32-{client}", f"randread-4k-qd1-{client}"
-        ratios[client] = {
-            "qd32_iops_interrupt_over_poll": ratio(
-                get("interrupt", qd32, "iops"), get("poll", qd32, "iops")
-            ),
-            "qd1_avg_latency_interrupt_over_poll": ratio(
-                get("interrupt", qd1, "lat_avg_us"), get("poll", qd1, "lat_avg_us")
-            ),
-            "qd32_target_cpu_us_per_io": {
-                mode: get(mode, qd32, "target_cpu_us_per_io") for mode in MODES
-            },
-        }
+    for mode in modes:
+        if mode == "poll":
+            continue
+        for client, _ in VFIO_CLIENTS:
+            qd32, qd1 = f"randread-4k-qd32-{client}", f"randread-4k-qd1-{client}"
+            ratios.setdefault(mode, {})[client] = {
+                "qd32_iops_over_poll": ratio(
+                    get(mode, qd32, "iops"), get("poll", qd32, "iops")
+                ),
+                "qd1_avg_latency_over_poll": ratio(
+                    get(mode, qd1, "lat_avg_us"), get("poll", qd1, "lat_avg_us")
+                ),
+                "qd32_target_cpu_us_per_io": {
+                    m: get(m, qd32, "target_cpu_us_per_io") for m in (mode, "poll")
+                },
+            }
     loads = [r for r in records if r["kind"] == "load"]
     notes = None
     if os.environ.get("BENCH_NOTES"):
@@ -550,7 +564,8 @@ def vfio_markdown(result):
         "DMA_MAP, MSI-X vectors as eventfds, one CQ head and one SQ tail doorbell write per "
         "batch (posted REGION_WRITE messages when trapped, stores when mapped). Null "
         "namespace of 1 GiB, one I/O queue. Interrupt mode is `interrupt_mode = true` with "
-        "`disable_mappable_bar0 = true`; poll mode is `interrupt_mode = false` with "
+        "`disable_mappable_bar0 = true` (and the default `busy_poll_us = 50`; "
+        "interrupt-nopoll has `busy_poll_us = 0`); poll mode is `interrupt_mode = false` with "
         "`disable_mappable_bar0 = false`. Cells are the median over the repeats with "
         "(min..max). Target CPU is utime+stime of the target process from /proc/PID/stat "
         "over the whole nvmf-perf run (bring-up included) divided by the I/Os completed; "
@@ -580,20 +595,23 @@ def vfio_markdown(result):
                 f"| {', '.join(r['doorbells'])} |"
             )
         out.append("")
-    out.append("## Interrupt / poll\n")
+    out.append("## Against poll mode\n")
     out.append(
-        "| client | QD32 IOPS interrupt / poll (goal >= 0.9) | QD1 avg latency interrupt / poll "
-        "| QD32 target CPU us/IO interrupt | poll |"
+        "| mode | client | QD32 IOPS / poll's (goal for interrupt: >= 0.9) "
+        "| QD1 avg latency / poll's | QD32 target CPU us/IO | poll's |"
     )
-    out.append("|---|---|---|---|---|")
-    for client, label in VFIO_CLIENTS:
-        rt = result["ratios"][client]
-        cpu = rt["qd32_target_cpu_us_per_io"]
-        out.append(
-            f"| {label} | {fmt(rt['qd32_iops_interrupt_over_poll'], 3)} "
-            f"| {fmt(rt['qd1_avg_latency_interrupt_over_poll'], 3)} "
-            f"| {cell(cpu.get('interrupt'), 2)} | {cell(cpu.get('poll'), 2)} |"
-        )
+    out.append("|---|---|---|---|---|---|")
+    for mode, by_client in result["ratios"].items():
+        for client, label in VFIO_CLIENTS:
+            rt = by_client.get(client)
+            if rt is None:
+                continue
+            cpu = rt["qd32_target_cpu_us_per_io"]
+            out.append(
+                f"| {mode} | {label} | {fmt(rt['qd32_iops_over_poll'], 3)} "
+                f"| {fmt(rt['qd1_avg_latency_over_poll'], 3)} "
+                f"| {cell(cpu.get(mode), 2)} | {cell(cpu.get('poll'), 2)} |"
+            )
     out.append("")
     if result["load"]:
         out.append("## Machine load\n")
@@ -659,6 +677,9 @@ def load_sample(when, seconds=1.0):
                 "busy_percent": 100.0 * (b1 - b0) / tck / seconds,
                 "steal_percent": 100.0 * (s1 - s0) / tck / seconds,
                 "top": [f"{p:.0f} {n}" for p, n in procs[:5]],
+                "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                "git_commit": git("rev-parse", "HEAD"),
+                "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
             }
         )
     )

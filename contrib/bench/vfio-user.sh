@@ -11,7 +11,8 @@
 # the page, messages otherwise; the report says which). Client reaping: irq (completions found
 # after the queue's MSI-X eventfd fires, as Linux's nvme driver does) and busy-poll (polled CQs
 # created without interrupts, spun on in guest memory). Cases: 4K randread at QD1 (latency)
-# and QD32 (IOPS).
+# and QD32 (IOPS). A third mode, interrupt-nopoll, is interrupt mode with busy_poll_us = 0: the
+# reactor sleeps in epoll as soon as a pass finds nothing.
 #
 # Environment:
 #   BENCH_SECONDS       seconds per run (default 10)
@@ -19,6 +20,9 @@
 #   BENCH_RESULTS_DIR   where results go (default contrib/bench/results)
 #   BENCH_NAME          file name prefix (default vfio-user)
 #   BENCH_NOTES         a markdown file appended to the report as its notes (optional)
+#   BENCH_MODES         target modes, in the order each repeat runs them (default
+#                       "interrupt poll"; also interrupt-nopoll)
+#   BENCH_CASES         an extended regex: only the cases whose names match (default all)
 #   CARGO_TARGET_DIR    where cargo builds (default ./target)
 #
 # Needs at least 2 CPUs. Exits non-zero with a message when anything fails; the target it
@@ -61,9 +65,10 @@ vfio_socket_ready() { [ -S "$WORK/vm/cntrl" ]; }
 
 # write_vfio_config MODE -> $WORK/target.toml
 write_vfio_config() {
-  local mode=$1 interrupt mappable_off
+  local mode=$1 interrupt mappable_off busy_poll_us=50
   case $mode in
     interrupt) interrupt=true mappable_off=true ;;
+    interrupt-nopoll) interrupt=true mappable_off=true busy_poll_us=0 ;;
     poll) interrupt=false mappable_off=false ;;
     *) die "unknown mode $mode" ;;
   esac
@@ -72,6 +77,7 @@ write_vfio_config() {
 interrupt_mode = $interrupt
 core_mask = "0x1"
 control_socket = "$WORK/ctl.sock"
+busy_poll_us = $busy_poll_us
 
 [transport.vfiouser]
 disable_mappable_bar0 = $mappable_off
@@ -99,6 +105,7 @@ run_io() {
   for entry in "${CASES[@]}"; do
     case=${entry%%|*}
     args=${entry#*|}
+    [[ $case =~ ${BENCH_CASES:-.} ]] || continue
     # shellcheck disable=SC2086
     run_case "$mode" "$case" "$rep" $args
   done
@@ -135,7 +142,7 @@ RAW=$WORK/raw.jsonl
 record_load before
 # Repeats go round both modes in turn, so a slow spell of the machine falls on both alike.
 for rep in $(seq "$BENCH_REPEATS"); do
-  for mode in interrupt poll; do
+  for mode in ${BENCH_MODES:-interrupt poll}; do
     run_io "$mode" "$rep"
   done
 done
