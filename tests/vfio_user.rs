@@ -238,9 +238,9 @@ fn a_hostile_guest_gets_statuses_and_the_target_serves_on() {
     let c = g.io(1, rw(0x02, 1 << 40, 8, DATA, 0));
     assert_eq!((c.sct(), c.sc()), (0, 0x80), "LBA out of range: {c:?}");
 
-    // The VMM unmaps guest memory under live queues: the next command cannot be fetched, the
-    // queue stops, and the target lives.
-    g.client.dma_unmap(0, guest::RAM_SIZE).expect("dma unmap");
+    // The VMM truncates guest RAM under the target's mapping: touching it would be SIGBUS.
+    // The command cannot be fetched, the queue stops, and the target lives.
+    g.shrink_ram(0);
     g.submit(1, &rw(0x02, 0, 8, DATA, 0));
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(
@@ -249,19 +249,125 @@ fn a_hostile_guest_gets_statuses_and_the_target_serves_on() {
         "the device still answers"
     );
     drop(g);
+    let log = t.target.log();
+    assert!(log.contains("shrank"), "the log says what happened:\n{log}");
 
-    // The next VMM is served as if nothing happened.
+    // The next VMM is served as if nothing happened; it unmaps guest memory under live
+    // queues (a command then waits for the memory), and goes.
     let mut g = Guest::connect(&t.socket, 2);
     g.enable();
     g.create_io_queues(1, 1);
     let c = g.io(1, rw(0x02, 0, 8, DATA, 0));
     assert_eq!(c.status, 0, "a read on the next connection: {c:?}");
+    g.client.dma_unmap(0, guest::RAM_SIZE).expect("dma unmap");
+    g.submit(1, &rw(0x02, 0, 8, DATA, 0));
+    drop(g);
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    g.create_io_queues(1, 1);
+    let c = g.io(1, rw(0x02, 0, 8, DATA, 0));
+    assert_eq!(c.status, 0, "a read on the third connection: {c:?}");
     drop(g);
     assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
 }
 
 /// A declaration with a TCP listener (so the harness knows the target is up) and, when
 /// `vfio_dir` is given, a vfio-user listener in that directory.
+#[test]
+fn a_dma_unmap_waits_for_the_commands_in_flight_and_queues_wait_for_their_memory() {
+    // A file namespace: its reads run on worker threads, so they are in flight when the
+    // VMM's DMA_UNMAP comes.
+    let images = tempfile::tempdir().expect("tempdir");
+    let image = images.path().join("ns.img");
+    let contents = pattern(16 << 20, 11);
+    std::fs::write(&image, &contents).expect("image");
+    let mut t = start(
+        true,
+        &format!("file = {{ path = \"{}\" }}", image.display()),
+    );
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    g.create_io_queues(1, 1);
+
+    // 32 reads of 128 KiB into a second region, one doorbell for all, and at once the VMM
+    // takes that region away.
+    const REGION: u64 = 0x1000_0000;
+    const IO: u64 = 128 * 1024;
+    const READS: u64 = 32;
+    let region = g.map_region(REGION, READS * IO);
+    let mut cids = Vec::new();
+    for i in 0..READS {
+        let pages: Vec<u64> = (0..IO / PAGE).map(|p| REGION + i * IO + p * PAGE).collect();
+        let (prp1, prp2) = g.prps(&pages, 0, PRP_LISTS + i * PAGE);
+        let mut read = rw(0x02, i * (IO / 512), (IO / 512) as u32, prp1, prp2);
+        let cid = g.next_cid();
+        read[2..4].copy_from_slice(&cid.to_le_bytes());
+        cids.push(cid);
+        g.submit_held(1, &read);
+    }
+    let tail = g.sq_tail(1);
+    g.kick(1, u32::from(tail));
+    g.client.dma_unmap(REGION, READS * IO).expect("dma unmap");
+
+    // The unmap was answered after every read had put its data in the region and posted
+    // its completion: all succeed, all data is there.
+    for _ in 0..READS {
+        let c = g.wait_completion(1, None);
+        assert_eq!(c.status, 0, "a read in flight at the unmap: {c:?}");
+        assert!(cids.contains(&c.cid), "a completion for a read sent: {c:?}");
+    }
+    let mut got = vec![0; (READS * IO) as usize];
+    let n = rustix::io::pread(&region, &mut got, 0).expect("pread");
+    assert_eq!(n, got.len());
+    assert!(
+        got == contents[..got.len()],
+        "the reads' data is in the region the VMM unmapped"
+    );
+    // The region is gone now: a read into it is a Data Transfer Error. (The interrupts of
+    // the reads above are still counted on the vector: this one is waited for by its entry.)
+    let mut read = rw(0x02, 0, 8, REGION, 0);
+    let cid = g.next_cid();
+    read[2..4].copy_from_slice(&cid.to_le_bytes());
+    g.submit(1, &read);
+    let c = g.wait_completion(1, None);
+    assert_eq!(c.cid, cid);
+    assert_eq!(
+        (c.sct(), c.sc()),
+        (0, 0x04),
+        "a read into unmapped memory: {c:?}"
+    );
+
+    // Guest RAM, queues included, goes away: a command submitted meanwhile waits (nothing
+    // reads a ring without memory), and runs once the VMM maps the RAM again.
+    g.wait_interrupt(1, Duration::from_millis(10)); // the counts so far
+    g.client.dma_unmap(0, guest::RAM_SIZE).expect("dma unmap");
+    let cid = g.next_cid();
+    let mut read = rw(0x02, 8, 8, DATA, 0);
+    read[2..4].copy_from_slice(&cid.to_le_bytes());
+    g.submit(1, &read);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        g.take_completion(1).is_none(),
+        "nothing completes while the queues have no memory"
+    );
+    g.remap_ram();
+    let c = g.wait_completion(1, Some(1));
+    assert_eq!((c.cid, c.status), (cid, 0), "the waiting read ran: {c:?}");
+    assert!(
+        g.read_ram(DATA, 4096) == contents[4096..8192],
+        "its data arrived"
+    );
+    let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
+    assert_eq!(c.status, 0, "the admin queue serves on: {c:?}");
+    drop(g);
+    let log = t.target.log();
+    assert!(
+        log.contains("queue's memory was unmapped") && log.contains("mapped again"),
+        "the log says why queues waited:\n{log}"
+    );
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+}
+
 fn declaration(dir: &Path, port: u16, vfio_dir: Option<&Path>) -> String {
     let vfio = vfio_dir.map_or(String::new(), |d| {
         format!(

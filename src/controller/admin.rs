@@ -346,7 +346,10 @@ impl Controller {
                 }
                 page
             }
-            (false, lid::COMMAND_EFFECTS) => command_effects_log(),
+            (false, lid::COMMAND_EFFECTS) => {
+                let pcie = self.kind() == super::ControllerKind::Pcie;
+                command_effects_log(pcie, self.offers_shadow_doorbells())
+            }
             // SPDK and Linux nvmet answer Invalid Field for log pages they lack.
             _ => return Err(invalid),
         };
@@ -457,8 +460,9 @@ fn changed_ns_log(st: &mut AdminState) -> Vec<u8> {
 }
 
 /// Commands Supported and Effects: what this controller accepts and which commands change
-/// logical block content.
-fn command_effects_log() -> Vec<u8> {
+/// logical block content. A PCIe controller also takes the queue commands, and Doorbell
+/// Buffer Config when it offers shadow doorbells.
+fn command_effects_log(pcie: bool, shadow_doorbells: bool) -> Vec<u8> {
     let mut page = vec![0u8; log::COMMAND_EFFECTS_LEN];
     let mut set = |base: usize, opc: u8, bits: u32| {
         let at = base + usize::from(opc) * 4;
@@ -474,6 +478,19 @@ fn command_effects_log() -> Vec<u8> {
         admin::KEEP_ALIVE,
     ] {
         set(0, opc, effects::CSUPP);
+    }
+    if pcie {
+        for opc in [
+            admin::CREATE_IO_SQ,
+            admin::DELETE_IO_SQ,
+            admin::CREATE_IO_CQ,
+            admin::DELETE_IO_CQ,
+        ] {
+            set(0, opc, effects::CSUPP);
+        }
+    }
+    if shadow_doorbells {
+        set(0, admin::DOORBELL_BUFFER_CONFIG, effects::CSUPP);
     }
     for (opc, bits) in [
         (io::FLUSH, effects::CSUPP),

@@ -513,6 +513,54 @@ mod tests {
             status(run(&plain, &config(0x50_0000, 0x51_0000))),
             Status::INVALID_OPCODE.with_dnr()
         );
+        let effects = effects_log(&plain);
+        assert_eq!(
+            effects[usize::from(admin::DOORBELL_BUFFER_CONFIG) * 4],
+            0,
+            "not offered, not listed"
+        );
+    }
+
+    /// The Commands Supported and Effects log page of `ctrlr`.
+    fn effects_log(ctrlr: &Controller) -> Vec<u8> {
+        use crate::nvme::log::{GetLogPageCmd, lid};
+        let mut sqe = Sqe::new(admin::GET_LOG_PAGE, 7);
+        GetLogPageCmd {
+            lid: lid::COMMAND_EFFECTS,
+            lsp: 0,
+            rae: false,
+            numd: 1023,
+            offset: 0,
+        }
+        .emit(&mut sqe);
+        match ctrlr.handle_admin(&sqe, &[], 4096, Instant::now()) {
+            AdminOutcome::Complete { cqe, data, .. } => {
+                assert_eq!(cqe.status, Status::SUCCESS);
+                data
+            }
+            other => panic!("get log page: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_effects_log_lists_the_queue_commands_and_doorbell_buffer_config() {
+        let reg = registry();
+        let ctrlr = enabled(&reg);
+        let effects = effects_log(&ctrlr);
+        for opc in [
+            admin::CREATE_IO_SQ,
+            admin::DELETE_IO_SQ,
+            admin::CREATE_IO_CQ,
+            admin::DELETE_IO_CQ,
+            admin::DOORBELL_BUFFER_CONFIG,
+        ] {
+            assert_eq!(
+                effects[usize::from(opc) * 4],
+                1,
+                "opcode {opc:#x} supported"
+            );
+        }
+        assert_eq!(effects[usize::from(admin::IDENTIFY) * 4], 1);
     }
 
     #[test]

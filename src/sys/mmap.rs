@@ -11,9 +11,9 @@ use std::ffi::c_void;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 
-use rustix::fs::{FileType, MemfdFlags};
+use rustix::fs::{FileType, MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 
 /// How a mapping may be accessed.
@@ -38,6 +38,10 @@ pub enum AccessError {
     Misaligned { offset: usize },
     #[error("the mapping is read-only")]
     ReadOnly,
+    /// The file shrank under the mapping (SIGBUS, absorbed): what was read is not the file's,
+    /// and the mapping refuses every access from now on.
+    #[error("the mapped file shrank under the mapping")]
+    FileShrank,
 }
 
 /// One `MAP_SHARED` mapping of `len` bytes of a file from `offset`, unmapped on drop.
@@ -52,6 +56,8 @@ pub struct Mapping {
     /// Bytes `mmap` mapped: `len` plus the rounding.
     base_len: usize,
     prot: MapProt,
+    /// An access faulted because the file shrank: no access is trusted any more.
+    shrunk: AtomicBool,
 }
 
 // SAFETY: a `Mapping` owns its pages; nothing about it is tied to the thread that made it, and
@@ -80,6 +86,9 @@ impl Mapping {
             if end.is_none_or(|end| end > size) {
                 return Err(invalid("mapping extends past the end of the file"));
             }
+        }
+        if let Err(err) = super::sigbus::install() {
+            tracing::warn!(%err, "cannot catch SIGBUS: a file that shrinks under a mapping kills the process");
         }
         let page = page_size();
         let delta = usize::try_from(offset % page).map_err(|_| invalid("offset"))?;
@@ -112,6 +121,7 @@ impl Mapping {
             base,
             base_len,
             prot,
+            shrunk: AtomicBool::new(false),
         })
     }
 
@@ -135,14 +145,13 @@ impl Mapping {
         // SAFETY: `offset + buf.len() <= self.len` (checked), so the source is inside the
         // mapping, which lives as long as `self`; `buf` is our own memory, never inside a
         // mapping (no reference to one exists), so the two do not overlap.
-        unsafe {
+        self.guard(|| unsafe {
             std::ptr::copy_nonoverlapping(
                 self.start.as_ptr().add(offset),
                 buf.as_mut_ptr(),
                 buf.len(),
             );
-        }
-        Ok(())
+        })
     }
 
     /// Copies `data` into the mapping at `offset`.
@@ -151,21 +160,22 @@ impl Mapping {
         self.check(offset, data.len())?;
         // SAFETY: the destination is inside the mapping (checked) and writable (PROT_WRITE,
         // checked); `data` is our own memory and does not overlap it.
-        unsafe {
+        self.guard(|| unsafe {
             std::ptr::copy_nonoverlapping(
                 data.as_ptr(),
                 self.start.as_ptr().add(offset),
                 data.len(),
             );
-        }
-        Ok(())
+        })
     }
 
     /// One aligned 32-bit volatile load at `offset` (a doorbell, a shadow doorbell).
     pub fn load_u32(&self, offset: usize) -> Result<u32, AccessError> {
         let ptr = self.dword(offset)?;
+        let mut value = 0;
         // SAFETY: `ptr` is 4-byte aligned and its 4 bytes are inside the mapping (`dword`).
-        Ok(u32::from_le(unsafe { ptr.read_volatile() }))
+        self.guard(|| value = u32::from_le(unsafe { ptr.read_volatile() }))?;
+        Ok(value)
     }
 
     /// One aligned 32-bit volatile store at `offset`: the other side sees all four bytes
@@ -174,7 +184,20 @@ impl Mapping {
         self.check_writable()?;
         let ptr = self.dword(offset)?;
         // SAFETY: `ptr` is 4-byte aligned, inside the mapping (`dword`) and writable.
-        unsafe { ptr.write_volatile(value.to_le()) };
+        self.guard(|| unsafe { ptr.write_volatile(value.to_le()) })
+    }
+
+    /// Runs an access of the pages with SIGBUS absorbed (see `sys::sigbus`): a mapping whose
+    /// file shrank fails this access and every later one.
+    fn guard(&self, access: impl FnOnce()) -> Result<(), AccessError> {
+        if self.shrunk.load(Ordering::Relaxed) {
+            return Err(AccessError::FileShrank);
+        }
+        let ((), faulted) = super::sigbus::guarded(access);
+        if faulted {
+            self.shrunk.store(true, Ordering::Relaxed);
+            return Err(AccessError::FileShrank);
+        }
         Ok(())
     }
 
@@ -245,10 +268,12 @@ pub fn full_fence() {
 }
 
 /// An anonymous memory file of `len` bytes (zeroes), closed on exec: guest memory in tests,
-/// a doorbell page a VMM can map.
+/// a doorbell page a VMM can map. Its size is sealed: whoever else gets the descriptor (a VMM)
+/// cannot shrink it under our own mapping.
 pub fn memfd(len: u64) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create("nvmf-tgt", MemfdFlags::CLOEXEC)?;
+    let fd = rustix::fs::memfd_create("nvmf-tgt", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)?;
     rustix::fs::ftruncate(&fd, len)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
     Ok(fd)
 }
 
@@ -261,6 +286,57 @@ fn page_size() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn our_memfds_cannot_shrink() {
+        let fd = memfd(8192).expect("memfd");
+        assert!(rustix::fs::ftruncate(&fd, 4096).is_err(), "size sealed");
+        assert!(rustix::fs::ftruncate(&fd, 16384).is_err(), "size sealed");
+    }
+
+    #[test]
+    fn a_file_that_shrinks_under_a_mapping_fails_accesses_instead_of_killing_us() {
+        // The VMM's file: no seals, so it can truncate it whenever it likes.
+        let fd = rustix::fs::memfd_create("vmm-ram", MemfdFlags::CLOEXEC).expect("memfd");
+        rustix::fs::ftruncate(&fd, 3 * 4096).expect("size");
+        let map = Mapping::new(&fd, 0, 3 * 4096, MapProt::ReadWrite).expect("map");
+        map.write_at(2 * 4096, b"before").expect("write");
+        rustix::fs::ftruncate(&fd, 4096).expect("shrink");
+
+        // Every kind of access to the pages past the new end: an error, not a SIGBUS.
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            map.read_at(2 * 4096, &mut buf),
+            Err(AccessError::FileShrank)
+        );
+        assert_eq!(
+            map.read_at(0, &mut buf),
+            Err(AccessError::FileShrank),
+            "never again"
+        );
+        let other = Mapping::new(&fd, 0, 4096, MapProt::ReadWrite).expect("map");
+        let fresh = || {
+            let fd = rustix::fs::memfd_create("vmm-ram", MemfdFlags::CLOEXEC).expect("memfd");
+            rustix::fs::ftruncate(&fd, 2 * 4096).expect("size");
+            let map = Mapping::new(&fd, 0, 2 * 4096, MapProt::ReadWrite).expect("map");
+            rustix::fs::ftruncate(&fd, 0).expect("shrink");
+            map
+        };
+        assert_eq!(fresh().write_at(4096, b"x"), Err(AccessError::FileShrank));
+        assert_eq!(fresh().load_u32(4096), Err(AccessError::FileShrank));
+        assert_eq!(fresh().store_u32(0, 1), Err(AccessError::FileShrank));
+        // A mapping of what is left works, and so does a SIGBUS-free thread meanwhile.
+        other.write_at(0, b"after").expect("write");
+        let mut back = [0u8; 5];
+        other.read_at(0, &mut back).expect("read");
+        assert_eq!(&back, b"after");
+        std::thread::spawn(move || {
+            let mut b = [0u8; 5];
+            other.read_at(0, &mut b).expect("read on another thread");
+        })
+        .join()
+        .expect("thread");
+    }
 
     #[test]
     fn two_mappings_of_one_file_see_each_other() {

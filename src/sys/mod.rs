@@ -1,4 +1,5 @@
-//! Small OS services: CPU pinning, CPU-time figures, eventfds and shared file mappings.
+//! Small OS services: CPU pinning, CPU-time figures, eventfds and shared file mappings (with
+//! SIGBUS absorbed when a mapped file shrinks).
 //!
 //! The crate denies `unsafe_code`; this module and its children allow it, each block with a
 //! `// SAFETY:` comment, so that raw system calls stay here behind safe functions and types.
@@ -7,6 +8,7 @@
 
 mod eventfd;
 pub mod mmap;
+mod sigbus;
 
 use std::time::Duration;
 

@@ -244,6 +244,30 @@ impl Guest {
         }
     }
 
+    /// Truncates the guest RAM file to `len` bytes under the target's mapping of it, as a
+    /// hostile or broken VMM could.
+    pub fn shrink_ram(&self, len: u64) {
+        rustix::fs::ftruncate(&self.ram, len).expect("ftruncate");
+    }
+
+    /// Maps guest RAM again (the same memfd at 0), after the VMM unmapped it.
+    pub fn remap_ram(&mut self) {
+        self.client
+            .dma_map(0, 0, RAM_SIZE, self.ram.as_raw_fd())
+            .expect("dma map");
+    }
+
+    /// Maps `size` bytes of a new memfd at guest address `iova` (a second RAM region);
+    /// returns the memfd, to read what the device wrote there even after an unmap.
+    pub fn map_region(&mut self, iova: u64, size: u64) -> OwnedFd {
+        let fd = rustix::fs::memfd_create("guest-region", MemfdFlags::CLOEXEC).expect("memfd");
+        rustix::fs::ftruncate(&fd, size).expect("ftruncate");
+        self.client
+            .dma_map(0, iova, size, fd.as_raw_fd())
+            .expect("dma map");
+        fd
+    }
+
     pub fn write_ram(&self, gpa: u64, data: &[u8]) {
         let n = rustix::io::pwrite(&self.ram, data, gpa).expect("pwrite");
         assert_eq!(n, data.len());

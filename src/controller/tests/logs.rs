@@ -27,6 +27,13 @@ fn log_pages_and_offsets() {
     assert_eq!(effects[usize::from(admin::IDENTIFY) * 4], 1);
     assert_eq!(effects[1024 + usize::from(io::WRITE) * 4], 0b11);
     assert_eq!(effects[1024 + usize::from(io::READ) * 4], 0b01);
+    for opc in [
+        admin::CREATE_IO_SQ,
+        admin::DELETE_IO_CQ,
+        admin::DOORBELL_BUFFER_CONFIG,
+    ] {
+        assert_eq!(effects[usize::from(opc) * 4], 0, "{opc:#x} is PCIe's");
+    }
     let (cqe, err) = get_log(&ctrlr, lid::ERROR, 128, 0, false);
     assert_eq!((cqe.status, err.len()), (Status::SUCCESS, 128));
 

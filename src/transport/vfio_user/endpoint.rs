@@ -183,6 +183,31 @@ impl VfioUserEndpoint {
             client.device.run_queues(&mut cx.io, now);
         }
         self.settle(alive, cx);
+        // The doorbells rung before a DMA_UNMAP were served just now; the unmap may go on.
+        self.resume_quiesced(cx, now);
+    }
+
+    /// After the device's work moved on (a command completed, buffers came): a DMA_UNMAP that
+    /// waited for the commands in flight is handled once none is.
+    fn resume_quiesced(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) {
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        if !client.conn.is_quiescing() {
+            return;
+        }
+        let alive = match client.conn.resume_quiesced(&mut client.device) {
+            Ok(ConnectionState::Open) => true,
+            Ok(ConnectionState::Closed) => false,
+            Err(err) => {
+                warn!(%err, "vfio-user protocol error; closing the VMM's connection");
+                false
+            }
+        };
+        if alive {
+            client.device.run_queues(&mut cx.io, now);
+        }
+        self.settle(alive, cx);
     }
 
     /// Keeps the client if it is alive, watching its socket for writability exactly while
@@ -238,6 +263,7 @@ impl Subscriber for VfioUserEndpoint {
                 client.device.run_queues(&mut cx.io, now);
             }
         }
+        self.resume_quiesced(cx, now);
         Flow::Continue
     }
 
@@ -245,6 +271,7 @@ impl Subscriber for VfioUserEndpoint {
         if let Some(client) = self.client.as_mut() {
             client.device.handle_io_done(done, &mut cx.io, now);
         }
+        self.resume_quiesced(cx, now);
         Flow::Continue
     }
 
@@ -261,6 +288,7 @@ impl Subscriber for VfioUserEndpoint {
                 .handle_buffers_granted(tag, credits, &mut cx.io, now),
             None => cx.io.pool.give_credits(credits),
         }
+        self.resume_quiesced(cx, now);
         Flow::Continue
     }
 

@@ -80,6 +80,9 @@ pub enum MemoryError {
     NotWritable { gpa: u64 },
     #[error("guest address {gpa:#x} is not aligned for its access")]
     Misaligned { gpa: u64 },
+    /// The VMM truncated the region's file under our mapping: the region is dead to us.
+    #[error("guest address {gpa:#x} is in a region whose file the VMM shrank")]
+    FileShrank { gpa: u64 },
 }
 
 impl MemoryError {
@@ -101,7 +104,8 @@ impl MemoryError {
             | Self::NoBacking { .. }
             | Self::NotReadable { .. }
             | Self::NotWritable { .. }
-            | Self::Misaligned { .. } => libc::EFAULT,
+            | Self::Misaligned { .. }
+            | Self::FileShrank { .. } => libc::EFAULT,
         }
     }
 }
@@ -331,6 +335,7 @@ fn access_error(err: AccessError, gpa: u64) -> MemoryError {
         AccessError::Misaligned { .. } => MemoryError::Misaligned { gpa },
         AccessError::ReadOnly => MemoryError::NotWritable { gpa },
         AccessError::OutOfBounds { .. } => MemoryError::Unmapped { gpa },
+        AccessError::FileShrank => MemoryError::FileShrank { gpa },
     }
 }
 

@@ -59,6 +59,9 @@ struct Sq {
     /// The ring became unusable (its memory was unmapped, an SQE could not be read): nothing
     /// more is fetched from it until the host recreates it.
     stopped: bool,
+    /// Its ring's memory was unmapped (DMA_UNMAP): nothing is fetched until a DMA_MAP makes
+    /// the ring whole again.
+    memory_gone: bool,
     /// The shadow tail last read (shadow doorbells, I/O queues).
     shadow_seen: u32,
 }
@@ -71,6 +74,9 @@ struct Cq {
     owed: usize,
     /// Something was posted since its interrupt last fired.
     notify: bool,
+    /// Its ring's memory was unmapped: its submission queues fetch nothing until a DMA_MAP
+    /// makes the ring whole again.
+    memory_gone: bool,
     /// The shadow head last read (shadow doorbells, I/O queues).
     shadow_seen: u32,
 }
@@ -115,6 +121,8 @@ pub struct NvmeDevice {
     unsettled: Vec<u16>,
     /// The time of the last call, for [`retry_at`](Self::retry_at).
     last_now: Option<Instant>,
+    /// A DMA_UNMAP waits for the commands in flight: nothing is fetched meanwhile.
+    quiescing: bool,
     counts: DoorbellCounts,
 }
 
@@ -178,6 +186,7 @@ impl NvmeDevice {
             shadow: None,
             unsettled: Vec::new(),
             last_now: None,
+            quiescing: false,
             counts: DoorbellCounts::default(),
         }
     }
@@ -509,12 +518,15 @@ impl NvmeDevice {
     /// Fetches and submits commands from `qid`'s ring while it has some and room for them.
     fn drain_ring(&mut self, qid: u16, cx: &mut IoCx<'_>, now: Instant) -> Drained {
         let tag_bits = self.tag_bits;
+        if self.quiescing {
+            return Drained::Done;
+        }
         let Some((sq, cq)) = queue_pair(&mut self.sqs, &mut self.cqs, qid) else {
             return Drained::Done;
         };
         cx.set_tag_prefix(qid << tag_bits);
         let mut drained = Drained::Done;
-        while !sq.stopped && !sq.ring.is_empty() {
+        while !sq.stopped && !sq.memory_gone && !cq.memory_gone && !sq.ring.is_empty() {
             // The host catches up first: it consumes completions, commands complete.
             let cq_room = cq.ring.entries() as usize - 1;
             if cq.ring.pending() as usize + cq.owed >= cq_room {
@@ -625,6 +637,7 @@ impl NvmeDevice {
                     vector,
                     owed: 0,
                     notify: false,
+                    memory_gone: false,
                     shadow_seen: 0,
                 });
                 if let Some(page) = self.doorbells.as_mut() {
@@ -661,6 +674,7 @@ impl NvmeDevice {
                     pointers: HashMap::new(),
                     owed: 0,
                     stopped: false,
+                    memory_gone: false,
                     shadow_seen: 0,
                 });
                 if let Some(page) = self.doorbells.as_mut() {
@@ -734,6 +748,57 @@ impl NvmeDevice {
         Ok(())
     }
 
+    /// After a DMA map or unmap: a queue whose ring is no longer wholly in guest memory stops
+    /// (its memory went, and nothing may touch it), one whose ring is whole again goes on.
+    fn check_queue_memory(&mut self) {
+        for (qid, sq) in self.sqs.iter_mut().enumerate() {
+            let Some(sq) = sq.as_mut() else {
+                continue;
+            };
+            let len = u64::from(sq.ring.entries()) * 64;
+            let gone = self.mem.check(sq.ring.base(), len, Prot::READ).is_err();
+            if gone != sq.memory_gone {
+                warn_memory_change(qid, "submission", gone);
+                sq.memory_gone = gone;
+            }
+        }
+        for (qid, cq) in self.cqs.iter_mut().enumerate() {
+            let Some(cq) = cq.as_mut() else {
+                continue;
+            };
+            let len = u64::from(cq.ring.entries()) * 16;
+            let gone = self.mem.check(cq.ring.base(), len, Prot::WRITE).is_err();
+            if gone != cq.memory_gone {
+                warn_memory_change(qid, "completion", gone);
+                cq.memory_gone = gone;
+            }
+        }
+        // Whatever came back runs at the end of the call; a queue still without memory
+        // fetches nothing.
+        self.ring_pending();
+    }
+
+    /// The held DMA_UNMAP was handled: fetching goes on, from every queue that has entries
+    /// (their doorbells may have rung meanwhile).
+    fn end_quiesce(&mut self) {
+        if std::mem::take(&mut self.quiescing) {
+            self.ring_pending();
+        }
+    }
+
+    /// Notes every live submission queue that may have entries, to run.
+    fn ring_pending(&mut self) {
+        for (sqid, sq) in self.sqs.iter().enumerate() {
+            let sqid = u16::try_from(sqid).unwrap_or(0);
+            if let Some(sq) = sq {
+                let shadowed = sqid != ADMIN && self.shadow.is_some();
+                if (shadowed || !sq.ring.is_empty()) && !self.rung.contains(&sqid) {
+                    self.rung.push(sqid);
+                }
+            }
+        }
+    }
+
     /// Ends a batch: buffers back to the pool, an interrupt for every completion queue that
     /// got entries.
     fn finish(&mut self, cx: &mut IoCx<'_>) {
@@ -784,6 +849,7 @@ impl NvmeDevice {
             pointers: HashMap::new(),
             owed: 0,
             stopped: false,
+            memory_gone: false,
             shadow_seen: 0,
         });
         self.cqs[0] = Some(Cq {
@@ -792,6 +858,7 @@ impl NvmeDevice {
             vector: Some(0),
             owed: 0,
             notify: false,
+            memory_gone: false,
             shadow_seen: 0,
         });
         if let Some(page) = self.doorbells.as_mut() {
@@ -991,17 +1058,33 @@ impl Device for NvmeDevice {
         let prot = Prot::from_dma_flags(map.flags).ok_or(libc::EINVAL)?;
         self.mem
             .map(map.iova, map.size, prot, fd.map(|fd| (fd, map.offset)))
-            .map_err(|err| err.to_errno())
+            .map_err(|err| err.to_errno())?;
+        self.check_queue_memory();
+        Ok(())
     }
 
     fn dma_unmap(&mut self, unmap: DmaUnmap) -> Result<(), Errno> {
-        if unmap.flags & dma_unmap_flags::ALL != 0 {
+        let result = if unmap.flags & dma_unmap_flags::ALL != 0 {
             self.mem.unmap_all();
-            return Ok(());
+            Ok(())
+        } else {
+            self.mem
+                .unmap(unmap.iova, unmap.size)
+                .map_err(|err| err.to_errno())
+        };
+        self.check_queue_memory();
+        self.end_quiesce();
+        result
+    }
+
+    fn quiesce(&mut self) -> bool {
+        // Commands the guest submitted before the unmap (their doorbells rang) are fetched
+        // first: the owner runs the queues when this call's message batch ends.
+        if !self.rung.is_empty() || !self.unsettled.is_empty() {
+            return false;
         }
-        self.mem
-            .unmap(unmap.iova, unmap.size)
-            .map_err(|err| err.to_errno())
+        self.quiescing = true;
+        self.in_flight() == 0
     }
 
     fn set_irqs(&mut self, set: IrqSet, fds: Vec<OwnedFd>) -> Result<(), Errno> {
@@ -1019,6 +1102,21 @@ impl Device for NvmeDevice {
         self.pci.reset();
         self.irqs.reset();
         Ok(())
+    }
+}
+
+/// Logs a queue whose ring left or re-entered guest memory.
+fn warn_memory_change(qid: usize, kind: &str, gone: bool) {
+    if gone {
+        warn!(
+            qid,
+            "the {kind} queue's memory was unmapped; the queue waits for it"
+        );
+    } else {
+        info!(
+            qid,
+            "the {kind} queue's memory is mapped again; the queue goes on"
+        );
     }
 }
 

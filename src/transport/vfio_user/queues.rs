@@ -33,8 +33,8 @@ pub enum PostError {
     /// The guest has not consumed enough entries: post again after its next head doorbell.
     #[error("completion queue is full")]
     Full,
-    #[error("cannot write the completion")]
-    Memory(#[source] MemoryError),
+    #[error("cannot write the completion: {0}")]
+    Memory(MemoryError),
 }
 
 /// Checks a ring of `entries` entries of `entry_len` bytes at `base` against guest memory.

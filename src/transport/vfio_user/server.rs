@@ -62,8 +62,9 @@ pub const MAX_MESSAGE_SIZE: usize =
 /// default; its ceiling is 16). More with one read closes the connection.
 pub const MAX_FDS_PER_MESSAGE: usize = 8;
 /// DMA maps a client may have at once, advertised as `max_dma_maps` (QEMU accepts at most
-/// 65535); the device enforces it.
-pub const MAX_DMA_MAPS: u32 = 1024;
+/// 65535); the device's guest memory enforces it.
+pub const MAX_DMA_MAPS: u32 = 4096;
+const _: () = assert!(MAX_DMA_MAPS as usize == super::memory::MAX_REGIONS);
 /// DMA page sizes advertised (`pgsizes`): 4 KiB.
 pub const DMA_PAGE_SIZES: u64 = 4096;
 /// Reply bytes one client may have waiting to be written. Above this, no further command is
@@ -109,6 +110,15 @@ pub trait Device {
     /// `fds` are the eventfds of DATA_EVENTFD: `set.count` of them, or none (unassign).
     fn set_irqs(&mut self, set: IrqSet, fds: Vec<OwnedFd>) -> Result<(), Errno>;
     fn reset(&mut self) -> Result<(), Errno>;
+    /// Asked before a DMA_UNMAP is handled: the device stops starting work that moves data
+    /// (fetching commands) and says whether none is in flight. While it says no, the
+    /// connection holds the DMA_UNMAP and reads nothing more; the owner calls
+    /// [`ClientConnection::resume_quiesced`] when the device's work ends. So no command that
+    /// was running when the VMM took memory away writes into it afterwards: it completes
+    /// first, with its data and completion in place.
+    fn quiesce(&mut self) -> bool {
+        true
+    }
 }
 
 /// What a connection is after a call.
@@ -154,6 +164,19 @@ pub struct ClientConnection {
     session: Session,
     /// Commands wait because too many replies do; reading resumes once they are written.
     paused: bool,
+    /// A DMA_UNMAP waits for the device to quiesce (see [`Device::quiesce`]).
+    quiescing: bool,
+}
+
+/// Why [`ClientConnection::process_input`] stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Processed {
+    /// Every whole message was handled.
+    All,
+    /// Too many replies wait.
+    OutputFull,
+    /// The next message is a DMA_UNMAP and the device has work in flight.
+    Quiescing,
 }
 
 impl std::fmt::Debug for ClientConnection {
@@ -175,6 +198,7 @@ impl ClientConnection {
             pending_fds: None,
             session: Session::new(),
             paused: false,
+            quiescing: false,
         }
     }
 
@@ -195,15 +219,20 @@ impl ClientConnection {
         &mut self,
         device: &mut dyn Device,
     ) -> Result<ConnectionState, ServerError> {
-        if self.paused {
+        if self.paused || self.quiescing {
             return Ok(ConnectionState::Open);
         }
         loop {
             match self.process_input(device) {
-                Ok(true) => {}
-                Ok(false) => {
+                Ok(Processed::All) => {}
+                Ok(Processed::OutputFull) => {
                     self.paused = true;
                     return Ok(ConnectionState::Open);
+                }
+                Ok(Processed::Quiescing) => {
+                    debug!("DMA_UNMAP waits for the commands in flight");
+                    self.quiescing = true;
+                    return self.flush();
                 }
                 Err(error) => {
                     // The last replies (an error reply to VERSION, say) go out if they can.
@@ -238,6 +267,24 @@ impl ClientConnection {
         Ok(ConnectionState::Open)
     }
 
+    /// Whether a DMA_UNMAP waits for the device's work in flight.
+    pub fn is_quiescing(&self) -> bool {
+        self.quiescing
+    }
+
+    /// The device's work in flight ended: if it is quiet now, the held DMA_UNMAP and what
+    /// follows it are handled.
+    pub fn resume_quiesced(
+        &mut self,
+        device: &mut dyn Device,
+    ) -> Result<ConnectionState, ServerError> {
+        if !self.quiescing || !device.quiesce() {
+            return Ok(ConnectionState::Open);
+        }
+        self.quiescing = false;
+        self.handle_readable(device)
+    }
+
     /// Writes as much of the queued replies as the socket takes; the rest stays queued.
     pub fn flush(&mut self) -> Result<ConnectionState, ServerError> {
         match self.session.output.flush(&self.stream) {
@@ -247,22 +294,24 @@ impl ClientConnection {
         }
     }
 
-    /// Handles the whole messages in the input buffer. `false` when it stopped because too
-    /// many replies wait.
-    fn process_input(&mut self, device: &mut dyn Device) -> Result<bool, ServerError> {
+    /// Handles the whole messages in the input buffer, until one must wait.
+    fn process_input(&mut self, device: &mut dyn Device) -> Result<Processed, ServerError> {
         loop {
             if self.session.output.pending() >= MAX_OUTPUT_BUFFERED {
                 if self.flush()? == ConnectionState::Closed {
-                    return Ok(true);
+                    return Ok(Processed::All);
                 }
                 if self.session.output.pending() >= MAX_OUTPUT_BUFFERED {
-                    return Ok(false);
+                    return Ok(Processed::OutputFull);
                 }
             }
             let Some((header, len)) = protocol::frame(self.input.unhandled(), MAX_MESSAGE_SIZE)?
             else {
-                return Ok(true);
+                return Ok(Processed::All);
             };
+            if header.command == Command::DmaUnmap && self.session.negotiated && !device.quiesce() {
+                return Ok(Processed::Quiescing);
+            }
             let fds = self.take_fds(self.input.offset);
             let start = self.input.start;
             let body = &self.input.buf[start + protocol::HEADER_LEN..start + len];
