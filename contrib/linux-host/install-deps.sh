@@ -6,6 +6,11 @@ need=()
 for p in qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2 nvme-cli fio python3 strace util-linux; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+# Building at all: rdma-sys generates its bindings (bindgen, libclang) from the verbs and
+# RDMA CM headers and links libibverbs and librdmacm; pkg-config finds them.
+for p in libibverbs-dev librdmacm-dev libclang-dev pkg-config; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq
