@@ -683,11 +683,6 @@ impl Rules<'_> {
             .help(format!(
                 "add a [transport.{kind}] section (it may be empty)"
             ));
-        } else if kind == TransportKind::Rdma {
-            self.machine(
-                pointer.to_string(),
-                format!("this build serves NVMe/TCP and vfio-user only; the {kind} listener is refused at run"),
-            );
         }
     }
 

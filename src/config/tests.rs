@@ -130,7 +130,6 @@ port = 4420
     assert_findings(
         &text,
         &[
-            "27:13 warning: this build serves NVMe/TCP and vfio-user only; the rdma listener is refused at run",
             "28:11 error: 127.0.0.1:4420 is already claimed by the tcp listener subsystem[0].listener[0]; two transports cannot share an address and port",
         ],
     );
