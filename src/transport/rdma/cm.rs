@@ -16,12 +16,14 @@ use super::connection::RdmaConnection;
 use super::device::Devices;
 use super::protocol::{CmReject, CmRequest, QueueLimits, RejectStatus, negotiate, read_depth};
 use crate::controller::ListenerAddr;
-use crate::sys::verbs::{self, CmEvent, CmEventKind, CmId, EventChannel};
+use crate::sys::verbs::{self, AsyncEvents, CmEvent, CmEventKind, CmId, Device, EventChannel};
 use crate::transport::context::Flow;
 use crate::transport::subscriber::{Readiness, Subscriber, SubscriberCx};
 
-/// The key of the event channel, the listener's one descriptor.
+/// The key of the event channel; devices' async event descriptors follow it.
 const CHANNEL: u16 = 0;
+/// Devices whose async events a listener watches, at most (a machine has a few).
+const MAX_WATCHED_DEVICES: usize = 64;
 
 /// Why a listener could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +48,17 @@ pub struct RdmaListener {
     addr: ListenerAddr,
     context: Arc<RdmaContext>,
     devices: Devices,
+    /// The async event descriptors of the devices connections came on, key `CHANNEL + 1 +
+    /// index`: port changes and fatal errors are logged (the connections they break see
+    /// their own work fail, or a disconnect, and close).
+    async_events: Vec<(String, AsyncEvents)>,
 }
 
 impl core::fmt::Debug for RdmaListener {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("RdmaListener")
             .field("addr", &self.addr)
+            .field("id", &self.id)
             .finish_non_exhaustive()
     }
 }
@@ -88,6 +95,7 @@ impl RdmaListener {
             addr,
             context,
             devices: Devices::default(),
+            async_events: Vec::new(),
         })
     }
 
@@ -113,6 +121,9 @@ impl RdmaListener {
                 let Some(id) = new_id else {
                     return;
                 };
+                if let Some(device) = id.device() {
+                    self.watch_device(device, cx);
+                }
                 match self.setup(id, &private_data, responder_resources, now) {
                     Ok(conn) => cx.hand_off(Box::new(conn)),
                     Err((mut id, status)) => {
@@ -128,6 +139,49 @@ impl RdmaListener {
                 self.devices.clear();
             }
             other => debug!(listener = %self.addr, event = ?other, "CM event on the listener"),
+        }
+    }
+
+    /// Opens a device the first time a connection comes on it, and watches its async events.
+    fn watch_device(&mut self, device: Device, cx: &mut SubscriberCx<'_>) {
+        if self.devices.knows(&device) || self.async_events.len() >= MAX_WATCHED_DEVICES {
+            return;
+        }
+        if self.devices.get_or_open(device).is_err() {
+            // Refused below, with the error logged there.
+            return;
+        }
+        let key = CHANNEL + 1 + u16::try_from(self.async_events.len()).unwrap_or(u16::MAX - 1);
+        let watched = device.async_events().and_then(|mut events| {
+            cx.register(&mut events, key, Interest::READABLE)?;
+            Ok(events)
+        });
+        match watched {
+            Ok(events) => self.async_events.push((device.name(), events)),
+            // Another listener on this reactor watches it already (EEXIST), or it cannot be:
+            // nothing is lost but the log lines.
+            Err(err) => debug!(device = %device.name(), %err, "device async events not watched"),
+        }
+    }
+
+    fn handle_async_events(&mut self, index: usize) {
+        let Some((name, events)) = self.async_events.get(index) else {
+            return;
+        };
+        loop {
+            match events.get() {
+                Ok(Some(event)) => warn!(
+                    device = %name,
+                    event = ?event.kind,
+                    element = ?event.element,
+                    "RDMA device event"
+                ),
+                Ok(None) => return,
+                Err(err) => {
+                    debug!(device = %name, %err, "reading async events failed");
+                    return;
+                }
+            }
         }
     }
 
@@ -183,7 +237,11 @@ impl Subscriber for RdmaListener {
             .inspect_err(|err| warn!(%err, listener = %self.addr, "cannot watch listener"))
     }
 
-    fn process(&mut self, _ready: Readiness, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+    fn process(&mut self, ready: Readiness, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+        if ready.key != CHANNEL {
+            self.handle_async_events(usize::from(ready.key - CHANNEL - 1));
+            return Flow::Continue;
+        }
         loop {
             match self.channel.get_event() {
                 Ok(Some(event)) => self.handle_event(event, cx, now),
@@ -202,6 +260,8 @@ impl Subscriber for RdmaListener {
 
     fn close(&mut self, cx: &mut SubscriberCx<'_>) {
         let _ = cx.deregister(&mut self.channel);
-        let _ = &self.id;
+        for (_, events) in &mut self.async_events {
+            let _ = cx.deregister(events);
+        }
     }
 }

@@ -24,6 +24,11 @@ pub struct Devices {
 }
 
 impl Devices {
+    /// Whether `device` was opened already.
+    pub fn knows(&self, device: &Device) -> bool {
+        self.by_handle.contains_key(&device.handle())
+    }
+
     /// The entry of `device`, opened (PD allocated, attributes queried) the first time.
     pub fn get_or_open(&mut self, device: Device) -> io::Result<DeviceEntry> {
         if let Some(entry) = self.by_handle.get(&device.handle()) {
