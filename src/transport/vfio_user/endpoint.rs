@@ -4,7 +4,8 @@
 //! One client at a time, as a PCI function has one host: a second VMM that connects while
 //! the first is served is closed at once. The listening socket and the client's socket are
 //! this one subscriber's descriptors; with mappable doorbells (poll mode) the reactor also
-//! polls it every turn, for the doorbell page the guest stores into.
+//! polls it every turn, for the doorbell page the guest stores into and the interrupts held
+//! for those polls (adaptive interrupts).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,6 +142,7 @@ impl VfioUserEndpoint {
             self.context.limits,
             cx.io.async_notifier(),
             doorbells,
+            self.context.adaptive_irq,
         );
         info!("VMM connected");
         self.client = Some(Client {
@@ -300,9 +302,7 @@ impl Subscriber for VfioUserEndpoint {
     }
 
     fn wants_poll(&self) -> bool {
-        self.client
-            .as_ref()
-            .is_some_and(|c| c.device.polls_doorbells())
+        self.client.as_ref().is_some_and(|c| c.device.wants_poll())
     }
 
     fn poll(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Polled {

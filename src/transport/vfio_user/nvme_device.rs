@@ -6,7 +6,8 @@
 //! tail, a CC write creates or drops the admin queue. The owner then calls
 //! [`NvmeDevice::run_queues`] once per batch of messages (with the reactor's context), which
 //! fetches the new commands, runs them, posts completions and fires each completion queue's
-//! interrupt once.
+//! interrupt once. With adaptive interrupts (polled doorbells, `irq_coalescing.rs`) an I/O
+//! completion queue's interrupt is held instead, and the polls decide when it fires.
 //!
 //! Bounds: a submission queue holds at most `entries - 1` commands in flight, and a command is
 //! fetched only when its completion queue has room for it beside every completion already
@@ -22,6 +23,7 @@ use tracing::{debug, info, trace, warn};
 
 use super::device::{Bar0Access, ConfigChange, PciDevice, region};
 use super::doorbells::{Doorbell, DoorbellPage, ShadowDoorbells};
+use super::irq_coalescing::{CqInterrupt, Posted};
 use super::memory::{GuestMemory, Prot};
 use super::msix::{Delivery, Interrupts};
 use super::protocol::{device_flags, dma_unmap_flags};
@@ -72,11 +74,13 @@ struct Cq {
     vector: Option<u16>,
     /// Completions owed by the submission queues on it.
     owed: usize,
-    /// Something was posted since its interrupt last fired.
+    /// Something was posted in this batch.
     notify: bool,
     /// Its ring's memory was unmapped: its submission queues fetch nothing until a DMA_MAP
     /// makes the ring whole again.
     memory_gone: bool,
+    /// Whether the batch's interrupt fires at once or is held for the polls.
+    irq: CqInterrupt,
     /// The shadow head last read (shadow doorbells, I/O queues).
     shadow_seen: u32,
 }
@@ -124,6 +128,10 @@ pub struct NvmeDevice {
     /// A DMA_UNMAP waits for the commands in flight: nothing is fetched meanwhile.
     quiescing: bool,
     counts: DoorbellCounts,
+    /// I/O completion queues' interrupts are adaptive: asked for, and the doorbells are polled
+    /// every turn (a doorbell page, which the declaration allows in poll mode only).
+    adaptive_irq: bool,
+    irq_counts: IrqCounts,
 }
 
 /// How doorbell writes came, for the log when the client goes.
@@ -135,6 +143,17 @@ struct DoorbellCounts {
     polled: u64,
     /// Trapped after the first polled one: a VMM that mapped the page sends none.
     trapped_after_mapped: u64,
+}
+
+/// What became of completion queues' interrupts, for the log when the client goes.
+#[derive(Debug, Default, Clone, Copy)]
+struct IrqCounts {
+    /// Fired by the batch that posted.
+    immediate: u64,
+    /// Batches whose interrupt was held (adaptive interrupts).
+    held: u64,
+    /// Held interrupts a poll fired: the host had stopped consuming.
+    fired: u64,
 }
 
 impl std::fmt::Debug for NvmeDevice {
@@ -158,13 +177,16 @@ pub fn tag_layout(max_entries: u32) -> (u32, u16) {
 impl NvmeDevice {
     /// The device of `ctrlr`; with `doorbells` (and `pci` made with mappable doorbells)
     /// BAR0's doorbell page is that page, which the owner polls
-    /// ([`poll_doorbells`](Self::poll_doorbells)).
+    /// ([`poll_doorbells`](Self::poll_doorbells)) every turn. `adaptive_irq` holds I/O
+    /// completion queues' interrupts for those polls to fire; without `doorbells` nothing
+    /// promises a poll, and every batch fires at once.
     pub fn new(
         ctrlr: Arc<Controller>,
         pci: PciDevice,
         limits: TransportLimits,
         notifier: AsyncNotifier,
         doorbells: Option<DoorbellPage>,
+        adaptive_irq: bool,
     ) -> Self {
         let (tag_bits, max_qid) = tag_layout(limits.max_queue_depth);
         let max_qid = max_qid.min(super::doorbells::MAX_QID);
@@ -172,6 +194,7 @@ impl NvmeDevice {
         let queues = io_queues.min(usize::from(max_qid)) + 1;
         ctrlr.set_async_event_notifier(notifier);
         let irqs = Interrupts::new(pci.params().msix_vectors);
+        let adaptive_irq = adaptive_irq && doorbells.is_some();
         Self {
             ctrlr,
             pci,
@@ -188,6 +211,8 @@ impl NvmeDevice {
             last_now: None,
             quiescing: false,
             counts: DoorbellCounts::default(),
+            adaptive_irq,
+            irq_counts: IrqCounts::default(),
         }
     }
 
@@ -197,6 +222,14 @@ impl NvmeDevice {
         self.doorbells.is_some() || self.shadow.is_some()
     }
 
+    /// The owner is to call [`poll_doorbells`](Self::poll_doorbells) every turn: the doorbells
+    /// are polled, or a completion queue has a held interrupt, which only a poll fires
+    /// (adaptive interrupts need the doorbell page, so the first holds whenever the second
+    /// does; the second is asked only to say so).
+    pub fn wants_poll(&self) -> bool {
+        self.polls_doorbells() || self.cqs.iter().flatten().any(|cq| cq.irq.is_held())
+    }
+
     /// When the owner is to call [`run_queues`](Self::run_queues) although nothing rang: a
     /// shadowed queue was still moving when its turn ended.
     pub fn retry_at(&self) -> Option<Instant> {
@@ -204,8 +237,9 @@ impl NvmeDevice {
     }
 
     /// Looks at the mapped doorbell and the shadow doorbells of every live queue: each one the
-    /// guest moved is taken as a trapped write would be, then the queues run. Returns how many
-    /// moved.
+    /// guest moved is taken as a trapped write would be; held interrupts fire where the host's
+    /// head stalled since the last poll (so a completion posted at this turn is judged at the
+    /// next); then the queues run. Returns how many doorbells moved and interrupts fired.
     pub fn poll_doorbells(&mut self, cx: &mut IoCx<'_>, now: Instant) -> u64 {
         let mut moved = 0;
         if self.doorbells.is_some() {
@@ -234,10 +268,33 @@ impl NvmeDevice {
             }
         }
         moved += self.poll_shadows();
+        let fired = self.poll_held_interrupts();
         if moved > 0 || !self.unsettled.is_empty() {
             self.run_queues(cx, now);
         }
-        moved
+        moved + fired
+    }
+
+    /// One poll of every adaptive completion queue's interrupt, with the head just taken from
+    /// the doorbells (or shadows): fires those whose host stopped consuming. Returns how many
+    /// fired.
+    fn poll_held_interrupts(&mut self) -> u64 {
+        if !self.adaptive_irq {
+            return 0;
+        }
+        let mut fired = 0;
+        for cq in self.cqs.iter_mut().skip(1).flatten() {
+            let Some(vector) = cq.vector.filter(|_| cq.irq.is_adaptive()) else {
+                continue;
+            };
+            if cq.irq.poll_fire(cq.ring.head(), cq.ring.tail()) {
+                trace!(vector, "a held interrupt fires: the host stopped consuming");
+                fire(&mut self.irqs, vector);
+                fired += 1;
+            }
+        }
+        self.irq_counts.fired += fired;
+        fired
     }
 
     /// Takes the shadow doorbells the host moved, and notes their queues to run; how many
@@ -352,6 +409,14 @@ impl NvmeDevice {
             polled = counts.polled,
             trapped_after_mapped = counts.trapped_after_mapped,
             "doorbell writes"
+        );
+        let irqs = self.irq_counts;
+        info!(
+            adaptive = self.adaptive_irq,
+            immediate = irqs.immediate,
+            held = irqs.held,
+            fired = irqs.fired,
+            "completion interrupts"
         );
         self.ctrlr.tear_down();
         Arc::clone(&self.ctrlr)
@@ -638,6 +703,7 @@ impl NvmeDevice {
                     owed: 0,
                     notify: false,
                     memory_gone: false,
+                    irq: CqInterrupt::new(qid, self.adaptive_irq),
                     shadow_seen: 0,
                 });
                 if let Some(page) = self.doorbells.as_mut() {
@@ -800,17 +866,22 @@ impl NvmeDevice {
     }
 
     /// Ends a batch: buffers back to the pool, an interrupt for every completion queue that
-    /// got entries.
+    /// got entries, fired now or held for the polls (adaptive interrupts).
     fn finish(&mut self, cx: &mut IoCx<'_>) {
         self.give_spent(cx);
         for cq in self.cqs.iter_mut().flatten() {
-            if std::mem::take(&mut cq.notify) {
-                if let Some(vector) = cq.vector {
-                    match self.irqs.trigger(vector) {
-                        Ok(Delivery::Signalled | Delivery::Pending | Delivery::Suppressed) => {}
-                        Err(err) => warn!(vector, error = %err, "cannot signal an interrupt"),
-                    }
+            if !std::mem::take(&mut cq.notify) {
+                continue;
+            }
+            let Some(vector) = cq.vector else {
+                continue;
+            };
+            match cq.irq.handle_posted() {
+                Posted::Fire => {
+                    fire(&mut self.irqs, vector);
+                    self.irq_counts.immediate += 1;
                 }
+                Posted::Held => self.irq_counts.held += 1,
             }
         }
     }
@@ -859,6 +930,7 @@ impl NvmeDevice {
             owed: 0,
             notify: false,
             memory_gone: false,
+            irq: CqInterrupt::new(ADMIN, self.adaptive_irq),
             shadow_seen: 0,
         });
         if let Some(page) = self.doorbells.as_mut() {
@@ -1117,6 +1189,14 @@ fn warn_memory_change(qid: usize, kind: &str, gone: bool) {
             qid,
             "the {kind} queue's memory is mapped again; the queue goes on"
         );
+    }
+}
+
+/// Raises a completion queue's `vector` (masked, it waits in the PBA).
+fn fire(irqs: &mut Interrupts, vector: u16) {
+    match irqs.trigger(vector) {
+        Ok(Delivery::Signalled | Delivery::Pending | Delivery::Suppressed) => {}
+        Err(err) => warn!(vector, error = %err, "cannot signal an interrupt"),
     }
 }
 
