@@ -793,3 +793,172 @@ fn disabled_shadow_doorbells_are_not_offered() {
     drop(g);
     assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
 }
+
+/// Keeps `depth` reads in flight on queue 1 until `total` have completed, taking each
+/// completion as soon as its phase bit shows (spinning, never waiting for an interrupt) and
+/// ringing the head for every one, as a driver polling its queue does; returns the interrupts
+/// vector 1 got meanwhile.
+fn consume(g: &mut Guest, depth: usize, total: usize) -> u64 {
+    g.interrupts(1);
+    let mut submitted = 0;
+    let submit = |g: &mut Guest, submitted: &mut usize| {
+        let slot = (*submitted % depth) as u64;
+        let cid = g.next_cid();
+        let mut cmd = rw(0x02, slot * 8, 8, DATA + slot * PAGE, 0);
+        cmd[2..4].copy_from_slice(&cid.to_le_bytes());
+        g.submit(1, &cmd);
+        *submitted += 1;
+    };
+    while submitted < depth.min(total) {
+        submit(g, &mut submitted);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = 0;
+    let mut spins = 0u32;
+    while done < total {
+        if let Some(c) = g.take_completion(1) {
+            assert_eq!(c.status, 0, "completion {done}: {c:?}");
+            done += 1;
+            if submitted < total {
+                submit(g, &mut submitted);
+            }
+            continue;
+        }
+        spins = spins.wrapping_add(1);
+        if spins % 4096 == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{done} of {total} completions came"
+            );
+        }
+        std::hint::spin_loop();
+    }
+    g.interrupts(1)
+}
+
+/// A count `key=N` of the target's `completion interrupts` line at disconnect.
+fn irq_count(line: &str, key: &str) -> u64 {
+    let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {line}"))
+}
+
+/// The target's `completion interrupts` line, logged when the VMM goes.
+fn irq_line(t: &mut VfioTarget) -> String {
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+    let log = plain(&t.target.log());
+    log.lines()
+        .find(|l| l.contains("completion interrupts"))
+        .unwrap_or_else(|| panic!("the interrupt counts at disconnect:\n{log}"))
+        .to_owned()
+}
+
+/// A guest in poll mode with mapped doorbells (and its RAM and doorbells mapped into the
+/// test, so it sees completions and stores its head as fast as a vCPU), one I/O queue pair on
+/// vector 1.
+fn fast_guest(t: &VfioTarget) -> Guest {
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    g.map_doorbells();
+    g.map_memory();
+    g.create_io_queues(1, 1);
+    g
+}
+
+#[test]
+fn adaptive_interrupts_wait_while_the_guest_consumes_and_fire_when_it_stops() {
+    let mut t = start_with(
+        false,
+        "disable_mappable_bar0 = false",
+        "ram = { size = \"16MiB\" }",
+    );
+    let mut g = fast_guest(&t);
+
+    // Eight reads with one ring of the tail: one batch. The guest does not touch the CQ head
+    // and waits for the interrupt, which a later poll fires when it sees the head stay put.
+    let cids: Vec<u16> = (0..8u64)
+        .map(|i| {
+            let cid = g.next_cid();
+            let mut cmd = rw(0x02, i * 8, 8, DATA + i * PAGE, 0);
+            cmd[2..4].copy_from_slice(&cid.to_le_bytes());
+            g.submit_held(1, &cmd);
+            cid
+        })
+        .collect();
+    let tail = u32::from(g.sq_tail(1));
+    g.kick(1, tail);
+    assert!(
+        g.wait_interrupt_count(1, Duration::from_secs(5)) == Some(1),
+        "one interrupt for the batch, the head untouched"
+    );
+    let mut got: Vec<u16> = (0..8)
+        .map(|i| {
+            let c = g
+                .take_completion(1)
+                .unwrap_or_else(|| panic!("completion {i} is there with the interrupt"));
+            assert_eq!(c.status, 0, "{c:?}");
+            c.cid
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, cids);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(g.interrupts(1), 0, "consumed: nothing more is owed");
+
+    // A guest that keeps consuming (one command at a time, then sixteen in flight) is not
+    // interrupted for every batch: the head it moves says it is looking. It is interrupted
+    // only when it lags a whole turn behind (descheduled, say).
+    let qd1 = consume(&mut g, 1, 5000);
+    let qd16 = consume(&mut g, 16, 20_000);
+    eprintln!("adaptive: {qd1} interrupts for 5000 completions at depth 1, {qd16} for 20000 at 16");
+    assert!(
+        qd1 * 5 < 5000,
+        "{qd1} interrupts for 5000 completions at depth 1"
+    );
+    assert!(qd16 * 5 < 20_000, "{qd16} interrupts for 20000 at depth 16");
+    drop(g);
+    let line = irq_line(&mut t);
+    assert!(line.contains("adaptive=true"), "{line}");
+    assert!(irq_count(&line, "fired=") >= 1, "{line}");
+    assert!(
+        irq_count(&line, "held=") >= 5000,
+        "every I/O batch was held: {line}"
+    );
+}
+
+/// Where interrupts are not adaptive, every batch fires at once: one interrupt per
+/// completion for a guest that keeps one command in flight, however fast it consumes.
+fn interrupts_per_batch(interrupt_mode: bool, vfiouser: &str) {
+    let mut t = start_with(interrupt_mode, vfiouser, "ram = { size = \"16MiB\" }");
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    if !interrupt_mode && vfiouser.contains("disable_mappable_bar0 = false") {
+        g.map_doorbells();
+    }
+    g.map_memory();
+    g.create_io_queues(1, 1);
+    let n = 500;
+    assert_eq!(consume(&mut g, 1, n), n as u64, "one interrupt per batch");
+    drop(g);
+    let line = irq_line(&mut t);
+    assert!(line.contains("adaptive=false"), "{line}");
+    assert_eq!(irq_count(&line, "held="), 0, "{line}");
+    assert_eq!(irq_count(&line, "fired="), 0, "{line}");
+}
+
+#[test]
+fn disabled_adaptive_interrupts_fire_once_per_batch_in_poll_mode() {
+    interrupts_per_batch(
+        false,
+        "disable_mappable_bar0 = false\ndisable_adaptive_irq = true",
+    );
+}
+
+#[test]
+fn interrupts_are_not_adaptive_in_interrupt_mode_or_with_trapped_doorbells() {
+    interrupts_per_batch(true, "disable_mappable_bar0 = true");
+    interrupts_per_batch(false, "disable_mappable_bar0 = true");
+}
