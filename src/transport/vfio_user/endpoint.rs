@@ -19,7 +19,7 @@ use super::VfioUserContext;
 use super::device::{PciDevice, PciParams};
 use super::doorbells::DoorbellPage;
 use super::nvme_device::NvmeDevice;
-use super::server::{ClientConnection, ConnectionState};
+use super::server::{ClientConnection, ConnectionState, ServerError};
 use crate::backend::IoDone;
 use crate::controller::{ListenerAddr, PcieParams};
 use crate::transport::context::Flow;
@@ -169,17 +169,10 @@ impl VfioUserEndpoint {
         };
         let mut alive = true;
         if ready.writable {
-            alive = client.conn.handle_writable(&mut client.device).is_ok();
+            alive = stays_open(client.conn.handle_writable(&mut client.device));
         }
         if alive && (ready.readable || ready.read_closed || ready.error) {
-            alive = match client.conn.handle_readable(&mut client.device) {
-                Ok(ConnectionState::Open) => true,
-                Ok(ConnectionState::Closed) => false,
-                Err(err) => {
-                    warn!(%err, "vfio-user protocol error; closing the VMM's connection");
-                    false
-                }
-            };
+            alive = stays_open(client.conn.handle_readable(&mut client.device));
         }
         if alive {
             client.device.run_queues(&mut cx.io, now);
@@ -198,14 +191,7 @@ impl VfioUserEndpoint {
         if !client.conn.is_quiescing() {
             return;
         }
-        let alive = match client.conn.resume_quiesced(&mut client.device) {
-            Ok(ConnectionState::Open) => true,
-            Ok(ConnectionState::Closed) => false,
-            Err(err) => {
-                warn!(%err, "vfio-user protocol error; closing the VMM's connection");
-                false
-            }
-        };
+        let alive = stays_open(client.conn.resume_quiesced(&mut client.device));
         if alive {
             client.device.run_queues(&mut cx.io, now);
         }
@@ -351,4 +337,17 @@ fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
         ));
     }
     std::fs::remove_file(path)
+}
+
+/// Whether the VMM's connection goes on after a call: not when it hung up, nor after a
+/// protocol error (logged).
+fn stays_open(result: Result<ConnectionState, ServerError>) -> bool {
+    match result {
+        Ok(ConnectionState::Open) => true,
+        Ok(ConnectionState::Closed) => false,
+        Err(err) => {
+            warn!(%err, "vfio-user protocol error; closing the VMM's connection");
+            false
+        }
+    }
 }
