@@ -215,10 +215,46 @@ fn a_hostile_guest_gets_statuses_and_the_target_serves_on() {
     );
 
     // Doorbells of queues that do not exist, and a tail past the end of the admin queue, are
-    // ignored; the admin queue serves on.
+    // ignored and reported as Error asynchronous events (one until the host reads the Error
+    // Information log); the admin queue serves on.
+    let aer = |g: &mut Guest| {
+        let mut aer = sqe(0x0C, 0, 0, 0, [0; 6]);
+        let cid = g.next_cid();
+        aer[2..4].copy_from_slice(&cid.to_le_bytes());
+        g.submit(0, &aer);
+        cid
+    };
+    let cid = aer(&mut g);
     g.write_reg32(0x1000 + 8 * 5, 1);
+    let c = g.wait_completion(0, Some(0));
+    assert_eq!(
+        (c.cid, c.status, c.dw0),
+        (cid, 0, 0x0001_0000),
+        "Error event: write to invalid doorbell register, log page 01h"
+    );
+    let cid = aer(&mut g);
     g.write_reg32(0x1000 + 8 * 2 + 4, 7);
     g.write_reg32(0x1000, 1000);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        g.take_completion(0).is_none(),
+        "no second event before the log is read"
+    );
+    let c = g.admin(sqe(
+        0x02,
+        0,
+        IDENTIFY,
+        0,
+        [0x01 | (15 << 16), 0, 0, 0, 0, 0],
+    ));
+    assert_eq!(c.status, 0, "Error Information log: {c:?}");
+    g.write_reg32(0x1000, 1000);
+    let c = g.wait_completion(0, Some(0));
+    assert_eq!(
+        (c.cid, c.status, c.dw0),
+        (cid, 0, 0x0001_0100),
+        "Error event: invalid doorbell write value"
+    );
     let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
     assert_eq!(c.status, 0, "identify after junk doorbells: {c:?}");
 

@@ -31,7 +31,9 @@ use super::prp::{self, Segment};
 use super::queues::{CompletionRing, SubmissionRing};
 use super::server::{Device, DeviceInfo, DmaMap, DmaUnmap, Errno, IrqInfo, IrqSet, RegionInfo};
 use crate::backend::IoDone;
-use crate::controller::{Controller, QueueEpoch, QueueRequest, RegisterEffect, TransportLimits};
+use crate::controller::{
+    Controller, InvalidDoorbell, QueueEpoch, QueueRequest, RegisterEffect, TransportLimits,
+};
 use crate::nvme::properties::PropertySize;
 use crate::nvme::{Cqe, Status};
 use crate::transport::buffer_pool::DataBuf;
@@ -963,8 +965,21 @@ impl NvmeDevice {
     /// the ring refuses changes nothing. With shadow doorbells, an I/O queue's doorbell only
     /// says "look at the shadows" (the host wrote its value there first, and may have moved
     /// it again since): every shadowed queue runs, and takes its shadow values.
+    /// A write to the doorbell of a queue that does not exist, or a value its ring refuses,
+    /// is reported to the host as an Error asynchronous event (Write to Invalid Doorbell
+    /// Register, Invalid Doorbell Write Value), as a PCIe controller does.
     fn doorbell(&mut self, doorbell: Doorbell, value: u32) {
         let (Doorbell::SqTail(qid) | Doorbell::CqHead(qid)) = doorbell;
+        let exists = match doorbell {
+            Doorbell::SqTail(_) => self.sqs.get(usize::from(qid)).is_some_and(Option::is_some),
+            Doorbell::CqHead(_) => self.cqs.get(usize::from(qid)).is_some_and(Option::is_some),
+        };
+        if !exists {
+            debug!(qid, ?doorbell, "doorbell of a queue that does not exist");
+            self.ctrlr
+                .report_invalid_doorbell(InvalidDoorbell::Register);
+            return;
+        }
         if qid != ADMIN && self.shadow.is_some() {
             self.ring_shadowed();
             return;
@@ -972,11 +987,11 @@ impl NvmeDevice {
         match doorbell {
             Doorbell::SqTail(qid) => {
                 let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
-                    debug!(qid, "doorbell of a queue that does not exist");
                     return;
                 };
                 if let Err(err) = sq.ring.set_tail(value) {
                     warn!(qid, value, error = %err, "invalid submission queue doorbell write");
+                    self.ctrlr.report_invalid_doorbell(InvalidDoorbell::Value);
                     return;
                 }
                 if !self.rung.contains(&qid) {
@@ -985,11 +1000,11 @@ impl NvmeDevice {
             }
             Doorbell::CqHead(qid) => {
                 let Some(cq) = self.cqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
-                    debug!(qid, "doorbell of a queue that does not exist");
                     return;
                 };
                 if let Err(err) = cq.ring.set_head(value) {
                     warn!(qid, value, error = %err, "invalid completion queue doorbell write");
+                    self.ctrlr.report_invalid_doorbell(InvalidDoorbell::Value);
                     return;
                 }
                 // Room in the completion queue: submission queues that waited for it go on.
