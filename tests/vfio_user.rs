@@ -28,11 +28,16 @@ fn start(interrupt_mode: bool, namespace: &str) -> VfioTarget {
 /// A target in interrupt or poll mode with `vfiouser` in `[transport.vfiouser]`
 /// (`disable_mappable_bar0 = false` offers BAR0's doorbell page for mapping, poll mode only).
 fn start_with(interrupt_mode: bool, vfiouser: &str, namespace: &str) -> VfioTarget {
+    start_target(interrupt_mode, "", vfiouser, namespace)
+}
+
+/// As [`start_with`], with `target` added to `[target]` (`busy_poll_us = N`).
+fn start_target(interrupt_mode: bool, target: &str, vfiouser: &str, namespace: &str) -> VfioTarget {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let vfio_dir = dir.path().join("vm0");
     let config = format!(
-        "[target]\ninterrupt_mode = {interrupt_mode}\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n\n\
+        "[target]\ninterrupt_mode = {interrupt_mode}\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n{target}\n\n\
          [transport.tcp]\n\n\
          [transport.vfiouser]\n{vfiouser}\n\n\
          [[subsystem]]\nnqn = \"{SUBNQN}\"\nallow_any_host = true\n\n\
@@ -636,7 +641,14 @@ fn read_check(g: &mut Guest, lba: u64, page: u64, want: &[u8], what: &str) {
 
 #[test]
 fn shadow_doorbells_ring_only_when_the_event_index_asks() {
-    let mut t = start(true, "ram = { size = \"16MiB\" }");
+    // No busy-poll window: the reactor sleeps as soon as a turn finds nothing, so every
+    // queue is armed after it is served and nothing is polled.
+    let mut t = start_target(
+        true,
+        "busy_poll_us = 0",
+        "disable_mappable_bar0 = true",
+        "ram = { size = \"16MiB\" }",
+    );
     let mut g = Guest::connect(&t.socket, 2);
     g.enable();
     let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
@@ -741,6 +753,12 @@ fn shadow_doorbells_ring_only_when_the_event_index_asks() {
 /// target's EventIdx store (so the guest saw the old one and did not ring) must be found by
 /// the target's second look. In interrupt mode a miss is a command never served.
 fn shadow_bursts(g: &mut Guest, bursts: usize) {
+    shadow_bursts_pausing(g, bursts, Duration::ZERO);
+}
+
+/// [`shadow_bursts`] with a pause of up to `pause` (random) before each burst: bursts that
+/// come while the reactor busy-polls, as it arms the queues to sleep, and after it slept.
+fn shadow_bursts_pausing(g: &mut Guest, bursts: usize, pause: Duration) {
     let mut seed = 0x2545_F491_u32;
     let mut next = || {
         seed ^= seed << 13;
@@ -749,7 +767,15 @@ fn shadow_bursts(g: &mut Guest, bursts: usize) {
         seed
     };
     let mut served = 0;
+    let pause_ns = u32::try_from(pause.as_nanos()).expect("a short pause");
     for burst in 0..bursts {
+        if pause_ns > 0 {
+            let ns = next() % pause_ns;
+            let until = Instant::now() + Duration::from_nanos(u64::from(ns));
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
         let n = 1 + (next() % 8) as usize;
         for _ in 0..n {
             let cid = g.next_cid();
@@ -781,16 +807,128 @@ fn shadow_bursts(g: &mut Guest, bursts: usize) {
 
 #[test]
 fn a_submission_that_races_the_event_index_is_served() {
-    let mut t = start(true, "ram = { size = \"16MiB\" }");
+    // Without a busy-poll window (every serve arms the queue) and with the default one.
+    for busy_poll in ["busy_poll_us = 0", ""] {
+        let mut t = start_target(
+            true,
+            busy_poll,
+            "disable_mappable_bar0 = true",
+            "ram = { size = \"16MiB\" }",
+        );
+        let mut g = Guest::connect(&t.socket, 2);
+        g.enable();
+        assert_eq!(g.config_shadow().status, 0);
+        g.create_io_queues(1, 1);
+        shadow_bursts(&mut g, 2000);
+        let (rings, quiet) = (g.rings, g.quiet);
+        drop(g);
+        assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+        eprintln!("interrupt mode, {busy_poll:?}: {rings} rings, {quiet} quiet updates");
+    }
+}
+
+/// The `key=N` count of the target's log line that contains `what`, logged when the VMM goes.
+fn log_count(t: &VfioTarget, what: &str, key: &str) -> u64 {
+    let log = plain(&t.target.log());
+    let line = log
+        .lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("{what} in the log:\n{log}"));
+    irq_count(line, key)
+}
+
+#[test]
+fn while_the_reactor_busy_polls_the_guest_does_not_ring_and_it_arms_the_queues_to_sleep() {
+    // A busy-poll window far longer than the guest's round trip: it stays open while the
+    // guest works, and closes when the guest stops.
+    let window = Duration::from_millis(200);
+    let mut t = start_target(
+        true,
+        "busy_poll_us = 200000",
+        "disable_mappable_bar0 = true",
+        "ram = { size = \"16MiB\" }",
+    );
     let mut g = Guest::connect(&t.socket, 2);
     g.enable();
     assert_eq!(g.config_shadow().status, 0);
     g.create_io_queues(1, 1);
-    shadow_bursts(&mut g, 2000);
+
+    // 150 reads one at a time through 64-entry queues, each a round trip inside the window:
+    // the polls find every shadow tail and head, EventIdx is parked, and the guest rings
+    // only when a value wraps past the end of its ring (twice for the tail, twice for the
+    // head), not once per command.
+    let data = pattern(4096, 91);
+    g.write_ram(DATA, &data);
+    let c = g.io(1, rw(0x01, 0, 8, DATA, 0));
+    assert_eq!(c.status, 0, "write: {c:?}");
+    for i in 0..150 {
+        read_check(&mut g, 0, DATA + PAGE, &data, &format!("read {i}"));
+    }
+    assert_eq!(g.event_idx(2), u32::MAX, "EventIdx parked while polled");
+    assert!(
+        g.rings <= 6 && g.quiet >= 296,
+        "{} rings, {} quiet updates for 151 commands",
+        g.rings,
+        g.quiet
+    );
+
+    // The guest stops; the window closes, the reactor arms the queue (EventIdx = the tail it
+    // took) and sleeps; the next submission rings, and is served.
+    std::thread::sleep(window * 2);
+    let tail = u32::from(g.sq_tail(1));
+    assert_eq!(g.event_idx(2), tail, "armed to sleep");
+    let rings = g.rings;
+    read_check(&mut g, 0, DATA + 2 * PAGE, &data, "after the reactor slept");
+    assert_eq!(g.rings, rings + 1, "that submission rang");
+
+    // Asleep with shadows configured, the reactor costs nothing.
+    std::thread::sleep(window * 2);
+    let before = t.target.cpu_time();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = t.target.cpu_time().saturating_sub(before);
+    assert!(
+        used < Duration::from_millis(30),
+        "{used:?} of CPU in an idle second"
+    );
+    drop(g);
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+    assert!(log_count(&t, "shadow doorbells polled", "armed=") >= 2);
+}
+
+#[test]
+fn submissions_that_race_the_end_of_the_busy_poll_window_are_served() {
+    // A fast guest (its RAM mapped) whose bursts come after random pauses of up to three
+    // windows: some while the reactor polls, some as it arms the queue to sleep, some after.
+    let mut t = start_target(
+        true,
+        "busy_poll_us = 50",
+        "disable_mappable_bar0 = true",
+        "ram = { size = \"16MiB\" }",
+    );
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    g.map_memory();
+    assert_eq!(g.config_shadow().status, 0);
+    g.create_io_queues(1, 1);
+    shadow_bursts_pausing(&mut g, 5000, Duration::from_micros(150));
     let (rings, quiet) = (g.rings, g.quiet);
     drop(g);
     assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
-    eprintln!("interrupt mode: {rings} rings, {quiet} quiet updates");
+    let (parked, armed, raced) = (
+        log_count(&t, "shadow doorbells polled", "parked="),
+        log_count(&t, "shadow doorbells polled", "armed="),
+        log_count(&t, "shadow doorbells polled", "raced="),
+    );
+    eprintln!(
+        "{rings} rings, {quiet} quiet updates; parked {parked} times, armed {armed}, \
+         {raced} raced the arming"
+    );
+    assert!(rings > 0, "some bursts came to a sleeping reactor");
+    assert!(
+        armed > 100,
+        "the reactor slept between bursts: armed {armed} times"
+    );
+    assert!(parked >= armed);
 }
 
 #[test]

@@ -101,6 +101,7 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
             // As SPDK: in interrupt mode nothing promises the later turn a held interrupt
             // needs, whatever the key says.
             !vfio.disable_adaptive_irq && !config.target.interrupt_mode,
+            config.target.interrupt_mode,
         )),
     };
     let mut listeners = Vec::new();

@@ -25,6 +25,12 @@
 //! full fence between ([`ShadowDoorbells::rearm`]): a host that stored T + 1 before it could
 //! see EventIdx T did not ring, and that read finds it. The admin queue is never shadowed
 //! (Linux and SPDK leave it to its doorbell).
+//!
+//! While an interrupt-mode reactor busy-polls, the shadows are polled and EventIdx is parked
+//! at [`EVENT_IDX_PARKED`], where a host's ring is asked for only when its value wraps (once
+//! a lap); before the reactor sleeps every queue is armed again with `rearm`, which is what
+//! makes a submission that raced the switch found (SPDK parks EventIdx the same way while it
+//! polls, `NVMF_VFIO_USER_EVENTIDX_POLL`).
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -39,6 +45,11 @@ use crate::sys::mmap::{MapProt, Mapping, acquire_fence, full_fence, memfd};
 pub const PAGE_LEN: usize = 0x1000;
 /// The highest queue ID the page has doorbells for: two dwords a queue (CAP.DSTRD 0).
 pub const MAX_QID: u16 = 511;
+/// The EventIdx of a queue whose shadow is polled: above every index of a ring, so a host
+/// moving its value forward never passes it; only a move across the ring's end (a lap, new
+/// below old) asks for a ring (`(u16)(new - 0xFFFF - 1) = new < (u16)(new - old)` exactly
+/// when new < old). The host reads the dword as a `u16`.
+pub const EVENT_IDX_PARKED: u32 = u32::MAX;
 
 /// One doorbell (NVMe Base 2.0, 3.1.4.22 and 3.1.4.23, with CAP.DSTRD 0): SQ y's tail at
 /// 8y, CQ y's head at 8y + 4 from the start of the doorbells.
@@ -200,6 +211,12 @@ impl ShadowDoorbells {
         if let Some(gpa) = Self::at(self.event_idx, doorbell) {
             mem.store(gpa, value);
         }
+    }
+
+    /// The shadow of `doorbell` is polled: its EventIdx is parked where the host does not
+    /// ring for it (but once a lap, see [`EVENT_IDX_PARKED`]).
+    pub fn park(&self, mem: &impl GuestDwords, doorbell: Doorbell) {
+        self.publish(mem, doorbell, EVENT_IDX_PARKED);
     }
 
     /// A queue was served up to `consumed` (an SQ's tail, a CQ's head): publishes EventIdx =
@@ -374,6 +391,152 @@ mod shadow_tests {
         // Across the wrap of a 64-entry queue: 63 -> 1 passes EventIdx 63 and 0.
         assert!(need_event(63, 1, 63));
         assert!(need_event(0, 1, 63));
+    }
+
+    #[test]
+    fn a_parked_event_index_asks_for_a_ring_only_across_the_end_of_the_ring() {
+        let parked = u16::try_from(EVENT_IDX_PARKED & 0xFFFF).expect("u16");
+        for entries in [2u16, 33, 64, 1024, 4096] {
+            for old in 0..entries {
+                // Every batch a host may submit at once: 1 to entries - 1 commands.
+                for n in 1..entries {
+                    let new = (old + n) % entries;
+                    assert_eq!(
+                        need_event(parked, new, old),
+                        new < old,
+                        "{entries} entries, {old} -> {new}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// One step of a host that submits by Linux's rule: its shadow store, then (after its
+    /// full fence) its EventIdx load and the decision to ring.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum HostOp {
+        StoreShadow,
+        LoadEventIdx,
+    }
+
+    /// Guest dwords under a schedule: before the target's memory operation number `at` (0:
+    /// its first), the host steps scheduled there run. Every operation is sequentially
+    /// consistent, which is what the full fences on both sides give.
+    struct Scheduled {
+        words: RefCell<HashMap<u64, u32>>,
+        ops: std::cell::Cell<usize>,
+        plan: RefCell<Vec<(usize, HostOp)>>,
+        shadow_at: u64,
+        event_idx_at: u64,
+        new: u32,
+        old: u32,
+        rang: std::cell::Cell<Option<bool>>,
+    }
+
+    impl Scheduled {
+        fn run_due(&self, upto: usize) {
+            loop {
+                let step = {
+                    let mut plan = self.plan.borrow_mut();
+                    match plan.first() {
+                        Some(&(at, step)) if at <= upto => {
+                            plan.remove(0);
+                            step
+                        }
+                        _ => return,
+                    }
+                };
+                let mut words = self.words.borrow_mut();
+                match step {
+                    HostOp::StoreShadow => {
+                        words.insert(self.shadow_at, self.new);
+                    }
+                    HostOp::LoadEventIdx => {
+                        let event_idx = words.get(&self.event_idx_at).copied().unwrap_or(0);
+                        let ring = need_event(
+                            (event_idx & 0xFFFF) as u16,
+                            u16::try_from(self.new).expect("u16"),
+                            u16::try_from(self.old).expect("u16"),
+                        );
+                        self.rang.set(Some(ring));
+                    }
+                }
+            }
+        }
+
+        fn before_op(&self) {
+            let op = self.ops.get();
+            self.run_due(op);
+            self.ops.set(op + 1);
+        }
+    }
+
+    impl GuestDwords for Scheduled {
+        fn load(&self, gpa: u64) -> Option<u32> {
+            self.before_op();
+            Some(self.words.borrow().get(&gpa).copied().unwrap_or(0))
+        }
+
+        fn store(&self, gpa: u64, value: u32) -> bool {
+            self.before_op();
+            self.words.borrow_mut().insert(gpa, value);
+            true
+        }
+    }
+
+    #[test]
+    fn arming_a_parked_queue_loses_no_submission_at_any_interleaving() {
+        // The polls served SQ 1 up to tail 4 with EventIdx parked; the reactor is about to
+        // sleep and arms it (EventIdx 4, full fence, the shadow again) while the host
+        // submits one more (4 -> 5). Whatever the order of the host's two steps among the
+        // target's two operations, either the host rings or the target's second look finds
+        // tail 5. Reversing the target's operations (look, then publish) would lose it.
+        let sq = Doorbell::SqTail(1);
+        let buffers = ShadowDoorbells::new(SHADOW, EVENT_IDX);
+        let mut cases = 0;
+        for store_at in 0..=2 {
+            for load_at in store_at..=2 {
+                let mem = Scheduled {
+                    words: RefCell::new(HashMap::from([
+                        (SHADOW + 8, 4),
+                        (EVENT_IDX + 8, EVENT_IDX_PARKED),
+                    ])),
+                    ops: std::cell::Cell::new(0),
+                    plan: RefCell::new(vec![
+                        (store_at, HostOp::StoreShadow),
+                        (load_at, HostOp::LoadEventIdx),
+                    ]),
+                    shadow_at: SHADOW + 8,
+                    event_idx_at: EVENT_IDX + 8,
+                    new: 5,
+                    old: 4,
+                    rang: std::cell::Cell::new(None),
+                };
+                let seen = buffers.rearm(&mem, sq, 4);
+                mem.run_due(usize::MAX);
+                let rang = mem.rang.get().expect("the host decided");
+                assert!(
+                    rang || seen == Some(5),
+                    "host store before op {store_at}, load before op {load_at}: \
+                     no ring and the target saw {seen:?}"
+                );
+                if store_at == 2 {
+                    assert!(rang, "a submission after the arming rings");
+                }
+                if load_at == 0 {
+                    assert!(
+                        !rang,
+                        "a host that still sees the parked EventIdx does not ring"
+                    );
+                    assert_eq!(seen, Some(5), "so the target's look finds it");
+                }
+                cases += 1;
+            }
+        }
+        assert_eq!(
+            cases, 6,
+            "every interleaving of two steps and two operations"
+        );
     }
 
     #[test]

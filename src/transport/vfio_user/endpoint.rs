@@ -5,7 +5,9 @@
 //! the first is served is closed at once. The listening socket and the client's socket are
 //! this one subscriber's descriptors; with mappable doorbells (poll mode) the reactor also
 //! polls it every turn, for the doorbell page the guest stores into and the interrupts held
-//! for those polls (adaptive interrupts).
+//! for those polls (adaptive interrupts). With shadow doorbells it is polled too: every turn
+//! in poll mode, in the busy-poll window in interrupt mode, where it also arms EventIdx
+//! before the reactor sleeps (`before_sleep`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -143,6 +145,7 @@ impl VfioUserEndpoint {
             cx.io.async_notifier(),
             doorbells,
             self.context.adaptive_irq,
+            self.context.interrupt_mode,
         );
         info!("VMM connected");
         self.client = Some(Client {
@@ -298,6 +301,15 @@ impl Subscriber for VfioUserEndpoint {
         let span = self.span.clone();
         let _entered = span.enter();
         Polled::work(client.device.poll_doorbells(&mut cx.io, now))
+    }
+
+    fn before_sleep(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Polled {
+        let Some(client) = self.client.as_mut() else {
+            return Polled::IDLE;
+        };
+        let span = self.span.clone();
+        let _entered = span.enter();
+        Polled::work(client.device.before_sleep(&mut cx.io, now))
     }
 
     fn listening_on(&self) -> Option<&ListenerAddr> {

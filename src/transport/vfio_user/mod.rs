@@ -46,6 +46,10 @@ pub struct VfioUserContext {
     /// host consumes, fired by a poll that finds it stopped. Only where the doorbell page is
     /// polled every turn; off in interrupt mode.
     pub adaptive_irq: bool,
+    /// The reactors run in interrupt mode: while one busy-polls, shadowed queues are polled
+    /// and their EventIdx parked (the guest does not ring), and before it sleeps they are
+    /// armed again.
+    pub interrupt_mode: bool,
     pub interrupt_vectors: u16,
 }
 
@@ -56,6 +60,7 @@ impl VfioUserContext {
         mappable_doorbells: bool,
         shadow_doorbells: bool,
         adaptive_irq: bool,
+        interrupt_mode: bool,
     ) -> Self {
         Self {
             registry,
@@ -63,6 +68,7 @@ impl VfioUserContext {
             mappable_doorbells,
             shadow_doorbells,
             adaptive_irq,
+            interrupt_mode,
             interrupt_vectors: INTERRUPT_VECTORS,
         }
     }

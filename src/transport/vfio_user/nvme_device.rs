@@ -9,6 +9,13 @@
 //! interrupt once. With adaptive interrupts (polled doorbells, `irq_coalescing.rs`) an I/O
 //! completion queue's interrupt is held instead, and the polls decide when it fires.
 //!
+//! Shadow doorbells in interrupt mode: while the reactor busy-polls, its polls
+//! ([`NvmeDevice::poll_doorbells`]) read the shadows and keep every I/O queue's EventIdx
+//! parked, so the guest does not ring; before it sleeps, [`NvmeDevice::before_sleep`] arms
+//! each queue again (EventIdx = the tail taken, a full fence, the shadow read again) and
+//! serves what came meanwhile, which keeps the reactor awake for a turn. Served outside the
+//! polls (a trapped doorbell, a completion), a queue is armed as it is served, as in poll mode.
+//!
 //! Bounds: a submission queue holds at most `entries - 1` commands in flight, and a command is
 //! fetched only when its completion queue has room for it beside every completion already
 //! owed, so posting never finds a completion queue full and a guest that stops consuming
@@ -22,7 +29,7 @@ use std::time::Instant;
 use tracing::{debug, info, trace, warn};
 
 use super::device::{Bar0Access, ConfigChange, PciDevice, region};
-use super::doorbells::{Doorbell, DoorbellPage, ShadowDoorbells};
+use super::doorbells::{Doorbell, DoorbellPage, EVENT_IDX_PARKED, ShadowDoorbells};
 use super::irq_coalescing::{CqInterrupt, Posted};
 use super::memory::{GuestMemory, Prot};
 use super::msix::{Delivery, Interrupts};
@@ -134,6 +141,13 @@ pub struct NvmeDevice {
     /// every turn (a doorbell page, which the declaration allows in poll mode only).
     adaptive_irq: bool,
     irq_counts: IrqCounts,
+    /// The reactor is in interrupt mode: it polls only while it busy-polls and calls
+    /// [`before_sleep`](Self::before_sleep) before it sleeps.
+    interrupt_mode: bool,
+    shadow_counts: ShadowCounts,
+    /// The I/O queues' EventIdx are parked ([`EVENT_IDX_PARKED`]): a poll took them over,
+    /// and [`before_sleep`](Self::before_sleep) must arm them before the reactor sleeps.
+    parked: bool,
 }
 
 /// How doorbell writes came, for the log when the client goes.
@@ -145,6 +159,18 @@ struct DoorbellCounts {
     polled: u64,
     /// Trapped after the first polled one: a VMM that mapped the page sends none.
     trapped_after_mapped: u64,
+}
+
+/// How the shadowed queues' EventIdx went between polling and sleeping (interrupt mode), for
+/// the log when the client goes.
+#[derive(Debug, Default, Clone, Copy)]
+struct ShadowCounts {
+    /// Polls that parked them.
+    parked: u64,
+    /// Sleeps they were armed for.
+    armed: u64,
+    /// Queues whose shadow had moved when they were armed (served before the sleep).
+    raced: u64,
 }
 
 /// What became of completion queues' interrupts, for the log when the client goes.
@@ -181,7 +207,9 @@ impl NvmeDevice {
     /// BAR0's doorbell page is that page, which the owner polls
     /// ([`poll_doorbells`](Self::poll_doorbells)) every turn. `adaptive_irq` holds I/O
     /// completion queues' interrupts for those polls to fire; without `doorbells` nothing
-    /// promises a poll, and every batch fires at once.
+    /// promises a poll, and every batch fires at once. `interrupt_mode`: the owner polls only
+    /// while its reactor busy-polls, and calls [`before_sleep`](Self::before_sleep) before
+    /// it sleeps.
     pub fn new(
         ctrlr: Arc<Controller>,
         pci: PciDevice,
@@ -189,6 +217,7 @@ impl NvmeDevice {
         notifier: AsyncNotifier,
         doorbells: Option<DoorbellPage>,
         adaptive_irq: bool,
+        interrupt_mode: bool,
     ) -> Self {
         let (tag_bits, max_qid) = tag_layout(limits.max_queue_depth);
         let max_qid = max_qid.min(super::doorbells::MAX_QID);
@@ -215,11 +244,14 @@ impl NvmeDevice {
             counts: DoorbellCounts::default(),
             adaptive_irq,
             irq_counts: IrqCounts::default(),
+            interrupt_mode,
+            shadow_counts: ShadowCounts::default(),
+            parked: false,
         }
     }
 
-    /// Its doorbells are memory that must be polled (in poll mode): a mapped doorbell page,
-    /// shadow doorbells.
+    /// Its doorbells are memory to poll: a mapped doorbell page (poll mode), shadow doorbells
+    /// (every turn in poll mode, while the reactor busy-polls in interrupt mode).
     pub fn polls_doorbells(&self) -> bool {
         self.doorbells.is_some() || self.shadow.is_some()
     }
@@ -241,8 +273,13 @@ impl NvmeDevice {
     /// Looks at the mapped doorbell and the shadow doorbells of every live queue: each one the
     /// guest moved is taken as a trapped write would be; held interrupts fire where the host's
     /// head stalled since the last poll (so a completion posted at this turn is judged at the
-    /// next); then the queues run. Returns how many doorbells moved and interrupts fired.
+    /// next); then the queues run. Returns how many doorbells moved and interrupts fired. In
+    /// interrupt mode the shadowed queues' EventIdx are parked first: the polls look, the guest
+    /// need not ring, until [`before_sleep`](Self::before_sleep).
     pub fn poll_doorbells(&mut self, cx: &mut IoCx<'_>, now: Instant) -> u64 {
+        if self.interrupt_mode && !self.parked {
+            self.park();
+        }
         let mut moved = 0;
         if self.doorbells.is_some() {
             for qid in 0..=self.max_qid() {
@@ -275,6 +312,71 @@ impl NvmeDevice {
             self.run_queues(cx, now);
         }
         moved + fired
+    }
+
+    /// The reactor is about to sleep (interrupt mode): if the polls parked the shadowed
+    /// queues' EventIdx, each queue is armed again (EventIdx = the tail taken, or the head for
+    /// a completion queue its submission queue waits on; a full fence; the shadow read again)
+    /// and the queues whose shadow moved meanwhile are served, the guest may not have rung for
+    /// them. Returns how many moved: the reactor does not sleep this turn if any did.
+    pub fn before_sleep(&mut self, cx: &mut IoCx<'_>, now: Instant) -> u64 {
+        if !std::mem::take(&mut self.parked) {
+            // Nothing was parked: every queue was armed when it was last served.
+            return 0;
+        }
+        self.shadow_counts.armed += 1;
+        let mut moved = 0;
+        for qid in 1..=self.max_qid() {
+            let Some(sq) = self.sqs[usize::from(qid)].as_ref() else {
+                continue;
+            };
+            // Commands left in the ring wait for room in the completion queue (or for their
+            // own completions, which wake us anyway): the head is armed too.
+            let waits = if sq.ring.is_empty() {
+                Drained::Done
+            } else {
+                Drained::CqFull
+            };
+            if self.rearm(qid, sq.cqid, waits) {
+                moved += 1;
+                if !self.rung.contains(&qid) {
+                    self.rung.push(qid);
+                }
+            }
+        }
+        if moved > 0 {
+            trace!(
+                moved,
+                "the guest moved a shadow doorbell as the queues were armed"
+            );
+            self.shadow_counts.raced += moved;
+            self.run_queues(cx, now);
+        }
+        moved
+    }
+
+    /// Parks the EventIdx of every live shadowed queue: the polls look at the shadows.
+    fn park(&mut self) {
+        let Some(shadow) = self.shadow else {
+            return;
+        };
+        for qid in 1..=self.max_qid() {
+            let q = usize::from(qid);
+            if self.sqs[q].is_some() {
+                shadow.park(&self.mem, Doorbell::SqTail(qid));
+            }
+            if self.cqs[q].is_some() {
+                shadow.park(&self.mem, Doorbell::CqHead(qid));
+            }
+        }
+        self.parked = true;
+        self.shadow_counts.parked += 1;
+    }
+
+    /// The EventIdx a new shadowed queue starts with: parked while the polls look, else 0 (its
+    /// first value rings).
+    fn initial_event_idx(&self) -> u32 {
+        if self.parked { EVENT_IDX_PARKED } else { 0 }
     }
 
     /// One poll of every adaptive completion queue's interrupt, with the head just taken from
@@ -412,6 +514,15 @@ impl NvmeDevice {
             trapped_after_mapped = counts.trapped_after_mapped,
             "doorbell writes"
         );
+        if self.interrupt_mode {
+            let shadow = self.shadow_counts;
+            info!(
+                parked = shadow.parked,
+                armed = shadow.armed,
+                raced = shadow.raced,
+                "shadow doorbells polled"
+            );
+        }
         let irqs = self.irq_counts;
         info!(
             adaptive = self.adaptive_irq,
@@ -459,13 +570,24 @@ impl NvmeDevice {
     /// Fetches and submits commands from `qid` while it has some and room for them. A
     /// shadowed queue takes its shadow tail (and its completion queue's shadow head) first,
     /// and after each round publishes EventIdx and looks again, until the host stops moving
-    /// them or [`SHADOW_ROUNDS`] pass.
+    /// them or [`SHADOW_ROUNDS`] pass; while its EventIdx is parked it takes them once (the
+    /// next poll looks again, and `before_sleep` arms it).
     fn drain(&mut self, qid: u16, cx: &mut IoCx<'_>, now: Instant) {
         if qid == ADMIN || self.shadow.is_none() {
             self.drain_ring(qid, cx, now);
             return;
         }
         self.unsettled.retain(|&q| q != qid);
+        if self.parked {
+            let Some(sq) = self.sqs.get(usize::from(qid)).and_then(|s| s.as_ref()) else {
+                return;
+            };
+            let cqid = sq.cqid;
+            self.take_shadow_tail(qid);
+            self.take_shadow_head(cqid);
+            self.drain_ring(qid, cx, now);
+            return;
+        }
         for _ in 0..SHADOW_ROUNDS {
             let Some(cqid) = self.sqs.get(usize::from(qid)).and_then(|s| s.as_ref()) else {
                 return;
@@ -713,7 +835,8 @@ impl NvmeDevice {
                 }
                 if let Some(shadow) = self.shadow {
                     shadow.write(&self.mem, Doorbell::CqHead(qid), 0);
-                    shadow.publish(&self.mem, Doorbell::CqHead(qid), 0);
+                    let event_idx = self.initial_event_idx();
+                    shadow.publish(&self.mem, Doorbell::CqHead(qid), event_idx);
                 }
                 debug!(qid, entries, ?vector, "I/O completion queue created");
             }
@@ -750,7 +873,8 @@ impl NvmeDevice {
                 }
                 if let Some(shadow) = self.shadow {
                     shadow.write(&self.mem, Doorbell::SqTail(qid), 0);
-                    shadow.publish(&self.mem, Doorbell::SqTail(qid), 0);
+                    let event_idx = self.initial_event_idx();
+                    shadow.publish(&self.mem, Doorbell::SqTail(qid), event_idx);
                 }
                 debug!(qid, entries, cqid, "I/O submission queue created");
             }
@@ -958,6 +1082,7 @@ impl NvmeDevice {
         if self.shadow.take().is_some() {
             debug!("shadow doorbells forgotten");
         }
+        self.parked = false;
         self.unsettled.clear();
     }
 
