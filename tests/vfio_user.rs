@@ -854,9 +854,8 @@ fn while_the_reactor_busy_polls_the_guest_does_not_ring_and_it_arms_the_queues_t
     g.create_io_queues(1, 1);
 
     // 150 reads one at a time through 64-entry queues, each a round trip inside the window:
-    // the polls find every shadow tail and head, EventIdx is parked, and the guest rings
-    // only when a value wraps past the end of its ring (twice for the tail, twice for the
-    // head), not once per command.
+    // the polls find every shadow tail and head, EventIdx is parked just behind what they
+    // took, and the guest never rings, round the rings' ends too.
     let data = pattern(4096, 91);
     g.write_ram(DATA, &data);
     let c = g.io(1, rw(0x01, 0, 8, DATA, 0));
@@ -864,9 +863,12 @@ fn while_the_reactor_busy_polls_the_guest_does_not_ring_and_it_arms_the_queues_t
     for i in 0..150 {
         read_check(&mut g, 0, DATA + PAGE, &data, &format!("read {i}"));
     }
-    assert_eq!(g.event_idx(2), u32::MAX, "EventIdx parked while polled");
+    // Parked behind the tail and the head (once the polls saw the last head move).
+    wait_event_idx(&g, 2, (u32::from(g.sq_tail(1)) + 63) % 64);
+    wait_event_idx(&g, 3, (u32::from(g.cq_head(1)) + 63) % 64);
+    // A descheduled guest may find the window closed once or twice.
     assert!(
-        g.rings <= 6 && g.quiet >= 296,
+        g.rings <= 2 && g.quiet >= 300,
         "{} rings, {} quiet updates for 151 commands",
         g.rings,
         g.quiet

@@ -434,6 +434,14 @@ impl Guest {
             .index
     }
 
+    /// The head the driver has consumed CQ `qid` up to.
+    pub fn cq_head(&self, qid: u16) -> u16 {
+        self.cqs[usize::from(qid)]
+            .as_ref()
+            .expect("cq exists")
+            .index
+    }
+
     pub fn next_cid(&mut self) -> u16 {
         self.next_cid = self.next_cid.wrapping_add(1).max(1);
         self.next_cid

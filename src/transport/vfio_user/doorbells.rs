@@ -27,10 +27,12 @@
 //! (Linux and SPDK leave it to its doorbell).
 //!
 //! While an interrupt-mode reactor busy-polls, the shadows are polled and EventIdx is parked
-//! at [`EVENT_IDX_PARKED`], where a host's ring is asked for only when its value wraps (once
-//! a lap); before the reactor sleeps every queue is armed again with `rearm`, which is what
-//! makes a submission that raced the switch found (SPDK parks EventIdx the same way while it
-//! polls, `NVMF_VFIO_USER_EVENTIDX_POLL`).
+//! just behind the value we took ([`ShadowDoorbells::park`]): the one slot a host cannot
+//! reach again before we take more, so it is not asked to ring at all; before the reactor
+//! sleeps every queue is armed again with `rearm`, which is what makes a submission that
+//! raced the switch found. (SPDK parks EventIdx at a constant above every ring index while it
+//! polls, `NVMF_VFIO_USER_EVENTIDX_POLL`; a host then rings whenever its value wraps, which a
+//! batch as deep as its ring, QD32 on 33 entries, does nearly every time.)
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -45,11 +47,19 @@ use crate::sys::mmap::{MapProt, Mapping, acquire_fence, full_fence, memfd};
 pub const PAGE_LEN: usize = 0x1000;
 /// The highest queue ID the page has doorbells for: two dwords a queue (CAP.DSTRD 0).
 pub const MAX_QID: u16 = 511;
-/// The EventIdx of a queue whose shadow is polled: above every index of a ring, so a host
-/// moving its value forward never passes it; only a move across the ring's end (a lap, new
-/// below old) asks for a ring (`(u16)(new - 0xFFFF - 1) = new < (u16)(new - old)` exactly
-/// when new < old). The host reads the dword as a `u16`.
-pub const EVENT_IDX_PARKED: u32 = u32::MAX;
+
+/// The EventIdx of a polled doorbell whose value we took up to `taken` in a ring of
+/// `entries`: the slot just behind it. A host is asked to ring when a move of its value writes
+/// the slot EventIdx names (`need_event`: EventIdx in [old, new) round the ring). Behind our
+/// tail is the slot the host writes last before it has filled the whole ring past what we took,
+/// which is more commands than it may have outstanding; behind our head of a completion queue
+/// is the slot it consumes last before it has consumed a whole ring past what we saw, more
+/// than we post without seeing its head move. Published before the completions that let the
+/// host go further, it is never passed.
+pub fn parked_event_idx(taken: u32, entries: u32) -> u32 {
+    let entries = entries.max(1);
+    (taken % entries + entries - 1) % entries
+}
 
 /// One doorbell (NVMe Base 2.0, 3.1.4.22 and 3.1.4.23, with CAP.DSTRD 0): SQ y's tail at
 /// 8y, CQ y's head at 8y + 4 from the start of the doorbells.
@@ -213,10 +223,11 @@ impl ShadowDoorbells {
         }
     }
 
-    /// The shadow of `doorbell` is polled: its EventIdx is parked where the host does not
-    /// ring for it (but once a lap, see [`EVENT_IDX_PARKED`]).
-    pub fn park(&self, mem: &impl GuestDwords, doorbell: Doorbell) {
-        self.publish(mem, doorbell, EVENT_IDX_PARKED);
+    /// The shadow of `doorbell` is polled and was taken up to `taken` (a ring of `entries`):
+    /// its EventIdx is parked just behind, where the host does not ring for it
+    /// ([`parked_event_idx`]). Published again whenever we take more.
+    pub fn park(&self, mem: &impl GuestDwords, doorbell: Doorbell, taken: u32, entries: u32) {
+        self.publish(mem, doorbell, parked_event_idx(taken, entries));
     }
 
     /// A queue was served up to `consumed` (an SQ's tail, a CQ's head): publishes EventIdx =
@@ -394,20 +405,61 @@ mod shadow_tests {
     }
 
     #[test]
-    fn a_parked_event_index_asks_for_a_ring_only_across_the_end_of_the_ring() {
-        let parked = u16::try_from(EVENT_IDX_PARKED & 0xFFFF).expect("u16");
-        for entries in [2u16, 33, 64, 1024, 4096] {
-            for old in 0..entries {
-                // Every batch a host may submit at once: 1 to entries - 1 commands.
-                for n in 1..entries {
-                    let new = (old + n) % entries;
-                    assert_eq!(
-                        need_event(parked, new, old),
-                        new < old,
-                        "{entries} entries, {old} -> {new}"
+    fn a_parked_event_index_is_never_passed_by_a_host_that_keeps_its_queue_depth() {
+        // A host with up to `entries - 1` commands outstanding submits batches; we take its
+        // tail, park EventIdx behind it, then fetch and complete some of what we took (the
+        // completions come after the park); the host reaps them and submits again. No move of
+        // its tail asks for a ring. Likewise its CQ head: it consumes what we posted, we post
+        // only with room by the head we saw, and park behind that head before posting.
+        let mut seed = 0x9E37_79B9_u32;
+        let mut next = |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed % n
+        };
+        for entries in [2u32, 33, 64, 1024] {
+            let slot = |abs: u64| u16::try_from(abs % u64::from(entries)).expect("u16");
+            // Absolute counts: submitted by the host, taken and completed by us, reaped.
+            let (mut submitted, mut completed, mut reaped) = (0u64, 0, 0);
+            let (mut sq_event_idx, mut cq_event_idx) = (entries - 1, entries - 1);
+            let mut cq_posted = 0u64;
+            for _ in 0..20_000 {
+                // The host: reaps some completions (its CQ head moves), submits what its
+                // depth allows.
+                let reap = u64::from(next(4)) * (completed - reaped) / 3;
+                if reap > 0 {
+                    let (old, new) = (slot(reaped), slot(reaped + reap));
+                    let ring = need_event(u16::try_from(cq_event_idx).expect("u16"), new, old);
+                    assert!(
+                        !ring,
+                        "{entries}: CQ head {old} -> {new} past {cq_event_idx}"
                     );
+                    reaped += reap;
                 }
+                let room = u64::from(entries - 1) - (submitted - reaped);
+                let batch = u64::from(next(u32::try_from(room).expect("small") + 1));
+                if batch > 0 {
+                    let (old, new) = (slot(submitted), slot(submitted + batch));
+                    let ring = need_event(u16::try_from(sq_event_idx).expect("u16"), new, old);
+                    assert!(
+                        !ring,
+                        "{entries}: SQ tail {old} -> {new} past {sq_event_idx}"
+                    );
+                    submitted += batch;
+                }
+                // We: take the tail and the head, park behind them, then complete some of
+                // what we took into the CQ, within the room the head we saw leaves.
+                let (taken, cq_seen) = (submitted, reaped);
+                sq_event_idx = parked_event_idx(u32::from(slot(taken)), entries);
+                cq_event_idx = parked_event_idx(u32::from(slot(cq_seen)), entries);
+                let cq_room = u64::from(entries - 1) - (cq_posted - cq_seen);
+                let done = u64::from(next(4)) * (taken - completed) / 3;
+                let done = done.min(cq_room);
+                completed += done;
+                cq_posted += done;
             }
+            assert!(submitted > 1000, "{entries}: the host moved");
         }
     }
 
@@ -499,7 +551,7 @@ mod shadow_tests {
                 let mem = Scheduled {
                     words: RefCell::new(HashMap::from([
                         (SHADOW + 8, 4),
-                        (EVENT_IDX + 8, EVENT_IDX_PARKED),
+                        (EVENT_IDX + 8, parked_event_idx(4, 64)),
                     ])),
                     ops: std::cell::Cell::new(0),
                     plan: RefCell::new(vec![

@@ -11,7 +11,8 @@
 //!
 //! Shadow doorbells in interrupt mode: while the reactor busy-polls, its polls
 //! ([`NvmeDevice::poll_doorbells`]) read the shadows and keep every I/O queue's EventIdx
-//! parked, so the guest does not ring; before it sleeps, [`NvmeDevice::before_sleep`] arms
+//! parked just behind what they took (`doorbells::parked_event_idx`), so the guest does not
+//! ring; before it sleeps, [`NvmeDevice::before_sleep`] arms
 //! each queue again (EventIdx = the tail taken, a full fence, the shadow read again) and
 //! serves what came meanwhile, which keeps the reactor awake for a turn. Served outside the
 //! polls (a trapped doorbell, a completion), a queue is armed as it is served, as in poll mode.
@@ -29,7 +30,7 @@ use std::time::Instant;
 use tracing::{debug, info, trace, warn};
 
 use super::device::{Bar0Access, ConfigChange, PciDevice, region};
-use super::doorbells::{Doorbell, DoorbellPage, EVENT_IDX_PARKED, ShadowDoorbells};
+use super::doorbells::{Doorbell, DoorbellPage, ShadowDoorbells, parked_event_idx};
 use super::irq_coalescing::{CqInterrupt, Posted};
 use super::memory::{GuestMemory, Prot};
 use super::msix::{Delivery, Interrupts};
@@ -145,8 +146,9 @@ pub struct NvmeDevice {
     /// [`before_sleep`](Self::before_sleep) before it sleeps.
     interrupt_mode: bool,
     shadow_counts: ShadowCounts,
-    /// The I/O queues' EventIdx are parked ([`EVENT_IDX_PARKED`]): a poll took them over,
-    /// and [`before_sleep`](Self::before_sleep) must arm them before the reactor sleeps.
+    /// The I/O queues' EventIdx are parked (just behind what was taken, moved as more is): a
+    /// poll took them over, and [`before_sleep`](Self::before_sleep) must arm them before the
+    /// reactor sleeps.
     parked: bool,
 }
 
@@ -355,28 +357,35 @@ impl NvmeDevice {
         moved
     }
 
-    /// Parks the EventIdx of every live shadowed queue: the polls look at the shadows.
+    /// Parks the EventIdx of every live shadowed queue just behind the value taken: the
+    /// polls look at the shadows.
     fn park(&mut self) {
         let Some(shadow) = self.shadow else {
             return;
         };
         for qid in 1..=self.max_qid() {
             let q = usize::from(qid);
-            if self.sqs[q].is_some() {
-                shadow.park(&self.mem, Doorbell::SqTail(qid));
+            if let Some(sq) = &self.sqs[q] {
+                let (tail, entries) = (sq.ring.tail(), sq.ring.entries());
+                shadow.park(&self.mem, Doorbell::SqTail(qid), tail, entries);
             }
-            if self.cqs[q].is_some() {
-                shadow.park(&self.mem, Doorbell::CqHead(qid));
+            if let Some(cq) = &self.cqs[q] {
+                let (head, entries) = (cq.ring.head(), cq.ring.entries());
+                shadow.park(&self.mem, Doorbell::CqHead(qid), head, entries);
             }
         }
         self.parked = true;
         self.shadow_counts.parked += 1;
     }
 
-    /// The EventIdx a new shadowed queue starts with: parked while the polls look, else 0 (its
-    /// first value rings).
-    fn initial_event_idx(&self) -> u32 {
-        if self.parked { EVENT_IDX_PARKED } else { 0 }
+    /// The EventIdx a new shadowed queue of `entries` starts with: parked behind 0 while the
+    /// polls look, else 0 (its first value rings).
+    fn initial_event_idx(&self, entries: u32) -> u32 {
+        if self.parked {
+            parked_event_idx(0, entries)
+        } else {
+            0
+        }
     }
 
     /// One poll of every adaptive completion queue's interrupt, with the head just taken from
@@ -648,7 +657,13 @@ impl NvmeDevice {
         }
         sq.shadow_seen = value;
         match sq.ring.set_tail(value) {
-            Ok(()) => true,
+            Ok(()) => {
+                if self.parked {
+                    // Before the completions of what was taken: the host is never asked.
+                    shadow.park(&self.mem, Doorbell::SqTail(qid), value, sq.ring.entries());
+                }
+                true
+            }
             Err(err) => {
                 warn!(qid, value, error = %err, "invalid shadow submission queue doorbell");
                 false
@@ -672,7 +687,13 @@ impl NvmeDevice {
         }
         cq.shadow_seen = value;
         match cq.ring.set_head(value) {
-            Ok(()) => true,
+            Ok(()) => {
+                if self.parked {
+                    // Before the completions the room it gives lets us post.
+                    shadow.park(&self.mem, Doorbell::CqHead(cqid), value, cq.ring.entries());
+                }
+                true
+            }
             Err(err) => {
                 warn!(qid = cqid, value, error = %err, "invalid shadow completion queue doorbell");
                 false
@@ -835,7 +856,7 @@ impl NvmeDevice {
                 }
                 if let Some(shadow) = self.shadow {
                     shadow.write(&self.mem, Doorbell::CqHead(qid), 0);
-                    let event_idx = self.initial_event_idx();
+                    let event_idx = self.initial_event_idx(u32::from(entries));
                     shadow.publish(&self.mem, Doorbell::CqHead(qid), event_idx);
                 }
                 debug!(qid, entries, ?vector, "I/O completion queue created");
@@ -873,7 +894,7 @@ impl NvmeDevice {
                 }
                 if let Some(shadow) = self.shadow {
                     shadow.write(&self.mem, Doorbell::SqTail(qid), 0);
-                    let event_idx = self.initial_event_idx();
+                    let event_idx = self.initial_event_idx(u32::from(entries));
                     shadow.publish(&self.mem, Doorbell::SqTail(qid), event_idx);
                 }
                 debug!(qid, entries, cqid, "I/O submission queue created");
