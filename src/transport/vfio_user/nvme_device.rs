@@ -277,9 +277,11 @@ impl NvmeDevice {
     /// head stalled since the last poll (so a completion posted at this turn is judged at the
     /// next); then the queues run. Returns how many doorbells moved and interrupts fired. In
     /// interrupt mode the shadowed queues' EventIdx are parked first: the polls look, the guest
-    /// need not ring, until [`before_sleep`](Self::before_sleep).
+    /// need not ring, until [`before_sleep`](Self::before_sleep). In poll mode with the doorbell
+    /// page mapped every turn polls, so they stay parked: a guest never needs to ring.
     pub fn poll_doorbells(&mut self, cx: &mut IoCx<'_>, now: Instant) -> u64 {
-        if self.interrupt_mode && !self.parked {
+        let may_park = self.interrupt_mode || self.doorbells.is_some();
+        if may_park && !self.parked {
             self.park();
         }
         let mut moved = 0;
