@@ -334,11 +334,16 @@ fn idle_hosts_connect_controllers_and_only_keep_them_alive() {
 /// A target in interrupt mode whose subsystem has a vfio-user listener (trapped doorbells)
 /// beside the TCP one the harness waits for; returns it with the controller's socket.
 fn vfio_user_target(namespace: &str) -> (TargetProcess, std::path::PathBuf) {
+    vfio_user_target_with("", namespace)
+}
+
+/// As [`vfio_user_target`], with `target` added to `[target]`.
+fn vfio_user_target_with(target: &str, namespace: &str) -> (TargetProcess, std::path::PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = common::free_port();
     let vfio_dir = dir.path().join("vm0");
     let config = format!(
-        "[target]\ninterrupt_mode = true\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n\n\
+        "[target]\ninterrupt_mode = true\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n{target}\n\n\
          [transport.tcp]\n\n[transport.vfiouser]\ndisable_mappable_bar0 = true\n\n\
          [[subsystem]]\nnqn = \"{SUBNQN}\"\nallow_any_host = true\n\n\
          [[subsystem.listener]]\ntransport = \"vfiouser\"\npath = \"{}\"\n\n\
@@ -431,6 +436,66 @@ fn a_fake_vmm_measures_the_vfio_user_controller() {
     assert_eq!(report["ios"], 20000, "{report}");
     assert_eq!(report["connections"], 2);
     assert_eq!(report["busy_poll"], true);
+    assert_eq!(report["io_errors"], 0, "{report}");
+}
+
+#[test]
+fn a_fake_vmm_uses_shadow_doorbells_when_the_controller_offers_them() {
+    // A busy-poll window (10 ms) that a client descheduled on a loaded machine does not close.
+    let (target, socket) =
+        vfio_user_target_with("busy_poll_us = 10000", "null = { size = \"1GiB\" }");
+    // As Linux's driver: Doorbell Buffer Config at bring-up, then a doorbell write only
+    // when EventIdx asks. At QD32 the interrupt-mode reactor stays in its busy-poll window,
+    // polls the shadows and keeps EventIdx out of the way: hardly any writes.
+    let args = ["-t", "1", "-q", "32", "-w", "randread"];
+    let report = vfio_perf_json(&target, &socket, &args);
+    assert_eq!(report["shadow_doorbells"], true, "{report}");
+    assert_eq!(report["doorbells"], "trapped", "{report}");
+    assert_eq!(report["io_errors"], 0, "{report}");
+    let (ios, writes, updates) = (
+        num(&report, "ios"),
+        num(&report, "doorbell_writes"),
+        num(&report, "shadow_updates"),
+    );
+    eprintln!("shadow doorbells: {writes} writes for {updates} updates, {ios} I/Os");
+    assert!(
+        updates >= 2.0 * ios / 32.0,
+        "a tail and a head per batch at least: {report}"
+    );
+    assert!(
+        writes * 20.0 < updates,
+        "the polled controller asks for few writes: {report}"
+    );
+
+    // Without them, every batch writes its doorbells.
+    let report = vfio_perf_json(
+        &target,
+        &socket,
+        &[&args[..], &["--no-shadow-doorbells"]].concat(),
+    );
+    assert_eq!(report["shadow_doorbells"], false, "{report}");
+    assert!(report.get("shadow_updates").is_none(), "{report}");
+    let (ios, writes) = (num(&report, "ios"), num(&report, "doorbell_writes"));
+    assert!(writes >= 2.0 * ios / 32.0, "{report}");
+
+    // Data moves right with them, through both queue pairs.
+    let report = vfio_perf_json(
+        &target,
+        &socket,
+        &[
+            "--count",
+            "20000",
+            "-q",
+            "16",
+            "--queues",
+            "2",
+            "-w",
+            "randread",
+            "--busy-poll",
+        ],
+    );
+    assert_eq!(report["shadow_doorbells"], true, "{report}");
+    assert_eq!(report["ios"], 20000, "{report}");
     assert_eq!(report["io_errors"], 0, "{report}");
 }
 

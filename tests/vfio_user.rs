@@ -28,11 +28,16 @@ fn start(interrupt_mode: bool, namespace: &str) -> VfioTarget {
 /// A target in interrupt or poll mode with `vfiouser` in `[transport.vfiouser]`
 /// (`disable_mappable_bar0 = false` offers BAR0's doorbell page for mapping, poll mode only).
 fn start_with(interrupt_mode: bool, vfiouser: &str, namespace: &str) -> VfioTarget {
+    start_target(interrupt_mode, "", vfiouser, namespace)
+}
+
+/// As [`start_with`], with `target` added to `[target]` (`busy_poll_us = N`).
+fn start_target(interrupt_mode: bool, target: &str, vfiouser: &str, namespace: &str) -> VfioTarget {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let vfio_dir = dir.path().join("vm0");
     let config = format!(
-        "[target]\ninterrupt_mode = {interrupt_mode}\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n\n\
+        "[target]\ninterrupt_mode = {interrupt_mode}\ncore_mask = \"0x1\"\ncontrol_socket = \"{}\"\n{target}\n\n\
          [transport.tcp]\n\n\
          [transport.vfiouser]\n{vfiouser}\n\n\
          [[subsystem]]\nnqn = \"{SUBNQN}\"\nallow_any_host = true\n\n\
@@ -215,10 +220,46 @@ fn a_hostile_guest_gets_statuses_and_the_target_serves_on() {
     );
 
     // Doorbells of queues that do not exist, and a tail past the end of the admin queue, are
-    // ignored; the admin queue serves on.
+    // ignored and reported as Error asynchronous events (one until the host reads the Error
+    // Information log); the admin queue serves on.
+    let aer = |g: &mut Guest| {
+        let mut aer = sqe(0x0C, 0, 0, 0, [0; 6]);
+        let cid = g.next_cid();
+        aer[2..4].copy_from_slice(&cid.to_le_bytes());
+        g.submit(0, &aer);
+        cid
+    };
+    let cid = aer(&mut g);
     g.write_reg32(0x1000 + 8 * 5, 1);
+    let c = g.wait_completion(0, Some(0));
+    assert_eq!(
+        (c.cid, c.status, c.dw0),
+        (cid, 0, 0x0001_0000),
+        "Error event: write to invalid doorbell register, log page 01h"
+    );
+    let cid = aer(&mut g);
     g.write_reg32(0x1000 + 8 * 2 + 4, 7);
     g.write_reg32(0x1000, 1000);
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        g.take_completion(0).is_none(),
+        "no second event before the log is read"
+    );
+    let c = g.admin(sqe(
+        0x02,
+        0,
+        IDENTIFY,
+        0,
+        [0x01 | (15 << 16), 0, 0, 0, 0, 0],
+    ));
+    assert_eq!(c.status, 0, "Error Information log: {c:?}");
+    g.write_reg32(0x1000, 1000);
+    let c = g.wait_completion(0, Some(0));
+    assert_eq!(
+        (c.cid, c.status, c.dw0),
+        (cid, 0, 0x0001_0100),
+        "Error event: invalid doorbell write value"
+    );
     let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
     assert_eq!(c.status, 0, "identify after junk doorbells: {c:?}");
 
@@ -600,7 +641,14 @@ fn read_check(g: &mut Guest, lba: u64, page: u64, want: &[u8], what: &str) {
 
 #[test]
 fn shadow_doorbells_ring_only_when_the_event_index_asks() {
-    let mut t = start(true, "ram = { size = \"16MiB\" }");
+    // No busy-poll window: the reactor sleeps as soon as a turn finds nothing, so every
+    // queue is armed after it is served and nothing is polled.
+    let mut t = start_target(
+        true,
+        "busy_poll_us = 0",
+        "disable_mappable_bar0 = true",
+        "ram = { size = \"16MiB\" }",
+    );
     let mut g = Guest::connect(&t.socket, 2);
     g.enable();
     let c = g.admin(sqe(0x06, 0, IDENTIFY, 0, [1, 0, 0, 0, 0, 0]));
@@ -705,6 +753,12 @@ fn shadow_doorbells_ring_only_when_the_event_index_asks() {
 /// target's EventIdx store (so the guest saw the old one and did not ring) must be found by
 /// the target's second look. In interrupt mode a miss is a command never served.
 fn shadow_bursts(g: &mut Guest, bursts: usize) {
+    shadow_bursts_pausing(g, bursts, Duration::ZERO);
+}
+
+/// [`shadow_bursts`] with a pause of up to `pause` (random) before each burst: bursts that
+/// come while the reactor busy-polls, as it arms the queues to sleep, and after it slept.
+fn shadow_bursts_pausing(g: &mut Guest, bursts: usize, pause: Duration) {
     let mut seed = 0x2545_F491_u32;
     let mut next = || {
         seed ^= seed << 13;
@@ -713,7 +767,15 @@ fn shadow_bursts(g: &mut Guest, bursts: usize) {
         seed
     };
     let mut served = 0;
+    let pause_ns = u32::try_from(pause.as_nanos()).expect("a short pause");
     for burst in 0..bursts {
+        if pause_ns > 0 {
+            let ns = next() % pause_ns;
+            let until = Instant::now() + Duration::from_nanos(u64::from(ns));
+            while Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        }
         let n = 1 + (next() % 8) as usize;
         for _ in 0..n {
             let cid = g.next_cid();
@@ -745,16 +807,130 @@ fn shadow_bursts(g: &mut Guest, bursts: usize) {
 
 #[test]
 fn a_submission_that_races_the_event_index_is_served() {
-    let mut t = start(true, "ram = { size = \"16MiB\" }");
+    // Without a busy-poll window (every serve arms the queue) and with the default one.
+    for busy_poll in ["busy_poll_us = 0", ""] {
+        let mut t = start_target(
+            true,
+            busy_poll,
+            "disable_mappable_bar0 = true",
+            "ram = { size = \"16MiB\" }",
+        );
+        let mut g = Guest::connect(&t.socket, 2);
+        g.enable();
+        assert_eq!(g.config_shadow().status, 0);
+        g.create_io_queues(1, 1);
+        shadow_bursts(&mut g, 2000);
+        let (rings, quiet) = (g.rings, g.quiet);
+        drop(g);
+        assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+        eprintln!("interrupt mode, {busy_poll:?}: {rings} rings, {quiet} quiet updates");
+    }
+}
+
+/// The `key=N` count of the target's log line that contains `what`, logged when the VMM goes.
+fn log_count(t: &VfioTarget, what: &str, key: &str) -> u64 {
+    let log = plain(&t.target.log());
+    let line = log
+        .lines()
+        .find(|l| l.contains(what))
+        .unwrap_or_else(|| panic!("{what} in the log:\n{log}"));
+    irq_count(line, key)
+}
+
+#[test]
+fn while_the_reactor_busy_polls_the_guest_does_not_ring_and_it_arms_the_queues_to_sleep() {
+    // A busy-poll window far longer than the guest's round trip: it stays open while the
+    // guest works, and closes when the guest stops.
+    let window = Duration::from_millis(200);
+    let mut t = start_target(
+        true,
+        "busy_poll_us = 200000",
+        "disable_mappable_bar0 = true",
+        "ram = { size = \"16MiB\" }",
+    );
     let mut g = Guest::connect(&t.socket, 2);
     g.enable();
     assert_eq!(g.config_shadow().status, 0);
     g.create_io_queues(1, 1);
-    shadow_bursts(&mut g, 2000);
+
+    // 150 reads one at a time through 64-entry queues, each a round trip inside the window:
+    // the polls find every shadow tail and head, EventIdx is parked just behind what they
+    // took, and the guest never rings, round the rings' ends too.
+    let data = pattern(4096, 91);
+    g.write_ram(DATA, &data);
+    let c = g.io(1, rw(0x01, 0, 8, DATA, 0));
+    assert_eq!(c.status, 0, "write: {c:?}");
+    for i in 0..150 {
+        read_check(&mut g, 0, DATA + PAGE, &data, &format!("read {i}"));
+    }
+    // Parked behind the tail and the head (once the polls saw the last head move).
+    wait_event_idx(&g, 2, (u32::from(g.sq_tail(1)) + 63) % 64);
+    wait_event_idx(&g, 3, (u32::from(g.cq_head(1)) + 63) % 64);
+    // A descheduled guest may find the window closed once or twice.
+    assert!(
+        g.rings <= 2 && g.quiet >= 300,
+        "{} rings, {} quiet updates for 151 commands",
+        g.rings,
+        g.quiet
+    );
+
+    // The guest stops; the window closes, the reactor arms the queue (EventIdx = the tail it
+    // took) and sleeps; the next submission rings, and is served.
+    std::thread::sleep(window * 2);
+    let tail = u32::from(g.sq_tail(1));
+    assert_eq!(g.event_idx(2), tail, "armed to sleep");
+    let rings = g.rings;
+    read_check(&mut g, 0, DATA + 2 * PAGE, &data, "after the reactor slept");
+    assert_eq!(g.rings, rings + 1, "that submission rang");
+
+    // Asleep with shadows configured, the reactor costs nothing.
+    std::thread::sleep(window * 2);
+    let before = t.target.cpu_time();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = t.target.cpu_time().saturating_sub(before);
+    assert!(
+        used < Duration::from_millis(30),
+        "{used:?} of CPU in an idle second"
+    );
+    drop(g);
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+    assert!(log_count(&t, "shadow doorbells polled", "armed=") >= 2);
+}
+
+#[test]
+fn submissions_that_race_the_end_of_the_busy_poll_window_are_served() {
+    // A fast guest (its RAM mapped) whose bursts come after random pauses of up to three
+    // windows: some while the reactor polls, some as it arms the queue to sleep, some after.
+    let mut t = start_target(
+        true,
+        "busy_poll_us = 50",
+        "disable_mappable_bar0 = true",
+        "ram = { size = \"16MiB\" }",
+    );
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    g.map_memory();
+    assert_eq!(g.config_shadow().status, 0);
+    g.create_io_queues(1, 1);
+    shadow_bursts_pausing(&mut g, 5000, Duration::from_micros(150));
     let (rings, quiet) = (g.rings, g.quiet);
     drop(g);
     assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
-    eprintln!("interrupt mode: {rings} rings, {quiet} quiet updates");
+    let (parked, armed, raced) = (
+        log_count(&t, "shadow doorbells polled", "parked="),
+        log_count(&t, "shadow doorbells polled", "armed="),
+        log_count(&t, "shadow doorbells polled", "raced="),
+    );
+    eprintln!(
+        "{rings} rings, {quiet} quiet updates; parked {parked} times, armed {armed}, \
+         {raced} raced the arming"
+    );
+    assert!(rings > 0, "some bursts came to a sleeping reactor");
+    assert!(
+        armed > 100,
+        "the reactor slept between bursts: armed {armed} times"
+    );
+    assert!(parked >= armed);
 }
 
 #[test]
@@ -770,6 +946,13 @@ fn shadow_doorbells_with_mapped_doorbells_in_poll_mode() {
     assert_eq!(g.config_shadow().status, 0);
     g.create_io_queues(1, 1);
     shadow_bursts(&mut g, 1000);
+    // Every turn polls the shadows, so their EventIdx stays parked: the guest never rings.
+    assert!(
+        g.rings * 100 <= g.quiet,
+        "{} rings for {} quiet shadow updates",
+        g.rings,
+        g.quiet
+    );
     drop(g);
     assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
 }
@@ -792,4 +975,173 @@ fn disabled_shadow_doorbells_are_not_offered() {
     assert!(!g.shadowed);
     drop(g);
     assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+}
+
+/// Keeps `depth` reads in flight on queue 1 until `total` have completed, taking each
+/// completion as soon as its phase bit shows (spinning, never waiting for an interrupt) and
+/// ringing the head for every one, as a driver polling its queue does; returns the interrupts
+/// vector 1 got meanwhile.
+fn consume(g: &mut Guest, depth: usize, total: usize) -> u64 {
+    g.interrupts(1);
+    let mut submitted = 0;
+    let submit = |g: &mut Guest, submitted: &mut usize| {
+        let slot = (*submitted % depth) as u64;
+        let cid = g.next_cid();
+        let mut cmd = rw(0x02, slot * 8, 8, DATA + slot * PAGE, 0);
+        cmd[2..4].copy_from_slice(&cid.to_le_bytes());
+        g.submit(1, &cmd);
+        *submitted += 1;
+    };
+    while submitted < depth.min(total) {
+        submit(g, &mut submitted);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut done = 0;
+    let mut spins = 0u32;
+    while done < total {
+        if let Some(c) = g.take_completion(1) {
+            assert_eq!(c.status, 0, "completion {done}: {c:?}");
+            done += 1;
+            if submitted < total {
+                submit(g, &mut submitted);
+            }
+            continue;
+        }
+        spins = spins.wrapping_add(1);
+        if spins % 4096 == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{done} of {total} completions came"
+            );
+        }
+        std::hint::spin_loop();
+    }
+    g.interrupts(1)
+}
+
+/// A count `key=N` of the target's `completion interrupts` line at disconnect.
+fn irq_count(line: &str, key: &str) -> u64 {
+    let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+    line[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{key} in {line}"))
+}
+
+/// The target's `completion interrupts` line, logged when the VMM goes.
+fn irq_line(t: &mut VfioTarget) -> String {
+    assert!(t.target.stop().success(), "clean exit:\n{}", t.target.log());
+    let log = plain(&t.target.log());
+    log.lines()
+        .find(|l| l.contains("completion interrupts"))
+        .unwrap_or_else(|| panic!("the interrupt counts at disconnect:\n{log}"))
+        .to_owned()
+}
+
+/// A guest in poll mode with mapped doorbells (and its RAM and doorbells mapped into the
+/// test, so it sees completions and stores its head as fast as a vCPU), one I/O queue pair on
+/// vector 1.
+fn fast_guest(t: &VfioTarget) -> Guest {
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    g.map_doorbells();
+    g.map_memory();
+    g.create_io_queues(1, 1);
+    g
+}
+
+#[test]
+fn adaptive_interrupts_wait_while_the_guest_consumes_and_fire_when_it_stops() {
+    let mut t = start_with(
+        false,
+        "disable_mappable_bar0 = false",
+        "ram = { size = \"16MiB\" }",
+    );
+    let mut g = fast_guest(&t);
+
+    // Eight reads with one ring of the tail: one batch. The guest does not touch the CQ head
+    // and waits for the interrupt, which a later poll fires when it sees the head stay put.
+    let cids: Vec<u16> = (0..8u64)
+        .map(|i| {
+            let cid = g.next_cid();
+            let mut cmd = rw(0x02, i * 8, 8, DATA + i * PAGE, 0);
+            cmd[2..4].copy_from_slice(&cid.to_le_bytes());
+            g.submit_held(1, &cmd);
+            cid
+        })
+        .collect();
+    let tail = u32::from(g.sq_tail(1));
+    g.kick(1, tail);
+    assert!(
+        g.wait_interrupt_count(1, Duration::from_secs(5)) == Some(1),
+        "one interrupt for the batch, the head untouched"
+    );
+    let mut got: Vec<u16> = (0..8)
+        .map(|i| {
+            let c = g
+                .take_completion(1)
+                .unwrap_or_else(|| panic!("completion {i} is there with the interrupt"));
+            assert_eq!(c.status, 0, "{c:?}");
+            c.cid
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, cids);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(g.interrupts(1), 0, "consumed: nothing more is owed");
+
+    // A guest that keeps consuming (one command at a time, then sixteen in flight) is not
+    // interrupted for every batch: the head it moves says it is looking. It is interrupted
+    // only when it lags a whole turn behind (descheduled, say).
+    let qd1 = consume(&mut g, 1, 5000);
+    let qd16 = consume(&mut g, 16, 20_000);
+    eprintln!("adaptive: {qd1} interrupts for 5000 completions at depth 1, {qd16} for 20000 at 16");
+    assert!(
+        qd1 * 5 < 5000,
+        "{qd1} interrupts for 5000 completions at depth 1"
+    );
+    assert!(qd16 * 5 < 20_000, "{qd16} interrupts for 20000 at depth 16");
+    drop(g);
+    let line = irq_line(&mut t);
+    assert!(line.contains("adaptive=true"), "{line}");
+    assert!(irq_count(&line, "fired=") >= 1, "{line}");
+    assert!(
+        irq_count(&line, "held=") >= 5000,
+        "every I/O batch was held: {line}"
+    );
+}
+
+/// Where interrupts are not adaptive, every batch fires at once: one interrupt per
+/// completion for a guest that keeps one command in flight, however fast it consumes.
+fn interrupts_per_batch(interrupt_mode: bool, vfiouser: &str) {
+    let mut t = start_with(interrupt_mode, vfiouser, "ram = { size = \"16MiB\" }");
+    let mut g = Guest::connect(&t.socket, 2);
+    g.enable();
+    if !interrupt_mode && vfiouser.contains("disable_mappable_bar0 = false") {
+        g.map_doorbells();
+    }
+    g.map_memory();
+    g.create_io_queues(1, 1);
+    let n = 500;
+    assert_eq!(consume(&mut g, 1, n), n as u64, "one interrupt per batch");
+    drop(g);
+    let line = irq_line(&mut t);
+    assert!(line.contains("adaptive=false"), "{line}");
+    assert_eq!(irq_count(&line, "held="), 0, "{line}");
+    assert_eq!(irq_count(&line, "fired="), 0, "{line}");
+}
+
+#[test]
+fn disabled_adaptive_interrupts_fire_once_per_batch_in_poll_mode() {
+    interrupts_per_batch(
+        false,
+        "disable_mappable_bar0 = false\ndisable_adaptive_irq = true",
+    );
+}
+
+#[test]
+fn interrupts_are_not_adaptive_in_interrupt_mode_or_with_trapped_doorbells() {
+    interrupts_per_batch(true, "disable_mappable_bar0 = true");
+    interrupts_per_batch(false, "disable_mappable_bar0 = true");
 }

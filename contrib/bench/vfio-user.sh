@@ -11,8 +11,11 @@
 # the page, messages otherwise; the report says which). Client reaping: irq (completions found
 # after the queue's MSI-X eventfd fires, as Linux's nvme driver does) and busy-poll (polled CQs
 # created without interrupts, spun on in guest memory). Cases: 4K randread at QD1 (latency)
-# and QD32 (IOPS). A third mode, interrupt-nopoll, is interrupt mode with busy_poll_us = 0: the
-# reactor sleeps in epoll as soon as a pass finds nothing.
+# and QD32 (IOPS), each with shadow doorbells (nvmf-perf's default, as Linux: Doorbell Buffer
+# Config, a doorbell write only when EventIdx asks) and without (*-noshadow:
+# --no-shadow-doorbells, every batch writes its doorbells). A third mode, interrupt-nopoll, is
+# interrupt mode with busy_poll_us = 0: the reactor sleeps in epoll as soon as a pass finds
+# nothing.
 #
 # Environment:
 #   BENCH_SECONDS       seconds per run (default 10)
@@ -55,6 +58,10 @@ CASES=(
   "randread-4k-qd1-busy-poll|-w randread -o 4k -q 1 --busy-poll"
   "randread-4k-qd32-irq|-w randread -o 4k -q 32"
   "randread-4k-qd32-busy-poll|-w randread -o 4k -q 32 --busy-poll"
+  "randread-4k-qd1-irq-noshadow|-w randread -o 4k -q 1 --no-shadow-doorbells"
+  "randread-4k-qd1-busy-poll-noshadow|-w randread -o 4k -q 1 --busy-poll --no-shadow-doorbells"
+  "randread-4k-qd32-irq-noshadow|-w randread -o 4k -q 32 --no-shadow-doorbells"
+  "randread-4k-qd32-busy-poll-noshadow|-w randread -o 4k -q 32 --busy-poll --no-shadow-doorbells"
 )
 
 perf_target() {

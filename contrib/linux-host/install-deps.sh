@@ -11,6 +11,11 @@ done
 for p in libibverbs-dev librdmacm-dev libclang-dev pkg-config; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+# contrib/rdma: the guest runs the host's verbs libraries, rxe provider and tools over 9p
+# (rping, ibv_rc_pingpong, the rdma tool is iproute2's); e2fsprogs makes its file namespace's disk.
+for p in rdma-core libibverbs1 librdmacm1 ibverbs-providers ibverbs-utils rdmacm-utils e2fsprogs; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq

@@ -45,16 +45,14 @@ for _ in $(seq 100); do
   kill -0 $TPID 2>/dev/null || break
   sleep 0.1
 done
-sed -e "s/@PORT@/$PORT/" -e "s/@NQN@/$NQN/" "$HERE/guest-checks.sh" > "$OUT/test.sh"
+cp "$HERE/guest-checks.sh" "$OUT/guest-checks.sh"
+cat > "$OUT/test.sh" <<EOT
+# Written by run-case.sh; guest-init.sh runs it with sh.
+export TRANSPORT=tcp ADDR=10.0.2.2 PORT=$PORT NQN=$NQN
+exec sh /tmp/work/guest-checks.sh
+EOT
 # The reload step: edit the declaration when the guest asks (markers in the shared dir).
-(
-  for _ in $(seq 6000); do [ -e "$OUT/reload-add" ] && break; sleep 0.1; done
-  [ -e "$OUT/reload-add" ] || exit 0
-  cp "$OUT/target.toml" "$OUT/target.toml.orig"
-  printf '\n[[subsystem.namespace]]\nnsid = 2\nram = { size = "16MiB" }\n' >> "$OUT/target.toml"
-  for _ in $(seq 6000); do [ -e "$OUT/reload-remove" ] && break; sleep 0.1; done
-  cp "$OUT/target.toml.orig" "$OUT/target.toml.new" && mv "$OUT/target.toml.new" "$OUT/target.toml"
-) &
+"$HERE/ns-reload.sh" "$OUT" "$OUT/target.toml" > "$OUT/ns-reload.log" 2>&1 &
 EDITOR_PID=$!
 START=$(date +%s)
 "$HERE/run-guest.sh" "$OUT" "${VM_TIMEOUT:-400}"; GRC=$?
@@ -62,7 +60,7 @@ kill $EDITOR_PID 2>/dev/null
 WALL=$(( $(date +%s) - START ))
 "$BIN" status --socket "$OUT/ctl.sock" > "$OUT/status.txt" 2>&1
 kill -TERM $TPID 2>/dev/null; wait $TPID; TRC=$?
-grep -E '^(STEP|INTEGRITY|FIO|RELOAD)' "$OUT/test.log" 2>/dev/null | sed "s/^/  [$MODE-$BACKEND] /"
+grep -E '^(STEP|INTEGRITY|FIO|RELOAD|FAILED)' "$OUT/test.log" 2>/dev/null | sed "s/^/  [$MODE-$BACKEND] /"
 FAIL=""
 [ $GRC = 0 ] || FAIL="guest checks failed (exit $(cat "$OUT/rc" 2>/dev/null || echo none)); see $OUT/test.log and $OUT/console.log"
 [ $TRC = 0 ] || FAIL="${FAIL:+$FAIL; }target exited $TRC after SIGTERM; see $OUT/target.log"

@@ -81,6 +81,11 @@ struct Cli {
     /// completion queues, created without interrupts, spun on in guest memory).
     #[arg(long)]
     busy_poll: bool,
+    /// vfio-user: ring every doorbell, without shadow doorbells even when the controller
+    /// offers them (by default, as Linux's nvme driver, Doorbell Buffer Config at bring-up
+    /// and a doorbell write only when the controller's EventIdx asks for one).
+    #[arg(long)]
+    no_shadow_doorbells: bool,
     /// Seconds without an answer before the target counts as gone.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
@@ -229,6 +234,7 @@ fn config(cli: &Cli) -> anyhow::Result<PerfConfig> {
         core: cli.core,
         verify: cli.verify,
         busy_poll: cli.busy_poll,
+        shadow_doorbells: !cli.no_shadow_doorbells,
         timeout: Duration::from_secs(cli.timeout.max(1)),
         seed,
     })

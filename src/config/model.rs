@@ -193,7 +193,10 @@ pub struct VfioUserTransport {
     /// Trap doorbell writes as socket messages instead of mapping BAR0 into the VM. Required
     /// in interrupt mode: mapped doorbells can only be polled.
     pub disable_mappable_bar0: bool,
-    /// Do not coalesce interrupts adaptively.
+    /// Fire every I/O completion queue's interrupt with the batch that posted to it. Otherwise,
+    /// in poll mode with mapped doorbells, the interrupt waits while the host is consuming the
+    /// queue and fires at the first turn that finds its head not moved; interrupt mode and
+    /// trapped doorbells fire every batch at once whatever this says.
     pub disable_adaptive_irq: bool,
     /// Do not offer the shadow doorbell buffer.
     pub disable_shadow_doorbells: bool,

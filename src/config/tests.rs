@@ -111,6 +111,17 @@ fn vfio_user_in_interrupt_mode_needs_trapped_doorbells() {
 }
 
 #[test]
+fn adaptive_interrupts_in_interrupt_mode_are_turned_off_silently() {
+    // As SPDK: interrupt mode turns them off whatever the key says, and says nothing.
+    for value in ["false", "true"] {
+        let text = format!(
+            "{BASE}\n[transport.vfiouser]\ndisable_mappable_bar0 = true\ndisable_adaptive_irq = {value}\n"
+        );
+        assert_findings(&text, &[]);
+    }
+}
+
+#[test]
 fn listeners_need_declared_transports_and_distinct_sockets() {
     assert_findings(
         &with("transport = \"tcp\"", "transport = \"rdma\""),

@@ -344,7 +344,12 @@ impl Controller {
                 }
                 page
             }
-            (false, lid::ERROR) => vec![0u8; log::ERROR_ENTRY_LEN * (usize::from(ELPE) + 1)],
+            (false, lid::ERROR) => {
+                if !cmd.rae {
+                    Self::clear_event(&mut self.lock(), super::ctrlr::ERROR_EVENT);
+                }
+                vec![0u8; log::ERROR_ENTRY_LEN * (usize::from(ELPE) + 1)]
+            }
             (false, lid::SMART) => smart_log(),
             (false, lid::FIRMWARE_SLOT) => firmware_log(),
             (false, lid::CHANGED_NS_LIST) => {

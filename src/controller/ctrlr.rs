@@ -7,10 +7,23 @@ use std::time::{Duration, Instant};
 
 use crate::nvme::connect::ConnectCmd;
 use crate::nvme::features::aec;
-use crate::nvme::log::{async_event_dw0, event_type, lid, notice};
+use crate::nvme::log::{async_event_dw0, error_info, event_type, lid, notice};
 use crate::nvme::{CntlId, Cqe, Nqn, Nsid, Status};
 
 use super::TransportLimits;
+
+/// The bit of `AdminState::aen_masked` for Error status events, which have no Asynchronous
+/// Event Configuration bit (bit 30 is reserved there, so no configurable kind uses it).
+pub(crate) const ERROR_EVENT: u32 = 1 << 30;
+
+/// What was wrong with a PCIe host's doorbell write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidDoorbell {
+    /// The doorbell of a queue that does not exist.
+    Register,
+    /// A value the queue refuses (a tail or head past its end).
+    Value,
+}
 use super::pcie::PcieQueues;
 use super::registry::RegistryShared;
 use super::subsystem::{ListenerAddr, Subsystem};
@@ -496,7 +509,16 @@ impl Controller {
     /// Queues an event of kind `bit` (an AEC bit) unless the host disabled that kind or one
     /// is already outstanding. Returns whether a completion became ready.
     fn raise_event(st: &mut AdminState, bit: u32, dw0: u32) -> bool {
-        if st.features.async_event_config & bit == 0 || st.aen_masked & bit != 0 {
+        if st.features.async_event_config & bit == 0 {
+            return false;
+        }
+        Self::post_event(st, bit, dw0)
+    }
+
+    /// Queues an event of kind `bit` unless one is already outstanding. Returns whether a
+    /// completion became ready.
+    fn post_event(st: &mut AdminState, bit: u32, dw0: u32) -> bool {
+        if st.aen_masked & bit != 0 {
             return false;
         }
         st.aen_masked |= bit;
@@ -510,6 +532,25 @@ impl Controller {
             st.pending_events.push_back(dw0);
         }
         false
+    }
+
+    /// A PCIe host wrote a doorbell of a queue that does not exist, or a value its queue
+    /// refuses: an Error status event (always enabled; one outstanding until the host reads
+    /// the Error Information log).
+    pub fn report_invalid_doorbell(&self, what: InvalidDoorbell) {
+        if !self.is_live() {
+            return;
+        }
+        let info = match what {
+            InvalidDoorbell::Register => error_info::INVALID_DOORBELL_REGISTER,
+            InvalidDoorbell::Value => error_info::INVALID_DOORBELL_VALUE,
+        };
+        let dw0 = async_event_dw0(event_type::ERROR, info, lid::ERROR);
+        // Error status events have no Asynchronous Event Configuration bit: always enabled.
+        let ready = Self::post_event(&mut self.lock(), ERROR_EVENT, dw0);
+        if ready {
+            self.notify();
+        }
     }
 
     /// Reading a log page with RAE clear re-arms the event kind it reports.

@@ -22,7 +22,7 @@ mod subsystem;
 #[cfg(test)]
 mod tests;
 
-pub use ctrlr::{Controller, ControllerKind, QueueEpoch};
+pub use ctrlr::{Controller, ControllerKind, InvalidDoorbell, QueueEpoch};
 pub use fabrics::RegisterEffect;
 pub use io::{IoOp, IoPlan, dsm_ranges};
 pub use namespace::{Namespace, NamespaceSpec};

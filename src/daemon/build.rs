@@ -107,6 +107,10 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
             limits.vfio_user,
             !vfio.disable_mappable_bar0,
             !vfio.disable_shadow_doorbells,
+            // As SPDK: in interrupt mode nothing promises the later turn a held interrupt
+            // needs, whatever the key says.
+            !vfio.disable_adaptive_irq && !config.target.interrupt_mode,
+            config.target.interrupt_mode,
         )),
     };
     let mut listeners = Vec::new();

@@ -224,6 +224,12 @@ pub mod notice {
     pub const DISCOVERY_LOG_CHANGED: u8 = 0xF0;
 }
 
+/// Error status event information (completion dword 0 bits 15:8, NVMe Base 2.0 Figure 148).
+pub mod error_info {
+    pub const INVALID_DOORBELL_REGISTER: u8 = 0x00;
+    pub const INVALID_DOORBELL_VALUE: u8 = 0x01;
+}
+
 /// Completion dword 0 of an Asynchronous Event Request: type, information, log page.
 pub fn async_event_dw0(kind: u8, info: u8, log: u8) -> u32 {
     u32::from_le_bytes([kind & 0x7, info, log, 0])

@@ -164,11 +164,23 @@ pub trait Session {
     fn housekeeping(&mut self, now: Instant) -> Result<(), PerfError>;
     /// Where the I/O went and to which subsystem, for the report.
     fn target(&self) -> TargetInfo;
-    /// How doorbells reach a PCIe controller (`trapped` messages or a `mapped` page); `None`
-    /// on fabrics.
-    fn doorbells(&self) -> Option<&'static str> {
+    /// How a PCIe controller's doorbells were rung; `None` on fabrics.
+    fn doorbells(&self) -> Option<DoorbellUse> {
         None
     }
+}
+
+/// How a PCIe controller's doorbells were rung over a run, for the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DoorbellUse {
+    /// `trapped` (messages) or `mapped` (stores into BAR0's doorbell page).
+    pub how: &'static str,
+    /// The I/O queues' doorbells went through shadow doorbells (Doorbell Buffer Config).
+    pub shadow: bool,
+    /// I/O queue doorbell writes that reached the controller.
+    pub writes: u64,
+    /// Shadow doorbell updates of the I/O queues (each one a write only when EventIdx asked).
+    pub shadow_updates: u64,
 }
 
 /// The report's description of the target.

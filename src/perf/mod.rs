@@ -88,6 +88,9 @@ pub struct PerfConfig {
     pub verify: bool,
     /// Spin on the sockets instead of sleeping in epoll when nothing is ready.
     pub busy_poll: bool,
+    /// vfio-user: use shadow doorbells (Doorbell Buffer Config) when the controller offers
+    /// them, as Linux's `nvme` does.
+    pub shadow_doorbells: bool,
     pub timeout: Duration,
     pub seed: u64,
 }

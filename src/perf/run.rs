@@ -249,6 +249,7 @@ impl Driver<'_> {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let cfg = self.cfg;
         let target = session.target();
+        let doorbells = session.doorbells();
         Report {
             transport: target.transport,
             target: target.address,
@@ -273,7 +274,10 @@ impl Driver<'_> {
             io_errors: self.stats.io_errors,
             first_io_error: self.firsts.io_error.map(|s| s.to_string()),
             busy_poll: cfg.busy_poll,
-            doorbells: session.doorbells(),
+            doorbells: doorbells.map(|d| d.how),
+            shadow_doorbells: doorbells.map(|d| d.shadow),
+            doorbell_writes: doorbells.map(|d| d.writes),
+            shadow_updates: doorbells.filter(|d| d.shadow).map(|d| d.shadow_updates),
             verify: cfg.verify,
             verify_errors: self.stats.verify_errors,
             first_verify_error: self.firsts.mismatch.map(|m| m.to_string()),

@@ -120,6 +120,15 @@ pub struct Report {
     /// vfio-user: how doorbells reached the controller, `trapped` (messages) or `mapped`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub doorbells: Option<&'static str>,
+    /// vfio-user: the I/O queues used shadow doorbells (Doorbell Buffer Config).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_doorbells: Option<bool>,
+    /// vfio-user: I/O queue doorbell writes that reached the controller over the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub doorbell_writes: Option<u64>,
+    /// vfio-user: shadow doorbell updates of the I/O queues over the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow_updates: Option<u64>,
     pub verify: bool,
     pub verify_errors: u64,
     /// What was wrong with the first read that failed verification.
@@ -147,9 +156,10 @@ impl Report {
             self.io_size,
             self.queue_depth,
             self.connections,
-            match self.doorbells {
-                None => "connection(s)".to_owned(),
-                Some(d) => format!("queue(s), {d} doorbells"),
+            match (self.doorbells, self.shadow_doorbells) {
+                (None, _) => "connection(s)".to_owned(),
+                (Some(d), Some(true)) => format!("queue(s), {d} doorbells behind shadows"),
+                (Some(d), _) => format!("queue(s), {d} doorbells"),
             },
             match (self.header_digest, self.data_digest) {
                 (false, false) => "",
@@ -181,6 +191,11 @@ impl Report {
             self.writes,
             self.cpu_percent,
         );
+        if let (Some(writes), Some(updates)) = (self.doorbell_writes, self.shadow_updates) {
+            text.push_str(&format!(
+                "{writes} I/O doorbell writes for {updates} shadow doorbell updates\n"
+            ));
+        }
         if let Some(first) = &self.first_io_error {
             text.push_str(&format!("{} I/Os failed, first: {first}\n", self.io_errors));
         }

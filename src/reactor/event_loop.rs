@@ -1,8 +1,11 @@
 //! One reactor: its thread, its poll, the subscribers it hosts and its mailbox.
 //!
 //! The loop knows no transport. Each turn it waits, hands every ready descriptor to the
-//! subscriber whose id is in the token, then serves the mailbox, backend completions, granted
-//! buffers and due timers, and afterwards asks the subscriber it called for its next deadline.
+//! subscriber whose id is in the token, polls the subscribers that watch memory (every turn in
+//! poll mode, in the busy-poll window in interrupt mode), then serves the mailbox, backend
+//! completions, granted buffers and due timers, and afterwards asks the subscriber it called
+//! for its next deadline. Before an interrupt-mode reactor sleeps, the subscribers it polls
+//! arm their wake-ups and look once more (`before_sleep`); work found there keeps it awake.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,7 +23,7 @@ use crate::controller::Controller;
 use crate::transport::buffer_pool::{BufferPool, CreditWaker, SharedPool};
 use crate::transport::context::{AsyncNotifier, Flow, IoCx};
 use crate::transport::subscriber::{
-    NewSubscriber, Readiness, Subscriber, SubscriberCx, SubscriberId,
+    NewSubscriber, Polled, Readiness, Subscriber, SubscriberCx, SubscriberId,
 };
 
 /// The reactor's own descriptors are keys of the one id the slab never hands out; they carry
@@ -136,6 +139,23 @@ impl Reactor {
     }
 }
 
+/// What a turn waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// A look that does not block (poll mode, interrupt mode's busy-poll window): the
+    /// subscribers that want it are polled.
+    Poll,
+    /// Interrupt mode: epoll until an event or the timeout (zero when a timer is due).
+    Sleep(Option<Duration>),
+}
+
+impl Wait {
+    /// Whether the wait may block: the pollers are to arm their wake-ups first.
+    fn sleeps(self) -> bool {
+        self != Self::Poll && self != Self::Sleep(Some(Duration::ZERO))
+    }
+}
+
 /// A subscriber and what the reactor keeps beside it.
 struct Hosted {
     subscriber: NewSubscriber,
@@ -164,7 +184,8 @@ struct Running {
     pool: BufferPool,
     /// New subscribers handed off during a call, placed once it returns.
     handed_off: Vec<NewSubscriber>,
-    /// Subscribers that want [`Subscriber::poll`] every turn (poll mode only).
+    /// Subscribers that want [`Subscriber::poll`] every turn (poll mode) or every busy-poll
+    /// turn and [`Subscriber::before_sleep`] (interrupt mode).
     pollers: Vec<SubscriberId>,
     /// The pollers of the turn in progress (a poll may change `pollers`).
     polling: Vec<SubscriberId>,
@@ -217,7 +238,24 @@ impl Running {
         // One clock read per idle turn, two per busy one: a turn starts when the last ended.
         let mut before = Instant::now();
         loop {
-            let timeout = self.timeout(before, last_activity);
+            let mut wait = self.wait(before, last_activity);
+            if wait.sleeps() && !self.pollers.is_empty() {
+                // The pollers arm their wake-ups; what came before that is served now, and
+                // this turn does not sleep.
+                let found = self.call_pollers(before, |sub, cx, now| sub.before_sleep(cx, now));
+                if found > 0 {
+                    let end = Instant::now();
+                    self.mailbox.stats.add_busy(end - before);
+                    self.mailbox.stats.add_events(found);
+                    last_activity = Some(end);
+                    before = end;
+                    wait = Wait::Sleep(Some(Duration::ZERO));
+                }
+            }
+            let (timeout, polling) = match wait {
+                Wait::Poll => (Some(Duration::ZERO), true),
+                Wait::Sleep(timeout) => (timeout, false),
+            };
             let blocking = timeout != Some(Duration::ZERO);
             if blocking {
                 self.mailbox.stats.begin_wait(before);
@@ -247,7 +285,9 @@ impl Running {
                 let ready = Readiness::of(key, event);
                 self.call(id, after, |sub, cx| sub.process(ready, cx, after));
             }
-            work += self.poll_subscribers(after);
+            if polling {
+                work += self.call_pollers(after, |sub, cx, now| sub.poll(cx, now));
+            }
             work += self.handle_inbox(after);
             work += self.handle_completions(after);
             work += self.grant_buffers(after);
@@ -278,15 +318,15 @@ impl Running {
         info!("reactor stopped");
     }
 
-    /// How long the next wait may sleep: zero in poll mode and inside the busy-poll window,
-    /// otherwise until the next deadline, or forever.
-    fn timeout(&self, now: Instant, last_activity: Option<Instant>) -> Option<Duration> {
+    /// The next wait: a look in poll mode and inside the busy-poll window, otherwise a sleep
+    /// until the next deadline, or forever.
+    fn wait(&self, now: Instant, last_activity: Option<Instant>) -> Wait {
         if !self.config.interrupt_mode {
-            return Some(Duration::ZERO);
+            return Wait::Poll;
         }
         if let Some(last) = last_activity {
             if now.duration_since(last) < self.config.busy_poll {
-                return Some(Duration::ZERO);
+                return Wait::Poll;
             }
         }
         let mut timeout = self
@@ -299,7 +339,7 @@ impl Running {
                 t.min(Duration::from_millis(50))
             }));
         }
-        timeout
+        Wait::Sleep(timeout)
     }
 
     /// Starts hosting a subscriber: gives it an id and lets it register its descriptors.
@@ -381,7 +421,7 @@ impl Running {
                 hosted.timer_armed = Some(at);
             }
         }
-        let wants_poll = !self.config.interrupt_mode && hosted.subscriber.wants_poll();
+        let wants_poll = hosted.subscriber.wants_poll();
         if wants_poll != hosted.polled {
             hosted.polled = wants_poll;
             if wants_poll {
@@ -395,8 +435,13 @@ impl Running {
         }
     }
 
-    /// Polls every subscriber that wants it; returns the work they found.
-    fn poll_subscribers(&mut self, now: Instant) -> u64 {
+    /// Calls `f` ([`Subscriber::poll`] or [`Subscriber::before_sleep`]) on every subscriber
+    /// that wants polling; returns the work they found.
+    fn call_pollers(
+        &mut self,
+        now: Instant,
+        f: fn(&mut (dyn Subscriber + Send), &mut SubscriberCx<'_>, Instant) -> Polled,
+    ) -> u64 {
         if self.pollers.is_empty() {
             return 0;
         }
@@ -406,7 +451,7 @@ impl Running {
         for id in polling.drain(..) {
             let mut found = 0;
             self.call(id, now, |sub, cx| {
-                let polled = sub.poll(cx, now);
+                let polled = f(sub, cx, now);
                 found = polled.work;
                 polled.flow
             });

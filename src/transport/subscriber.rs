@@ -147,16 +147,30 @@ pub trait Subscriber {
     }
 
     /// Whether the reactor is to call [`poll`](Self::poll) every turn: the subscriber watches
-    /// memory that nothing signals a change of (a doorbell page a VMM maps into its guest).
-    /// Asked after every call. Only a reactor in poll mode polls; in interrupt mode nothing is
-    /// polled (the declaration's rules keep what needs it out of interrupt mode).
+    /// memory that nothing signals a change of (a doorbell page a VMM maps into its guest,
+    /// shadow doorbells). Asked after every call. A reactor in poll mode polls it on every
+    /// turn. One in interrupt mode polls it only on the turns of its busy-poll window (after
+    /// activity, `busy_poll_us`), and calls [`before_sleep`](Self::before_sleep) before every
+    /// sleep, so what nothing signals must be armed to signal there (EventIdx).
     fn wants_poll(&self) -> bool {
         false
     }
 
-    /// One look at what the subscriber polls, on every turn of a poll-mode reactor while it
+    /// One look at what the subscriber polls, on every turn of a poll-mode reactor, and on
+    /// the busy-poll turns of an interrupt-mode one, while it
     /// [`wants_poll`](Self::wants_poll).
     fn poll(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Polled {
+        let _ = (cx, now);
+        Polled::IDLE
+    }
+
+    /// An interrupt-mode reactor is about to sleep (no poll comes until something it watches
+    /// wakes it): the subscriber arms what it polled to wake the reactor, then looks once more
+    /// for what came before it was armed. Work found (and done) keeps the reactor awake for
+    /// this turn and counts as busy. Called on every subscriber that
+    /// [`wants_poll`](Self::wants_poll), after its last poll and before every sleep; never in
+    /// poll mode.
+    fn before_sleep(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Polled {
         let _ = (cx, now);
         Polled::IDLE
     }

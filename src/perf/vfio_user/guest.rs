@@ -52,6 +52,10 @@ impl GuestRam {
     pub fn load_u32(&self, gpa: u64) -> Result<u32, AccessError> {
         self.map.load_u32(offset(gpa))
     }
+
+    pub fn store_u32(&self, gpa: u64, value: u32) -> Result<(), AccessError> {
+        self.map.store_u32(offset(gpa), value)
+    }
 }
 
 /// A guest physical address as an offset into the mapping (past its end if it does not fit,
@@ -175,6 +179,44 @@ impl DoorbellLayout {
     pub fn cq_head(&self, qid: u16) -> u64 {
         DOORBELL_BASE + (2 * u64::from(qid) + 1) * self.stride
     }
+}
+
+/// The shadow doorbell and EventIdx buffers given to the controller by Doorbell Buffer
+/// Config: a page each of guest RAM, laid out as the doorbells are (BAR0 offset - 0x1000).
+#[derive(Debug, Clone, Copy)]
+pub struct ShadowBuffers {
+    pub shadow: u64,
+    pub event_idx: u64,
+}
+
+impl ShadowBuffers {
+    /// Moves the doorbell at BAR0 `offset` to `value` in the shadow buffer, as Linux's
+    /// `nvme_dbbuf_update_and_check_event` does: what the driver wrote before (SQEs, consumed
+    /// CQEs) first, then the shadow, a full fence, then the EventIdx the controller published;
+    /// true if the move passes it and the real doorbell must be written too.
+    pub fn update(&self, ram: &GuestRam, offset: u64, value: u16) -> Result<bool, AccessError> {
+        let index = offset.saturating_sub(DOORBELL_BASE);
+        let at = self.shadow + index;
+        let old = low16(ram.load_u32(at)?);
+        mmap::release_fence();
+        ram.store_u32(at, u32::from(value))?;
+        // The controller publishes EventIdx, fences, and reads the shadow again: with this
+        // fence between our store and our load, one of us sees the other's.
+        mmap::full_fence();
+        let event_idx = low16(ram.load_u32(self.event_idx + index)?);
+        Ok(need_event(event_idx, value, old))
+    }
+}
+
+/// Linux's `nvme_dbbuf_need_event` (virtio's `vring_need_event`): moving a doorbell from
+/// `old` to `new` passes `event_idx`, in 16-bit arithmetic.
+pub fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// The low 16 bits of a doorbell dword, as the driver reads it into a `u16`.
+fn low16(value: u32) -> u16 {
+    u16::try_from(value & 0xFFFF).unwrap_or(0)
 }
 
 /// How doorbell writes reach the target.
@@ -308,6 +350,45 @@ mod tests {
         assert_eq!(alloc.pages(1), None);
         let layout = DoorbellLayout { stride: 4 };
         assert_eq!((layout.sq_tail(1), layout.cq_head(1)), (0x1008, 0x100c));
+    }
+
+    #[test]
+    fn a_shadow_update_stores_the_value_and_asks_for_a_write_only_past_event_idx() {
+        let ram = GuestRam::new(4 * PAGE).expect("ram");
+        let buffers = ShadowBuffers {
+            shadow: PAGE,
+            event_idx: 2 * PAGE,
+        };
+        let layout = DoorbellLayout { stride: 4 };
+        let (sq, cq) = (layout.sq_tail(1), layout.cq_head(1));
+        // EventIdx 0 (zeroed): the first submission, 0 -> 1, passes it.
+        assert!(buffers.update(&ram, sq, 1).expect("update"));
+        assert_eq!(
+            ram.load_u32(PAGE + 8).expect("load"),
+            1,
+            "SQ 1's shadow tail"
+        );
+        // Not served yet (EventIdx still 0): 1 -> 3 passes nothing.
+        assert!(!buffers.update(&ram, sq, 3).expect("update"));
+        // Served up to 3: the next one rings.
+        ram.store_u32(2 * PAGE + 8, 3).expect("store");
+        assert!(buffers.update(&ram, sq, 4).expect("update"));
+        // The controller polls: EventIdx parked above the ring asks only across its end.
+        ram.store_u32(2 * PAGE + 8, u32::MAX).expect("store");
+        assert!(!buffers.update(&ram, sq, 30).expect("update"));
+        assert!(
+            buffers.update(&ram, sq, 2).expect("update"),
+            "30 -> 2 wraps"
+        );
+        // The CQ head has its own shadow and EventIdx, next to the tail's.
+        ram.store_u32(2 * PAGE + 12, 5).expect("store");
+        assert!(
+            !buffers.update(&ram, cq, 5).expect("update"),
+            "0 -> 5 stops at 5"
+        );
+        assert!(buffers.update(&ram, cq, 6).expect("update"));
+        assert_eq!(ram.load_u32(PAGE + 12).expect("load"), 6);
+        assert!(need_event(63, 1, 63) && need_event(0, 1, 63) && !need_event(5, 1, 63));
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! One I/O queue pair in guest RAM, driven as a guest NVMe driver drives it: SQEs written at
 //! the tail with fixed PRPs per slot (each slot owns its data pages and, for more than two
 //! pages, a PRP list written once), completions taken by phase bit, and per batch at most one
-//! CQ head and one SQ tail doorbell write, like Linux's `nvme` with blk-mq plugging.
+//! CQ head and one SQ tail doorbell write, like Linux's `nvme` with blk-mq plugging. With
+//! shadow doorbells each of those is a shadow update, and a doorbell write only when the
+//! controller's EventIdx asks for it.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::VfioError;
-use super::guest::{CqRing, DoorbellLayout, Doorbells, GuestRam, SqRing};
+use super::guest::{CqRing, DoorbellLayout, Doorbells, GuestRam, ShadowBuffers, SqRing};
 use crate::host::HostQueue;
 use crate::perf::PerfError;
 use crate::perf::io::{Done, Queue, Slot};
@@ -52,6 +54,11 @@ pub struct VfioQueue {
     /// The SQ tail and CQ head moved since the last doorbell writes.
     sq_moved: bool,
     cq_moved: bool,
+    /// Shadow doorbells, after Doorbell Buffer Config.
+    shadow: Option<ShadowBuffers>,
+    /// Doorbell writes that reached the controller, and shadow updates.
+    writes: u64,
+    shadow_updates: u64,
 }
 
 impl VfioQueue {
@@ -87,7 +94,22 @@ impl VfioQueue {
             free: (0..depth).rev().collect(),
             sq_moved: false,
             cq_moved: false,
+            shadow: None,
+            writes: 0,
+            shadow_updates: 0,
         }
+    }
+
+    /// Its doorbells go through `shadow` from now on (the controller accepted Doorbell
+    /// Buffer Config).
+    pub fn with_shadow(mut self, shadow: Option<ShadowBuffers>) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// Doorbell writes that reached the controller and shadow doorbell updates so far.
+    pub fn doorbell_counts(&self) -> (u64, u64) {
+        (self.writes, self.shadow_updates)
     }
 
     fn error(&self, source: VfioError) -> PerfError {
@@ -152,15 +174,29 @@ impl VfioQueue {
         let qid = self.params.qid;
         let moved = self.cq_moved || self.sq_moved;
         if std::mem::take(&mut self.cq_moved) {
-            let head = u32::from(self.cq.head());
-            self.doorbells.ring(self.layout.cq_head(qid), head)?;
+            let head = self.cq.head();
+            self.write_doorbell(self.layout.cq_head(qid), head)?;
         }
         if std::mem::take(&mut self.sq_moved) {
-            let tail = u32::from(self.sq.tail());
-            self.doorbells.ring(self.layout.sq_tail(qid), tail)?;
+            let tail = self.sq.tail();
+            self.write_doorbell(self.layout.sq_tail(qid), tail)?;
         }
         self.doorbells.flush()?;
         Ok(moved)
+    }
+
+    /// Moves the doorbell at BAR0 `offset` to `value`: through the shadow, written only if
+    /// EventIdx asks, or written.
+    fn write_doorbell(&mut self, offset: u64, value: u16) -> Result<(), VfioError> {
+        if let Some(shadow) = self.shadow {
+            self.shadow_updates += 1;
+            if !shadow.update(&self.ram, offset, value)? {
+                return Ok(());
+            }
+        }
+        self.writes += 1;
+        self.doorbells.ring(offset, u32::from(value))?;
+        Ok(())
     }
 }
 

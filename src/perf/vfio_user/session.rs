@@ -1,7 +1,9 @@
 //! Bringing the controller up as a VMM and its guest's NVMe driver do, then running I/O on it:
 //! VERSION, guest RAM by DMA_MAP, the device's regions and interrupts, MSI-X and bus master
 //! in config space, eventfds by SET_IRQS, the admin queue by AQA/ASQ/ACQ and CC.EN, CSTS.RDY,
-//! Identify, Number of Queues, then one I/O CQ and SQ pair per queue.
+//! Identify, Doorbell Buffer Config when the controller offers it (OACS bit 8; Linux uses shadow
+//! doorbells whenever it may, `--no-shadow-doorbells` does not), Number of Queues, then one
+//! I/O CQ and SQ pair per queue.
 //!
 //! While the run goes, the session sleeps in epoll on the I/O queues' MSI-X eventfds (and on
 //! the socket, so that a target that goes away is noticed); with `--busy-poll` the I/O CQs are
@@ -19,15 +21,19 @@ use tracing::debug;
 
 use super::VfioError;
 use super::client::{Client, ClientError};
-use super::guest::{Allocator, CqRing, DoorbellLayout, Doorbells, GuestRam, PAGE, SqRing};
+use super::guest::{
+    Allocator, CqRing, DoorbellLayout, Doorbells, GuestRam, PAGE, ShadowBuffers, SqRing,
+};
 use super::queue::{QueueParams, SlotMemory, VfioQueue, set_prps};
 use crate::nvme::cqe::CQE_LEN;
-use crate::nvme::identify::IdentifyController;
+use crate::nvme::identify::{IdentifyController, oacs};
 use crate::nvme::opcode::admin;
 use crate::nvme::properties::{cc, csts, offset as reg};
 use crate::nvme::sqe::SQE_LEN;
 use crate::nvme::{Cqe, Sqe};
-use crate::perf::io::{self, Limits, Namespace, TargetInfo, active_namespaces, check_options};
+use crate::perf::io::{
+    self, DoorbellUse, Limits, Namespace, TargetInfo, active_namespaces, check_options,
+};
 use crate::perf::{PerfConfig, PerfError, VfioUserTarget};
 use crate::sys::EventFd;
 use crate::sys::mmap::{MapProt, Mapping};
@@ -60,6 +66,8 @@ pub struct Session {
     ns: Namespace,
     subnqn: String,
     socket_path: String,
+    /// The shadow doorbell and EventIdx buffers, if the controller took them.
+    shadow: Option<ShadowBuffers>,
 }
 
 impl Session {
@@ -172,11 +180,32 @@ impl Session {
             ns,
             subnqn: ctrl.subnqn,
             socket_path: path.display().to_string(),
+            shadow: None,
         };
+        if cfg.shadow_doorbells && ctrl.oacs & oacs::DOORBELL_BUFFER_CONFIG != 0 {
+            session.shadow = Some(
+                session
+                    .config_shadow(&mut alloc)
+                    .map_err(during("configuring shadow doorbells"))?,
+            );
+        }
+        debug!(shadow = session.shadow.is_some(), "shadow doorbells");
         session
             .create_queues(cfg, &device, &doorbells, &mut alloc)
             .map_err(during("creating I/O queues"))?;
         Ok(session)
+    }
+
+    /// Doorbell Buffer Config: a zeroed page each for the shadow doorbells and EventIdx, as
+    /// Linux's driver gives them before it creates its I/O queues.
+    fn config_shadow(&mut self, alloc: &mut Allocator) -> Result<ShadowBuffers, VfioError> {
+        let full = || VfioError::Device("guest RAM is full".into());
+        let shadow = alloc.pages(PAGE).ok_or_else(full)?;
+        let event_idx = alloc.pages(PAGE).ok_or_else(full)?;
+        let mut sqe = Sqe::new(admin::DOORBELL_BUFFER_CONFIG, 0);
+        set_prps(&mut sqe, shadow, event_idx);
+        self.admin_run(&sqe, "Doorbell Buffer Config")?;
+        Ok(ShadowBuffers { shadow, event_idx })
     }
 
     /// Number of Queues, then a CQ and an SQ per queue, each with its slots' memory.
@@ -258,14 +287,17 @@ impl Session {
                 block_size: self.ns.block_size,
                 copy_data: cfg.verify,
             };
-            self.queues.push(VfioQueue::new(
-                params,
-                Arc::clone(&self.ram),
-                doorbells.clone_for_queue(),
-                device.layout,
-                (SqRing::new(sq_base, entries), CqRing::new(cq_base, entries)),
-                slots,
-            ));
+            self.queues.push(
+                VfioQueue::new(
+                    params,
+                    Arc::clone(&self.ram),
+                    doorbells.clone_for_queue(),
+                    device.layout,
+                    (SqRing::new(sq_base, entries), CqRing::new(cq_base, entries)),
+                    slots,
+                )
+                .with_shadow(self.shadow),
+            );
         }
         Ok(())
     }
@@ -354,11 +386,21 @@ impl io::Session for Session {
         }
     }
 
-    fn doorbells(&self) -> Option<&'static str> {
-        Some(if self.admin.doorbells.is_mapped() {
-            "mapped"
-        } else {
-            "trapped"
+    fn doorbells(&self) -> Option<DoorbellUse> {
+        let (writes, shadow_updates) = self
+            .queues
+            .iter()
+            .map(VfioQueue::doorbell_counts)
+            .fold((0, 0), |(w, u), (qw, qu)| (w + qw, u + qu));
+        Some(DoorbellUse {
+            how: if self.admin.doorbells.is_mapped() {
+                "mapped"
+            } else {
+                "trapped"
+            },
+            shadow: self.shadow.is_some(),
+            writes,
+            shadow_updates,
         })
     }
 }
@@ -383,8 +425,10 @@ fn ram_size(cfg: &PerfConfig, queues: u16) -> u64 {
     let ring_pages =
         (entries * CQE_LEN as u64).div_ceil(PAGE) + (entries * SQE_LEN as u64).div_ceil(PAGE);
     let per_queue = ring_pages + u64::from(cfg.queue_depth) * (pages_per_io + list_pages);
+    // The null page, Identify, the shadow doorbell and EventIdx pages, the admin queue.
     let pages = 1
         + 3
+        + 2
         + 2 * (u64::from(ADMIN_ENTRIES) * SQE_LEN as u64).div_ceil(PAGE)
         + u64::from(queues) * per_queue;
     (pages * PAGE).div_ceil(2 << 20) * (2 << 20)

@@ -134,13 +134,22 @@ fn start(interrupt_mode: bool, subscribers: Vec<NewSubscriber>) -> ReactorHandle
 
 /// One reactor per entry of `subscribers`, each hosting its own.
 fn start_many(interrupt_mode: bool, subscribers: Vec<Vec<NewSubscriber>>) -> Vec<ReactorHandle> {
+    start_polling(interrupt_mode, Duration::ZERO, subscribers)
+}
+
+/// As [`start_many`], with a busy-poll window of `busy_poll` in interrupt mode.
+fn start_polling(
+    interrupt_mode: bool,
+    busy_poll: Duration,
+    subscribers: Vec<Vec<NewSubscriber>>,
+) -> Vec<ReactorHandle> {
     let prepared: Vec<Reactor> = (0..subscribers.len())
         .map(|index| {
             Reactor::prepare(ReactorConfig {
                 index,
                 core: None,
                 interrupt_mode,
-                busy_poll: Duration::ZERO,
+                busy_poll,
             })
             .expect("reactor")
         })
@@ -275,15 +284,33 @@ fn handed_off_connections_spread_over_reactors_and_close_with_their_listener() {
 }
 
 /// Watches a counter nothing signals, as a doorbell page is: wants polling until its eventfd
-/// says stop (if `stops`), and reports the times the counter moved as work.
+/// says stop (if `stops`), and reports the times the counter moved as work. Before a sleep it
+/// looks at the counter too, and reports work for its first `sleep_work` calls whatever it
+/// finds (a subscriber whose re-check keeps finding something).
 struct Poller {
     fd: Arc<EventFd>,
     polls: Arc<std::sync::atomic::AtomicU64>,
+    before_sleeps: Arc<std::sync::atomic::AtomicU64>,
     doorbell: Arc<std::sync::atomic::AtomicU64>,
     seen_doorbell: u64,
     served: Sender<u64>,
     wants: bool,
     stops: bool,
+    sleep_work: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Poller {
+    /// Takes a new counter value: 1 if it moved.
+    fn look(&mut self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let value = self.doorbell.load(Ordering::Acquire);
+        if value == self.seen_doorbell {
+            return 0;
+        }
+        self.seen_doorbell = value;
+        let _ = self.served.send(value);
+        1
+    }
 }
 
 impl Subscriber for Poller {
@@ -304,13 +331,17 @@ impl Subscriber for Poller {
     fn poll(&mut self, _cx: &mut SubscriberCx<'_>, _now: Instant) -> Polled {
         use std::sync::atomic::Ordering;
         self.polls.fetch_add(1, Ordering::Relaxed);
-        let value = self.doorbell.load(Ordering::Acquire);
-        if value == self.seen_doorbell {
-            return Polled::IDLE;
-        }
-        self.seen_doorbell = value;
-        let _ = self.served.send(value);
-        Polled::work(1)
+        Polled::work(self.look())
+    }
+
+    fn before_sleep(&mut self, _cx: &mut SubscriberCx<'_>, _now: Instant) -> Polled {
+        use std::sync::atomic::Ordering;
+        self.before_sleeps.fetch_add(1, Ordering::Relaxed);
+        let forced = self
+            .sleep_work
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        Polled::work(self.look().max(u64::from(forced)))
     }
 
     fn close(&mut self, cx: &mut SubscriberCx<'_>) {
@@ -318,46 +349,89 @@ impl Subscriber for Poller {
     }
 }
 
-fn poller(
-    stops: bool,
-) -> (
-    Poller,
-    Arc<EventFd>,
-    Arc<std::sync::atomic::AtomicU64>,
-    Arc<std::sync::atomic::AtomicU64>,
-    Receiver<u64>,
-) {
+/// A [`Poller`] and its other ends.
+struct PollerEnds {
+    /// Its eventfd: a turn with activity (and, if it stops, the end of its polling).
+    fd: Arc<EventFd>,
+    polls: Arc<std::sync::atomic::AtomicU64>,
+    before_sleeps: Arc<std::sync::atomic::AtomicU64>,
+    doorbell: Arc<std::sync::atomic::AtomicU64>,
+    served: Receiver<u64>,
+    /// How many of the next calls before a sleep report work whatever they find.
+    sleep_work: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl PollerEnds {
+    fn polls(&self) -> u64 {
+        self.polls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn before_sleeps(&self) -> u64 {
+        self.before_sleeps
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until the polls have stopped for 20 ms; returns their count.
+    fn settled_polls(&self) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = self.polls();
+        loop {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = self.polls();
+            if now == last {
+                return now;
+            }
+            assert!(Instant::now() < deadline, "polling goes on");
+            last = now;
+        }
+    }
+}
+
+fn poller(stops: bool) -> (Poller, PollerEnds) {
     let fd = Arc::new(EventFd::new().expect("eventfd"));
     let polls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let before_sleeps = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let doorbell = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sleep_work = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (tx, rx) = channel();
     let poller = Poller {
         fd: Arc::clone(&fd),
         polls: Arc::clone(&polls),
+        before_sleeps: Arc::clone(&before_sleeps),
         doorbell: Arc::clone(&doorbell),
         seen_doorbell: 0,
         served: tx,
         wants: true,
         stops,
+        sleep_work: Arc::clone(&sleep_work),
     };
-    (poller, fd, polls, doorbell, rx)
+    let ends = PollerEnds {
+        fd,
+        polls,
+        before_sleeps,
+        doorbell,
+        served: rx,
+        sleep_work,
+    };
+    (poller, ends)
 }
 
 #[test]
 fn poll_mode_polls_every_turn_while_asked_and_a_poll_with_work_is_busy() {
     use std::sync::atomic::Ordering;
-    let (poller, stop, polls, doorbell, served) = poller(true);
+    let (poller, ends) = poller(true);
     let reactor = start(false, vec![Box::new(poller)]);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while polls.load(Ordering::Relaxed) < 1000 {
+    while ends.polls() < 1000 {
         assert!(Instant::now() < deadline, "the reactor does not poll");
         std::thread::yield_now();
     }
     let idle = reactor.stats().snapshot();
     assert_eq!(idle.events, 0, "polls that found nothing are no events");
     for value in 1..=3 {
-        doorbell.store(value, Ordering::Release);
-        let got = served
+        ends.doorbell.store(value, Ordering::Release);
+        let got = ends
+            .served
             .recv_timeout(Duration::from_secs(5))
             .expect("a store is found by polling, with nothing signalled");
         assert_eq!(got, value);
@@ -371,41 +445,123 @@ fn poll_mode_polls_every_turn_while_asked_and_a_poll_with_work_is_busy() {
     }
     assert!(busy.events >= 3, "each poll with work counts: {busy:?}");
     assert!(busy.busy_ns > idle.busy_ns, "and its time is busy");
+    assert_eq!(ends.before_sleeps(), 0, "poll mode never sleeps");
 
     // No longer wanted: polling stops.
-    stop.notify().expect("notify");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut last = polls.load(Ordering::Relaxed);
-    loop {
-        std::thread::sleep(Duration::from_millis(20));
-        let now = polls.load(Ordering::Relaxed);
-        if now == last {
-            break;
-        }
-        assert!(Instant::now() < deadline, "polling goes on");
-        last = now;
-    }
-    doorbell.store(9, Ordering::Release);
+    ends.fd.notify().expect("notify");
+    ends.settled_polls();
+    ends.doorbell.store(9, Ordering::Release);
     std::thread::sleep(Duration::from_millis(50));
-    assert!(served.try_recv().is_err(), "nothing polled any more");
+    assert!(ends.served.try_recv().is_err(), "nothing polled any more");
     reactor.send(ReactorMessage::Shutdown);
     reactor.join();
 }
 
 #[test]
-fn interrupt_mode_never_polls() {
+fn interrupt_mode_without_a_busy_poll_window_never_polls_and_arms_before_each_sleep() {
     use std::sync::atomic::Ordering;
-    let (poller, ready, polls, doorbell, served) = poller(false);
+    let (poller, ends) = poller(false);
     let reactor = start(true, vec![Box::new(poller)]);
-    doorbell.store(1, Ordering::Release);
     // Turns come, each asking the poller (which still wants polling) after its call.
     for _ in 0..5 {
-        ready.notify().expect("notify");
+        ends.fd.notify().expect("notify");
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(reactor.stats().snapshot().wakeups >= 5);
-    assert_eq!(polls.load(Ordering::Relaxed), 0);
-    assert!(served.try_recv().is_err());
+    assert_eq!(ends.polls(), 0);
+    assert!(
+        ends.before_sleeps() >= 5,
+        "before each sleep: {}",
+        ends.before_sleeps()
+    );
+    assert!(ends.served.try_recv().is_err());
+    // What the re-check before a sleep finds is served there: nothing else would find it.
+    ends.doorbell.store(1, Ordering::Release);
+    ends.fd.notify().expect("notify");
+    let got = ends.served.recv_timeout(Duration::from_secs(5));
+    assert_eq!(got, Ok(1), "found before the next sleep");
+    assert_eq!(ends.polls(), 0);
+    reactor.send(ReactorMessage::Shutdown);
+    reactor.join();
+}
+
+#[test]
+fn interrupt_mode_polls_in_its_busy_poll_window_then_sleeps() {
+    use std::sync::atomic::Ordering;
+    let (poller, ends) = poller(false);
+    let window = Duration::from_millis(30);
+    let reactor = start_polling(true, window, vec![vec![Box::new(poller)]]).remove(0);
+    // Nothing happened yet: no window, no polls.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(ends.polls(), 0);
+    // Activity (the eventfd): the window after it polls, then the reactor sleeps.
+    ends.fd.notify().expect("notify");
+    let first = ends.settled_polls();
+    assert!(first > 0, "polled in the window after activity");
+    let asleep = reactor.stats().snapshot();
+    let armed = ends.before_sleeps();
+    assert!(armed >= 1, "armed before sleeping");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(ends.polls(), first, "asleep: no polls");
+    let still = reactor.stats().snapshot();
+    assert_eq!(still.wakeups, asleep.wakeups, "and no wake-ups");
+    assert_eq!(ends.before_sleeps(), armed);
+
+    // A store the window's polls find: served without a signal, the window goes on from it.
+    ends.fd.notify().expect("notify");
+    std::thread::sleep(Duration::from_millis(5));
+    let started = Instant::now();
+    ends.doorbell.store(1, Ordering::Release);
+    assert_eq!(
+        ends.served.recv_timeout(Duration::from_secs(5)),
+        Ok(1),
+        "found by a poll"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let after = ends.settled_polls();
+    assert!(after > first);
+    let busy = reactor.stats().snapshot();
+    assert!(
+        busy.events > still.events,
+        "the polls' work counts: {busy:?}"
+    );
+    assert!(busy.busy_ns > still.busy_ns);
+    reactor.send(ReactorMessage::Shutdown);
+    reactor.join();
+}
+
+#[test]
+fn work_found_before_a_sleep_keeps_the_reactor_awake_and_counts_as_busy() {
+    use std::sync::atomic::Ordering;
+    let (poller, ends) = poller(false);
+    let reactor = start(true, vec![Box::new(poller)]);
+    std::thread::sleep(Duration::from_millis(50));
+    let asleep = reactor.stats().snapshot();
+    let calls = ends.before_sleeps();
+    assert!(calls >= 1, "armed before its first sleep");
+    ends.sleep_work.store(3, Ordering::Relaxed);
+    ends.fd.notify().expect("notify");
+    std::thread::sleep(Duration::from_millis(50));
+    // Three calls found work, each kept the reactor up for a turn (no poll: there is no
+    // window), the fourth found none and it slept.
+    assert_eq!(
+        ends.before_sleeps() - calls,
+        4,
+        "a call before every sleep that was to come"
+    );
+    assert_eq!(ends.polls(), 0);
+    let stats = reactor.stats().snapshot();
+    assert_eq!(stats.wakeups, asleep.wakeups + 1, "the eventfd's only");
+    assert_eq!(
+        stats.events - asleep.events,
+        3 + 1,
+        "the work found and the eventfd: {stats:?}"
+    );
+    assert!(stats.busy_ns > asleep.busy_ns);
+    std::thread::sleep(Duration::from_millis(50));
+    let later = reactor.stats().snapshot();
+    assert_eq!(later.wakeups, stats.wakeups, "asleep now");
+    assert_eq!(ends.before_sleeps() - calls, 4);
     reactor.send(ReactorMessage::Shutdown);
     reactor.join();
 }

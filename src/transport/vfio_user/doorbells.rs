@@ -25,6 +25,14 @@
 //! full fence between ([`ShadowDoorbells::rearm`]): a host that stored T + 1 before it could
 //! see EventIdx T did not ring, and that read finds it. The admin queue is never shadowed
 //! (Linux and SPDK leave it to its doorbell).
+//!
+//! While an interrupt-mode reactor busy-polls, the shadows are polled and EventIdx is parked
+//! just behind the value we took ([`ShadowDoorbells::park`]): the one slot a host cannot
+//! reach again before we take more, so it is not asked to ring at all; before the reactor
+//! sleeps every queue is armed again with `rearm`, which is what makes a submission that
+//! raced the switch found. (SPDK parks EventIdx at a constant above every ring index while it
+//! polls, `NVMF_VFIO_USER_EVENTIDX_POLL`; a host then rings whenever its value wraps, which a
+//! batch as deep as its ring, QD32 on 33 entries, does nearly every time.)
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -39,6 +47,19 @@ use crate::sys::mmap::{MapProt, Mapping, acquire_fence, full_fence, memfd};
 pub const PAGE_LEN: usize = 0x1000;
 /// The highest queue ID the page has doorbells for: two dwords a queue (CAP.DSTRD 0).
 pub const MAX_QID: u16 = 511;
+
+/// The EventIdx of a polled doorbell whose value we took up to `taken` in a ring of
+/// `entries`: the slot just behind it. A host is asked to ring when a move of its value writes
+/// the slot EventIdx names (`need_event`: EventIdx in [old, new) round the ring). Behind our
+/// tail is the slot the host writes last before it has filled the whole ring past what we took,
+/// which is more commands than it may have outstanding; behind our head of a completion queue
+/// is the slot it consumes last before it has consumed a whole ring past what we saw, more
+/// than we post without seeing its head move. Published before the completions that let the
+/// host go further, it is never passed.
+pub fn parked_event_idx(taken: u32, entries: u32) -> u32 {
+    let entries = entries.max(1);
+    (taken % entries + entries - 1) % entries
+}
 
 /// One doorbell (NVMe Base 2.0, 3.1.4.22 and 3.1.4.23, with CAP.DSTRD 0): SQ y's tail at
 /// 8y, CQ y's head at 8y + 4 from the start of the doorbells.
@@ -200,6 +221,13 @@ impl ShadowDoorbells {
         if let Some(gpa) = Self::at(self.event_idx, doorbell) {
             mem.store(gpa, value);
         }
+    }
+
+    /// The shadow of `doorbell` is polled and was taken up to `taken` (a ring of `entries`):
+    /// its EventIdx is parked just behind, where the host does not ring for it
+    /// ([`parked_event_idx`]). Published again whenever we take more.
+    pub fn park(&self, mem: &impl GuestDwords, doorbell: Doorbell, taken: u32, entries: u32) {
+        self.publish(mem, doorbell, parked_event_idx(taken, entries));
     }
 
     /// A queue was served up to `consumed` (an SQ's tail, a CQ's head): publishes EventIdx =
@@ -374,6 +402,193 @@ mod shadow_tests {
         // Across the wrap of a 64-entry queue: 63 -> 1 passes EventIdx 63 and 0.
         assert!(need_event(63, 1, 63));
         assert!(need_event(0, 1, 63));
+    }
+
+    #[test]
+    fn a_parked_event_index_is_never_passed_by_a_host_that_keeps_its_queue_depth() {
+        // A host with up to `entries - 1` commands outstanding submits batches; we take its
+        // tail, park EventIdx behind it, then fetch and complete some of what we took (the
+        // completions come after the park); the host reaps them and submits again. No move of
+        // its tail asks for a ring. Likewise its CQ head: it consumes what we posted, we post
+        // only with room by the head we saw, and park behind that head before posting.
+        let mut seed = 0x9E37_79B9_u32;
+        let mut next = |n: u32| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed % n
+        };
+        for entries in [2u32, 33, 64, 1024] {
+            let slot = |abs: u64| u16::try_from(abs % u64::from(entries)).expect("u16");
+            // Absolute counts: submitted by the host, taken and completed by us, reaped.
+            let (mut submitted, mut completed, mut reaped) = (0u64, 0, 0);
+            let (mut sq_event_idx, mut cq_event_idx) = (entries - 1, entries - 1);
+            let mut cq_posted = 0u64;
+            for _ in 0..20_000 {
+                // The host: reaps some completions (its CQ head moves), submits what its
+                // depth allows.
+                let reap = u64::from(next(4)) * (completed - reaped) / 3;
+                if reap > 0 {
+                    let (old, new) = (slot(reaped), slot(reaped + reap));
+                    let ring = need_event(u16::try_from(cq_event_idx).expect("u16"), new, old);
+                    assert!(
+                        !ring,
+                        "{entries}: CQ head {old} -> {new} past {cq_event_idx}"
+                    );
+                    reaped += reap;
+                }
+                let room = u64::from(entries - 1) - (submitted - reaped);
+                let batch = u64::from(next(u32::try_from(room).expect("small") + 1));
+                if batch > 0 {
+                    let (old, new) = (slot(submitted), slot(submitted + batch));
+                    let ring = need_event(u16::try_from(sq_event_idx).expect("u16"), new, old);
+                    assert!(
+                        !ring,
+                        "{entries}: SQ tail {old} -> {new} past {sq_event_idx}"
+                    );
+                    submitted += batch;
+                }
+                // We: take the tail and the head, park behind them, then complete some of
+                // what we took into the CQ, within the room the head we saw leaves.
+                let (taken, cq_seen) = (submitted, reaped);
+                sq_event_idx = parked_event_idx(u32::from(slot(taken)), entries);
+                cq_event_idx = parked_event_idx(u32::from(slot(cq_seen)), entries);
+                let cq_room = u64::from(entries - 1) - (cq_posted - cq_seen);
+                let done = u64::from(next(4)) * (taken - completed) / 3;
+                let done = done.min(cq_room);
+                completed += done;
+                cq_posted += done;
+            }
+            assert!(submitted > 1000, "{entries}: the host moved");
+        }
+    }
+
+    /// One step of a host that submits by Linux's rule: its shadow store, then (after its
+    /// full fence) its EventIdx load and the decision to ring.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum HostOp {
+        StoreShadow,
+        LoadEventIdx,
+    }
+
+    /// Guest dwords under a schedule: before the target's memory operation number `at` (0:
+    /// its first), the host steps scheduled there run. Every operation is sequentially
+    /// consistent, which is what the full fences on both sides give.
+    struct Scheduled {
+        words: RefCell<HashMap<u64, u32>>,
+        ops: std::cell::Cell<usize>,
+        plan: RefCell<Vec<(usize, HostOp)>>,
+        shadow_at: u64,
+        event_idx_at: u64,
+        new: u32,
+        old: u32,
+        rang: std::cell::Cell<Option<bool>>,
+    }
+
+    impl Scheduled {
+        fn run_due(&self, upto: usize) {
+            loop {
+                let step = {
+                    let mut plan = self.plan.borrow_mut();
+                    match plan.first() {
+                        Some(&(at, step)) if at <= upto => {
+                            plan.remove(0);
+                            step
+                        }
+                        _ => return,
+                    }
+                };
+                let mut words = self.words.borrow_mut();
+                match step {
+                    HostOp::StoreShadow => {
+                        words.insert(self.shadow_at, self.new);
+                    }
+                    HostOp::LoadEventIdx => {
+                        let event_idx = words.get(&self.event_idx_at).copied().unwrap_or(0);
+                        let ring = need_event(
+                            (event_idx & 0xFFFF) as u16,
+                            u16::try_from(self.new).expect("u16"),
+                            u16::try_from(self.old).expect("u16"),
+                        );
+                        self.rang.set(Some(ring));
+                    }
+                }
+            }
+        }
+
+        fn before_op(&self) {
+            let op = self.ops.get();
+            self.run_due(op);
+            self.ops.set(op + 1);
+        }
+    }
+
+    impl GuestDwords for Scheduled {
+        fn load(&self, gpa: u64) -> Option<u32> {
+            self.before_op();
+            Some(self.words.borrow().get(&gpa).copied().unwrap_or(0))
+        }
+
+        fn store(&self, gpa: u64, value: u32) -> bool {
+            self.before_op();
+            self.words.borrow_mut().insert(gpa, value);
+            true
+        }
+    }
+
+    #[test]
+    fn arming_a_parked_queue_loses_no_submission_at_any_interleaving() {
+        // The polls served SQ 1 up to tail 4 with EventIdx parked; the reactor is about to
+        // sleep and arms it (EventIdx 4, full fence, the shadow again) while the host
+        // submits one more (4 -> 5). Whatever the order of the host's two steps among the
+        // target's two operations, either the host rings or the target's second look finds
+        // tail 5. Reversing the target's operations (look, then publish) would lose it.
+        let sq = Doorbell::SqTail(1);
+        let buffers = ShadowDoorbells::new(SHADOW, EVENT_IDX);
+        let mut cases = 0;
+        for store_at in 0..=2 {
+            for load_at in store_at..=2 {
+                let mem = Scheduled {
+                    words: RefCell::new(HashMap::from([
+                        (SHADOW + 8, 4),
+                        (EVENT_IDX + 8, parked_event_idx(4, 64)),
+                    ])),
+                    ops: std::cell::Cell::new(0),
+                    plan: RefCell::new(vec![
+                        (store_at, HostOp::StoreShadow),
+                        (load_at, HostOp::LoadEventIdx),
+                    ]),
+                    shadow_at: SHADOW + 8,
+                    event_idx_at: EVENT_IDX + 8,
+                    new: 5,
+                    old: 4,
+                    rang: std::cell::Cell::new(None),
+                };
+                let seen = buffers.rearm(&mem, sq, 4);
+                mem.run_due(usize::MAX);
+                let rang = mem.rang.get().expect("the host decided");
+                assert!(
+                    rang || seen == Some(5),
+                    "host store before op {store_at}, load before op {load_at}: \
+                     no ring and the target saw {seen:?}"
+                );
+                if store_at == 2 {
+                    assert!(rang, "a submission after the arming rings");
+                }
+                if load_at == 0 {
+                    assert!(
+                        !rang,
+                        "a host that still sees the parked EventIdx does not ring"
+                    );
+                    assert_eq!(seen, Some(5), "so the target's look finds it");
+                }
+                cases += 1;
+            }
+        }
+        assert_eq!(
+            cases, 6,
+            "every interleaving of two steps and two operations"
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! One client at a time, as a PCI function has one host: a second VMM that connects while
 //! the first is served is closed at once. The listening socket and the client's socket are
 //! this one subscriber's descriptors; with mappable doorbells (poll mode) the reactor also
-//! polls it every turn, for the doorbell page the guest stores into.
+//! polls it every turn, for the doorbell page the guest stores into and the interrupts held
+//! for those polls (adaptive interrupts). With shadow doorbells it is polled too: every turn
+//! in poll mode, in the busy-poll window in interrupt mode, where it also arms EventIdx
+//! before the reactor sleeps (`before_sleep`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +21,7 @@ use super::VfioUserContext;
 use super::device::{PciDevice, PciParams};
 use super::doorbells::DoorbellPage;
 use super::nvme_device::NvmeDevice;
-use super::server::{ClientConnection, ConnectionState};
+use super::server::{ClientConnection, ConnectionState, ServerError};
 use crate::backend::IoDone;
 use crate::controller::{ListenerAddr, PcieParams};
 use crate::transport::context::Flow;
@@ -141,6 +144,8 @@ impl VfioUserEndpoint {
             self.context.limits,
             cx.io.async_notifier(),
             doorbells,
+            self.context.adaptive_irq,
+            self.context.interrupt_mode,
         );
         info!("VMM connected");
         self.client = Some(Client {
@@ -167,17 +172,10 @@ impl VfioUserEndpoint {
         };
         let mut alive = true;
         if ready.writable {
-            alive = client.conn.handle_writable(&mut client.device).is_ok();
+            alive = stays_open(client.conn.handle_writable(&mut client.device));
         }
         if alive && (ready.readable || ready.read_closed || ready.error) {
-            alive = match client.conn.handle_readable(&mut client.device) {
-                Ok(ConnectionState::Open) => true,
-                Ok(ConnectionState::Closed) => false,
-                Err(err) => {
-                    warn!(%err, "vfio-user protocol error; closing the VMM's connection");
-                    false
-                }
-            };
+            alive = stays_open(client.conn.handle_readable(&mut client.device));
         }
         if alive {
             client.device.run_queues(&mut cx.io, now);
@@ -196,14 +194,7 @@ impl VfioUserEndpoint {
         if !client.conn.is_quiescing() {
             return;
         }
-        let alive = match client.conn.resume_quiesced(&mut client.device) {
-            Ok(ConnectionState::Open) => true,
-            Ok(ConnectionState::Closed) => false,
-            Err(err) => {
-                warn!(%err, "vfio-user protocol error; closing the VMM's connection");
-                false
-            }
-        };
+        let alive = stays_open(client.conn.resume_quiesced(&mut client.device));
         if alive {
             client.device.run_queues(&mut cx.io, now);
         }
@@ -300,9 +291,7 @@ impl Subscriber for VfioUserEndpoint {
     }
 
     fn wants_poll(&self) -> bool {
-        self.client
-            .as_ref()
-            .is_some_and(|c| c.device.polls_doorbells())
+        self.client.as_ref().is_some_and(|c| c.device.wants_poll())
     }
 
     fn poll(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Polled {
@@ -312,6 +301,15 @@ impl Subscriber for VfioUserEndpoint {
         let span = self.span.clone();
         let _entered = span.enter();
         Polled::work(client.device.poll_doorbells(&mut cx.io, now))
+    }
+
+    fn before_sleep(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Polled {
+        let Some(client) = self.client.as_mut() else {
+            return Polled::IDLE;
+        };
+        let span = self.span.clone();
+        let _entered = span.enter();
+        Polled::work(client.device.before_sleep(&mut cx.io, now))
     }
 
     fn listening_on(&self) -> Option<&ListenerAddr> {
@@ -351,4 +349,17 @@ fn remove_stale_socket(path: &Path) -> std::io::Result<()> {
         ));
     }
     std::fs::remove_file(path)
+}
+
+/// Whether the VMM's connection goes on after a call: not when it hung up, nor after a
+/// protocol error (logged).
+fn stays_open(result: Result<ConnectionState, ServerError>) -> bool {
+    match result {
+        Ok(ConnectionState::Open) => true,
+        Ok(ConnectionState::Closed) => false,
+        Err(err) => {
+            warn!(%err, "vfio-user protocol error; closing the VMM's connection");
+            false
+        }
+    }
 }

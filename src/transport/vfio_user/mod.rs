@@ -4,12 +4,14 @@
 //! Rooms: `protocol` (the messages), `server` (one VMM's connection, non-blocking, knowing no
 //! PCI), `device` and `msix` (the PCI function), `memory`, `prp` and `queues` (guest memory,
 //! checked at every access), `doorbells` (the doorbell page a VMM maps, polled),
+//! `irq_coalescing` (adaptive interrupts: when a held completion interrupt fires),
 //! `nvme_device` (BAR0 onto the controller, queues onto the transport-neutral queue core),
 //! `endpoint` (the reactor subscriber for the socket).
 
 pub mod device;
 pub mod doorbells;
 pub mod endpoint;
+pub mod irq_coalescing;
 pub mod memory;
 pub mod msix;
 pub mod nvme_device;
@@ -40,6 +42,14 @@ pub struct VfioUserContext {
     pub mappable_doorbells: bool,
     /// Doorbell Buffer Config is offered: shadow doorbells with EventIdx.
     pub shadow_doorbells: bool,
+    /// I/O completion queues' interrupts are adaptive (SPDK's adaptive IRQs): held while the
+    /// host consumes, fired by a poll that finds it stopped. Only where the doorbell page is
+    /// polled every turn; off in interrupt mode.
+    pub adaptive_irq: bool,
+    /// The reactors run in interrupt mode: while one busy-polls, shadowed queues are polled
+    /// and their EventIdx parked (the guest does not ring), and before it sleeps they are
+    /// armed again.
+    pub interrupt_mode: bool,
     pub interrupt_vectors: u16,
 }
 
@@ -49,12 +59,16 @@ impl VfioUserContext {
         limits: TransportLimits,
         mappable_doorbells: bool,
         shadow_doorbells: bool,
+        adaptive_irq: bool,
+        interrupt_mode: bool,
     ) -> Self {
         Self {
             registry,
             limits,
             mappable_doorbells,
             shadow_doorbells,
+            adaptive_irq,
+            interrupt_mode,
             interrupt_vectors: INTERRUPT_VECTORS,
         }
     }

@@ -6,7 +6,16 @@
 //! tail, a CC write creates or drops the admin queue. The owner then calls
 //! [`NvmeDevice::run_queues`] once per batch of messages (with the reactor's context), which
 //! fetches the new commands, runs them, posts completions and fires each completion queue's
-//! interrupt once.
+//! interrupt once. With adaptive interrupts (polled doorbells, `irq_coalescing.rs`) an I/O
+//! completion queue's interrupt is held instead, and the polls decide when it fires.
+//!
+//! Shadow doorbells in interrupt mode: while the reactor busy-polls, its polls
+//! ([`NvmeDevice::poll_doorbells`]) read the shadows and keep every I/O queue's EventIdx
+//! parked just behind what they took (`doorbells::parked_event_idx`), so the guest does not
+//! ring; before it sleeps, [`NvmeDevice::before_sleep`] arms
+//! each queue again (EventIdx = the tail taken, a full fence, the shadow read again) and
+//! serves what came meanwhile, which keeps the reactor awake for a turn. Served outside the
+//! polls (a trapped doorbell, a completion), a queue is armed as it is served, as in poll mode.
 //!
 //! Bounds: a submission queue holds at most `entries - 1` commands in flight, and a command is
 //! fetched only when its completion queue has room for it beside every completion already
@@ -21,7 +30,8 @@ use std::time::Instant;
 use tracing::{debug, info, trace, warn};
 
 use super::device::{Bar0Access, ConfigChange, PciDevice, region};
-use super::doorbells::{Doorbell, DoorbellPage, ShadowDoorbells};
+use super::doorbells::{Doorbell, DoorbellPage, ShadowDoorbells, parked_event_idx};
+use super::irq_coalescing::{CqInterrupt, Posted};
 use super::memory::{GuestMemory, Prot};
 use super::msix::{Delivery, Interrupts};
 use super::protocol::{device_flags, dma_unmap_flags};
@@ -29,7 +39,9 @@ use super::prp::{self, Segment};
 use super::queues::{CompletionRing, SubmissionRing};
 use super::server::{Device, DeviceInfo, DmaMap, DmaUnmap, Errno, IrqInfo, IrqSet, RegionInfo};
 use crate::backend::IoDone;
-use crate::controller::{Controller, QueueEpoch, QueueRequest, RegisterEffect, TransportLimits};
+use crate::controller::{
+    Controller, InvalidDoorbell, QueueEpoch, QueueRequest, RegisterEffect, TransportLimits,
+};
 use crate::nvme::properties::PropertySize;
 use crate::nvme::{Cqe, Status};
 use crate::transport::buffer_pool::DataBuf;
@@ -72,11 +84,13 @@ struct Cq {
     vector: Option<u16>,
     /// Completions owed by the submission queues on it.
     owed: usize,
-    /// Something was posted since its interrupt last fired.
+    /// Something was posted in this batch.
     notify: bool,
     /// Its ring's memory was unmapped: its submission queues fetch nothing until a DMA_MAP
     /// makes the ring whole again.
     memory_gone: bool,
+    /// Whether the batch's interrupt fires at once or is held for the polls.
+    irq: CqInterrupt,
     /// The shadow head last read (shadow doorbells, I/O queues).
     shadow_seen: u32,
 }
@@ -124,6 +138,18 @@ pub struct NvmeDevice {
     /// A DMA_UNMAP waits for the commands in flight: nothing is fetched meanwhile.
     quiescing: bool,
     counts: DoorbellCounts,
+    /// I/O completion queues' interrupts are adaptive: asked for, and the doorbells are polled
+    /// every turn (a doorbell page, which the declaration allows in poll mode only).
+    adaptive_irq: bool,
+    irq_counts: IrqCounts,
+    /// The reactor is in interrupt mode: it polls only while it busy-polls and calls
+    /// [`before_sleep`](Self::before_sleep) before it sleeps.
+    interrupt_mode: bool,
+    shadow_counts: ShadowCounts,
+    /// The I/O queues' EventIdx are parked (just behind what was taken, moved as more is): a
+    /// poll took them over, and [`before_sleep`](Self::before_sleep) must arm them before the
+    /// reactor sleeps.
+    parked: bool,
 }
 
 /// How doorbell writes came, for the log when the client goes.
@@ -135,6 +161,29 @@ struct DoorbellCounts {
     polled: u64,
     /// Trapped after the first polled one: a VMM that mapped the page sends none.
     trapped_after_mapped: u64,
+}
+
+/// How the shadowed queues' EventIdx went between polling and sleeping (interrupt mode), for
+/// the log when the client goes.
+#[derive(Debug, Default, Clone, Copy)]
+struct ShadowCounts {
+    /// Polls that parked them.
+    parked: u64,
+    /// Sleeps they were armed for.
+    armed: u64,
+    /// Queues whose shadow had moved when they were armed (served before the sleep).
+    raced: u64,
+}
+
+/// What became of completion queues' interrupts, for the log when the client goes.
+#[derive(Debug, Default, Clone, Copy)]
+struct IrqCounts {
+    /// Fired by the batch that posted.
+    immediate: u64,
+    /// Batches whose interrupt was held (adaptive interrupts).
+    held: u64,
+    /// Held interrupts a poll fired: the host had stopped consuming.
+    fired: u64,
 }
 
 impl std::fmt::Debug for NvmeDevice {
@@ -158,13 +207,19 @@ pub fn tag_layout(max_entries: u32) -> (u32, u16) {
 impl NvmeDevice {
     /// The device of `ctrlr`; with `doorbells` (and `pci` made with mappable doorbells)
     /// BAR0's doorbell page is that page, which the owner polls
-    /// ([`poll_doorbells`](Self::poll_doorbells)).
+    /// ([`poll_doorbells`](Self::poll_doorbells)) every turn. `adaptive_irq` holds I/O
+    /// completion queues' interrupts for those polls to fire; without `doorbells` nothing
+    /// promises a poll, and every batch fires at once. `interrupt_mode`: the owner polls only
+    /// while its reactor busy-polls, and calls [`before_sleep`](Self::before_sleep) before
+    /// it sleeps.
     pub fn new(
         ctrlr: Arc<Controller>,
         pci: PciDevice,
         limits: TransportLimits,
         notifier: AsyncNotifier,
         doorbells: Option<DoorbellPage>,
+        adaptive_irq: bool,
+        interrupt_mode: bool,
     ) -> Self {
         let (tag_bits, max_qid) = tag_layout(limits.max_queue_depth);
         let max_qid = max_qid.min(super::doorbells::MAX_QID);
@@ -172,6 +227,7 @@ impl NvmeDevice {
         let queues = io_queues.min(usize::from(max_qid)) + 1;
         ctrlr.set_async_event_notifier(notifier);
         let irqs = Interrupts::new(pci.params().msix_vectors);
+        let adaptive_irq = adaptive_irq && doorbells.is_some();
         Self {
             ctrlr,
             pci,
@@ -188,13 +244,26 @@ impl NvmeDevice {
             last_now: None,
             quiescing: false,
             counts: DoorbellCounts::default(),
+            adaptive_irq,
+            irq_counts: IrqCounts::default(),
+            interrupt_mode,
+            shadow_counts: ShadowCounts::default(),
+            parked: false,
         }
     }
 
-    /// Its doorbells are memory that must be polled (in poll mode): a mapped doorbell page,
-    /// shadow doorbells.
+    /// Its doorbells are memory to poll: a mapped doorbell page (poll mode), shadow doorbells
+    /// (every turn in poll mode, while the reactor busy-polls in interrupt mode).
     pub fn polls_doorbells(&self) -> bool {
         self.doorbells.is_some() || self.shadow.is_some()
+    }
+
+    /// The owner is to call [`poll_doorbells`](Self::poll_doorbells) every turn: the doorbells
+    /// are polled, or a completion queue has a held interrupt, which only a poll fires
+    /// (adaptive interrupts need the doorbell page, so the first holds whenever the second
+    /// does; the second is asked only to say so).
+    pub fn wants_poll(&self) -> bool {
+        self.polls_doorbells() || self.cqs.iter().flatten().any(|cq| cq.irq.is_held())
     }
 
     /// When the owner is to call [`run_queues`](Self::run_queues) although nothing rang: a
@@ -204,9 +273,17 @@ impl NvmeDevice {
     }
 
     /// Looks at the mapped doorbell and the shadow doorbells of every live queue: each one the
-    /// guest moved is taken as a trapped write would be, then the queues run. Returns how many
-    /// moved.
+    /// guest moved is taken as a trapped write would be; held interrupts fire where the host's
+    /// head stalled since the last poll (so a completion posted at this turn is judged at the
+    /// next); then the queues run. Returns how many doorbells moved and interrupts fired. In
+    /// interrupt mode the shadowed queues' EventIdx are parked first: the polls look, the guest
+    /// need not ring, until [`before_sleep`](Self::before_sleep). In poll mode with the doorbell
+    /// page mapped every turn polls, so they stay parked: a guest never needs to ring.
     pub fn poll_doorbells(&mut self, cx: &mut IoCx<'_>, now: Instant) -> u64 {
+        let may_park = self.interrupt_mode || self.doorbells.is_some();
+        if may_park && !self.parked {
+            self.park();
+        }
         let mut moved = 0;
         if self.doorbells.is_some() {
             for qid in 0..=self.max_qid() {
@@ -234,10 +311,105 @@ impl NvmeDevice {
             }
         }
         moved += self.poll_shadows();
+        let fired = self.poll_held_interrupts();
         if moved > 0 || !self.unsettled.is_empty() {
             self.run_queues(cx, now);
         }
+        moved + fired
+    }
+
+    /// The reactor is about to sleep (interrupt mode): if the polls parked the shadowed
+    /// queues' EventIdx, each queue is armed again (EventIdx = the tail taken, or the head for
+    /// a completion queue its submission queue waits on; a full fence; the shadow read again)
+    /// and the queues whose shadow moved meanwhile are served, the guest may not have rung for
+    /// them. Returns how many moved: the reactor does not sleep this turn if any did.
+    pub fn before_sleep(&mut self, cx: &mut IoCx<'_>, now: Instant) -> u64 {
+        if !std::mem::take(&mut self.parked) {
+            // Nothing was parked: every queue was armed when it was last served.
+            return 0;
+        }
+        self.shadow_counts.armed += 1;
+        let mut moved = 0;
+        for qid in 1..=self.max_qid() {
+            let Some(sq) = self.sqs[usize::from(qid)].as_ref() else {
+                continue;
+            };
+            // Commands left in the ring wait for room in the completion queue (or for their
+            // own completions, which wake us anyway): the head is armed too.
+            let waits = if sq.ring.is_empty() {
+                Drained::Done
+            } else {
+                Drained::CqFull
+            };
+            if self.rearm(qid, sq.cqid, waits) {
+                moved += 1;
+                if !self.rung.contains(&qid) {
+                    self.rung.push(qid);
+                }
+            }
+        }
+        if moved > 0 {
+            trace!(
+                moved,
+                "the guest moved a shadow doorbell as the queues were armed"
+            );
+            self.shadow_counts.raced += moved;
+            self.run_queues(cx, now);
+        }
         moved
+    }
+
+    /// Parks the EventIdx of every live shadowed queue just behind the value taken: the
+    /// polls look at the shadows.
+    fn park(&mut self) {
+        let Some(shadow) = self.shadow else {
+            return;
+        };
+        for qid in 1..=self.max_qid() {
+            let q = usize::from(qid);
+            if let Some(sq) = &self.sqs[q] {
+                let (tail, entries) = (sq.ring.tail(), sq.ring.entries());
+                shadow.park(&self.mem, Doorbell::SqTail(qid), tail, entries);
+            }
+            if let Some(cq) = &self.cqs[q] {
+                let (head, entries) = (cq.ring.head(), cq.ring.entries());
+                shadow.park(&self.mem, Doorbell::CqHead(qid), head, entries);
+            }
+        }
+        self.parked = true;
+        self.shadow_counts.parked += 1;
+    }
+
+    /// The EventIdx a new shadowed queue of `entries` starts with: parked behind 0 while the
+    /// polls look, else 0 (its first value rings).
+    fn initial_event_idx(&self, entries: u32) -> u32 {
+        if self.parked {
+            parked_event_idx(0, entries)
+        } else {
+            0
+        }
+    }
+
+    /// One poll of every adaptive completion queue's interrupt, with the head just taken from
+    /// the doorbells (or shadows): fires those whose host stopped consuming. Returns how many
+    /// fired.
+    fn poll_held_interrupts(&mut self) -> u64 {
+        if !self.adaptive_irq {
+            return 0;
+        }
+        let mut fired = 0;
+        for cq in self.cqs.iter_mut().skip(1).flatten() {
+            let Some(vector) = cq.vector.filter(|_| cq.irq.is_adaptive()) else {
+                continue;
+            };
+            if cq.irq.poll_fire(cq.ring.head(), cq.ring.tail()) {
+                trace!(vector, "a held interrupt fires: the host stopped consuming");
+                fire(&mut self.irqs, vector);
+                fired += 1;
+            }
+        }
+        self.irq_counts.fired += fired;
+        fired
     }
 
     /// Takes the shadow doorbells the host moved, and notes their queues to run; how many
@@ -353,6 +525,23 @@ impl NvmeDevice {
             trapped_after_mapped = counts.trapped_after_mapped,
             "doorbell writes"
         );
+        if self.interrupt_mode {
+            let shadow = self.shadow_counts;
+            info!(
+                parked = shadow.parked,
+                armed = shadow.armed,
+                raced = shadow.raced,
+                "shadow doorbells polled"
+            );
+        }
+        let irqs = self.irq_counts;
+        info!(
+            adaptive = self.adaptive_irq,
+            immediate = irqs.immediate,
+            held = irqs.held,
+            fired = irqs.fired,
+            "completion interrupts"
+        );
         self.ctrlr.tear_down();
         Arc::clone(&self.ctrlr)
     }
@@ -392,13 +581,24 @@ impl NvmeDevice {
     /// Fetches and submits commands from `qid` while it has some and room for them. A
     /// shadowed queue takes its shadow tail (and its completion queue's shadow head) first,
     /// and after each round publishes EventIdx and looks again, until the host stops moving
-    /// them or [`SHADOW_ROUNDS`] pass.
+    /// them or [`SHADOW_ROUNDS`] pass; while its EventIdx is parked it takes them once (the
+    /// next poll looks again, and `before_sleep` arms it).
     fn drain(&mut self, qid: u16, cx: &mut IoCx<'_>, now: Instant) {
         if qid == ADMIN || self.shadow.is_none() {
             self.drain_ring(qid, cx, now);
             return;
         }
         self.unsettled.retain(|&q| q != qid);
+        if self.parked {
+            let Some(sq) = self.sqs.get(usize::from(qid)).and_then(|s| s.as_ref()) else {
+                return;
+            };
+            let cqid = sq.cqid;
+            self.take_shadow_tail(qid);
+            self.take_shadow_head(cqid);
+            self.drain_ring(qid, cx, now);
+            return;
+        }
         for _ in 0..SHADOW_ROUNDS {
             let Some(cqid) = self.sqs.get(usize::from(qid)).and_then(|s| s.as_ref()) else {
                 return;
@@ -459,7 +659,13 @@ impl NvmeDevice {
         }
         sq.shadow_seen = value;
         match sq.ring.set_tail(value) {
-            Ok(()) => true,
+            Ok(()) => {
+                if self.parked {
+                    // Before the completions of what was taken: the host is never asked.
+                    shadow.park(&self.mem, Doorbell::SqTail(qid), value, sq.ring.entries());
+                }
+                true
+            }
             Err(err) => {
                 warn!(qid, value, error = %err, "invalid shadow submission queue doorbell");
                 false
@@ -483,7 +689,13 @@ impl NvmeDevice {
         }
         cq.shadow_seen = value;
         match cq.ring.set_head(value) {
-            Ok(()) => true,
+            Ok(()) => {
+                if self.parked {
+                    // Before the completions the room it gives lets us post.
+                    shadow.park(&self.mem, Doorbell::CqHead(cqid), value, cq.ring.entries());
+                }
+                true
+            }
             Err(err) => {
                 warn!(qid = cqid, value, error = %err, "invalid shadow completion queue doorbell");
                 false
@@ -638,6 +850,7 @@ impl NvmeDevice {
                     owed: 0,
                     notify: false,
                     memory_gone: false,
+                    irq: CqInterrupt::new(qid, self.adaptive_irq),
                     shadow_seen: 0,
                 });
                 if let Some(page) = self.doorbells.as_mut() {
@@ -645,7 +858,8 @@ impl NvmeDevice {
                 }
                 if let Some(shadow) = self.shadow {
                     shadow.write(&self.mem, Doorbell::CqHead(qid), 0);
-                    shadow.publish(&self.mem, Doorbell::CqHead(qid), 0);
+                    let event_idx = self.initial_event_idx(u32::from(entries));
+                    shadow.publish(&self.mem, Doorbell::CqHead(qid), event_idx);
                 }
                 debug!(qid, entries, ?vector, "I/O completion queue created");
             }
@@ -682,7 +896,8 @@ impl NvmeDevice {
                 }
                 if let Some(shadow) = self.shadow {
                     shadow.write(&self.mem, Doorbell::SqTail(qid), 0);
-                    shadow.publish(&self.mem, Doorbell::SqTail(qid), 0);
+                    let event_idx = self.initial_event_idx(u32::from(entries));
+                    shadow.publish(&self.mem, Doorbell::SqTail(qid), event_idx);
                 }
                 debug!(qid, entries, cqid, "I/O submission queue created");
             }
@@ -800,17 +1015,22 @@ impl NvmeDevice {
     }
 
     /// Ends a batch: buffers back to the pool, an interrupt for every completion queue that
-    /// got entries.
+    /// got entries, fired now or held for the polls (adaptive interrupts).
     fn finish(&mut self, cx: &mut IoCx<'_>) {
         self.give_spent(cx);
         for cq in self.cqs.iter_mut().flatten() {
-            if std::mem::take(&mut cq.notify) {
-                if let Some(vector) = cq.vector {
-                    match self.irqs.trigger(vector) {
-                        Ok(Delivery::Signalled | Delivery::Pending | Delivery::Suppressed) => {}
-                        Err(err) => warn!(vector, error = %err, "cannot signal an interrupt"),
-                    }
+            if !std::mem::take(&mut cq.notify) {
+                continue;
+            }
+            let Some(vector) = cq.vector else {
+                continue;
+            };
+            match cq.irq.handle_posted() {
+                Posted::Fire => {
+                    fire(&mut self.irqs, vector);
+                    self.irq_counts.immediate += 1;
                 }
+                Posted::Held => self.irq_counts.held += 1,
             }
         }
     }
@@ -859,6 +1079,7 @@ impl NvmeDevice {
             owed: 0,
             notify: false,
             memory_gone: false,
+            irq: CqInterrupt::new(ADMIN, self.adaptive_irq),
             shadow_seen: 0,
         });
         if let Some(page) = self.doorbells.as_mut() {
@@ -884,6 +1105,7 @@ impl NvmeDevice {
         if self.shadow.take().is_some() {
             debug!("shadow doorbells forgotten");
         }
+        self.parked = false;
         self.unsettled.clear();
     }
 
@@ -891,8 +1113,21 @@ impl NvmeDevice {
     /// the ring refuses changes nothing. With shadow doorbells, an I/O queue's doorbell only
     /// says "look at the shadows" (the host wrote its value there first, and may have moved
     /// it again since): every shadowed queue runs, and takes its shadow values.
+    /// A write to the doorbell of a queue that does not exist, or a value its ring refuses,
+    /// is reported to the host as an Error asynchronous event (Write to Invalid Doorbell
+    /// Register, Invalid Doorbell Write Value), as a PCIe controller does.
     fn doorbell(&mut self, doorbell: Doorbell, value: u32) {
         let (Doorbell::SqTail(qid) | Doorbell::CqHead(qid)) = doorbell;
+        let exists = match doorbell {
+            Doorbell::SqTail(_) => self.sqs.get(usize::from(qid)).is_some_and(Option::is_some),
+            Doorbell::CqHead(_) => self.cqs.get(usize::from(qid)).is_some_and(Option::is_some),
+        };
+        if !exists {
+            debug!(qid, ?doorbell, "doorbell of a queue that does not exist");
+            self.ctrlr
+                .report_invalid_doorbell(InvalidDoorbell::Register);
+            return;
+        }
         if qid != ADMIN && self.shadow.is_some() {
             self.ring_shadowed();
             return;
@@ -900,11 +1135,11 @@ impl NvmeDevice {
         match doorbell {
             Doorbell::SqTail(qid) => {
                 let Some(sq) = self.sqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
-                    debug!(qid, "doorbell of a queue that does not exist");
                     return;
                 };
                 if let Err(err) = sq.ring.set_tail(value) {
                     warn!(qid, value, error = %err, "invalid submission queue doorbell write");
+                    self.ctrlr.report_invalid_doorbell(InvalidDoorbell::Value);
                     return;
                 }
                 if !self.rung.contains(&qid) {
@@ -913,11 +1148,11 @@ impl NvmeDevice {
             }
             Doorbell::CqHead(qid) => {
                 let Some(cq) = self.cqs.get_mut(usize::from(qid)).and_then(Option::as_mut) else {
-                    debug!(qid, "doorbell of a queue that does not exist");
                     return;
                 };
                 if let Err(err) = cq.ring.set_head(value) {
                     warn!(qid, value, error = %err, "invalid completion queue doorbell write");
+                    self.ctrlr.report_invalid_doorbell(InvalidDoorbell::Value);
                     return;
                 }
                 // Room in the completion queue: submission queues that waited for it go on.
@@ -1117,6 +1352,14 @@ fn warn_memory_change(qid: usize, kind: &str, gone: bool) {
             qid,
             "the {kind} queue's memory is mapped again; the queue goes on"
         );
+    }
+}
+
+/// Raises a completion queue's `vector` (masked, it waits in the PBA).
+fn fire(irqs: &mut Interrupts, vector: u16) {
+    match irqs.trigger(vector) {
+        Ok(Delivery::Signalled | Delivery::Pending | Delivery::Suppressed) => {}
+        Err(err) => warn!(vector, error = %err, "cannot signal an interrupt"),
     }
 }
 

@@ -1,0 +1,15 @@
+#!/bin/bash
+# Every NVMe/RDMA harness case: interrupt and poll mode, each with a ram and a file namespace,
+# one guest each (TARGET=nvmet runs the same four against Linux's nvmet-rdma).
+# Prints a PASS/FAIL line per case and exits non-zero if any failed. Run as root.
+set -uo pipefail
+HERE=$(dirname "$(readlink -f "$0")")
+"$HERE/../linux-host/install-deps.sh" || { echo "rdma: installing the host packages failed"; exit 1; }
+pass=0 fail=0
+for mode in interrupt poll; do
+  for backend in ram file; do
+    if "$HERE/run-case.sh" "$mode" "$backend"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+  done
+done
+echo "rdma: $pass passed, $fail failed"
+[ $fail = 0 ]
