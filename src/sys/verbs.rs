@@ -69,9 +69,12 @@ fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, what)
 }
 
+/// EAGAIN, also through [`os_error`]'s wrapping (which keeps the kind, not the raw errno).
 fn is_would_block(err: &io::Error) -> bool {
-    err.raw_os_error()
-        .is_some_and(|e| e == libc::EAGAIN || e == libc::EWOULDBLOCK)
+    err.kind() == io::ErrorKind::WouldBlock
+        || err
+            .raw_os_error()
+            .is_some_and(|e| e == libc::EAGAIN || e == libc::EWOULDBLOCK)
 }
 
 fn set_nonblocking(fd: RawFd, op: &'static str) -> io::Result<()> {

@@ -112,9 +112,12 @@ impl RdmaListener {
     fn handle_event(&mut self, event: CmEvent, cx: &mut SubscriberCx<'_>, now: Instant) {
         match event.kind {
             CmEventKind::ConnectRequest => {
+                // In a connect request the kernel reports the host's values as the ones to
+                // accept with: `initiator_depth` is what the host lets us read from it (its
+                // responder resources, IRD), `responder_resources` what it would read from us.
                 let CmEvent {
                     private_data,
-                    responder_resources,
+                    initiator_depth: host_ird,
                     new_id,
                     ..
                 } = event;
@@ -124,7 +127,7 @@ impl RdmaListener {
                 if let Some(device) = id.device() {
                     self.watch_device(device, cx);
                 }
-                match self.setup(id, &private_data, responder_resources, now) {
+                match self.setup(id, &private_data, host_ird, now) {
                     Ok(conn) => cx.hand_off(Box::new(conn)),
                     Err((mut id, status)) => {
                         debug!(listener = %self.addr, peer = ?id.peer_addr(), %status, "connection refused");
@@ -190,7 +193,7 @@ impl RdmaListener {
         &mut self,
         id: CmId,
         private_data: &[u8],
-        responder_resources: u8,
+        host_ird: u8,
         now: Instant,
     ) -> Result<RdmaConnection, (CmId, RejectStatus)> {
         let request = match CmRequest::parse(private_data) {
@@ -211,7 +214,7 @@ impl RdmaListener {
                 return Err((id, RejectStatus::NoResources));
             }
         };
-        let Some(reads) = read_depth(responder_resources, entry.attrs.max_qp_init_rd_atom) else {
+        let Some(reads) = read_depth(host_ird, entry.attrs.max_qp_init_rd_atom) else {
             return Err((id, RejectStatus::InvalidIrd));
         };
         RdmaConnection::accept(
