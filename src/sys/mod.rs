@@ -9,6 +9,7 @@
 mod eventfd;
 pub mod mmap;
 mod sigbus;
+#[cfg(feature = "rdma")]
 pub mod verbs;
 
 use std::time::Duration;
