@@ -866,9 +866,10 @@ fn while_the_reactor_busy_polls_the_guest_does_not_ring_and_it_arms_the_queues_t
     // Parked behind the tail and the head (once the polls saw the last head move).
     wait_event_idx(&g, 2, (u32::from(g.sq_tail(1)) + 63) % 64);
     wait_event_idx(&g, 3, (u32::from(g.cq_head(1)) + 63) % 64);
-    // A descheduled guest may find the window closed once or twice.
+    // A descheduled guest (other tests share the 2 cores) may find the window closed now and
+    // then; armed after each serve instead, every one of the ~300 updates would ring.
     assert!(
-        g.rings <= 2 && g.quiet >= 300,
+        g.rings <= 30 && g.rings + g.quiet >= 300,
         "{} rings, {} quiet updates for 151 commands",
         g.rings,
         g.quiet
@@ -946,9 +947,11 @@ fn shadow_doorbells_with_mapped_doorbells_in_poll_mode() {
     assert_eq!(g.config_shadow().status, 0);
     g.create_io_queues(1, 1);
     shadow_bursts(&mut g, 1000);
-    // Every turn polls the shadows, so their EventIdx stays parked: the guest never rings.
+    // Every turn polls the shadows, so their EventIdx stays parked: the guest rings only when
+    // an index wraps (Linux's need_event on indices that wrap at the queue's size says ring
+    // then): about one ring per 64 updates of each ring, 3%; armed after each serve, 13%.
     assert!(
-        g.rings * 100 <= g.quiet,
+        g.rings * 16 <= g.quiet,
         "{} rings for {} quiet shadow updates",
         g.rings,
         g.quiet

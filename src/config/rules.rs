@@ -683,10 +683,10 @@ impl Rules<'_> {
             .help(format!(
                 "add a [transport.{kind}] section (it may be empty)"
             ));
-        } else if kind == TransportKind::Rdma {
+        } else if kind == TransportKind::Rdma && !cfg!(feature = "rdma") {
             self.machine(
                 pointer.to_string(),
-                format!("this build serves NVMe/TCP and vfio-user only; the {kind} listener is refused at run"),
+                format!("this build has no NVMe/RDMA (built without `--features rdma`); the {kind} listener is refused at run"),
             );
         }
     }

@@ -14,7 +14,7 @@ use crate::nvme::{Cqe, Nsid, Sqe, Status};
 
 use super::ctrlr::{AdminState, ControllerKind, MAX_AERS};
 use super::pcie::QueueRequest;
-use super::{AdminOutcome, Controller};
+use super::{AdminOutcome, Controller, ListenerAddr};
 
 /// Error log entries minus one (ELPE); the log itself is always empty.
 const ELPE: u8 = 127;
@@ -161,9 +161,18 @@ impl Controller {
             aerl: u8::try_from(MAX_AERS - 1).unwrap_or(0),
             kas: KAS,
             maxcmd,
-            sgls: identify::sgls::SUPPORTED
-                | identify::sgls::OFFSET
-                | identify::sgls::TRANSPORT_DATA_BLOCK,
+            sgls: match self.listener {
+                // Keyed data blocks (host memory by RDMA READ and WRITE) and in-capsule data;
+                // Linux's nvme-rdma refuses a controller without keyed SGLs.
+                ListenerAddr::Rdma(_) => {
+                    identify::sgls::SUPPORTED | identify::sgls::KEYED | identify::sgls::OFFSET
+                }
+                _ => {
+                    identify::sgls::SUPPORTED
+                        | identify::sgls::OFFSET
+                        | identify::sgls::TRANSPORT_DATA_BLOCK
+                }
+            },
             subnqn: self.subsys.nqn().to_string(),
             ..IdentifyController::default()
         };

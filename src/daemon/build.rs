@@ -15,6 +15,8 @@ use crate::controller::{
 };
 use crate::reconcile::plan::{listener_addr, listeners as listeners_of};
 use crate::transport::buffer_pool::{PoolLimits, SharedPool};
+#[cfg(feature = "rdma")]
+use crate::transport::rdma::{RdmaContext, RdmaListener};
 use crate::transport::subscriber::NewSubscriber;
 use crate::transport::tcp::{TcpAcceptor, TcpContext};
 use crate::transport::vfio_user::{VfioUserContext, VfioUserEndpoint};
@@ -30,6 +32,8 @@ pub struct Built {
 #[derive(Debug, Clone)]
 pub struct Transports {
     pub tcp: Arc<TcpContext>,
+    #[cfg(feature = "rdma")]
+    pub rdma: Arc<RdmaContext>,
     pub vfio_user: Arc<VfioUserContext>,
 }
 
@@ -87,11 +91,20 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
     }
     let registry = Arc::new(Registry::new(specs, limits).context("invalid subsystems")?);
     let vfio = config.transport.vfiouser.clone().unwrap_or_default();
+    #[cfg(feature = "rdma")]
+    let rdma = config.transport.rdma.clone().unwrap_or_default();
     let transports = Transports {
         tcp: Arc::new(TcpContext {
             registry: Arc::clone(&registry),
             limits: limits.tcp,
             c2h_success,
+        }),
+        #[cfg(feature = "rdma")]
+        rdma: Arc::new(RdmaContext {
+            registry: Arc::clone(&registry),
+            limits: limits.rdma,
+            acceptor_backlog: rdma.acceptor_backlog,
+            interrupt_mode: config.target.interrupt_mode,
         }),
         vfio_user: Arc::new(VfioUserContext::new(
             Arc::clone(&registry),
@@ -135,9 +148,17 @@ pub fn open_listener(
                     .with_context(|| format!("cannot listen on {addr}"))?;
             Ok(Box::new(endpoint))
         }
-        ListenerAddr::Rdma(_) => {
-            bail!("{addr}: this transport is not served by this build")
+        #[cfg(feature = "rdma")]
+        ListenerAddr::Rdma(socket) => {
+            let listener = RdmaListener::bind(*socket, addr.clone(), Arc::clone(&transports.rdma))
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            Ok(Box::new(listener))
         }
+        // `check` says so first; a reload that adds one fails here.
+        #[cfg(not(feature = "rdma"))]
+        ListenerAddr::Rdma(_) => anyhow::bail!(
+            "cannot listen on {addr}: this build has no NVMe/RDMA (built without `--features rdma`)"
+        ),
     }
 }
 

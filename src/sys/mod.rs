@@ -1,5 +1,5 @@
-//! Small OS services: CPU pinning, CPU-time figures, eventfds and shared file mappings (with
-//! SIGBUS absorbed when a mapped file shrinks).
+//! Small OS services: CPU pinning, CPU-time figures, eventfds, shared file mappings (with
+//! SIGBUS absorbed when a mapped file shrinks) and the RDMA verbs (`verbs.rs`).
 //!
 //! The crate denies `unsafe_code`; this module and its children allow it, each block with a
 //! `// SAFETY:` comment, so that raw system calls stay here behind safe functions and types.
@@ -9,6 +9,8 @@
 mod eventfd;
 pub mod mmap;
 mod sigbus;
+#[cfg(feature = "rdma")]
+pub mod verbs;
 
 use std::time::Duration;
 

@@ -324,6 +324,26 @@ fn each_transport_has_its_own_limits_and_keeps_its_queues() {
         panic!("rdma admin connect");
     };
     assert_eq!(ctrlr.limits.max_queue_depth, 16, "RDMA's limits");
+    // RDMA's SGLs: keyed data blocks and in-capsule data, no transport data blocks (Linux's
+    // nvme-rdma refuses a controller without keyed SGLs); TCP's the other way round.
+    let rdma_sgls = ctrlr.identify_controller().sgls;
+    assert_eq!(
+        rdma_sgls & crate::nvme::identify::sgls::KEYED,
+        crate::nvme::identify::sgls::KEYED
+    );
+    assert_eq!(
+        rdma_sgls & crate::nvme::identify::sgls::TRANSPORT_DATA_BLOCK,
+        0
+    );
+    let ConnectOutcome::Admin { ctrlr: on_tcp, .. } = connect(0, 31, 0xFFFF, &tcp) else {
+        panic!("tcp admin connect");
+    };
+    let tcp_sgls = on_tcp.identify_controller().sgls;
+    assert_eq!(tcp_sgls & crate::nvme::identify::sgls::KEYED, 0);
+    assert_ne!(
+        tcp_sgls & crate::nvme::identify::sgls::TRANSPORT_DATA_BLOCK,
+        0
+    );
     // CAP.MQES follows the transport.
     assert_eq!(ctrlr.cap() & 0xFFFF, 15);
     prop_set(&ctrlr, offset::CC, 0x0046_0001, now);

@@ -1,0 +1,34 @@
+//! NVMe/RDMA (NVMe/RDMA Transport Specification 1.0b): connections through the RDMA CM,
+//! command capsules received into registered memory, host data moved with RDMA READ and
+//! WRITE, completions SENT back.
+//!
+//! `protocol.rs` holds the wire formats (CM private data, capsules, SGL descriptors),
+//! `cq.rs` the arm/drain/re-arm rules of a completion queue and `qpair.rs` the queue pair's
+//! state machine, all without verbs; `cm.rs` (the listener), `connection.rs` (one connection's
+//! QP, CQ and registered memory) and `device.rs` (a PD per device) drive them with
+//! `sys::verbs`.
+
+mod cm;
+mod connection;
+pub mod cq;
+mod device;
+pub mod protocol;
+mod qpair;
+
+use std::sync::Arc;
+
+pub use cm::{ListenError, RdmaListener};
+pub use connection::MAX_STAGING_SLOTS;
+
+use crate::controller::{Registry, TransportLimits};
+
+/// What every NVMe/RDMA queue pair of the target shares.
+#[derive(Debug)]
+pub struct RdmaContext {
+    pub registry: Arc<Registry>,
+    pub limits: TransportLimits,
+    /// Connection requests the CM holds for a listener before we take them.
+    pub acceptor_backlog: u32,
+    /// Completion queues are armed and their channels watched (else polled every turn).
+    pub interrupt_mode: bool,
+}
