@@ -6,6 +6,7 @@
     bench.py report RAW.jsonl OUT_BASE  writes OUT_BASE.md and OUT_BASE.json, prints the .md
     bench.py compare RAW.jsonl OUT_BASE the same for compare.sh: two builds side by side
     bench.py vfio-report RAW.jsonl OUT_BASE  the same for vfio-user.sh
+    bench.py rdma-guest-report RAW.jsonl OUT_BASE  the same for rdma-guest.sh
     bench.py load WHEN                  one "load" record: the machine's CPU over a second
 
 RAW.jsonl has one object per measurement, written by run.sh:
@@ -17,6 +18,9 @@ RAW.jsonl has one object per measurement, written by run.sh:
   {"kind": "load", "when", "loadavg": [1, 5, 15 min], "busy_percent", "steal_percent",
    "top": ["%CPU COMMAND", ...], "date", "git_commit", "git_dirty"}
     (vfio-user.sh: what else ran, sampled over a second; the first dates the run)
+rdma-guest.sh's runs come from fio in the guest (rdma-guest-run.sh writes "perf" in nvmf-perf's
+shape, with "wakeups"); its idle records have "wakeups" and no idle host; a "guest" record
+says what the guest was.
 Settings come from the environment (BENCH_SECONDS, BENCH_REPEATS, BENCH_IDLE_SECONDS,
 BENCH_IDLE_HOSTS) as run.sh exported them.
 """
@@ -677,6 +681,209 @@ def vfio_markdown(result):
     return "\n".join(out)
 
 
+# What rdma-guest.sh runs, in its order.
+RDMA_GUEST_CASES = [
+    ("randread-4k-qd1", "4K randread QD1"),
+    ("randread-4k-qd32", "4K randread QD32"),
+]
+
+
+def read_records(raw_path):
+    with open(raw_path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def rdma_guest_report(raw_path, out_base):
+    records = read_records(raw_path)
+    meta = machine(
+        defaults={"BENCH_SECONDS": 10, "BENCH_REPEATS": 3},
+        smoke_below={"BENCH_SECONDS": 5, "BENCH_REPEATS": 3},
+    )
+    meta["placement"] = (
+        "in the guest: target core_mask 0x1 (guest CPU 0); fio taskset -c 1 (guest CPU 1)"
+    )
+    before = next((r for r in records if r["kind"] == "load" and "date" in r), None)
+    if before is not None:
+        for key in ("date", "git_commit", "git_dirty"):
+            meta[key] = before[key]
+    guest = next((r for r in records if r["kind"] == "guest"), {})
+    modes = []
+    for r in records:
+        if r["kind"] in ("run", "idle") and r["mode"] not in modes:
+            modes.append(r["mode"])
+    runs, idle = {}, {}
+    for mode in modes:
+        for case, _ in RDMA_GUEST_CASES:
+            rs = [
+                r
+                for r in records
+                if r["kind"] == "run" and r["mode"] == mode and r["case"] == case
+            ]
+            if rs:
+                runs.setdefault(mode, {})[case] = summarize_run(rs)
+        rs = [r for r in records if r["kind"] == "idle" and r["mode"] == mode]
+        if rs:
+            idle[mode] = {
+                "seconds": spread([r["seconds"] for r in rs]),
+                "target_cpu_percent": spread(
+                    [100.0 * r["target_ticks"] / r["clk_tck"] / r["seconds"] for r in rs]
+                ),
+                "cpu_resolution_percent": 100.0 / rs[0]["clk_tck"] / rs[0]["seconds"],
+                "wakeups_per_s": spread([r["wakeups"] / r["seconds"] for r in rs]),
+                "reactor_busy_percent": spread([busy_percent(r) for r in rs]),
+                "connections": rs[0]["connections"],
+            }
+
+    def get(mode, case, key):
+        return runs.get(mode, {}).get(case, {}).get(key)
+
+    ratios = {
+        "qd32_iops_interrupt_over_poll": ratio(
+            get("interrupt", "randread-4k-qd32", "iops"), get("poll", "randread-4k-qd32", "iops")
+        ),
+        "qd1_avg_latency_interrupt_over_poll": ratio(
+            get("interrupt", "randread-4k-qd1", "lat_avg_us"),
+            get("poll", "randread-4k-qd1", "lat_avg_us"),
+        ),
+        "qd32_target_cpu_us_per_io_interrupt_over_poll": ratio(
+            get("interrupt", "randread-4k-qd32", "target_cpu_us_per_io"),
+            get("poll", "randread-4k-qd32", "target_cpu_us_per_io"),
+        ),
+    }
+    notes = None
+    if os.environ.get("BENCH_NOTES"):
+        with open(os.environ["BENCH_NOTES"]) as f:
+            notes = f.read()
+    result = {
+        "machine": meta,
+        "guest": guest,
+        "runs": runs,
+        "idle": idle,
+        "ratios": ratios,
+        "load": [r for r in records if r["kind"] == "load"],
+        "notes": notes,
+    }
+    with open(out_base + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    md = rdma_guest_markdown(result)
+    with open(out_base + ".md", "w") as f:
+        f.write(md)
+    sys.stdout.write(md)
+
+
+def rdma_guest_markdown(result):
+    m, g = result["machine"], result["guest"]
+    s = m["settings"]
+    title = "nvmf-tgt NVMe/RDMA benchmark in a qemu TCG guest"
+    if m["smoke"]:
+        title += " (SMOKE RUN: short durations, figures not meaningful)"
+    out = [f"# {title}\n"]
+    out.append(
+        "**The guest's CPUs are emulated by qemu TCG (no KVM), soft-RoCE (rdma_rxe) is the "
+        "RDMA device and the target, the Linux host and the NIC share two emulated CPUs: the "
+        "absolute figures (IOPS, latency, CPU per I/O) are meaningless, and say nothing about "
+        "real RDMA hardware. Only the ratios between the modes of this one run mean anything, "
+        "and those too are coloured by TCG.**\n"
+    )
+    out.append("| | |\n|---|---|")
+    commit = (m["git_commit"] or "unknown")[:12] + (" (dirty)" if m["git_dirty"] else "")
+    for k, v in [
+        ("date", m["date"]),
+        ("host", f"{m['hostname']}: {m['cpu_model']}, {m['cores']} cores, kernel {m['kernel']}"),
+        (
+            "guest",
+            f"qemu TCG, {g.get('cpus', '?')} CPUs, {g.get('memory_kib', 0) // 1024} MiB, "
+            f"kernel {g.get('kernel', '?')}, {g.get('fio', 'fio')}",
+        ),
+        ("commit", commit),
+        ("placement", m["placement"]),
+        ("durations", f"{s['BENCH_SECONDS']} s per fio run, {s['BENCH_REPEATS']} rounds"),
+    ]:
+        out.append(f"| {k} | {v} |")
+    out.append("")
+    out.append(
+        "nvmf-tgt serves NVMe/RDMA on rxe0 (soft-RoCE on the guest's eth0, 10.0.2.15) with a "
+        "null namespace of 1 GiB; the guest's own nvme-rdma host connects (`nvme connect -t "
+        "rdma`, one I/O queue per guest CPU) and fio (libaio, direct, one job) reads the "
+        "namespace's block device. Each round runs the target in interrupt mode "
+        "(`interrupt_mode = true`, default `busy_poll_us = 50`) and then in poll mode "
+        "(`interrupt_mode = false`), a fresh target and connection each. Cells are the median "
+        "over the rounds with (min..max). Target CPU is utime+stime of the target process "
+        "(/proc/PID/stat in the guest) over the fio run (fio's start-up included) divided by "
+        "the I/Os fio completed; target CPU % is the same over the run's length; reactor busy "
+        "is the target's own busy/(busy+idle) from `nvmf-tgt status`; fio CPU is fio's "
+        "usr+sys. Latency is fio's: avg is submission to completion, p50/p99 are completion "
+        "latency percentiles.\n"
+    )
+    for mode, cases in result["runs"].items():
+        out.append(f"## {mode} mode\n")
+        out.append(
+            "| workload | IOPS | MiB/s | avg us | p50 us | p99 us | target CPU us/IO "
+            "| target CPU % | reactor busy % | fio CPU % |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
+        for case, label in RDMA_GUEST_CASES:
+            r = cases.get(case)
+            if r is None:
+                continue
+            out.append(
+                f"| {label} | {cell(r['iops'])} | {cell(r['mib_s'], 1)} "
+                f"| {cell(r['lat_avg_us'], 1)} | {cell(r['lat_p50_us'], 1)} "
+                f"| {cell(r['lat_p99_us'], 1)} | {cell(r['target_cpu_us_per_io'], 1)} "
+                f"| {cell(r['target_cpu_percent'], 1)} "
+                f"| {cell(r['reactor_busy_percent'], 1)} | {cell(r['perf_cpu_percent'], 1)} |"
+            )
+        out.append("")
+    if result["idle"]:
+        out.append("## Idle: one connected host, keep-alives only (`--keep-alive-tmo=5`)\n")
+        out.append(
+            "| mode | window s | target CPU % of a core | wake-ups / s | reactor busy % "
+            "| connections |"
+        )
+        out.append("|---|---|---|---|---|---|")
+        for mode, r in result["idle"].items():
+            out.append(
+                f"| {mode} | {cell(r['seconds'], 0)} | {cell(r['target_cpu_percent'], 2)} "
+                f"(resolution {r['cpu_resolution_percent']:.2f}) "
+                f"| {cell(r['wakeups_per_s'], 1)} | {cell(r['reactor_busy_percent'], 2)} "
+                f"| {r['connections']} |"
+            )
+        out.append("")
+    rt = result["ratios"]
+    out.append("## Interrupt / poll\n")
+    out.append("| figure | interrupt / poll |")
+    out.append("|---|---|")
+    out.append(
+        f"| 4K randread QD32 IOPS (goal >= 0.9) | {fmt(rt['qd32_iops_interrupt_over_poll'], 3)} |"
+    )
+    out.append(
+        f"| 4K randread QD1 avg latency | {fmt(rt['qd1_avg_latency_interrupt_over_poll'], 3)} |"
+    )
+    out.append(
+        "| 4K randread QD32 target CPU us/IO "
+        f"| {fmt(rt['qd32_target_cpu_us_per_io_interrupt_over_poll'], 3)} |"
+    )
+    out.append("")
+    if result["load"]:
+        out.append("## Machine load (the host running qemu)\n")
+        out.append(
+            "| when | load average (1, 5, 15 min) | busy CPU % over 1 s | steal % "
+            "| busiest processes in that second (%CPU command) |"
+        )
+        out.append("|---|---|---|---|---|")
+        for r in result["load"]:
+            out.append(
+                f"| {r['when']} | {' '.join(r['loadavg'])} | {fmt(r.get('busy_percent'), 0)} "
+                f"| {fmt(r.get('steal_percent'), 0)} | {'; '.join(r['top'])} |"
+            )
+        out.append("")
+    if result["notes"]:
+        out.append("## Notes\n")
+        out.append(result["notes"].rstrip() + "\n")
+    return "\n".join(out)
+
+
 def load_sample(when, seconds=1.0):
     """One line of JSON: the machine's busy CPU over `seconds` (in % of one core, steal apart)
     and the processes that used most of it, this one excluded."""
@@ -743,6 +950,8 @@ def main(argv):
         load_sample(argv[2])
     elif len(argv) == 4 and argv[1] == "vfio-report":
         vfio_report(argv[2], argv[3])
+    elif len(argv) == 4 and argv[1] == "rdma-guest-report":
+        rdma_guest_report(argv[2], argv[3])
     else:
         sys.stderr.write(__doc__)
         return 2

@@ -32,15 +32,12 @@ cleanup() {
   if [ -n "$WORK" ] && [ "$rc" -ne 0 ]; then say "kept $WORK for inspection"; fi
 }
 
-# utime + stime of a process in clock ticks (fields 14 and 15 of /proc/PID/stat; the name in
-# field 2 may hold spaces, so count from the last ')').
+# shellcheck source=contrib/lib/target-cpu.sh
+. "$ROOT/contrib/lib/target-cpu.sh"
+
+# utime + stime of a process in clock ticks (/proc/PID/stat).
 cpu_ticks() {
-  local stat
-  stat=$(<"/proc/$1/stat") || die "process $1 is gone"
-  stat=${stat##*) }
-  # shellcheck disable=SC2086
-  set -- $stat
-  echo $((${12} + ${13}))
+  proc_ticks "$1" || die "process $1 is gone"
 }
 
 # "busy steal" clock ticks of all CPUs together since boot, from the first line of /proc/stat:

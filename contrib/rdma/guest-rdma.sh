@@ -11,20 +11,26 @@
 #      ADDR PORT NQN  where the target listens (ADDR must be eth0's) and the subsystem
 #      TRANSPORT rdma (default) or tcp: the same target and host checks over NVMe/TCP inside
 #               the guest, to compare with and to try the in-guest plumbing without RDMA
+#      MODE     interrupt|poll, as the TOML says (the idle check's limit and window)
 #      CHECKS   checks to run, in order (default: link verbs pingpong srq rping target stranger host
-#               stop)
+#               idle stop); W/checks-extra.sh (run-case.sh's EXTRA_CHECKS) may define more
+#      IDLE_SECONDS  the idle check's window (default 30 in interrupt mode, 5 in poll mode)
 #      RDMA_DEV the rxe device to make (default rxe0)
 set -uo pipefail
 W=/tmp/work
 TARGET=${TARGET:-nvmf-tgt} BACKEND=${BACKEND:-ram} TRANSPORT=${TRANSPORT:-rdma}
 ADDR=${ADDR:-10.0.2.15} PORT=${PORT:-4420} NQN=${NQN:?}
 DEV=${RDMA_DEV:-rxe0}
-CHECKS=${CHECKS:-link verbs pingpong srq rping target stranger host stop}
+MODE=${MODE:-interrupt}
+CHECKS=${CHECKS:-link verbs pingpong srq rping target stranger host idle stop}
 TOML=/tmp/tgt/target.toml
 NSFS=/var/tmp/nsfs
 TGT_PID="" RELOAD_PID="" GID=""
 passed=0 failed=0
 : > "$W/why"
+# proc_ticks, cpu_pct, idle_ok, status_wakeups: contrib/lib/target-cpu.sh, shared with
+# contrib/vfio-user and contrib/bench.
+. "$W/target-cpu.sh" || exit 1
 
 now() { date +%s.%N; }
 since() { awk -v t0="$1" -v t1="$(now)" 'BEGIN { printf "%.1f", t1 - t0 }'; }
@@ -233,6 +239,39 @@ check_host() {
   return 1
 }
 
+# A connected host doing nothing (namespace present, no I/O; keep-alives only): the target's
+# CPU (utime + stime from /proc/PID/stat) over IDLE_SECONDS, which in interrupt mode must stay
+# under IDLE_LIMIT_PCT of a core (poll mode spins: shown, not judged), and its reactors'
+# wake-ups per second from `nvmf-tgt status`. The figures go to W/idle.txt for the PASS line.
+check_idle() {
+  local secs sock=/tmp/tgt/ctl.sock t0 t1 c0 c1 w0 w1 pct wps d c ctrl=none rc=0
+  [ "$TARGET" = nvmf-tgt ] || { say "nothing to measure: $TARGET's work is the kernel's"; return 0; }
+  [ -n "$TGT_PID" ] && kill -0 "$TGT_PID" 2>/dev/null || { why "idle: no nvmf-tgt running"; return 1; }
+  secs=${IDLE_SECONDS:-$(idle_seconds "$MODE")}
+  modprobe "nvme-$TRANSPORT" || { why "modprobe nvme-$TRANSPORT failed"; return 1; }
+  timeout 30 nvme connect -t "$TRANSPORT" -a "$ADDR" -s "$PORT" -n "$NQN" --keep-alive-tmo=5 > "$W/idle-connect.txt" 2>&1 ||
+    { why "idle: nvme connect -t $TRANSPORT failed: $(tail -1 "$W/idle-connect.txt")"; return 1; }
+  if ! wait_until 10 eval 'd=$(ls /dev/nvme*n1 2>/dev/null | head -1); [ -b "$d" ]'; then
+    why "idle: connected, but no namespace block device"; nvme disconnect -n "$NQN" > /dev/null 2>&1; return 1
+  fi
+  for c in /sys/class/nvme/nvme*; do [ "$(attr "$c/subsysnqn")" = "$NQN" ] && ctrl=${c##*/}; done
+  # Let the connect's own work (identify, namespace scan, partition read) finish first.
+  sleep 2
+  w0=$(status_wakeups "$W/nvmf-tgt" "$sock") || w0=""
+  t0=$(now_ns); c0=$(proc_ticks "$TGT_PID")
+  sleep "$secs"
+  t1=$(now_ns); c1=$(proc_ticks "$TGT_PID")
+  w1=$(status_wakeups "$W/nvmf-tgt" "$sock") || w1=""
+  pct=$(cpu_pct $((c1 - c0)) $((t1 - t0)))
+  if [ -n "$w0" ] && [ -n "$w1" ]; then wps=$(per_second $((w1 - w0)) $((t1 - t0))); else wps=none; fi
+  echo "idle host for ${secs}s: target ${pct}% of a core, $wps wakeups/s" | tee "$W/idle.txt" | sed 's/^/  /'
+  say "($((c1 - c0)) ticks at $(getconf CLK_TCK)/s; wake-ups $w0 -> $w1; $d on $ctrl: $(attr "/sys/class/nvme/$ctrl/state"))"
+  [ "$(attr "/sys/class/nvme/$ctrl/state")" = live ] || { why "idle: the host's controller $ctrl is '$(attr "/sys/class/nvme/$ctrl/state")' after ${secs}s idle, not live"; rc=1; }
+  idle_ok "$MODE" "$pct" || { why "an idle connected host cost the target ${pct}% of a core over ${secs}s (limit ${IDLE_LIMIT_PCT}%)"; rc=1; }
+  timeout 30 nvme disconnect -n "$NQN" > /dev/null || { why "idle: nvme disconnect failed"; rc=1; }
+  return $rc
+}
+
 check_stop() {
   local rc=0
   [ -z "$RELOAD_PID" ] || kill "$RELOAD_PID" 2>/dev/null
@@ -251,6 +290,9 @@ check_stop() {
       say "nvmet stopped";;
   esac
 }
+
+# More checks (run-case.sh's EXTRA_CHECKS), with everything above at hand.
+if [ -f "$W/checks-extra.sh" ]; then . "$W/checks-extra.sh" || exit 1; fi
 
 echo "guest: kernel $(uname -r), $(nproc) CPUs, up $(cut -d' ' -f1 /proc/uptime)s at the start of the checks"
 echo "guest: target $TARGET, backend $BACKEND, $TRANSPORT $ADDR:$PORT $NQN; checks: $CHECKS"
