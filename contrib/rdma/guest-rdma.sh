@@ -13,7 +13,7 @@
 #               the guest, to compare with and to try the in-guest plumbing without RDMA
 #      MODE     interrupt|poll, as the TOML says (the idle check's limit and window)
 #      CHECKS   checks to run, in order (default: link verbs pingpong srq rping target stranger host
-#               idle stop); W/checks-extra.sh (run-case.sh's EXTRA_CHECKS) may define more
+#               listener idle stop); W/checks-extra.sh (run-case.sh's EXTRA_CHECKS) may define more
 #      IDLE_SECONDS  the idle check's window (default 30 in interrupt mode, 5 in poll mode)
 #      RDMA_DEV the rxe device to make (default rxe0)
 set -uo pipefail
@@ -22,7 +22,7 @@ TARGET=${TARGET:-nvmf-tgt} BACKEND=${BACKEND:-ram} TRANSPORT=${TRANSPORT:-rdma}
 ADDR=${ADDR:-10.0.2.15} PORT=${PORT:-4420} NQN=${NQN:?}
 DEV=${RDMA_DEV:-rxe0}
 MODE=${MODE:-interrupt}
-CHECKS=${CHECKS:-link verbs pingpong srq rping target stranger host idle stop}
+CHECKS=${CHECKS:-link verbs pingpong srq rping target stranger host listener idle stop}
 TOML=/tmp/tgt/target.toml
 NSFS=/var/tmp/nsfs
 TGT_PID="" RELOAD_PID="" GID=""
@@ -52,7 +52,8 @@ attr() { local v=""; read -r v < "$1" 2>/dev/null; printf '%s' "$v"; }
 cm_listening() { rdma resource show cm_id 2>/dev/null | grep "state LISTEN .*src-addr $1:$2 " > /dev/null; }
 tcp_listening() { [ -n "$(ss -Hltn "sport = :$1")" ]; }
 # The target under test listens on ADDR:PORT.
-listening() { if [ "$TRANSPORT" = rdma ]; then cm_listening "$ADDR" "$PORT"; else tcp_listening "$PORT"; fi; }
+listening_on() { if [ "$TRANSPORT" = rdma ]; then cm_listening "$ADDR" "$1"; else tcp_listening "$1"; fi; }
+listening() { listening_on "$PORT"; }
 port_active() { [ "$(attr "/sys/class/infiniband/$DEV/ports/1/state")" = "4: ACTIVE" ]; }
 char_dev() { [ -c "$1" ]; }
 # The index of the RoCE v2 GID that carries ADDR (::ffff:a.b.c.d), for ibv_rc_pingpong -g.
@@ -239,6 +240,74 @@ check_host() {
   return 1
 }
 
+# Listeners by hot reload (nvmf-tgt only): with a host connected through PORT and reading, a
+# second listener on PORT+1 is declared by editing the file (rename, as an operator's editor
+# does); the target must listen there, and a second controller connects through it and answers
+# Identify; the listener is removed again by editing the file and must stop listening; the host
+# on PORT must notice none of it (its reads run on without an error, its controller stays live).
+check_listener() {
+  local port2=$((PORT + 1)) d="" ctrl="" ctrl2="" c reader rc=0
+  [ "$TARGET" = nvmf-tgt ] || { say "nothing to do: nvmet's ports are not declared in a file"; return 0; }
+  modprobe "nvme-$TRANSPORT" || { why "modprobe nvme-$TRANSPORT failed"; return 1; }
+  timeout 30 nvme connect -t "$TRANSPORT" -a "$ADDR" -s "$PORT" -n "$NQN" > "$W/listener-connect.txt" 2>&1 ||
+    { why "listener: nvme connect through $PORT failed: $(tail -1 "$W/listener-connect.txt")"; return 1; }
+  wait_until 10 eval 'd=$(ls /dev/nvme*n1 2>/dev/null | head -1); [ -b "$d" ]' ||
+    { why "listener: connected through $PORT, but no namespace block device"; nvme disconnect -n "$NQN" > /dev/null 2>&1; return 1; }
+  for c in /sys/class/nvme/nvme*; do [ "$(attr "$c/subsysnqn")" = "$NQN" ] && ctrl=${c##*/}; done
+  # Reads through PORT for the whole check: a reload that touched this listener would fail them.
+  rm -f "$W/listener-stop" "$W/listener-read-failed"
+  ( while [ ! -e "$W/listener-stop" ]; do
+      dd if="$d" of=/dev/null bs=64k count=64 iflag=direct 2>> "$W/listener-dd.txt" ||
+        { touch "$W/listener-read-failed"; exit 1; }
+    done ) & reader=$!
+  cp "$TOML" "$W/listener-orig.toml"
+  { cat "$W/listener-orig.toml"; printf '\n[[subsystem.listener]]\ntransport = "%s"\naddress = "%s"\nport = %d\n' "$TRANSPORT" "$ADDR" "$port2"; } > "$TOML.new"
+  mv "$TOML.new" "$TOML"
+  if ! wait_until 30 listening_on "$port2"; then
+    why "listener: declared $ADDR:$port2 by editing the file; the target does not listen there after 30s"; rc=1
+  else
+    say "a listener on $ADDR:$port2 added by editing the file"
+    timeout 30 nvme discover -t "$TRANSPORT" -a "$ADDR" -s "$port2" > "$W/listener-discover.txt" 2>&1 &&
+      grep -q "trsvcid: *$port2" "$W/listener-discover.txt" ||
+      { why "listener: discovery through $port2 does not list $port2: $(tail -1 "$W/listener-discover.txt")"; rc=1; }
+  fi
+  if [ $rc = 0 ]; then
+    # A second controller of the same subsystem, through the new listener (a multipath host
+    # shows both behind one block device: the controller itself is what is checked).
+    timeout 30 nvme connect -t "$TRANSPORT" -a "$ADDR" -s "$port2" -n "$NQN" > "$W/listener-connect2.txt" 2>&1 ||
+      { why "listener: nvme connect through $port2 failed: $(tail -1 "$W/listener-connect2.txt")"; rc=1; }
+  fi
+  if [ $rc = 0 ]; then
+    for c in /sys/class/nvme/nvme*; do
+      [ "$(attr "$c/subsysnqn")" = "$NQN" ] && case "$(attr "$c/address")" in *"trsvcid=$port2"*) ctrl2=${c##*/};; esac
+    done
+    if [ -z "$ctrl2" ] || ! wait_until 10 eval '[ "$(attr "/sys/class/nvme/$ctrl2/state")" = live ]'; then
+      why "listener: no live controller through $port2 after connecting (${ctrl2:-none})"; rc=1
+    elif ! timeout 30 nvme id-ctrl "/dev/$ctrl2" > "$W/listener-id-ctrl.txt" 2>&1; then
+      why "listener: nvme id-ctrl through $port2 ($ctrl2) failed: $(tail -1 "$W/listener-id-ctrl.txt")"; rc=1
+    else
+      say "controller $ctrl2 connected through $port2 and answered Identify"
+    fi
+  fi
+  cp "$W/listener-orig.toml" "$TOML.new" && mv "$TOML.new" "$TOML"
+  if ! wait_until 30 eval '! listening_on "$port2"'; then
+    why "listener: removed $ADDR:$port2 from the file; the target still listens there after 30s"; rc=1
+  else
+    say "the listener on $ADDR:$port2 removed by editing the file"
+  fi
+  listening || { why "listener: the target stopped listening on $PORT, which the edits left alone"; rc=1; }
+  sleep 2
+  touch "$W/listener-stop"; wait $reader
+  [ ! -e "$W/listener-read-failed" ] ||
+    { why "listener: reads through $PORT failed during the reloads: $(tail -1 "$W/listener-dd.txt")"; rc=1; }
+  [ "$(attr "/sys/class/nvme/$ctrl/state")" = live ] ||
+    { why "listener: the controller through $PORT ($ctrl) is '$(attr "/sys/class/nvme/$ctrl/state")' after the reloads, not live"; rc=1; }
+  say "the host through $PORT read on through both reloads ($ctrl $(attr "/sys/class/nvme/$ctrl/state"))"
+  timeout 30 nvme disconnect -n "$NQN" > /dev/null || { why "listener: nvme disconnect failed"; rc=1; }
+  wait_until 10 eval '! ls /dev/nvme*n1 > /dev/null 2>&1'
+  return $rc
+}
+
 # A connected host doing nothing (namespace present, no I/O; keep-alives only): the target's
 # CPU (utime + stime from /proc/PID/stat) over IDLE_SECONDS, which in interrupt mode must stay
 # under IDLE_LIMIT_PCT of a core (poll mode spins: shown, not judged), and its reactors'
@@ -283,6 +352,7 @@ check_stop() {
       TGT_PID=""
       cp "$TOML" "$W/target.toml.final" 2>/dev/null
       ! grep -q panicked "$W/target.log" || { why "nvmf-tgt panicked; see target.log"; return 1; }
+      grep -m1 'RDMA device in use' "$W/target.log" | sed 's/^.*RDMA device in use/  RDMA device in use/'
       [ $rc = 0 ] || { why "nvmf-tgt exited $rc after SIGTERM; see target.log"; return 1; }
       say "nvmf-tgt stopped (exit 0)";;
     nvmet)

@@ -18,7 +18,9 @@
 #   TRANSPORT (rdma, default; tcp runs the same target and checks over NVMe/TCP in the guest),
 #   IDLE_SECONDS (the idle check's window; default 30 in interrupt mode, 5 in poll mode),
 #   EXTRA_CHECKS (a bash file defining more check_NAME functions for CHECKS, e.g.
-#   contrib/bench/rdma-guest-run.sh), GUEST_ENV (names of more variables to pass to the guest)
+#   contrib/bench/rdma-guest-run.sh), GUEST_ENV (names of more variables to pass to the guest),
+#   NO_SRQ (1: nvmf-tgt's `no_srq = true`, each QP with its own receive queue; default: the
+#   device's shared receive queue)
 set -uo pipefail
 usage="usage: run-case.sh MODE BACKEND [RESULTS_DIR]"
 MODE=${1:?$usage}; BACKEND=${2:?$usage}
@@ -34,7 +36,10 @@ VM_TIMEOUT=${VM_TIMEOUT:-900}
 # guest-init.sh gives eth0 this address; rxe0 sits on eth0, so it is the target's too.
 ADDR=10.0.2.15
 NQN="nqn.2026-11.io.nvmf-tgt:rdma-$MODE-$BACKEND"
-NAME="$TRANSPORT $TARGET $MODE $BACKEND"
+NO_SRQ=${NO_SRQ:-0}
+TRANSPORT_KEYS=""
+[ "$NO_SRQ" = 1 ] && [ "$TRANSPORT" = rdma ] && TRANSPORT_KEYS="no_srq = true"
+NAME="$TRANSPORT $TARGET $MODE $BACKEND${TRANSPORT_KEYS:+ ($TRANSPORT_KEYS)}"
 case "$MODE" in
   interrupt) INTERRUPT=true;;
   poll) INTERRUPT=false;;
@@ -64,6 +69,7 @@ core_mask = "0x1"
 control_socket = "/tmp/tgt/ctl.sock"
 
 [transport.$TRANSPORT]
+$TRANSPORT_KEYS
 
 [[subsystem]]
 nqn = "$NQN"
@@ -99,7 +105,7 @@ SMP=${SMP:-2} MEM=${MEM:-1536} DISK=$DISK "$LH/run-guest.sh" "$OUT" "$VM_TIMEOUT
 WALL=$(( $(date +%s) - START ))
 
 # The checks' outcomes and times (the whole story is in test.log, printed when a case fails).
-grep -E '^(CHECK|STEP|guest: [0-9]|    (STEP|INTEGRITY|FIO|RELOAD|FAILED))|pings answered|usec/iter|GID index|limits:|idle host for' \
+grep -E '^(CHECK|STEP|guest: [0-9]|    (STEP|INTEGRITY|FIO|RELOAD|FAILED))|pings answered|usec/iter|GID index|limits:|idle host for|RDMA device in use' \
     "$OUT/test.log" 2>/dev/null | sed "s/^ */  [$TARGET-$MODE-$BACKEND] /"
 # guest-rdma.sh's idle check: "idle host for Ns: target P% of a core, W wakeups/s".
 IDLE=$(cat "$OUT/idle.txt" 2>/dev/null)

@@ -190,6 +190,16 @@ impl Rules<'_> {
                     io_unit_size: rdma.io_unit_size,
                 },
             );
+            if !rdma.no_srq && !(2..=65_535).contains(&rdma.max_srq_depth) {
+                self.error(
+                    format!("{base}/max_srq_depth"),
+                    format!(
+                        "rdma `max_srq_depth` must be 2..=65535, not {}",
+                        rdma.max_srq_depth
+                    ),
+                )
+                .help("or set no_srq = true: every queue pair then posts its own receives");
+            }
         }
         if let Some(vfio) = &transports.vfiouser {
             if interrupt && !vfio.disable_mappable_bar0 {

@@ -335,6 +335,24 @@ fn transport_limits() {
 }
 
 #[test]
+fn a_shared_receive_queue_needs_a_depth() {
+    let text = with(
+        "[transport.tcp]\n",
+        "[transport.tcp]\n[transport.rdma]\nmax_srq_depth = 1\n",
+    );
+    assert_findings(
+        &text,
+        &["7:17 error: rdma `max_srq_depth` must be 2..=65535, not 1"],
+    );
+    // Without an SRQ the depth means nothing.
+    let text = with(
+        "[transport.tcp]\n",
+        "[transport.tcp]\n[transport.rdma]\nmax_srq_depth = 1\nno_srq = true\n",
+    );
+    assert_findings(&text, &[]);
+}
+
+#[test]
 fn control_socket_group_against_this_machine() {
     // A machine with one group, "nvmf", and one whose group database cannot be reached.
     let with_nvmf = Environment {

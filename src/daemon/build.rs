@@ -105,6 +105,9 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
             limits: limits.rdma,
             acceptor_backlog: rdma.acceptor_backlog,
             interrupt_mode: config.target.interrupt_mode,
+            // `check` holds the depth to 2..=65535 when an SRQ is used.
+            srq_depth: (!rdma.no_srq)
+                .then(|| u16::try_from(rdma.max_srq_depth).unwrap_or(u16::MAX)),
         }),
         vfio_user: Arc::new(VfioUserContext::new(
             Arc::clone(&registry),

@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use super::RdmaContext;
 use super::connection::RdmaConnection;
-use super::device::Devices;
+use super::device::{DeviceOptions, Devices};
 use super::protocol::{CmReject, CmRequest, QueueLimits, RejectStatus, negotiate, read_depth};
 use crate::controller::ListenerAddr;
 use crate::sys::verbs::{self, AsyncEvents, CmEvent, CmEventKind, CmId, Device, EventChannel};
@@ -89,12 +89,16 @@ impl RdmaListener {
         id.listen(context.acceptor_backlog)
             .map_err(ListenError::Listen)?;
         info!(%socket, "listening (rdma)");
+        let devices = Devices::new(DeviceOptions {
+            srq_depth: context.srq_depth,
+            capsule_len: context.capsule_len(),
+        });
         Ok(Self {
             id,
             channel,
             addr,
             context,
-            devices: Devices::default(),
+            devices,
             async_events: Vec::new(),
         })
     }
@@ -255,6 +259,18 @@ impl Subscriber for RdmaListener {
                 }
             }
         }
+    }
+
+    /// Closed connections' QPs wait on their devices' SRQs for what they owe (see
+    /// `device::Retired`); the listener destroys them when due, even if no connection
+    /// comes to do it.
+    fn deadline(&self) -> Option<Instant> {
+        self.devices.next_harvest()
+    }
+
+    fn handle_timer(&mut self, _cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+        self.devices.harvest(now);
+        Flow::Continue
     }
 
     fn listening_on(&self) -> Option<&ListenerAddr> {

@@ -3,7 +3,8 @@
 //! its own CM event channel (disconnects), and the registered memory its work requests use,
 //! all sized when the connection is accepted and registered once:
 //!
-//! - receives: `recv_depth` slots of one capsule (64 bytes + `in_capsule_data_size`);
+//! - receives: the device's shared receive queue, or (`no_srq`) `recv_depth` slots of one
+//!   capsule (64 bytes + `in_capsule_data_size`) posted on the QP's own receive queue;
 //! - responses: one 16-byte slot per response the host can take at once;
 //! - staging: [`MAX_STAGING_SLOTS`] slots (at most the queue's depth) of `max_io_size` bytes,
 //!   where RDMA READs land host data and from which RDMA WRITEs send data to the host. The
@@ -21,7 +22,7 @@ use tracing::{debug, warn};
 
 use super::RdmaContext;
 use super::cq::{CqDriver, CqMode, POLL_BATCH};
-use super::device::DeviceEntry;
+use super::device::{DeviceEntry, Retired, SharedReceives};
 use super::protocol::{CmAccept, CmRequest, QueueSizes};
 use super::qpair::{Chunk, Post, QpairResources, RdmaQpair};
 use crate::backend::IoDone;
@@ -45,10 +46,16 @@ const COMPLETIONS: u16 = 1;
 
 /// Work request kinds, in the high half of a work request ID; the low half is the slot.
 mod wr_kind {
-    pub const RECV: u64 = 1;
+    /// 0, so that a receive's ID is its slot, as the device's shared receive queue posts it.
+    pub const RECV: u64 = 0;
     pub const READ: u64 = 2;
     pub const WRITE: u64 = 3;
     pub const SEND: u64 = 4;
+}
+
+/// The error of work asked of a connection already closed.
+fn closed() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::NotConnected, "the connection is closed")
 }
 
 fn wr_id(kind: u64, slot: u16) -> u64 {
@@ -81,14 +88,30 @@ impl From<&WorkCompletion> for Completed {
     }
 }
 
-pub struct RdmaConnection {
+/// Where the connection's command capsules arrive.
+enum Receives {
+    /// Its QP's own receive queue, posted from these slots (`no_srq`).
+    Own(MemoryRegion),
+    /// The device's shared receive queue.
+    Shared(Arc<SharedReceives>),
+}
+
+/// What lives as long as the QP: the CM id holding it, the CM channel that reports its
+/// disconnect, the CQ its work completes on.
+struct Link {
     /// Declared first: dropping it destroys the QP, before the CQ and the memory go.
     id: CmId,
     /// The connection's own CM channel (the id was migrated onto it).
     events: EventChannel,
     cq: Cq,
+}
+
+pub struct RdmaConnection {
+    /// Present until `close`, which may hand it to the device's shared receives (see
+    /// [`Retired`]).
+    link: Option<Link>,
     driver: CqDriver,
-    recv: MemoryRegion,
+    recv: Receives,
     send: MemoryRegion,
     staging: MemoryRegion,
     capsule_len: usize,
@@ -147,9 +170,19 @@ impl RdmaConnection {
             ));
             return Err((id, err));
         }
+        let shared = device.shared_receives.clone();
+        if let Some(shared) = &shared {
+            shared.harvest(now);
+        }
         let built = (|| {
             let events = EventChannel::new()?;
-            let recv = MemoryRegion::new(&device.pd, capsule_len * usize::from(recv_depth))?;
+            let recv = match &shared {
+                Some(shared) => Receives::Shared(Arc::clone(shared)),
+                None => Receives::Own(MemoryRegion::new(
+                    &device.pd,
+                    capsule_len * usize::from(recv_depth),
+                )?),
+            };
             let send = MemoryRegion::new(
                 &device.pd,
                 CQE_LEN * usize::from(resources.send_slots.max(1)),
@@ -165,24 +198,30 @@ impl RdmaConnection {
         };
         let setup = (|| {
             id.migrate(&events)?;
+            let (srq, regions) = match &recv {
+                Receives::Own(region) => (None, vec![region, &send, &staging]),
+                Receives::Shared(shared) => (Some(shared.srq()), vec![&send, &staging]),
+            };
             id.create_qp(
                 &device.pd,
                 &QpInit {
                     send_cq: &cq,
                     recv_cq: &cq,
-                    srq: None,
+                    srq,
                     max_send_wr,
                     max_recv_wr: u32::from(recv_depth),
                     max_send_sge: 1,
                     max_recv_sge: 1,
                 },
-                &[&recv, &send, &staging],
+                &regions,
             )?;
-            for slot in 0..recv_depth {
-                let sge = recv
-                    .sge(usize::from(slot) * capsule_len, capsule_len)
-                    .map_err(std::io::Error::other)?;
-                id.post_recv(wr_id(wr_kind::RECV, slot), &[sge])?;
+            if let Receives::Own(region) = &recv {
+                for slot in 0..recv_depth {
+                    let sge = region
+                        .sge(usize::from(slot) * capsule_len, capsule_len)
+                        .map_err(std::io::Error::other)?;
+                    id.post_recv(wr_id(wr_kind::RECV, slot), &[sge])?;
+                }
             }
             id.accept(
                 &CmAccept::new(recv_depth).emit(),
@@ -205,6 +244,7 @@ impl RdmaConnection {
             send_slots = resources.send_slots,
             staging_slots,
             read_depth,
+            srq = matches!(recv, Receives::Shared(_)),
             "RDMA connection accepted"
         );
         let mode = if context.interrupt_mode {
@@ -212,11 +252,9 @@ impl RdmaConnection {
         } else {
             CqMode::Poll
         };
-        let qpair = RdmaQpair::new(context, listener, local_ip, resources, now);
+        let qpair = RdmaQpair::new(context, listener, local_ip, resources, sizes, now);
         Ok(Self {
-            id,
-            events,
-            cq,
+            link: Some(Link { id, events, cq }),
             driver: CqDriver::new(mode),
             recv,
             send,
@@ -251,11 +289,14 @@ impl RdmaConnection {
         let mut completed = std::mem::take(&mut self.completed);
         completed.clear();
         let collect = |wc: &WorkCompletion| completed.push(Completed::from(wc));
+        let Some(link) = self.link.as_mut() else {
+            return (0, Flow::Close);
+        };
         let result = if event {
             self.driver
-                .handle_event(&mut self.cq, &mut self.batch, collect)
+                .handle_event(&mut link.cq, &mut self.batch, collect)
         } else {
-            self.driver.poll(&mut self.cq, &mut self.batch, collect)
+            self.driver.poll(&mut link.cq, &mut self.batch, collect)
         };
         let mut flow = match result {
             Ok(_) => Flow::Continue,
@@ -279,7 +320,13 @@ impl RdmaConnection {
     }
 
     fn handle_completion(&mut self, done: Completed, cx: &mut IoCx<'_>, now: Instant) -> Flow {
+        let (kind, slot) = split_wr_id(done.wr_id);
         if !done.status.is_success() {
+            if let (wr_kind::RECV, Receives::Shared(shared)) = (kind, &self.recv) {
+                // A receive the QP had taken from the device's SRQ: the slot goes back
+                // to the other connections.
+                let _ = shared.repost(slot);
+            }
             if done.status == WcStatus::FLUSHED {
                 debug!("work flushed: the connection is going down");
             } else {
@@ -287,20 +334,21 @@ impl RdmaConnection {
             }
             return Flow::Close;
         }
-        let (kind, slot) = split_wr_id(done.wr_id);
         match kind {
             wr_kind::RECV => {
                 let len = (done.byte_len as usize).min(self.capsule_len);
-                let at = usize::from(slot) * self.capsule_len;
-                if self.recv.read_at(at, &mut self.scratch[..len]).is_err() {
+                let copied = match &self.recv {
+                    Receives::Own(region) => region.read_at(
+                        usize::from(slot) * self.capsule_len,
+                        &mut self.scratch[..len],
+                    ),
+                    Receives::Shared(shared) => shared.read(slot, &mut self.scratch[..len]),
+                };
+                // The capsule is copied out (or lost): the slot takes the next one at once.
+                let repost = self.repost_receive(slot);
+                if copied.is_err() {
                     return Flow::Close;
                 }
-                // The capsule is copied out: the slot takes the next one at once.
-                let repost = self
-                    .recv
-                    .sge(at, self.capsule_len)
-                    .map_err(std::io::Error::other)
-                    .and_then(|sge| self.id.post_recv(done.wr_id, &[sge]));
                 if let Err(err) = repost {
                     warn!(%err, "cannot post a receive; closing");
                     return Flow::Close;
@@ -336,6 +384,20 @@ impl RdmaConnection {
         }
     }
 
+    /// Gives a receive slot back: to the QP's own receive queue or to the device's SRQ.
+    fn repost_receive(&self, slot: u16) -> std::io::Result<()> {
+        match &self.recv {
+            Receives::Own(region) => {
+                let sge = region
+                    .sge(usize::from(slot) * self.capsule_len, self.capsule_len)
+                    .map_err(std::io::Error::other)?;
+                let link = self.link.as_ref().ok_or_else(closed)?;
+                link.id.post_recv(wr_id(wr_kind::RECV, slot), &[sge])
+            }
+            Receives::Shared(shared) => shared.repost(slot),
+        }
+    }
+
     /// Posts what the queue pair wants posted, then says whether the connection stays.
     fn settle(&mut self, flow: Flow, cx: &mut IoCx<'_>) -> Flow {
         if flow == Flow::Close || self.qpair.is_closing() {
@@ -351,6 +413,7 @@ impl RdmaConnection {
     }
 
     fn post(&mut self, post: Post, cx: &mut IoCx<'_>) -> std::io::Result<()> {
+        let id = &self.link.as_ref().ok_or_else(closed)?.id;
         match post {
             Post::Read {
                 slot,
@@ -362,7 +425,7 @@ impl RdmaConnection {
                     .staging
                     .sge(usize::from(slot) * self.slot_len, len as usize)
                     .map_err(std::io::Error::other)?;
-                self.id.post_send(&[SendWr {
+                id.post_send(&[SendWr {
                     wr_id: wr_id(wr_kind::READ, slot),
                     op: SendOp::RdmaRead { remote_addr, rkey },
                     sges: &[sge],
@@ -393,7 +456,7 @@ impl RdmaConnection {
                     signaled: true,
                 };
                 let Some(out) = data else {
-                    return self.id.post_send(&[send]);
+                    return id.post_send(&[send]);
                 };
                 let len = (out.len as usize).min(self.slot_len);
                 let base = usize::from(out.slot) * self.slot_len;
@@ -415,7 +478,7 @@ impl RdmaConnection {
                 let data = staging.sge(base, len).map_err(std::io::Error::other)?;
                 // The WRITE needs no completion of its own: the SEND after it completes
                 // only once it has (a reliable connection's send queue runs in order).
-                self.id.post_send(&[
+                id.post_send(&[
                     SendWr {
                         wr_id: wr_id(wr_kind::WRITE, out.slot),
                         op: SendOp::RdmaWrite {
@@ -432,8 +495,11 @@ impl RdmaConnection {
     }
 
     fn handle_cm_events(&mut self) -> Flow {
+        let Some(link) = self.link.as_ref() else {
+            return Flow::Close;
+        };
         loop {
-            match self.events.get_event() {
+            match link.events.get_event() {
                 Ok(Some(event)) => match event.kind {
                     CmEventKind::Established => debug!("connection established"),
                     CmEventKind::Disconnected
@@ -459,14 +525,15 @@ impl RdmaConnection {
 
 impl Subscriber for RdmaConnection {
     fn init(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> std::io::Result<()> {
-        cx.register(&mut self.events, CM_CHANNEL, Interest::READABLE)?;
+        let link = self.link.as_mut().ok_or_else(closed)?;
+        cx.register(&mut link.events, CM_CHANNEL, Interest::READABLE)?;
         if self.driver.mode() == CqMode::Interrupt {
-            cx.register(&mut self.cq, COMPLETIONS, Interest::READABLE)?;
+            cx.register(&mut link.cq, COMPLETIONS, Interest::READABLE)?;
         }
         // Arm (interrupt mode) and take what completed since the accept.
         let mut completed = std::mem::take(&mut self.completed);
         completed.clear();
-        self.driver.start(&mut self.cq, &mut self.batch, |wc| {
+        self.driver.start(&mut link.cq, &mut self.batch, |wc| {
             completed.push(Completed::from(wc));
         })?;
         let mut flow = Flow::Continue;
@@ -555,15 +622,23 @@ impl Subscriber for RdmaConnection {
     }
 
     /// Disconnects (posted work is flushed), tears the queue down (reporting the controller
-    /// if this was its admin queue); the QP, CQ and memory go when the connection is dropped.
+    /// if this was its admin queue); the QP, CQ and memory go when the connection is dropped,
+    /// or, on an SRQ, once the receives the QP took are back (see [`Retired`]).
     fn close(&mut self, cx: &mut SubscriberCx<'_>) {
         self.in_span(|conn| {
-            let _ = cx.deregister(&mut conn.events);
-            if conn.driver.mode() == CqMode::Interrupt {
-                let _ = cx.deregister(&mut conn.cq);
+            if let Some(mut link) = conn.link.take() {
+                let _ = cx.deregister(&mut link.events);
+                if conn.driver.mode() == CqMode::Interrupt {
+                    let _ = cx.deregister(&mut link.cq);
+                }
+                let _ = link.id.disconnect();
+                conn.driver.finish(&mut link.cq);
+                if let Receives::Shared(shared) = &conn.recv {
+                    let Link { id, events, cq } = link;
+                    let now = Instant::now();
+                    shared.retire(Retired::new(id, events, cq, now), now);
+                }
             }
-            let _ = conn.id.disconnect();
-            conn.driver.finish(&mut conn.cq);
             if let Some(ctrlr) = conn.qpair.close() {
                 cx.io.controller_gone(ctrlr);
             }
@@ -574,6 +649,7 @@ impl Subscriber for RdmaConnection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::rdma::device::receive_slot;
 
     #[test]
     fn work_request_ids_round_trip() {
@@ -585,5 +661,12 @@ mod tests {
             assert_eq!(split_wr_id(wr_id(kind, slot)), (kind, slot));
         }
         assert_ne!(wr_id(wr_kind::WRITE, 3), wr_id(wr_kind::SEND, 3));
+        // The device's SRQ posts a receive with its slot as ID, and tells receives from the
+        // rest of a retired QP's work by it.
+        assert_eq!(wr_id(wr_kind::RECV, 4095), 4095);
+        assert_eq!(receive_slot(wr_id(wr_kind::RECV, 7)), Some(7));
+        for kind in [wr_kind::READ, wr_kind::WRITE, wr_kind::SEND] {
+            assert_eq!(receive_slot(wr_id(kind, 7)), None);
+        }
     }
 }

@@ -31,4 +31,14 @@ pub struct RdmaContext {
     pub acceptor_backlog: u32,
     /// Completion queues are armed and their channels watched (else polled every turn).
     pub interrupt_mode: bool,
+    /// Capsule slots of each device's shared receive queue (`max_srq_depth`); `None` with
+    /// `no_srq`: every QP posts its own receives.
+    pub srq_depth: Option<u16>,
+}
+
+impl RdmaContext {
+    /// Bytes of one receive: a command and the data the host may send in its capsule.
+    pub fn capsule_len(&self) -> usize {
+        crate::nvme::sqe::SQE_LEN + self.limits.in_capsule_data_size as usize
+    }
 }

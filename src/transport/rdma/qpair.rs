@@ -22,9 +22,10 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::RdmaContext;
-use super::protocol::{Capsule, DataDescriptor, SglLimits, parse_sgl};
+use super::protocol::{Capsule, DataDescriptor, QueueSizes, SglLimits, parse_sgl};
 use crate::backend::IoDone;
 use crate::controller::{Controller, ListenerAddr};
+use crate::nvme::connect::{ConnectCmd, invalid_parameter_dw0, sqe_offset};
 use crate::nvme::opcode::{self, fctype};
 use crate::nvme::{Cqe, Sgl, Sqe, Status};
 use crate::transport::buffer_pool::DataBuf;
@@ -304,6 +305,9 @@ pub struct RdmaQpair {
     listener: ListenerAddr,
     /// The address the host connected to, reported in the discovery log for wildcards.
     local_ip: Option<IpAddr>,
+    /// The queue the connect request asked for and the accept granted: its Connect must
+    /// name the same queue and no more entries.
+    accepted: QueueSizes,
     phase: Phase,
     core: QueueCore,
     out: RdmaOutput,
@@ -316,6 +320,7 @@ impl RdmaQpair {
         listener: ListenerAddr,
         local_ip: Option<IpAddr>,
         resources: QpairResources,
+        accepted: QueueSizes,
         now: Instant,
     ) -> Self {
         let max_io_size = context.limits.max_io_size;
@@ -323,6 +328,7 @@ impl RdmaQpair {
             context,
             listener,
             local_ip,
+            accepted,
             phase: Phase::AwaitConnect,
             core: QueueCore::new(),
             out: RdmaOutput {
@@ -471,6 +477,10 @@ impl RdmaQpair {
     fn connect(&mut self, sqe: &Sqe, data: &[u8], cx: &IoCx<'_>, now: Instant) {
         let mut shown = *sqe;
         if sqe.opcode() == opcode::FABRICS && sqe.fctype() == fctype::CONNECT {
+            if let Some(cqe) = self.mismatched_connect(sqe) {
+                self.core.respond(cqe, &mut self.out);
+                return;
+            }
             shown.set_sgl(Sgl::in_capsule(u32::try_from(data.len()).unwrap_or(0)));
         }
         let attached = self.core.connect(
@@ -488,6 +498,31 @@ impl RdmaQpair {
             self.setup_deadline = None;
             self.phase = Phase::Ready;
         }
+    }
+
+    /// A Connect for another queue than the connection was accepted for, or for more entries
+    /// than the receives posted for it (NVMe/RDMA 1.0b, 3.2: QID and SQSIZE match the private
+    /// data's QID and HSQSIZE): refused as an invalid parameter, pointing at the field, so a
+    /// host cannot attach a queue whose depth the accept never granted.
+    fn mismatched_connect(&self, sqe: &Sqe) -> Option<Cqe> {
+        let cmd = ConnectCmd::parse(sqe);
+        let ipo = if cmd.qid != self.accepted.qid {
+            sqe_offset::QID
+        } else if u32::from(cmd.sqsize) + 1 > u32::from(self.accepted.recv_depth) {
+            sqe_offset::SQSIZE
+        } else {
+            return None;
+        };
+        debug!(
+            qid = cmd.qid,
+            sqsize = cmd.sqsize,
+            accepted_qid = self.accepted.qid,
+            accepted_entries = self.accepted.recv_depth,
+            "Connect does not match the connect request"
+        );
+        let mut cqe = Cqe::new(sqe.cid(), Status::CONNECT_INVALID_PARAMETERS.with_dnr());
+        cqe.dw0 = invalid_parameter_dw0(false, ipo);
+        Some(cqe)
     }
 
     fn handle_command(&mut self, capsule: Capsule<'_>, cx: &mut IoCx<'_>, now: Instant) -> Flow {

@@ -12,7 +12,7 @@ use crate::controller::{NamespaceSpec, Registry, SubsystemSpec, TransportLimits}
 use crate::nvme::connect::{ConnectCmd, ConnectData};
 use crate::nvme::opcode::{admin, io};
 use crate::transport::buffer_pool::{BufferPool, PoolLimits, SharedPool};
-use crate::transport::rdma::protocol::DataDescriptor;
+use crate::transport::rdma::protocol::{DataDescriptor, QueueSizes};
 
 const SUBNQN: &str = "nqn.2026-11.io.nvmf-tgt:rdma-unit";
 const HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000002";
@@ -48,7 +48,17 @@ fn context() -> Arc<RdmaContext> {
         limits,
         acceptor_backlog: 100,
         interrupt_mode: true,
+        srq_depth: None,
     })
+}
+
+/// What a connect request for queue `qid` of 32 entries is accepted with.
+fn accepted(qid: u16) -> QueueSizes {
+    QueueSizes {
+        qid,
+        recv_depth: 32,
+        send_depth: 32,
+    }
 }
 
 /// What the host saw of one response.
@@ -87,20 +97,31 @@ struct Host {
 
 impl Host {
     fn new(resources: QpairResources) -> Self {
-        Self::with_context(context(), resources)
+        Self::with_context(context(), resources, accepted(0))
     }
 
-    /// Another queue (another connection) of the same target.
-    fn sibling(&self, resources: QpairResources) -> Self {
-        Self::with_context(Arc::clone(&self.context), resources)
+    /// Another queue (another connection) of the same target, accepted for queue `qid`.
+    fn sibling(&self, resources: QpairResources, qid: u16) -> Self {
+        Self::with_context(Arc::clone(&self.context), resources, accepted(qid))
     }
 
-    fn with_context(context: Arc<RdmaContext>, resources: QpairResources) -> Self {
+    fn with_context(
+        context: Arc<RdmaContext>,
+        resources: QpairResources,
+        accepted: QueueSizes,
+    ) -> Self {
         let (poll, completions) = crate::backend::tests::completions();
         let now = Instant::now();
         let shared = SharedPool::new(PoolLimits::spdk_tcp_defaults(1));
         Self {
-            qpair: RdmaQpair::new(Arc::clone(&context), listener(), None, resources, now),
+            qpair: RdmaQpair::new(
+                Arc::clone(&context),
+                listener(),
+                None,
+                resources,
+                accepted,
+                now,
+            ),
             context,
             completions,
             _poll: poll,
@@ -134,7 +155,7 @@ impl Host {
     /// Connects an I/O queue of controller `cntlid` on a new queue, its Connect data in the
     /// capsule (as Linux's host does when IOCCSZ allows it).
     fn connect_io(&self, cntlid: u16, qid: u16, resources: QpairResources) -> Self {
-        let mut ioq = self.sibling(resources);
+        let mut ioq = self.sibling(resources, qid);
         let mut sqe = Self::connect_sqe(qid, 31);
         in_capsule(1024).emit(&mut sqe);
         let seen = ioq.one(&sqe, &Self::connect_data(cntlid));
@@ -481,4 +502,30 @@ fn slots_bound_what_is_in_flight() {
     assert!(host.seen.iter().all(|s| s.cqe.status.is_success()));
     assert_eq!(host.max_reads_in_flight, 1);
     assert!(host.max_sends_in_flight <= usize::from(host.resources.send_slots));
+}
+
+#[test]
+fn a_connect_must_name_the_queue_the_connection_was_accepted_for() {
+    let mut admin = Host::roomy();
+    let cntlid = admin.connect_admin();
+    // Accepted for queue 2 of 32 entries: a Connect for queue 1 is refused at QID, one for 64
+    // entries at SQSIZE; neither attaches, and the right one (fewer entries is fine) still does.
+    let mut ioq = admin.sibling(Host::ROOMY, 2);
+    for (qid, sqsize, ipo) in [(1, 31, sqe_offset::QID), (2, 63, sqe_offset::SQSIZE)] {
+        let mut sqe = Host::connect_sqe(qid, sqsize);
+        in_capsule(1024).emit(&mut sqe);
+        let seen = ioq.one(&sqe, &Host::connect_data(cntlid));
+        assert_eq!(
+            seen.cqe.status,
+            Status::CONNECT_INVALID_PARAMETERS.with_dnr(),
+            "qid {qid} sqsize {sqsize}"
+        );
+        assert_eq!(seen.cqe.dw0, invalid_parameter_dw0(false, ipo));
+        assert_eq!(ioq.qpair.qid(), None);
+    }
+    let mut sqe = Host::connect_sqe(2, 15);
+    in_capsule(1024).emit(&mut sqe);
+    let seen = ioq.one(&sqe, &Host::connect_data(cntlid));
+    assert!(seen.cqe.status.is_success(), "{seen:?}");
+    assert_eq!(ioq.qpair.qid(), Some(2));
 }
