@@ -106,6 +106,7 @@ pub fn build(config: &Config) -> anyhow::Result<Built> {
             acceptor_backlog: rdma.acceptor_backlog,
             interrupt_mode: config.target.interrupt_mode,
             // `check` holds the depth to 2..=65535 when an SRQ is used.
+            alarms: Arc::default(),
             srq_depth: (!rdma.no_srq)
                 .then(|| u16::try_from(rdma.max_srq_depth).unwrap_or(u16::MAX)),
         }),

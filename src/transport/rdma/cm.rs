@@ -49,9 +49,18 @@ pub struct RdmaListener {
     context: Arc<RdmaContext>,
     devices: Devices,
     /// The async event descriptors of the devices connections came on, key `CHANNEL + 1 +
-    /// index`: port changes and fatal errors are logged (the connections they break see
-    /// their own work fail, or a disconnect, and close).
-    async_events: Vec<(String, AsyncEvents)>,
+    /// index`: every event is logged, and those that break connections (a fatal QP error, a
+    /// CQ overrun, a broken SRQ, a dead device) raise their alarms, on whatever reactor
+    /// they run.
+    async_events: Vec<WatchedDevice>,
+}
+
+/// A device whose async events the listener reads.
+struct WatchedDevice {
+    name: String,
+    /// [`Device::handle`], as connections register it with their alarms.
+    handle: usize,
+    events: AsyncEvents,
 }
 
 impl core::fmt::Debug for RdmaListener {
@@ -164,7 +173,11 @@ impl RdmaListener {
             Ok(events)
         });
         match watched {
-            Ok(events) => self.async_events.push((device.name(), events)),
+            Ok(events) => self.async_events.push(WatchedDevice {
+                name: device.name(),
+                handle: device.handle(),
+                events,
+            }),
             // Another listener on this reactor watches it already (EEXIST), or it cannot be:
             // nothing is lost but the log lines.
             Err(err) => debug!(device = %device.name(), %err, "device async events not watched"),
@@ -172,17 +185,29 @@ impl RdmaListener {
     }
 
     fn handle_async_events(&mut self, index: usize) {
-        let Some((name, events)) = self.async_events.get(index) else {
+        let Some(WatchedDevice {
+            name,
+            handle,
+            events,
+        }) = self.async_events.get(index)
+        else {
             return;
         };
         loop {
             match events.get() {
-                Ok(Some(event)) => warn!(
-                    device = %name,
-                    event = ?event.kind,
-                    element = ?event.element,
-                    "RDMA device event"
-                ),
+                Ok(Some(event)) => {
+                    let closing = self
+                        .context
+                        .alarms
+                        .raise(*handle, event.kind, event.element);
+                    warn!(
+                        device = %name,
+                        event = ?event.kind,
+                        element = ?event.element,
+                        closing,
+                        "RDMA device event"
+                    );
+                }
                 Ok(None) => return,
                 Err(err) => {
                     debug!(device = %name, %err, "reading async events failed");
@@ -279,8 +304,8 @@ impl Subscriber for RdmaListener {
 
     fn close(&mut self, cx: &mut SubscriberCx<'_>) {
         let _ = cx.deregister(&mut self.channel);
-        for (_, events) in &mut self.async_events {
-            let _ = cx.deregister(events);
+        for watched in &mut self.async_events {
+            let _ = cx.deregister(&mut watched.events);
         }
     }
 }

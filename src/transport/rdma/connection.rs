@@ -21,6 +21,7 @@ use mio::Interest;
 use tracing::{debug, warn};
 
 use super::RdmaContext;
+use super::alarms::{AlarmGuard, Alarms, Uses};
 use super::cq::{CqDriver, CqMode, POLL_BATCH};
 use super::device::{DeviceEntry, Retired, SharedReceives};
 use super::protocol::{CmAccept, CmRequest, QueueSizes};
@@ -110,6 +111,11 @@ pub struct RdmaConnection {
     /// Present until `close`, which may hand it to the device's shared receives (see
     /// [`Retired`]).
     link: Option<Link>,
+    /// Raised when the device reports the QP, CQ or SRQ broken (see `alarms`); registered
+    /// in `init`, where the reactor's notifier is known.
+    alarms: Arc<Alarms>,
+    alarm: Option<AlarmGuard>,
+    device: usize,
     driver: CqDriver,
     recv: Receives,
     send: MemoryRegion,
@@ -252,9 +258,13 @@ impl RdmaConnection {
         } else {
             CqMode::Poll
         };
+        let alarms = Arc::clone(&context.alarms);
         let qpair = RdmaQpair::new(context, listener, local_ip, resources, sizes, now);
         Ok(Self {
             link: Some(Link { id, events, cq }),
+            alarms,
+            alarm: None,
+            device: device.device.handle(),
             driver: CqDriver::new(mode),
             recv,
             send,
@@ -526,6 +536,16 @@ impl RdmaConnection {
 impl Subscriber for RdmaConnection {
     fn init(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> std::io::Result<()> {
         let link = self.link.as_mut().ok_or_else(closed)?;
+        let uses = Uses {
+            device: self.device,
+            qp_num: link.id.qp_num().unwrap_or(0),
+            cq: link.cq.handle(),
+            srq: match &self.recv {
+                Receives::Shared(shared) => Some(shared.srq().handle()),
+                Receives::Own(_) => None,
+            },
+        };
+        self.alarm = Some(self.alarms.register(uses, cx.io.async_notifier()));
         cx.register(&mut link.events, CM_CHANNEL, Interest::READABLE)?;
         if self.driver.mode() == CqMode::Interrupt {
             cx.register(&mut link.cq, COMPLETIONS, Interest::READABLE)?;
@@ -604,6 +624,15 @@ impl Subscriber for RdmaConnection {
 
     fn handle_async_events(&mut self, cx: &mut SubscriberCx<'_>, _now: Instant) -> Flow {
         self.in_span(|conn| {
+            if let Some(state) = conn.alarm.as_ref().map(AlarmGuard::state) {
+                if state.is_raised() {
+                    if let (true, Receives::Shared(shared)) = (state.srq_broken(), &conn.recv) {
+                        shared.mark_broken();
+                    }
+                    warn!("the RDMA device reported this connection's queues broken; closing");
+                    return Flow::Close;
+                }
+            }
             conn.qpair.poll_async_events();
             conn.settle(Flow::Continue, &mut cx.io)
         })
@@ -626,6 +655,7 @@ impl Subscriber for RdmaConnection {
     /// or, on an SRQ, once the receives the QP took are back (see [`Retired`]).
     fn close(&mut self, cx: &mut SubscriberCx<'_>) {
         self.in_span(|conn| {
+            conn.alarm = None;
             if let Some(mut link) = conn.link.take() {
                 let _ = cx.deregister(&mut link.events);
                 if conn.driver.mode() == CqMode::Interrupt {

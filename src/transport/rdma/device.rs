@@ -4,10 +4,11 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::sys::verbs::{
     CmId, Cq, Device, DeviceAttrs, EventChannel, MemoryRegion, OutOfBounds, Pd, Srq, WorkCompletion,
@@ -75,6 +76,8 @@ pub struct SharedReceives {
     /// Closed connections' QPs still owing slots, at most one per connection closed in the
     /// last [`RETIRE_FOR`].
     retired: Mutex<Vec<Retired>>,
+    /// The device reported the SRQ broken (SRQ error): new connections get a new one.
+    broken: AtomicBool,
 }
 
 impl core::fmt::Debug for SharedReceives {
@@ -97,6 +100,7 @@ impl SharedReceives {
             capsule_len,
             depth,
             retired: Mutex::new(Vec::new()),
+            broken: AtomicBool::new(false),
         };
         for slot in 0..depth {
             shared.repost(slot)?;
@@ -106,6 +110,15 @@ impl SharedReceives {
 
     pub fn srq(&self) -> &Srq {
         &self.srq
+    }
+
+    /// Marks the SRQ broken: the device said so; it takes no more connections.
+    pub fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Release);
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
     }
 
     pub fn depth(&self) -> u16 {
@@ -207,29 +220,22 @@ impl Devices {
     /// The entry of `device`, opened (PD allocated, attributes queried, SRQ filled) the
     /// first time.
     pub fn get_or_open(&mut self, device: Device) -> io::Result<DeviceEntry> {
-        if let Some(entry) = self.by_handle.get(&device.handle()) {
+        if let Some(entry) = self.by_handle.get_mut(&device.handle()) {
+            if entry
+                .shared_receives
+                .as_ref()
+                .is_some_and(|s| s.is_broken())
+            {
+                // Its connections were closed; the next ones get a new SRQ.
+                warn!(device = %device.name(), "shared receive queue broken; making a new one");
+                entry.shared_receives =
+                    Self::open_srq(&self.options, &device, &entry.pd, &entry.attrs)?;
+            }
             return Ok(entry.clone());
         }
         let attrs = device.attributes()?;
         let pd = Pd::new(&device)?;
-        let shared_receives = match self.options.srq_depth {
-            Some(depth) => {
-                let depth = depth.min(u16::try_from(attrs.max_srq_wr).unwrap_or(u16::MAX));
-                if depth < 2 {
-                    return Err(io::Error::other(format!(
-                        "device {} has no usable shared receive queue (max_srq_wr {}); declare no_srq = true",
-                        device.name(),
-                        attrs.max_srq_wr
-                    )));
-                }
-                Some(Arc::new(SharedReceives::new(
-                    &pd,
-                    depth,
-                    self.options.capsule_len,
-                )?))
-            }
-            None => None,
-        };
+        let shared_receives = Self::open_srq(&self.options, &device, &pd, &attrs)?;
         info!(
             device = %device.name(),
             max_qp_wr = attrs.max_qp_wr,
@@ -246,6 +252,33 @@ impl Devices {
         };
         self.by_handle.insert(device.handle(), entry.clone());
         Ok(entry)
+    }
+
+    /// The device's SRQ, unless `no_srq`.
+    fn open_srq(
+        options: &DeviceOptions,
+        device: &Device,
+        pd: &Pd,
+        attrs: &DeviceAttrs,
+    ) -> io::Result<Option<Arc<SharedReceives>>> {
+        Ok(match options.srq_depth {
+            Some(depth) => {
+                let depth = depth.min(u16::try_from(attrs.max_srq_wr).unwrap_or(u16::MAX));
+                if depth < 2 {
+                    return Err(io::Error::other(format!(
+                        "device {} has no usable shared receive queue (max_srq_wr {}); declare no_srq = true",
+                        device.name(),
+                        attrs.max_srq_wr
+                    )));
+                }
+                Some(Arc::new(SharedReceives::new(
+                    pd,
+                    depth,
+                    options.capsule_len,
+                )?))
+            }
+            None => None,
+        })
     }
 
     /// When the next closed connection's QP is due to go (see [`Retired`]).

@@ -8,6 +8,7 @@
 //! QP, CQ and registered memory) and `device.rs` (a PD per device) drive them with
 //! `sys::verbs`.
 
+mod alarms;
 mod cm;
 mod connection;
 pub mod cq;
@@ -34,6 +35,8 @@ pub struct RdmaContext {
     /// Capsule slots of each device's shared receive queue (`max_srq_depth`); `None` with
     /// `no_srq`: every QP posts its own receives.
     pub srq_depth: Option<u16>,
+    /// Every connection's alarm, raised by the device async events that break it.
+    pub alarms: Arc<alarms::Alarms>,
 }
 
 impl RdmaContext {

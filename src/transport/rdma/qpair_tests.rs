@@ -49,6 +49,7 @@ fn context() -> Arc<RdmaContext> {
         acceptor_backlog: 100,
         interrupt_mode: true,
         srq_depth: None,
+        alarms: Arc::default(),
     })
 }
 
