@@ -69,6 +69,17 @@ fn split_wr_id(wr_id: u64) -> (u64, u16) {
     (wr_id >> 32, slot)
 }
 
+/// Why the CQ is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Take {
+    /// Its channel woke the reactor (interrupt mode).
+    Event,
+    /// A polled turn: poll mode, or interrupt mode's busy-poll window.
+    Poll,
+    /// The reactor is about to sleep (interrupt mode): re-arm and look once more.
+    BeforeSleep,
+}
+
 /// What a work completion said, copied out of the poll batch.
 #[derive(Debug, Clone, Copy)]
 struct Completed {
@@ -293,20 +304,20 @@ impl RdmaConnection {
         f(self)
     }
 
-    /// Takes what the CQ holds (interrupt mode: the whole arm/drain/re-arm round), handles
-    /// it, and posts what follows.
-    fn run_completions(&mut self, event: bool, cx: &mut IoCx<'_>, now: Instant) -> (u64, Flow) {
+    /// Takes what the CQ holds (as `take` says: see `cq.rs`), handles it, and posts what
+    /// follows.
+    fn run_completions(&mut self, take: Take, cx: &mut IoCx<'_>, now: Instant) -> (u64, Flow) {
         let mut completed = std::mem::take(&mut self.completed);
         completed.clear();
         let collect = |wc: &WorkCompletion| completed.push(Completed::from(wc));
         let Some(link) = self.link.as_mut() else {
             return (0, Flow::Close);
         };
-        let result = if event {
-            self.driver
-                .handle_event(&mut link.cq, &mut self.batch, collect)
-        } else {
-            self.driver.poll(&mut link.cq, &mut self.batch, collect)
+        let (cq, batch) = (&mut link.cq, &mut self.batch);
+        let result = match take {
+            Take::Event => self.driver.handle_event(cq, batch, collect),
+            Take::Poll => self.driver.poll(cq, batch, collect),
+            Take::BeforeSleep => self.driver.before_sleep(cq, batch, collect),
         };
         let mut flow = match result {
             Ok(_) => Flow::Continue,
@@ -573,7 +584,7 @@ impl Subscriber for RdmaConnection {
     fn process(&mut self, ready: Readiness, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
         self.in_span(|conn| match ready.key {
             CM_CHANNEL => conn.handle_cm_events(),
-            COMPLETIONS => conn.run_completions(true, &mut cx.io, now).1,
+            COMPLETIONS => conn.run_completions(Take::Event, &mut cx.io, now).1,
             _ => Flow::Continue,
         })
     }
@@ -589,13 +600,22 @@ impl Subscriber for RdmaConnection {
         })
     }
 
+    /// Polled every turn in poll mode; in interrupt mode in the busy-poll window after work,
+    /// with the CQ left unarmed until `before_sleep`.
     fn wants_poll(&self) -> bool {
-        self.driver.mode() == CqMode::Poll
+        true
     }
 
     fn poll(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Polled {
         self.in_span(|conn| {
-            let (work, flow) = conn.run_completions(false, &mut cx.io, now);
+            let (work, flow) = conn.run_completions(Take::Poll, &mut cx.io, now);
+            Polled { work, flow }
+        })
+    }
+
+    fn before_sleep(&mut self, cx: &mut SubscriberCx<'_>, now: Instant) -> Polled {
+        self.in_span(|conn| {
+            let (work, flow) = conn.run_completions(Take::BeforeSleep, &mut cx.io, now);
             Polled { work, flow }
         })
     }

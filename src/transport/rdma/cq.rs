@@ -4,10 +4,12 @@
 //!
 //! Interrupt mode: the CQ is armed (`ibv_req_notify_cq`) before the reactor sleeps; the next
 //! completion makes the channel's descriptor readable. On wake the driver takes every event
-//! the channel holds, drains the CQ, re-arms it, and drains it once more: a completion that
-//! landed after the first drain but before the arm raised no event (the CQ was not armed) and
-//! is found by the second drain; one that lands after the arm raises an event and wakes the
-//! reactor again (perhaps to find nothing, which costs one empty poll). Events are
+//! the channel holds and drains the CQ, leaving it unarmed while the reactor's busy-poll
+//! window polls it (`poll`: no event, no re-arm for completions that come in a burst); before
+//! the reactor sleeps again it re-arms the CQ and drains it once more (`before_sleep`): a
+//! completion that landed after the last drain but before the arm raised no event (the CQ was
+//! not armed) and is found by that drain; one that lands after the arm raises an event and
+//! wakes the reactor again (perhaps to find nothing, which costs one empty poll). Events are
 //! acknowledged in batches (`ibv_ack_cq_events` takes a lock), never more than
 //! [`ACK_BATCH`] left unacknowledged, and all of them before the CQ is destroyed (destroying
 //! it waits for them).
@@ -92,20 +94,31 @@ impl CqDriver {
         batch: &mut [C::Completion],
         handle: impl FnMut(&C::Completion),
     ) -> io::Result<usize> {
-        match self.mode {
-            CqMode::Poll => Ok(0),
-            CqMode::Interrupt => {
-                let mut handle = handle;
-                cq.req_notify()?;
-                self.armed = true;
-                drain(cq, batch, &mut handle)
-            }
+        self.before_sleep(cq, batch, handle)
+    }
+
+    /// The reactor is about to sleep (interrupt mode): if an event used the arm up, re-arms
+    /// the CQ and drains it once more, for what completed before the arm took effect.
+    /// Returns the completions handled; nothing to do in poll mode or while still armed.
+    pub fn before_sleep<C: CompletionQueue>(
+        &mut self,
+        cq: &mut C,
+        batch: &mut [C::Completion],
+        handle: impl FnMut(&C::Completion),
+    ) -> io::Result<usize> {
+        if self.mode == CqMode::Poll || self.armed {
+            return Ok(0);
         }
+        let mut handle = handle;
+        cq.req_notify()?;
+        self.armed = true;
+        drain(cq, batch, &mut handle, usize::MAX)
     }
 
     /// The channel's descriptor is readable (interrupt mode): takes and acknowledges its
-    /// events, drains, re-arms, drains again. Returns the completions handled. In poll mode
-    /// this only polls (a poll-mode reactor never watches the channel).
+    /// events and drains. The CQ stays unarmed until [`before_sleep`](Self::before_sleep).
+    /// Returns the completions handled. In poll mode this only polls (a poll-mode reactor
+    /// never watches the channel).
     pub fn handle_event<C: CompletionQueue>(
         &mut self,
         cq: &mut C,
@@ -114,7 +127,7 @@ impl CqDriver {
     ) -> io::Result<usize> {
         let mut handle = handle;
         if self.mode == CqMode::Poll {
-            return drain(cq, batch, &mut handle);
+            return drain(cq, batch, &mut handle, usize::MAX);
         }
         while cq.get_event()? {
             // An event means the arm fired: it must be renewed below.
@@ -125,17 +138,11 @@ impl CqDriver {
                 self.unacked = 0;
             }
         }
-        let mut handled = drain(cq, batch, &mut handle)?;
-        if !self.armed {
-            cq.req_notify()?;
-            self.armed = true;
-            // What completed between the drain and the arm raised no event.
-            handled += drain(cq, batch, &mut handle)?;
-        }
-        Ok(handled)
+        drain(cq, batch, &mut handle, usize::MAX)
     }
 
-    /// One poll-mode turn: takes up to one batch of completions, never arming.
+    /// One polled turn (poll mode, or interrupt mode's busy-poll window): takes up to one
+    /// batch of completions, never arming.
     pub fn poll<C: CompletionQueue>(
         &mut self,
         cq: &mut C,
@@ -143,11 +150,7 @@ impl CqDriver {
         handle: impl FnMut(&C::Completion),
     ) -> io::Result<usize> {
         let mut handle = handle;
-        let n = cq.poll(batch)?;
-        for wc in batch.iter().take(n) {
-            handle(wc);
-        }
-        Ok(n)
+        drain(cq, batch, &mut handle, 1)
     }
 
     /// Before the CQ is destroyed: acknowledges every event still unacknowledged (destroying
@@ -186,23 +189,25 @@ impl CompletionQueue for Cq {
     }
 }
 
-/// Polls until the CQ is empty, batch by batch.
+/// Polls until the CQ is empty, batch by batch, at most `max_batches` batches.
 fn drain<C: CompletionQueue>(
     cq: &mut C,
     batch: &mut [C::Completion],
     handle: &mut impl FnMut(&C::Completion),
+    max_batches: usize,
 ) -> io::Result<usize> {
     let mut handled = 0;
-    loop {
+    for _ in 0..max_batches {
         let n = cq.poll(batch)?;
         for wc in batch.iter().take(n) {
             handle(wc);
         }
         handled += n;
         if n < batch.len() || n == 0 {
-            return Ok(handled);
+            break;
         }
     }
+    Ok(handled)
 }
 
 #[cfg(test)]
@@ -277,11 +282,16 @@ mod tests {
         }
     }
 
+    /// The reactor wakes on the channel, has no busy-poll window, and goes back to sleep.
     fn wake(driver: &mut CqDriver, cq: &mut FakeCq, seen: &mut Vec<u64>) -> usize {
         let mut batch = [0u64; 4];
-        driver
+        let woken = driver
             .handle_event(cq, &mut batch, |&wr_id| seen.push(wr_id))
-            .expect("fake CQ")
+            .expect("fake CQ");
+        woken
+            + driver
+                .before_sleep(cq, &mut batch, |&wr_id| seen.push(wr_id))
+                .expect("fake CQ")
     }
 
     #[test]
@@ -311,6 +321,49 @@ mod tests {
         assert_eq!(cq.channel, 1);
         assert_eq!(wake(&mut driver, &mut cq, &mut seen), 1);
         assert_eq!(seen, [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_busy_poll_window_polls_unarmed_and_arms_only_before_sleeping() {
+        let mut cq = FakeCq::default();
+        let mut driver = CqDriver::new(CqMode::Interrupt);
+        let mut batch = [0u64; 4];
+        let mut seen = Vec::new();
+        driver
+            .start(&mut cq, &mut batch, |&w| seen.push(w))
+            .expect("start");
+        cq.complete(1);
+        let arms = cq.arms;
+        driver
+            .handle_event(&mut cq, &mut batch, |&w| seen.push(w))
+            .expect("event");
+        assert!(
+            !driver.is_armed() && !cq.armed,
+            "unarmed while the window polls"
+        );
+        // A burst during the window: polled, no event raised, no arm spent.
+        for wr_id in 2..=5 {
+            cq.complete(wr_id);
+            driver
+                .poll(&mut cq, &mut batch, |&w| seen.push(w))
+                .expect("poll");
+        }
+        assert_eq!(cq.channel, 0);
+        assert_eq!(cq.arms, arms);
+        // Completion 6 lands as the arm is made: the drain after it finds it.
+        cq.land_before_arm.push(6);
+        let found = driver
+            .before_sleep(&mut cq, &mut batch, |&w| seen.push(w))
+            .expect("before sleep");
+        assert_eq!(found, 1);
+        assert_eq!(seen, (1..=6).collect::<Vec<_>>());
+        assert!(driver.is_armed() && cq.armed);
+        assert_eq!(cq.arms, arms + 1);
+        // Armed already: a second look before sleeping arms nothing.
+        driver
+            .before_sleep(&mut cq, &mut batch, |&w| seen.push(w))
+            .expect("before sleep");
+        assert_eq!(cq.arms, arms + 1);
     }
 
     #[test]
