@@ -204,6 +204,27 @@ def cell(s, digits=0):
     return f"{fmt(s['median'], digits)} ({fmt(s['min'], digits)}..{fmt(s['max'], digits)})"
 
 
+def load_and_notes(out, result, title):
+    """Appends a report's closing sections: the machine's load around the run (the samples
+    `load` took) under `title`, then the notes file, if any."""
+    if result["load"]:
+        out.append(f"## {title}\n")
+        out.append(
+            "| when | load average (1, 5, 15 min) | busy CPU % over 1 s | steal % "
+            "| busiest processes in that second (%CPU command) |"
+        )
+        out.append("|---|---|---|---|---|")
+        for r in result["load"]:
+            out.append(
+                f"| {r['when']} | {' '.join(r['loadavg'])} | {fmt(r.get('busy_percent'), 0)} "
+                f"| {fmt(r.get('steal_percent'), 0)} | {'; '.join(r['top'])} |"
+            )
+        out.append("")
+    if result["notes"]:
+        out.append("## Notes\n")
+        out.append(result["notes"].rstrip() + "\n")
+
+
 def ratio(a, b):
     if a is None or b is None or b["median"] == 0:
         return None
@@ -662,22 +683,7 @@ def vfio_markdown(result):
                     f"| {cell(cpu.get(mode), 2)} | {cell(cpu.get('poll'), 2)} |"
                 )
     out.append("")
-    if result["load"]:
-        out.append("## Machine load\n")
-        out.append(
-            "| when | load average (1, 5, 15 min) | busy CPU % over 1 s | steal % "
-            "| busiest processes in that second (%CPU command) |"
-        )
-        out.append("|---|---|---|---|---|")
-        for r in result["load"]:
-            out.append(
-                f"| {r['when']} | {' '.join(r['loadavg'])} | {fmt(r.get('busy_percent'), 0)} "
-                f"| {fmt(r.get('steal_percent'), 0)} | {'; '.join(r['top'])} |"
-            )
-        out.append("")
-    if result["notes"]:
-        out.append("## Notes\n")
-        out.append(result["notes"].rstrip() + "\n")
+    load_and_notes(out, result, "Machine load")
     return "\n".join(out)
 
 
@@ -865,22 +871,7 @@ def rdma_guest_markdown(result):
         f"| {fmt(rt['qd32_target_cpu_us_per_io_interrupt_over_poll'], 3)} |"
     )
     out.append("")
-    if result["load"]:
-        out.append("## Machine load (the host running qemu)\n")
-        out.append(
-            "| when | load average (1, 5, 15 min) | busy CPU % over 1 s | steal % "
-            "| busiest processes in that second (%CPU command) |"
-        )
-        out.append("|---|---|---|---|---|")
-        for r in result["load"]:
-            out.append(
-                f"| {r['when']} | {' '.join(r['loadavg'])} | {fmt(r.get('busy_percent'), 0)} "
-                f"| {fmt(r.get('steal_percent'), 0)} | {'; '.join(r['top'])} |"
-            )
-        out.append("")
-    if result["notes"]:
-        out.append("## Notes\n")
-        out.append(result["notes"].rstrip() + "\n")
+    load_and_notes(out, result, "Machine load (the host running qemu)")
     return "\n".join(out)
 
 

@@ -21,6 +21,22 @@ pub struct NamespaceSpec {
     pub eui64: Option<[u8; 8]>,
 }
 
+#[cfg(test)]
+impl NamespaceSpec {
+    /// Namespace `nsid` on `backend` in 512-byte blocks, writable, identifiers derived.
+    pub fn for_tests(nsid: u32, backend: Arc<dyn Backend>) -> Self {
+        Self {
+            nsid: Nsid(nsid),
+            backend,
+            block_size: 512,
+            read_only: false,
+            uuid: None,
+            nguid: None,
+            eui64: None,
+        }
+    }
+}
+
 /// A namespace attached to a subsystem.
 #[derive(Debug)]
 pub struct Namespace {

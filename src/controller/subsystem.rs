@@ -26,6 +26,29 @@ pub struct SubsystemSpec {
     pub listeners: Vec<ListenerAddr>,
 }
 
+#[cfg(test)]
+impl SubsystemSpec {
+    /// A subsystem any host may connect to on `listener`, with namespace 1 on `backend`: what
+    /// the transports' queue tests serve.
+    pub fn for_tests(
+        nqn: &str,
+        serial: &str,
+        listener: ListenerAddr,
+        backend: Arc<dyn crate::backend::Backend>,
+    ) -> Self {
+        Self {
+            nqn: nqn.into(),
+            serial: serial.into(),
+            model: "nvmf-tgt".into(),
+            allow_any_host: true,
+            hosts: Vec::new(),
+            max_namespaces: 32,
+            namespaces: vec![NamespaceSpec::for_tests(1, backend)],
+            listeners: vec![listener],
+        }
+    }
+}
+
 /// Transport types (NVMe-oF 1.1, Figure 39 TRTYPE).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum TransportType {

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::backend::ram::RamBackend;
-use crate::controller::{NamespaceSpec, Registry, SubsystemSpec, TransportLimits};
+use crate::controller::{Registry, SubsystemSpec, TransportLimits};
 use crate::nvme::Sgl;
 use crate::nvme::connect::{ConnectCmd, ConnectData};
 use crate::nvme::opcode::io;
@@ -82,24 +82,12 @@ struct Rig {
 impl Rig {
     fn new() -> Self {
         let listener = ListenerAddr::Tcp("127.0.0.1:4420".parse().expect("address"));
-        let spec = SubsystemSpec {
-            nqn: SUBNQN.into(),
-            serial: "CORE0001".into(),
-            model: "nvmf-tgt".into(),
-            allow_any_host: true,
-            hosts: Vec::new(),
-            max_namespaces: 32,
-            namespaces: vec![NamespaceSpec {
-                nsid: crate::nvme::Nsid(1),
-                backend: Arc::new(RamBackend::new(1 << 20)),
-                block_size: 512,
-                read_only: false,
-                uuid: None,
-                nguid: None,
-                eui64: None,
-            }],
-            listeners: vec![listener.clone()],
-        };
+        let spec = SubsystemSpec::for_tests(
+            SUBNQN,
+            "CORE0001",
+            listener.clone(),
+            Arc::new(RamBackend::new(1 << 20)),
+        );
         let registry = Registry::new(vec![spec], TransportLimits::default()).expect("registry");
         let (poll, completions) = crate::backend::tests::completions();
         let shared = SharedPool::new(PoolLimits::spdk_tcp_defaults(1));

@@ -130,7 +130,7 @@ impl CqDriver {
             return drain(cq, batch, &mut handle, usize::MAX);
         }
         while cq.get_event()? {
-            // An event means the arm fired: it must be renewed below.
+            // An event means the arm fired: `before_sleep` renews it.
             self.armed = false;
             self.unacked += 1;
             if self.unacked >= ACK_BATCH {

@@ -13,6 +13,8 @@ mod cm;
 mod connection;
 pub mod cq;
 mod device;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod protocol;
 mod qpair;
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::*;
 use crate::backend::ram::RamBackend;
-use crate::controller::{NamespaceSpec, Registry, SubsystemSpec, TransportLimits};
+use crate::controller::{Registry, SubsystemSpec, TransportLimits};
 use crate::nvme::connect::{ConnectCmd, ConnectData};
 use crate::nvme::opcode::{admin, io};
 use crate::transport::buffer_pool::{BufferPool, PoolLimits, SharedPool};
@@ -23,24 +23,12 @@ fn listener() -> ListenerAddr {
 }
 
 fn context() -> Arc<RdmaContext> {
-    let spec = SubsystemSpec {
-        nqn: SUBNQN.into(),
-        serial: "UNIT0002".into(),
-        model: "nvmf-tgt".into(),
-        allow_any_host: true,
-        hosts: Vec::new(),
-        max_namespaces: 32,
-        namespaces: vec![NamespaceSpec {
-            nsid: crate::nvme::Nsid(1),
-            backend: Arc::new(RamBackend::new(1 << 20)),
-            block_size: 512,
-            read_only: false,
-            uuid: None,
-            nguid: None,
-            eui64: None,
-        }],
-        listeners: vec![listener()],
-    };
+    let spec = SubsystemSpec::for_tests(
+        SUBNQN,
+        "UNIT0002",
+        listener(),
+        Arc::new(RamBackend::new(1 << 20)),
+    );
     let limits = TransportLimits::default();
     let registry = Registry::new(vec![spec], limits).expect("registry");
     Arc::new(RdmaContext {

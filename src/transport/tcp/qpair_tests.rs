@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::backend::ram::RamBackend;
-use crate::controller::{NamespaceSpec, Registry, SubsystemSpec, TransportLimits};
+use crate::controller::{Registry, SubsystemSpec, TransportLimits};
 use crate::nvme::connect::{ConnectCmd, ConnectData};
 use crate::nvme::opcode::{admin, io};
 use crate::nvme::{Cqe, Sgl, Sqe, Status};
@@ -29,24 +29,7 @@ pub(crate) fn context() -> Arc<TcpContext> {
 }
 
 fn context_with(backend: Arc<dyn crate::backend::Backend>) -> Arc<TcpContext> {
-    let spec = SubsystemSpec {
-        nqn: SUBNQN.into(),
-        serial: "UNIT0001".into(),
-        model: "nvmf-tgt".into(),
-        allow_any_host: true,
-        hosts: Vec::new(),
-        max_namespaces: 32,
-        namespaces: vec![NamespaceSpec {
-            nsid: crate::nvme::Nsid(1),
-            backend,
-            block_size: 512,
-            read_only: false,
-            uuid: None,
-            nguid: None,
-            eui64: None,
-        }],
-        listeners: vec![listener()],
-    };
+    let spec = SubsystemSpec::for_tests(SUBNQN, "UNIT0001", listener(), backend);
     let registry = Registry::new(vec![spec], TransportLimits::default()).expect("registry");
     Arc::new(TcpContext {
         registry: Arc::new(registry),
