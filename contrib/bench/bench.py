@@ -204,6 +204,17 @@ def cell(s, digits=0):
     return f"{fmt(s['median'], digits)} ({fmt(s['min'], digits)}..{fmt(s['max'], digits)})"
 
 
+def write_result(out_base, result, to_markdown):
+    """Writes a report's figures to OUT_BASE.json and its tables to OUT_BASE.md (and stdout)."""
+    with open(out_base + ".json", "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    md = to_markdown(result)
+    with open(out_base + ".md", "w") as f:
+        f.write(md)
+    sys.stdout.write(md)
+
+
 def load_and_notes(out, result, title):
     """Appends a report's closing sections: the machine's load around the run (the samples
     `load` took) under `title`, then the notes file, if any."""
@@ -267,13 +278,7 @@ def report(raw_path, out_base):
         ),
     }
     result = {"machine": meta, "runs": runs, "idle": idle, "ratios": ratios}
-    with open(out_base + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    md = markdown(result)
-    with open(out_base + ".md", "w") as f:
-        f.write(md)
-    sys.stdout.write(md)
+    write_result(out_base, result, markdown)
 
 
 def markdown(result):
@@ -421,13 +426,7 @@ def compare(raw_path, out_base):
                 ),
             }
     result = {"machine": meta, "runs": runs, "ratios": ratios}
-    with open(out_base + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    md = compare_markdown(result)
-    with open(out_base + ".md", "w") as f:
-        f.write(md)
-    sys.stdout.write(md)
+    write_result(out_base, result, compare_markdown)
 
 
 def compare_markdown(result):
@@ -589,13 +588,7 @@ def vfio_report(raw_path, out_base):
         "load": loads,
         "notes": notes,
     }
-    with open(out_base + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    md = vfio_markdown(result)
-    with open(out_base + ".md", "w") as f:
-        f.write(md)
-    sys.stdout.write(md)
+    write_result(out_base, result, vfio_markdown)
 
 
 def vfio_markdown(result):
@@ -769,13 +762,7 @@ def rdma_guest_report(raw_path, out_base):
         "load": [r for r in records if r["kind"] == "load"],
         "notes": notes,
     }
-    with open(out_base + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    md = rdma_guest_markdown(result)
-    with open(out_base + ".md", "w") as f:
-        f.write(md)
-    sys.stdout.write(md)
+    write_result(out_base, result, rdma_guest_markdown)
 
 
 def rdma_guest_markdown(result):

@@ -176,14 +176,13 @@ impl HostQueue {
             kato: opts.kato_ms,
         }
         .emit(&mut sqe);
-        let mut data = vec![0u8; 1024];
-        ConnectData {
+        let data = ConnectData {
             hostid: opts.hostid,
             cntlid: opts.cntlid,
             subnqn: opts.subnqn.clone(),
             hostnqn: opts.hostnqn.clone(),
         }
-        .emit(&mut data);
+        .to_vec();
         let done = queue.execute(sqe, Some(data), 0)?;
         if !done.cqe.status.is_success() {
             return Err(HostError::Refused(done.cqe.status));

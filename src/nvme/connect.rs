@@ -144,6 +144,16 @@ impl ConnectData {
         b[field::HOSTNQN.start..field::HOSTNQN.start + self.hostnqn.len()]
             .copy_from_slice(self.hostnqn.as_bytes());
     }
+
+    /// The 1024 bytes [`emit`](Self::emit) writes, as a Connect command's data.
+    ///
+    /// # Panics
+    /// If an NQN is 256 bytes or longer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut data = vec![0u8; CONNECT_DATA_LEN];
+        self.emit(&mut data);
+        data
+    }
 }
 
 /// An NQN field must hold a NUL within its 256 bytes; the text before it is the NQN.

@@ -151,15 +151,13 @@ fn connect_sqe(qid: u16, sqsize: u16, kato: u32) -> Sqe {
 }
 
 fn connect_data(subnqn: &str, hostnqn: &str, cntlid: u16) -> Vec<u8> {
-    let mut buf = vec![0u8; 1024];
     ConnectData {
         hostid: [0x42; 16],
         cntlid,
         subnqn: subnqn.into(),
         hostnqn: hostnqn.into(),
     }
-    .emit(&mut buf);
-    buf
+    .to_vec()
 }
 
 fn refused(outcome: ConnectOutcome) -> Cqe {

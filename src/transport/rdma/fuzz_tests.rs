@@ -224,15 +224,13 @@ const ADMIN_QUEUE: QueueSizes = QueueSizes {
 };
 
 fn connect_data(cntlid: u16) -> Vec<u8> {
-    let mut data = vec![0u8; 1024];
     ConnectData {
         hostid: [3; 16],
         cntlid,
         subnqn: SUBNQN.into(),
         hostnqn: HOSTNQN.into(),
     }
-    .emit(&mut data);
-    data
+    .to_vec()
 }
 
 /// A key the host registers for `bytes`, or (sometimes) one it never registered.
@@ -244,6 +242,17 @@ fn host_memory(rng: &mut Rng, world: &mut World, bytes: Vec<u8>) -> (u32, u32) {
     let key = 0x1000 + u32::try_from(world.memory.len()).unwrap_or(0);
     world.memory.insert(key, bytes);
     (key, len)
+}
+
+/// A read or write of 1 to 64 blocks of namespace 1 somewhere in it (perhaps past its end);
+/// the command and its block count.
+fn rw_sqe(rng: &mut Rng, opcode: u8, cid: u16) -> (Sqe, u32) {
+    let blocks = 1 + below::<u32>(rng, 64);
+    let mut sqe = Sqe::new(opcode, cid);
+    sqe.set_nsid(1)
+        .set_cdw(10, below::<u32>(rng, (NS_BYTES / 512) as usize))
+        .set_cdw(12, blocks - 1);
+    (sqe, blocks)
 }
 
 /// One capsule from the grammar, perhaps mutated.
@@ -333,11 +342,8 @@ fn capsule(
         }
         3 => {
             count("rdma: read");
-            let blocks = 1 + below::<u32>(rng, 64);
-            sqe = Sqe::new(io::READ, cid);
-            sqe.set_nsid(1)
-                .set_cdw(10, below::<u32>(rng, (NS_BYTES / 512) as usize))
-                .set_cdw(12, blocks - 1);
+            let blocks;
+            (sqe, blocks) = rw_sqe(rng, io::READ, cid);
             let len = if rng.chance(90) {
                 blocks * 512
             } else {
@@ -354,11 +360,8 @@ fn capsule(
         }
         4 => {
             count("rdma: write");
-            let blocks = 1 + below::<u32>(rng, 64);
-            sqe = Sqe::new(io::WRITE, cid);
-            sqe.set_nsid(1)
-                .set_cdw(10, below::<u32>(rng, (NS_BYTES / 512) as usize))
-                .set_cdw(12, blocks - 1);
+            let blocks;
+            (sqe, blocks) = rw_sqe(rng, io::WRITE, cid);
             let len = blocks * 512;
             if rng.chance(30) && len <= 4096 {
                 let offset = if rng.chance(90) {

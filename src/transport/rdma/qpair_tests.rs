@@ -276,15 +276,13 @@ impl Host {
     }
 
     fn connect_data(cntlid: u16) -> Vec<u8> {
-        let mut data = vec![0u8; 1024];
         ConnectData {
             hostid: [2; 16],
             cntlid,
             subnqn: SUBNQN.into(),
             hostnqn: HOSTNQN.into(),
         }
-        .emit(&mut data);
-        data
+        .to_vec()
     }
 
     /// Connects the admin queue the way Linux's host does: the data by reference, with a

@@ -178,14 +178,13 @@ impl Host {
             kato: 5000,
         }
         .emit(&mut sqe);
-        let mut data = vec![0u8; 1024];
-        ConnectData {
+        let data = ConnectData {
             hostid: [1; 16],
             cntlid: 0xFFFF,
             subnqn: SUBNQN.into(),
             hostnqn: HOSTNQN.into(),
         }
-        .emit(&mut data);
+        .to_vec();
         let replies = self.command(&sqe, &data);
         let [Reply::Resp(cqe)] = replies.as_slice() else {
             panic!("{replies:?}")
@@ -252,14 +251,13 @@ fn io_queue_write_via_r2t_then_read_back() {
         kato: 0,
     }
     .emit(&mut sqe);
-    let mut data = vec![0u8; 1024];
-    ConnectData {
+    let data = ConnectData {
         hostid: [1; 16],
         cntlid,
         subnqn: SUBNQN.into(),
         hostnqn: HOSTNQN.into(),
     }
-    .emit(&mut data);
+    .to_vec();
     let replies = ioq.command(&sqe, &data);
     assert!(
         matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.is_success()),
@@ -402,14 +400,13 @@ fn io_queue(context: &Arc<TcpContext>, digests: bool) -> (Host, Host) {
         kato: 0,
     }
     .emit(&mut sqe);
-    let mut data = vec![0u8; 1024];
-    ConnectData {
+    let data = ConnectData {
         hostid: [1; 16],
         cntlid,
         subnqn: SUBNQN.into(),
         hostnqn: HOSTNQN.into(),
     }
-    .emit(&mut data);
+    .to_vec();
     let replies = ioq.command(&sqe, &data);
     assert!(
         matches!(replies.as_slice(), [Reply::Resp(c)] if c.status.is_success()),
@@ -739,14 +736,13 @@ fn connect_io(host: &mut Host, cntlid: u16, qid: u16) -> Vec<Reply> {
         kato: 0,
     }
     .emit(&mut sqe);
-    let mut data = vec![0u8; 1024];
-    ConnectData {
+    let data = ConnectData {
         hostid: [1; 16],
         cntlid,
         subnqn: SUBNQN.into(),
         hostnqn: HOSTNQN.into(),
     }
-    .emit(&mut data);
+    .to_vec();
     host.command(&sqe, &data)
 }
 
