@@ -2,13 +2,16 @@
 //!
 //! A backend receives byte-addressed requests that the controller has already checked against
 //! the namespace size and block size. Synchronous backends (`ram`, `null`) complete inline;
-//! asynchronous ones (`file`) complete later through a reactor's [`Completions`], which wakes
-//! the reactor through an eventfd the reactor watches like any other event source, so
-//! interrupt mode keeps sleeping while I/O is in flight and wakes the moment it completes.
+//! asynchronous ones (`file`) complete later, on the reactor's io_uring ([`Uring`]) or through
+//! its [`Completions`]. Both wake the reactor through an eventfd it watches like any other
+//! event source, so interrupt mode keeps sleeping while I/O is in flight and wakes the moment
+//! it completes.
 
 pub mod file;
 pub mod null;
 pub mod ram;
+
+pub use file::uring::Uring;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -74,12 +77,24 @@ impl BackendError {
     pub fn status(&self) -> Status {
         match self {
             Self::Read(_) => Status::UNRECOVERED_READ_ERROR,
+            // What nvmet answers for a full filesystem: the host should not retry.
+            Self::Write(err) | Self::Flush(err) if is_full(err) => {
+                Status::CAPACITY_EXCEEDED.with_dnr()
+            }
+            // The filesystem went read-only under us (ext4 `errors=remount-ro`, ...).
+            Self::Write(err) | Self::Flush(err) if err.raw_os_error() == Some(libc::EROFS) => {
+                Status::NAMESPACE_WRITE_PROTECTED.with_dnr()
+            }
             Self::Write(_) | Self::Flush(_) => Status::WRITE_FAULT,
             Self::OutOfRange { .. } => Status::LBA_OUT_OF_RANGE.with_dnr(),
             Self::ReadOnly => Status::ATTEMPTED_WRITE_TO_READ_ONLY_RANGE.with_dnr(),
             Self::ShuttingDown => Status::INTERNAL_ERROR,
         }
     }
+}
+
+fn is_full(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// Namespace storage shared by every reactor that serves the namespace.
@@ -112,8 +127,25 @@ pub trait Backend: Send + Sync + core::fmt::Debug {
     }
 
     /// Starts `req`. Returns `Some` when it finished inline; otherwise the result arrives later
-    /// through `completions`, tagged with `token`.
-    fn submit(&self, token: u64, req: IoRequest, completions: &Completions) -> Option<IoDone>;
+    /// through the reactor (its completion queue or its ring), tagged with `token`.
+    fn submit(&self, token: u64, req: IoRequest, cx: &mut SubmitCx<'_>) -> Option<IoDone>;
+}
+
+/// What a backend may use of the reactor that submits a request: its completion queue and,
+/// where the kernel allowed one, its io_uring.
+pub struct SubmitCx<'a> {
+    pub completions: &'a Completions,
+    pub uring: Option<&'a mut Uring>,
+}
+
+impl<'a> SubmitCx<'a> {
+    /// A submitter with no ring: asynchronous backends use their threads.
+    pub fn new(completions: &'a Completions) -> Self {
+        Self {
+            completions,
+            uring: None,
+        }
+    }
 }
 
 /// A reactor's queue of finished asynchronous requests, and the eventfd that rouses it.
@@ -241,7 +273,7 @@ pub(crate) mod tests {
                     len,
                     buf,
                 },
-                completions,
+                &mut SubmitCx::new(completions),
             )
             .expect("completes inline")
     }

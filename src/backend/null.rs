@@ -1,6 +1,6 @@
 //! `null`: reads return zeroes, writes are dropped. For benchmarks of the target itself.
 
-use super::{Backend, Completions, IoDone, IoKind, IoRequest};
+use super::{Backend, IoDone, IoKind, IoRequest, SubmitCx};
 
 pub struct NullBackend {
     size: u64,
@@ -27,7 +27,7 @@ impl Backend for NullBackend {
         true
     }
 
-    fn submit(&self, token: u64, mut req: IoRequest, _: &Completions) -> Option<IoDone> {
+    fn submit(&self, token: u64, mut req: IoRequest, _: &mut SubmitCx<'_>) -> Option<IoDone> {
         let result = super::check_range(self.size, &req).map(|()| {
             if req.kind == IoKind::Read {
                 // Buffers arrive zeroed from the transport, but a reused one may not be.

@@ -3,7 +3,7 @@
 
 use std::sync::{Mutex, PoisonError};
 
-use super::{Backend, Completions, IoDone, IoKind, IoRequest};
+use super::{Backend, IoDone, IoKind, IoRequest, SubmitCx};
 
 /// Chunk size: large enough that most commands touch one chunk (one lock), small enough
 /// that sparse use stays cheap.
@@ -99,7 +99,7 @@ impl Backend for RamBackend {
         self.size
     }
 
-    fn submit(&self, token: u64, mut req: IoRequest, _: &Completions) -> Option<IoDone> {
+    fn submit(&self, token: u64, mut req: IoRequest, _: &mut SubmitCx<'_>) -> Option<IoDone> {
         let result = super::check_range(self.size, &req).map(|()| match &req.kind {
             IoKind::Read => self.read(req.offset, &mut req.buf),
             IoKind::Write { .. } => self.write(req.offset, &req.buf),
@@ -162,7 +162,7 @@ mod tests {
         };
         assert!(
             backend
-                .submit(1, zero, &completions)
+                .submit(1, zero, &mut SubmitCx::new(&completions))
                 .expect("inline")
                 .result
                 .is_ok()
@@ -178,7 +178,7 @@ mod tests {
         };
         assert!(
             backend
-                .submit(1, dealloc, &completions)
+                .submit(1, dealloc, &mut SubmitCx::new(&completions))
                 .expect("inline")
                 .result
                 .is_ok()

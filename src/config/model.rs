@@ -392,6 +392,21 @@ pub struct FileBackend {
     /// Open with O_DIRECT (bypass the page cache).
     #[serde(default)]
     pub direct: bool,
+    /// What runs the I/O: `uring` (each reactor's io_uring; worker threads where the kernel
+    /// refuses io_uring) or `threads` (worker threads only).
+    #[serde(default)]
+    pub engine: FileEngine,
+}
+
+/// The engine of a `file` namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FileEngine {
+    /// Each reactor's io_uring: requests batched once per turn, completions reaped in it.
+    #[default]
+    Uring,
+    /// A few worker threads per file, pinned within the core mask.
+    Threads,
 }
 
 /// The one backend a namespace declares.
@@ -399,7 +414,11 @@ pub struct FileBackend {
 pub enum BackendRef<'a> {
     Ram(Size),
     Null(Size),
-    File { path: &'a Path, direct: bool },
+    File {
+        path: &'a Path,
+        direct: bool,
+        engine: FileEngine,
+    },
 }
 
 impl Namespace {
@@ -416,6 +435,7 @@ impl Namespace {
             out.push(BackendRef::File {
                 path: &b.path,
                 direct: b.direct,
+                engine: b.engine,
             });
         }
         out

@@ -66,7 +66,7 @@ impl Live {
                         .ok_or_else(|| anyhow!("namespace {nsid} of {nqn} is not declared"))?;
                     prepared
                         .namespaces
-                        .insert((nqn.clone(), *nsid), build::namespace(nqn, ns)?);
+                        .insert((nqn.clone(), *nsid), build::namespace(new, nqn, ns)?);
                 }
                 Step::OpenListener { listener } => {
                     prepared.listeners.insert(

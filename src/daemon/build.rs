@@ -179,7 +179,7 @@ pub fn subsystem_spec(config: &Config, subsystem: &SubsystemDecl) -> anyhow::Res
     let mut namespaces = Vec::new();
     for ns in &subsystem.namespace {
         namespaces.push(
-            namespace_spec(ns)
+            namespace_spec(config, ns)
                 .with_context(|| format!("subsystem {} namespace {}", subsystem.nqn, ns.nsid))?,
         );
     }
@@ -212,16 +212,20 @@ pub fn subsystem_listeners(subsystem: &SubsystemDecl) -> anyhow::Result<Vec<List
 }
 
 /// A namespace with its backend opened, ready to attach.
-pub fn namespace(nqn: &str, ns: &config::Namespace) -> anyhow::Result<Arc<Namespace>> {
-    let spec =
-        namespace_spec(ns).with_context(|| format!("subsystem {nqn} namespace {}", ns.nsid))?;
+pub fn namespace(
+    config: &Config,
+    nqn: &str,
+    ns: &config::Namespace,
+) -> anyhow::Result<Arc<Namespace>> {
+    let spec = namespace_spec(config, ns)
+        .with_context(|| format!("subsystem {nqn} namespace {}", ns.nsid))?;
     Ok(Arc::new(Namespace::new(spec, nqn)?))
 }
 
-fn namespace_spec(ns: &config::Namespace) -> anyhow::Result<NamespaceSpec> {
+fn namespace_spec(config: &Config, ns: &config::Namespace) -> anyhow::Result<NamespaceSpec> {
     Ok(NamespaceSpec {
         nsid: crate::nvme::Nsid(ns.nsid),
-        backend: open_backend(ns)?,
+        backend: open_backend(config, ns)?,
         block_size: ns.block_size,
         read_only: ns.read_only,
         uuid: ns.uuid.map(|id| id.0),
@@ -230,14 +234,31 @@ fn namespace_spec(ns: &config::Namespace) -> anyhow::Result<NamespaceSpec> {
     })
 }
 
-fn open_backend(ns: &config::Namespace) -> anyhow::Result<Arc<dyn Backend>> {
-    use crate::backend::{file::FileBackend, null::NullBackend, ram::RamBackend};
-    use crate::config::BackendRef;
+fn open_backend(config: &Config, ns: &config::Namespace) -> anyhow::Result<Arc<dyn Backend>> {
+    use crate::backend::file::{Engine, FileBackend};
+    use crate::backend::{null::NullBackend, ram::RamBackend};
+    use crate::config::{BackendRef, FileEngine};
     Ok(match ns.backend() {
         Some(BackendRef::Ram(size)) => Arc::new(RamBackend::new(size.bytes())),
         Some(BackendRef::Null(size)) => Arc::new(NullBackend::new(size.bytes())),
-        Some(BackendRef::File { path, direct }) => {
-            Arc::new(FileBackend::open(path, direct, ns.read_only)?)
+        Some(BackendRef::File {
+            path,
+            direct,
+            engine,
+        }) => {
+            let engine = match engine {
+                FileEngine::Uring => Engine::Uring,
+                FileEngine::Threads => Engine::Threads,
+            };
+            // The worker threads share the reactors' cores: the core mask is the target's.
+            let cores = config.target.core_mask.cores().unwrap_or_default();
+            Arc::new(FileBackend::open(
+                path,
+                direct,
+                ns.read_only,
+                engine,
+                cores,
+            )?)
         }
         None => bail!("namespace {} must declare exactly one backend", ns.nsid),
     })

@@ -228,7 +228,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::backend::{Backend, BackendError, Completions, IoDone, IoRequest};
+    use crate::backend::{Backend, BackendError, IoDone, IoRequest, SubmitCx};
     use crate::controller::{NamespaceSpec, SubsystemSpec, TransportLimits};
 
     /// A backend with a volatile cache whose flush succeeds or fails, counting the calls.
@@ -258,7 +258,7 @@ mod tests {
             }
         }
 
-        fn submit(&self, token: u64, req: IoRequest, _: &Completions) -> Option<IoDone> {
+        fn submit(&self, token: u64, req: IoRequest, _: &mut SubmitCx<'_>) -> Option<IoDone> {
             Some(IoDone {
                 token,
                 result: Ok(()),

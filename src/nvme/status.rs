@@ -115,6 +115,7 @@ impl Status {
     pub const KEEP_ALIVE_EXPIRED: Self = generic(0x19);
     pub const KEEP_ALIVE_INVALID: Self = generic(0x1A);
     pub const COMMAND_ABORTED_PREEMPT: Self = generic(0x1B);
+    pub const NAMESPACE_WRITE_PROTECTED: Self = generic(0x20);
     pub const TRANSIENT_TRANSPORT_ERROR: Self = generic(0x22);
     pub const LBA_OUT_OF_RANGE: Self = generic(0x80);
     pub const CAPACITY_EXCEEDED: Self = generic(0x81);

@@ -18,7 +18,7 @@ use super::mailbox::{Mailbox, ReactorMessage, least_loaded};
 use super::slab::{RESERVED_INDEX, Slab};
 use super::stats::ReactorStats;
 use super::timers::Timers;
-use crate::backend::{Completions, IoDone};
+use crate::backend::{Completions, IoDone, Uring};
 use crate::controller::Controller;
 use crate::transport::buffer_pool::{BufferPool, CreditWaker, SharedPool};
 use crate::transport::context::{AsyncNotifier, Flow, IoCx};
@@ -35,6 +35,10 @@ const OWN: SubscriberId = SubscriberId {
 };
 const MAILBOX_KEY: u16 = 0;
 const COMPLETIONS_KEY: u16 = 1;
+/// Submit-and-reap rounds of the io_uring per turn: completions that start more requests
+/// (a read that moved part of its bytes, a command that waited for its buffers) get them
+/// going in the same turn, without one turn taking the ring for itself.
+const URING_ROUNDS: usize = 4;
 /// How long shutdown waits for in-flight commands before closing anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
@@ -179,6 +183,8 @@ struct Running {
     connections: usize,
     timers: Timers,
     completions: Completions,
+    /// The reactor's io_uring for `file` namespaces; `None` where the kernel refuses one.
+    uring: Option<Uring>,
     done: Vec<IoDone>,
     /// Data buffers of this reactor's commands, bounded by the shared pool.
     pool: BufferPool,
@@ -200,6 +206,7 @@ impl Running {
         let mailbox = reactor.mailbox.clone();
         let wake: CreditWaker = Arc::new(move || mailbox.wake());
         let pool = BufferPool::new(buffers, reactor.config.index, wake);
+        let uring = open_uring(&reactor.config, &reactor.completions);
         Self {
             config: reactor.config,
             poll: reactor.poll,
@@ -209,6 +216,7 @@ impl Running {
             connections: 0,
             timers: Timers::default(),
             completions: reactor.completions,
+            uring,
             done: Vec::new(),
             pool,
             handed_off: Vec::new(),
@@ -257,6 +265,8 @@ impl Running {
                 Wait::Sleep(timeout) => (timeout, false),
             };
             let blocking = timeout != Some(Duration::ZERO);
+            // What the pollers started before the sleep goes to the kernel now.
+            self.submit_uring();
             if blocking {
                 self.mailbox.stats.begin_wait(before);
             }
@@ -295,6 +305,7 @@ impl Running {
             for id in due.drain(..) {
                 self.handle_timer(id, after);
             }
+            work += self.pump_uring(after);
             let end = if work > 0 {
                 let end = Instant::now();
                 self.mailbox.stats.add_idle(after - before);
@@ -396,7 +407,8 @@ impl Running {
             id.token(0),
             &hosted.notifier,
             &mut self.pool,
-        );
+        )
+        .with_uring(self.uring.as_mut());
         let mut cx = SubscriberCx::new(io, id, self.poll.registry(), &mut self.handed_off);
         let flow = work(hosted.subscriber.as_mut(), &mut cx);
         let gone = cx.into_gone();
@@ -543,6 +555,36 @@ impl Running {
         if !self.completions.drain_into(&mut self.done) {
             return 0;
         }
+        self.route_done(now)
+    }
+
+    /// Hands the turn's io_uring requests to the kernel and routes what finished, for a few
+    /// rounds while rounds finish something.
+    fn pump_uring(&mut self, now: Instant) -> u64 {
+        let mut work = 0;
+        for _ in 0..URING_ROUNDS {
+            self.submit_uring();
+            let Some(uring) = self.uring.as_mut() else {
+                return 0;
+            };
+            if uring.reap(&self.completions, &mut self.done) == 0 && self.done.is_empty() {
+                break;
+            }
+            work += self.route_done(now);
+        }
+        work
+    }
+
+    fn submit_uring(&mut self) {
+        if let Some(uring) = self.uring.as_mut() {
+            if let Err(err) = uring.submit() {
+                warn!(%err, "io_uring submission failed");
+            }
+        }
+    }
+
+    /// Delivers the finished requests in `self.done` to their subscribers.
+    fn route_done(&mut self, now: Instant) -> u64 {
         let mut done = std::mem::take(&mut self.done);
         let count = done.len() as u64;
         for mut io in done.drain(..) {
@@ -592,7 +634,8 @@ impl Running {
             id.token(0),
             &hosted.notifier,
             &mut self.pool,
-        );
+        )
+        .with_uring(self.uring.as_mut());
         let mut cx = SubscriberCx::new(io, id, self.poll.registry(), &mut self.handed_off);
         hosted.subscriber.close(&mut cx);
         let gone = cx.into_gone();
@@ -620,6 +663,25 @@ impl Running {
             self.close(id, why);
         }
     }
+}
+
+/// The reactor's io_uring, signalling the completion eventfd in interrupt mode (poll mode
+/// reaps every turn and needs no wake-up).
+fn open_uring(config: &ReactorConfig, completions: &Completions) -> Option<Uring> {
+    let uring = match Uring::open() {
+        Ok(uring) => uring,
+        Err(err) => {
+            debug!(%err, "no io_uring: file namespaces use worker threads");
+            return None;
+        }
+    };
+    if config.interrupt_mode {
+        if let Err(err) = uring.signal(completions.wake_fd()) {
+            warn!(%err, "io_uring cannot signal the reactor: file namespaces use worker threads");
+            return None;
+        }
+    }
+    Some(uring)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Small OS services: CPU pinning, CPU-time figures, eventfds, shared file mappings (with
-//! SIGBUS absorbed when a mapped file shrinks) and the RDMA verbs (`verbs.rs`).
+//! SIGBUS absorbed when a mapped file shrinks), io_uring (`uring.rs`) and the RDMA verbs
+//! (`verbs.rs`).
 //!
 //! The crate denies `unsafe_code`; this module and its children allow it, each block with a
 //! `// SAFETY:` comment, so that raw system calls stay here behind safe functions and types.
@@ -9,6 +10,7 @@
 mod eventfd;
 pub mod mmap;
 mod sigbus;
+pub mod uring;
 #[cfg(feature = "rdma")]
 pub mod verbs;
 
@@ -18,13 +20,20 @@ pub use eventfd::EventFd;
 
 /// Pins the calling thread to one CPU.
 pub fn pin_current_thread(core: usize) -> std::io::Result<()> {
-    if core >= libc::CPU_SETSIZE as usize {
+    pin_current_thread_to(&[core])
+}
+
+/// Lets the calling thread run on `cores` only.
+pub fn pin_current_thread_to(cores: &[usize]) -> std::io::Result<()> {
+    if cores.is_empty() || cores.iter().any(|&c| c >= libc::CPU_SETSIZE as usize) {
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
     }
     // SAFETY: cpu_set_t is plain data for which all-zero is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `core` is below CPU_SETSIZE (checked above), so CPU_SET stays inside `set`.
-    unsafe { libc::CPU_SET(core, &mut set) };
+    for &core in cores {
+        // SAFETY: `core` is below CPU_SETSIZE (checked above), so CPU_SET stays inside `set`.
+        unsafe { libc::CPU_SET(core, &mut set) };
+    }
     // SAFETY: `set` is a valid cpu_set_t of the size passed; pid 0 means this thread.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     if rc == 0 {
@@ -63,6 +72,46 @@ pub fn own_cpu_time() -> std::io::Result<Duration> {
             + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
     };
     Ok(time(usage.ru_utime) + time(usage.ru_stime))
+}
+
+/// `_IOR(0x12, 114, u64)`, which libc does not name.
+const BLKGETSIZE64: libc::Ioctl = 0x8008_1272;
+
+/// The size of a regular file, or of a block device (BLKGETSIZE64: its metadata says 0).
+pub fn file_size(file: &std::fs::File) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_block_device() {
+        return Ok(meta.len());
+    }
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points at `size`; the
+    // descriptor belongs to `file`, which outlives the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
+    if rc == 0 {
+        Ok(size)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The logical block size of a block device (BLKSSZGET); `None` for anything else.
+pub fn logical_block_size(file: &std::fs::File) -> std::io::Result<Option<u32>> {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::FileTypeExt as _;
+    if !file.metadata()?.file_type().is_block_device() {
+        return Ok(None);
+    }
+    let mut size: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which points at `size`; the
+    // descriptor belongs to `file`, which outlives the call.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::BLKSSZGET, &mut size) };
+    if rc == 0 {
+        Ok(u32::try_from(size).ok())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// How `fallocate` should make a byte range read back as zeroes.

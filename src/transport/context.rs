@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::Completions;
+use crate::backend::{Completions, SubmitCx, Uring};
 use crate::controller::Controller;
 use crate::transport::buffer_pool::BufferPool;
 
@@ -14,10 +14,12 @@ pub enum Flow {
 }
 
 /// What a call into a queue may use of its reactor: the completion queue that async
-/// backends report to, the prefix that makes backend tokens unique on the reactor, and the
+/// backends report to and its io_uring, the prefix that makes backend tokens unique on the reactor, and the
 /// reactor's buffer pool.
 pub struct IoCx<'a> {
     completions: &'a Completions,
+    /// The reactor's io_uring, where the kernel allowed one.
+    uring: Option<&'a mut Uring>,
     token_base: u64,
     /// High bits of the 16-bit tag that a subscriber serving several queues (vfio-user: one
     /// socket, many submission queues) sets to say which of its queues a command is on.
@@ -39,6 +41,7 @@ impl<'a> IoCx<'a> {
     ) -> Self {
         Self {
             completions,
+            uring: None,
             token_base,
             tag_prefix: 0,
             notifier,
@@ -64,8 +67,19 @@ impl<'a> IoCx<'a> {
         self.tag_prefix = prefix;
     }
 
-    pub fn completions(&self) -> &Completions {
-        self.completions
+    /// Gives the calls into queues the reactor's io_uring.
+    #[must_use]
+    pub fn with_uring(mut self, uring: Option<&'a mut Uring>) -> Self {
+        self.uring = uring;
+        self
+    }
+
+    /// What a backend may use to start a request.
+    pub fn submitter(&mut self) -> SubmitCx<'_> {
+        SubmitCx {
+            completions: self.completions,
+            uring: self.uring.as_deref_mut(),
+        }
     }
 
     /// Records a controller this call tore down, so its other queues get closed.

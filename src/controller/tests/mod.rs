@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::backend::{Backend, Completions, IoDone, IoKind, IoRequest};
+use crate::backend::{Backend, IoDone, IoKind, IoRequest, SubmitCx};
 use crate::nvme::connect::{CATTR_DISABLE_SQ_FLOW_CONTROL, ConnectCmd, ConnectData};
 use crate::nvme::features::fid;
 use crate::nvme::identify::{IdentifyController, IdentifyNamespace, NsDescriptor};
@@ -44,7 +44,7 @@ impl Backend for TestBackend {
     fn volatile_write_cache(&self) -> bool {
         self.vwc
     }
-    fn submit(&self, token: u64, req: IoRequest, _c: &Completions) -> Option<IoDone> {
+    fn submit(&self, token: u64, req: IoRequest, _c: &mut SubmitCx<'_>) -> Option<IoDone> {
         self.calls
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -631,7 +631,8 @@ impl QueueCore {
             return Flow::Continue;
         };
         trace!(cid, tag, "submit");
-        if let Some(mut done) = backend.submit(cx.token(tag), request, cx.completions()) {
+        let token = cx.token(tag);
+        if let Some(mut done) = backend.submit(token, request, &mut cx.submitter()) {
             done.token = u64::from(tag);
             return self.io_done(done, cx, out, now);
         }

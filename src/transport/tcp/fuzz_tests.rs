@@ -44,7 +44,7 @@ use super::pdu::{
 use super::qpair::TcpQpair;
 use super::wire;
 use crate::backend::ram::RamBackend;
-use crate::backend::{Backend, Completions, IoDone, IoKind, IoRequest};
+use crate::backend::{Backend, Completions, IoDone, IoKind, IoRequest, SubmitCx};
 use crate::controller::{
     ListenerAddr, NamespaceSpec, Registry, Subsystem, SubsystemSpec, TransportLimits,
 };
@@ -123,7 +123,7 @@ impl Backend for Deferred {
         self.inner.size()
     }
 
-    fn submit(&self, token: u64, req: IoRequest, _: &Completions) -> Option<IoDone> {
+    fn submit(&self, token: u64, req: IoRequest, _: &mut SubmitCx<'_>) -> Option<IoDone> {
         self.queue
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -654,7 +654,10 @@ impl<'a> World<'a> {
                 len: self.ram.size(),
                 buf: vec![0xEE; len],
             };
-            let done = self.ram.submit(0, req, self.completions).expect("inline");
+            let done = self
+                .ram
+                .submit(0, req, &mut SubmitCx::new(self.completions))
+                .expect("inline");
             if let Some(at) = self.shadow.mismatch(0, &done.buf) {
                 panic!(
                     "namespace byte {at} is {:#04x}, the host wrote {:#04x}",
@@ -678,7 +681,7 @@ impl<'a> World<'a> {
             IoKind::Read | IoKind::Flush => {}
         }
         if let Some(d) = &self.deferred {
-            let _ = d.inner.submit(0, req, self.completions);
+            let _ = d.inner.submit(0, req, &mut SubmitCx::new(self.completions));
         }
     }
 
@@ -758,7 +761,7 @@ impl<'a> World<'a> {
         }
         let mut done = deferred
             .inner
-            .submit(token, req, self.completions)
+            .submit(token, req, &mut SubmitCx::new(self.completions))
             .expect("ram completes inline");
         done.token = token & 0xFFFF;
         count("deferred completions");

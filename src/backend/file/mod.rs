@@ -1,0 +1,303 @@
+//! `file`: a regular file or a block device, served without ever blocking a reactor by one
+//! of two engines: `uring` (the submitting reactor's io_uring, `uring.rs`) or `threads` (a
+//! few worker threads per file, `threads.rs`), which also serves when the reactor has no
+//! ring (io_uring refused by the kernel). Both complete through the reactor, whose epoll
+//! wakes for them, so interrupt mode keeps sleeping while I/O is in flight.
+
+mod threads;
+pub mod uring;
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Sender, channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use tracing::warn;
+
+use super::{Backend, BackendError, IoDone, IoKind, IoRequest, SubmitCx};
+use threads::Job;
+
+/// O_DIRECT needs buffers aligned to the device's logical block; 4096 covers every device.
+const DIRECT_ALIGN: usize = 4096;
+
+/// Which engine runs a file's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// The submitting reactor's io_uring; the worker threads where the reactor has none.
+    #[default]
+    Uring,
+    /// The worker threads only.
+    Threads,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileOpenError {
+    #[error("cannot open {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot open {path} with O_DIRECT (tmpfs and some filesystems refuse it); set direct = false"
+    )]
+    Direct {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot find the size of {path}")]
+    Size {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is empty")]
+    Empty { path: PathBuf },
+}
+
+/// What both engines use of a file; requests in flight hold it, so the descriptor stays
+/// open until the last of them is finished, even after the namespace is removed.
+pub(super) struct Shared {
+    file: File,
+    path: PathBuf,
+    direct: bool,
+    writable: bool,
+    /// The worker threads' queue; `None` once closed: requests are refused from then on.
+    threads: Mutex<Option<Sender<Job>>>,
+}
+
+impl Shared {
+    /// Queues a job for the worker threads, or hands it back once they are stopped.
+    fn send(&self, job: Job) -> Result<(), Job> {
+        let threads = self.threads.lock().unwrap_or_else(PoisonError::into_inner);
+        match threads.as_ref() {
+            Some(tx) => tx.send(job).map_err(|returned| returned.0),
+            None => Err(job),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+}
+
+impl Drop for Shared {
+    /// Writes that finished on a ring after the backend's final flush (a namespace removed
+    /// while they ran) are made durable here, after the last of them.
+    fn drop(&mut self) {
+        if self.writable {
+            if let Err(err) = self.file.sync_data() {
+                warn!(path = %self.path.display(), %err, "final flush failed");
+            }
+        }
+    }
+}
+
+pub struct FileBackend {
+    shared: Arc<Shared>,
+    size: u64,
+    read_only: bool,
+    engine: Engine,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl core::fmt::Debug for FileBackend {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "file {}", self.shared.path.display())
+    }
+}
+
+impl FileBackend {
+    /// Opens `path` for `engine`; the worker threads may run on `cores` (all CPUs when
+    /// empty).
+    pub fn open(
+        path: &Path,
+        direct: bool,
+        read_only: bool,
+        engine: Engine,
+        cores: &[usize],
+    ) -> Result<Self, FileOpenError> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(!read_only);
+        if direct {
+            options.custom_flags(libc::O_DIRECT);
+        }
+        let file = options.open(path).map_err(|source| {
+            if direct && source.raw_os_error() == Some(libc::EINVAL) {
+                FileOpenError::Direct {
+                    path: path.to_owned(),
+                    source,
+                }
+            } else {
+                FileOpenError::Open {
+                    path: path.to_owned(),
+                    source,
+                }
+            }
+        })?;
+        let size = crate::sys::file_size(&file).map_err(|source| FileOpenError::Size {
+            path: path.to_owned(),
+            source,
+        })?;
+        if size == 0 {
+            return Err(FileOpenError::Empty {
+                path: path.to_owned(),
+            });
+        }
+        let (tx, rx) = channel::<Job>();
+        let shared = Arc::new(Shared {
+            file,
+            path: path.to_owned(),
+            direct,
+            writable: !read_only,
+            threads: Mutex::new(Some(tx)),
+        });
+        let workers = threads::start(&shared, rx, cores);
+        Ok(Self {
+            shared,
+            size,
+            read_only,
+            engine,
+            workers: Mutex::new(workers),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// Refuses new requests, lets the workers finish the queued ones and stops them, then
+    /// makes every write durable. Only the first call does anything: nothing can be written
+    /// after it. Requests on a ring have finished by then at shutdown (the reactors have
+    /// stopped); after a reload, those still running are made durable as their file closes.
+    fn close(&self) -> Result<(), BackendError> {
+        let Some(queue) = self
+            .shared
+            .threads
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return Ok(());
+        };
+        // Workers return once the channel is empty and has no sender left.
+        drop(queue);
+        let workers =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        for worker in workers {
+            let _ = worker.join();
+        }
+        if self.read_only {
+            return Ok(());
+        }
+        self.shared.file.sync_data().map_err(BackendError::Flush)
+    }
+}
+
+impl Drop for FileBackend {
+    /// A namespace removed by reload is flushed here, when its last request has finished;
+    /// at shutdown [`Backend::flush_for_shutdown`] has done it already.
+    fn drop(&mut self) {
+        if let Err(err) = self.close() {
+            warn!(path = %self.shared.path.display(), error = %err,
+                  cause = ?std::error::Error::source(&err), "final flush failed");
+        }
+    }
+}
+
+impl Backend for FileBackend {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn volatile_write_cache(&self) -> bool {
+        true
+    }
+
+    fn flush_for_shutdown(&self) -> Result<(), BackendError> {
+        self.close()
+    }
+
+    fn submit(&self, token: u64, req: IoRequest, cx: &mut SubmitCx<'_>) -> Option<IoDone> {
+        let writes = !matches!(req.kind, IoKind::Read | IoKind::Flush);
+        let refused = if self.read_only && writes {
+            Err(BackendError::ReadOnly)
+        } else if !self.shared.is_open() {
+            Err(BackendError::ShuttingDown)
+        } else {
+            super::check_range(self.size, &req)
+        };
+        if let Err(err) = refused {
+            return Some(IoDone {
+                token,
+                result: Err(err),
+                buf: req.buf,
+            });
+        }
+        if self.engine == Engine::Uring {
+            if let Some(ring) = cx.uring.as_deref_mut() {
+                return ring.start(uring::FileOp::new(Arc::clone(&self.shared), token, req));
+            }
+        }
+        let job = Job {
+            token,
+            req,
+            completions: cx.completions.clone(),
+        };
+        match self.shared.send(job) {
+            Ok(()) => None,
+            Err(job) => Some(IoDone {
+                token,
+                result: Err(BackendError::ShuttingDown),
+                buf: job.req.buf,
+            }),
+        }
+    }
+}
+
+/// A zeroed buffer whose usable part starts on a [`DIRECT_ALIGN`] boundary, made by
+/// over-allocating, so O_DIRECT needs no unsafe allocation code.
+pub(super) struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    pub(super) fn new(len: usize) -> Self {
+        let storage = vec![0u8; len + DIRECT_ALIGN];
+        let misalign = storage.as_ptr() as usize % DIRECT_ALIGN;
+        let start = (DIRECT_ALIGN - misalign) % DIRECT_ALIGN;
+        Self {
+            storage,
+            start,
+            len,
+        }
+    }
+
+    /// Whether `buf` can go to O_DIRECT as it is.
+    pub(super) fn is_aligned(buf: &[u8]) -> bool {
+        buf.as_ptr() as usize % DIRECT_ALIGN == 0
+    }
+
+    pub(super) fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests;
