@@ -7,9 +7,11 @@ use std::path::Path;
 /// What opening a namespace's backing file would find.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileProbe {
-    /// A regular file or block device that can be opened as needed; its length in bytes.
+    /// A regular file or block device that can be opened as needed; its length in bytes
+    /// and, for a block device, its logical block size.
     Usable {
         len: u64,
+        logical_block: Option<u32>,
     },
     Missing,
     /// Exists but cannot be opened (permissions, ...).
@@ -32,6 +34,8 @@ pub struct Environment {
     pub online_cpus: Option<Vec<usize>>,
     pub probe_file: FileProber,
     pub group_id: GroupLookup,
+    /// Whether io_uring serves `file` namespaces here, or why not.
+    pub io_uring: Result<(), String>,
 }
 
 impl Environment {
@@ -43,6 +47,7 @@ impl Environment {
             group_id: Box::new(|name| {
                 crate::control::os::group_id(name).map_err(|e| e.to_string())
             }),
+            io_uring: crate::sys::uring::probe().map_err(|e| e.to_string()),
         }
     }
 
@@ -62,6 +67,7 @@ impl Environment {
             online_cpus: Some(cpus),
             probe_file: Box::new(|_, _| FileProbe::Missing),
             group_id: Box::new(|_| Ok(None)),
+            io_uring: Ok(()),
         }
     }
 }
@@ -90,15 +96,12 @@ fn probe(path: &Path, writable: bool) -> FileProbe {
         .open(path);
     match opened {
         Err(err) => FileProbe::Unusable(err.to_string()),
-        Ok(file) => {
-            let len = if kind.is_block_device() {
-                use std::io::Seek;
-                let mut file = file;
-                file.seek(std::io::SeekFrom::End(0)).unwrap_or(0)
-            } else {
-                meta.len()
-            };
-            FileProbe::Usable { len }
-        }
+        Ok(file) => match (
+            crate::sys::file_size(&file),
+            crate::sys::logical_block_size(&file),
+        ) {
+            (Ok(len), Ok(logical_block)) => FileProbe::Usable { len, logical_block },
+            (Err(err), _) | (_, Err(err)) => FileProbe::Unusable(err.to_string()),
+        },
     }
 }

@@ -37,7 +37,10 @@ fn environment(rng: &mut Rng) -> Environment {
     let mut env = Environment::fixed(vec![0, 1]);
     if rng.bool() {
         let len = *rng.pick(&[0u64, 4096, 1 << 20, 1 << 30, u64::MAX]);
-        env.probe_file = Box::new(move |_, _| FileProbe::Usable { len });
+        env.probe_file = Box::new(move |_, _| FileProbe::Usable {
+            len,
+            logical_block: None,
+        });
     }
     if rng.chance(20) {
         env.group_id = Box::new(|_| Ok(Some(1000)));

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use super::diagnostic::{Diagnostic, suggest};
 use super::environment::{Environment, FileProbe};
-use super::model::{BackendRef, Config, Listener, Namespace, SockImpl, Subsystem, TransportKind};
+use super::model::{
+    BackendRef, Config, FileEngine, Listener, Namespace, SockImpl, Subsystem, TransportKind,
+};
 use super::nqn;
 use crate::nvme::DISCOVERY_NQN;
 
@@ -548,7 +550,10 @@ impl Rules<'_> {
                         );
                     }
                 }
-                BackendRef::File { path, .. } => self.file(i, j, ns, path),
+                BackendRef::File { path, engine, .. } => {
+                    self.file(i, j, ns, path);
+                    self.file_engine(i, j, engine);
+                }
             }
         }
     }
@@ -565,7 +570,20 @@ impl Rules<'_> {
             );
         }
         match (self.env.probe_file)(path, !ns.read_only) {
-            FileProbe::Usable { len } => {
+            FileProbe::Usable { len, logical_block } => {
+                if let Some(device) = logical_block.filter(|&d| d > 0) {
+                    if ns.block_size % device != 0 {
+                        self.error(
+                            ptr!("subsystem", i, "namespace", j, "block_size"),
+                            format!(
+                                "block_size {} is not a multiple of the logical block size {device} of {}",
+                                ns.block_size,
+                                path.display()
+                            ),
+                        )
+                        .help(format!("set block_size = {device}"));
+                    }
+                }
                 if len < u64::from(ns.block_size) {
                     self.machine(
                         pointer,
@@ -594,6 +612,22 @@ impl Rules<'_> {
                     ),
                 );
             }
+        }
+    }
+
+    /// The io_uring engine falls back to worker threads where the kernel refuses io_uring;
+    /// `check` says so, since the figures will not be what the declaration asked for.
+    fn file_engine(&mut self, i: usize, j: usize, engine: FileEngine) {
+        if engine != FileEngine::Uring {
+            return;
+        }
+        if let Err(why) = &self.env.io_uring {
+            let why = why.clone();
+            self.warning(
+                ptr!("subsystem", i, "namespace", j, "file"),
+                format!("io_uring is not available here ({why}): this namespace will use worker threads"),
+            )
+            .help("allow io_uring (sysctl kernel.io_uring_disabled=0, seccomp) or set engine = \"threads\"");
         }
     }
 

@@ -469,6 +469,67 @@ fn namespace_files_are_probed() {
     );
 }
 
+/// Findings against a machine where every file is a block device with `logical_block` and
+/// io_uring is `uring`.
+fn findings_on(text: &str, logical_block: Option<u32>, uring: Result<(), String>) -> Vec<String> {
+    let env = Environment {
+        probe_file: Box::new(move |_, _| FileProbe::Usable {
+            len: 1 << 30,
+            logical_block,
+        }),
+        io_uring: uring,
+        ..env()
+    };
+    let (_, report) = check_text("t.toml", text.to_string(), Purpose::Check, &env);
+    report
+        .diagnostics
+        .iter()
+        .map(|d| format!("{:?}: {}", d.severity, d.message))
+        .collect()
+}
+
+#[test]
+fn block_devices_need_a_block_size_their_logical_block_divides() {
+    let device = |block: &str| {
+        with(
+            "ram = { size = \"64MiB\" }",
+            &format!("file = {{ path = \"/dev/loop7\" }}\nblock_size = {block}"),
+        )
+    };
+    assert_eq!(
+        findings_on(&device("512"), Some(4096), Ok(())),
+        ["Error: block_size 512 is not a multiple of the logical block size 4096 of /dev/loop7"]
+    );
+    assert!(findings_on(&device("4096"), Some(4096), Ok(())).is_empty());
+    assert!(findings_on(&device("4096"), Some(512), Ok(())).is_empty());
+    assert!(findings_on(&device("512"), None, Ok(())).is_empty());
+}
+
+#[test]
+fn the_uring_engine_warns_where_io_uring_is_refused() {
+    let file = |engine: &str| {
+        with(
+            "ram = { size = \"64MiB\" }",
+            &format!("file = {{ path = \"/srv/ns.img\"{engine} }}"),
+        )
+    };
+    let refused = || Err("Operation not permitted (os error 1)".to_string());
+    assert_eq!(
+        findings_on(&file(""), None, refused()),
+        [
+            "Warning: io_uring is not available here (Operation not permitted (os error 1)): this namespace will use worker threads"
+        ]
+    );
+    assert_eq!(
+        findings_on(&file(", engine = \"uring\""), None, refused()).len(),
+        1
+    );
+    assert!(findings_on(&file(", engine = \"threads\""), None, refused()).is_empty());
+    assert!(findings_on(&file(""), None, Ok(())).is_empty());
+    let wrong = findings_on(&file(", engine = \"aio\""), None, Ok(()));
+    assert!(wrong.len() == 1 && wrong[0].contains("aio"), "{wrong:?}");
+}
+
 #[test]
 fn backends_exactly_one() {
     assert_findings(

@@ -37,6 +37,40 @@ pub struct Target {
 }
 
 /// Why the target did not stop cleanly.
+/// One line on what runs the `file` namespaces that ask for io_uring: the reactors' rings,
+/// or (the kernel refusing io_uring) the worker threads.
+fn log_file_engine(config: &Config) {
+    let on_uring = config
+        .subsystem
+        .iter()
+        .flat_map(|s| &s.namespace)
+        .filter(|ns| {
+            matches!(
+                ns.backend(),
+                Some(crate::config::BackendRef::File {
+                    engine: crate::config::FileEngine::Uring,
+                    ..
+                })
+            )
+        })
+        .count();
+    if on_uring == 0 {
+        return;
+    }
+    match crate::sys::uring::probe() {
+        Ok(()) => info!(
+            namespaces = on_uring,
+            ring_entries = crate::backend::file::uring::RING_ENTRIES,
+            "file namespaces run on each reactor's io_uring"
+        ),
+        Err(err) => tracing::warn!(
+            namespaces = on_uring,
+            %err,
+            "io_uring is not available: file namespaces use worker threads"
+        ),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ShutdownError {
     #[error(
@@ -55,6 +89,7 @@ impl Target {
         watch: bool,
     ) -> anyhow::Result<Self> {
         let built = build::build(config).context("cannot build the target")?;
+        log_file_engine(config);
         let cores = config
             .target
             .core_mask

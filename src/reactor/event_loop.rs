@@ -583,15 +583,28 @@ impl Running {
         }
     }
 
-    /// Delivers the finished requests in `self.done` to their subscribers.
+    /// Delivers the finished requests in `self.done` to their subscribers, each its own in
+    /// one call (in the order they finished), so that it answers them with one send.
     fn route_done(&mut self, now: Instant) -> u64 {
         let mut done = std::mem::take(&mut self.done);
         let count = done.len() as u64;
-        for mut io in done.drain(..) {
-            let (id, tag) = SubscriberId::split(io.token);
-            io.token = u64::from(tag);
-            // A subscriber closed while this I/O ran is gone: the result is dropped.
-            self.call(id, now, |sub, cx| sub.handle_io_done(io, cx, now));
+        // Groups by subscriber, taken from the end; the sort is stable, so each group keeps
+        // its order.
+        done.sort_by_key(|io| std::cmp::Reverse(io.token >> 16));
+        while let Some(last) = done.last() {
+            let id = SubscriberId::split(last.token).0;
+            let mine = done
+                .iter()
+                .rev()
+                .take_while(|io| SubscriberId::split(io.token).0 == id)
+                .count();
+            let from = done.len() - mine;
+            let mut batch = done.drain(from..).map(|mut io| {
+                io.token = u64::from(SubscriberId::split(io.token).1);
+                io
+            });
+            // A subscriber closed while these ran is gone: the results are dropped.
+            self.call(id, now, |sub, cx| sub.handle_io_done(&mut batch, cx, now));
         }
         // Keep the allocation for the next batch.
         self.done = done;

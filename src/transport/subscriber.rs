@@ -175,9 +175,15 @@ pub trait Subscriber {
         Polled::IDLE
     }
 
-    /// A backend finished a request this subscriber submitted; `done.token` is the command's
-    /// tag again (the low 16 bits of [`IoCx::token`]).
-    fn handle_io_done(&mut self, done: IoDone, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+    /// A backend finished requests this subscriber submitted: every one that finished in this
+    /// turn, so the answers go out together. Each `done.token` is the command's tag again (the
+    /// low 16 bits of [`IoCx::token`]). What is not taken after a `Close` is dropped.
+    fn handle_io_done(
+        &mut self,
+        done: &mut dyn Iterator<Item = IoDone>,
+        cx: &mut SubscriberCx<'_>,
+        now: Instant,
+    ) -> Flow {
         let _ = (done, cx, now);
         Flow::Continue
     }

@@ -126,9 +126,20 @@ impl Subscriber for TcpConnection {
         self.in_span(|conn| conn.handle_timer_in_span(cx, now))
     }
 
-    fn handle_io_done(&mut self, done: IoDone, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+    fn handle_io_done(
+        &mut self,
+        done: &mut dyn Iterator<Item = IoDone>,
+        cx: &mut SubscriberCx<'_>,
+        now: Instant,
+    ) -> Flow {
         self.in_span(|conn| {
-            let flow = conn.qpair.handle_io_done(done, &mut cx.io, now);
+            let mut flow = Flow::Continue;
+            for io in done {
+                flow = conn.qpair.handle_io_done(io, &mut cx.io, now);
+                if flow == Flow::Close {
+                    break;
+                }
+            }
             conn.settle(flow, cx, now)
         })
     }

@@ -258,7 +258,12 @@ impl Subscriber for VfioUserEndpoint {
         Flow::Continue
     }
 
-    fn handle_io_done(&mut self, done: IoDone, cx: &mut SubscriberCx<'_>, now: Instant) -> Flow {
+    fn handle_io_done(
+        &mut self,
+        done: &mut dyn Iterator<Item = IoDone>,
+        cx: &mut SubscriberCx<'_>,
+        now: Instant,
+    ) -> Flow {
         if let Some(client) = self.client.as_mut() {
             client.device.handle_io_done(done, &mut cx.io, now);
         }

@@ -467,18 +467,31 @@ impl NvmeDevice {
         Flow::Continue
     }
 
-    /// A backend finished a command; the low bits of its tag name the command, the high bits
-    /// its queue.
-    pub fn handle_io_done(&mut self, mut done: IoDone, cx: &mut IoCx<'_>, now: Instant) {
-        let Ok(token) = u16::try_from(done.token & 0xFFFF) else {
-            return;
-        };
-        let (qid, tag) = self.split_tag(token);
-        done.token = u64::from(tag);
-        self.with_queue(qid, cx, |core, out, cx| {
-            core.io_done(done, cx, out, now);
-        });
-        self.drain(qid, cx, now);
+    /// Backends finished commands; the low bits of each tag name the command, the high bits
+    /// its queue. Each queue they were on is then served once, and interrupts raised once.
+    pub fn handle_io_done(
+        &mut self,
+        done: &mut dyn Iterator<Item = IoDone>,
+        cx: &mut IoCx<'_>,
+        now: Instant,
+    ) {
+        let mut queues: Vec<u16> = Vec::new();
+        for mut io in done {
+            let Ok(token) = u16::try_from(io.token & 0xFFFF) else {
+                continue;
+            };
+            let (qid, tag) = self.split_tag(token);
+            io.token = u64::from(tag);
+            self.with_queue(qid, cx, |core, out, cx| {
+                core.io_done(io, cx, out, now);
+            });
+            if !queues.contains(&qid) {
+                queues.push(qid);
+            }
+        }
+        for qid in queues {
+            self.drain(qid, cx, now);
+        }
         self.finish(cx);
     }
 
