@@ -96,6 +96,29 @@ pub fn file_size(file: &std::fs::File) -> std::io::Result<u64> {
     }
 }
 
+/// `RAMFS_MAGIC` from linux/magic.h, which libc does not name.
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// Whether `file` is a regular file on a filesystem that keeps its data in memory (tmpfs,
+/// ramfs): reading or writing it never waits for a device.
+pub fn is_in_memory_file(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd as _;
+    if !file.metadata()?.file_type().is_file() {
+        return Ok(false);
+    }
+    // SAFETY: statfs is plain data for which all-zero is valid.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fs` is a writable statfs; the descriptor belongs to `file`, which outlives
+    // the call.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // f_type and the libc constants are i64 on x86_64 glibc, narrower elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    let (magic, tmpfs) = (fs.f_type as i64, libc::TMPFS_MAGIC as i64);
+    Ok(magic == tmpfs || magic == RAMFS_MAGIC)
+}
+
 /// The logical block size of a block device (BLKSSZGET); `None` for anything else.
 pub fn logical_block_size(file: &std::fs::File) -> std::io::Result<Option<u32>> {
     use std::os::fd::AsRawFd as _;

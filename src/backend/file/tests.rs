@@ -217,8 +217,44 @@ fn every_command_on_both_engines_buffered_and_direct() {
 }
 
 #[test]
+fn files_in_memory_are_copied_by_the_reactor_and_others_go_to_the_ring() {
+    let memory = tmpfs_dir();
+    let disk = disk_dir();
+    for (dir, inline) in [(&memory, true), (&disk, false)] {
+        let path = dir.path().join("ns.img");
+        sized_file(&path, 1 << 20);
+        let backend = open(&path, false, Engine::Uring);
+        assert_eq!(backend.copied_inline(), inline, "{}", path.display());
+        assert!(!open(&path, false, Engine::Threads).copied_inline());
+        let mut rig = Rig::new(Engine::Uring);
+        let write = IoRequest {
+            kind: IoKind::Write { fua: true },
+            offset: 8192,
+            len: 4096,
+            buf: vec![0x5a; 4096],
+        };
+        let done = match rig.start(&backend, 1, write) {
+            Some(done) => done,
+            None => {
+                assert!(!inline, "a file in memory finishes inside submit");
+                rig.wait()
+            }
+        };
+        assert!(done.result.is_ok(), "{:?}", done.result);
+        let mut data = vec![0u8; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(
+            &std::fs::File::open(&path).unwrap(),
+            &mut data,
+            8192,
+        )
+        .unwrap();
+        assert_eq!(data, vec![0x5a; 4096]);
+    }
+}
+
+#[test]
 fn many_requests_in_flight_on_one_ring_each_complete_once() {
-    let dir = tmpfs_dir();
+    let dir = disk_dir();
     let path = dir.path().join("ns.img");
     sized_file(&path, 16 << 20);
     let backend = open(&path, false, Engine::Uring);
@@ -363,7 +399,7 @@ fn flush_for_shutdown_finishes_queued_writes_then_refuses_requests() {
 
 #[test]
 fn a_namespace_removed_with_writes_on_the_ring_keeps_its_file_until_they_finish() {
-    let dir = tmpfs_dir();
+    let dir = disk_dir();
     let path = dir.path().join("ns.img");
     sized_file(&path, 1 << 20);
     let backend = open(&path, false, Engine::Uring);

@@ -69,10 +69,7 @@ fn worker(shared: &Shared, rx: &Mutex<Receiver<Job>>) {
             return;
         };
         let result = execute(shared, &mut req);
-        if let Err(err) = &result {
-            warn!(path = %shared.path.display(), offset = req.offset, len = req.len, error = %err,
-                  cause = ?std::error::Error::source(err), "file I/O failed");
-        }
+        shared.log_failure(&req, &result);
         completions.push(IoDone {
             token,
             result,

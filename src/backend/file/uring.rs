@@ -13,8 +13,6 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::Arc;
 
-use tracing::warn;
-
 use super::{AlignedBuf, Shared, threads::Job};
 use crate::backend::{BackendError, Completions, IoDone, IoKind, IoRequest};
 use crate::sys::uring::{InFlight, Op, Ring};
@@ -303,11 +301,7 @@ impl FileOp {
     }
 
     fn finish(self, result: Result<(), BackendError>) -> IoDone {
-        if let Err(err) = &result {
-            warn!(path = %self.shared.path.display(), offset = self.req.offset,
-                  len = self.req.len, error = %err,
-                  cause = ?std::error::Error::source(err), "file I/O failed");
-        }
+        self.shared.log_failure(&self.req, &result);
         let Self { token, req, .. } = self;
         IoDone {
             token,
