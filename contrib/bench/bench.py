@@ -7,6 +7,7 @@
     bench.py compare RAW.jsonl OUT_BASE the same for compare.sh: two builds side by side
     bench.py vfio-report RAW.jsonl OUT_BASE  the same for vfio-user.sh
     bench.py rdma-guest-report RAW.jsonl OUT_BASE  the same for rdma-guest.sh
+    bench.py file-report RAW.jsonl OUT_BASE  the same for file.sh
     bench.py load WHEN                  one "load" record: the machine's CPU over a second
 
 RAW.jsonl has one object per measurement, written by run.sh:
@@ -861,6 +862,192 @@ def rdma_guest_markdown(result):
     load_and_notes(out, result, "Machine load (the host running qemu)")
     return "\n".join(out)
 
+# file.sh's storages and workloads, in the order the report shows them.
+FILE_STORAGES = [
+    ("tmpfs", "1 GiB of random data on tmpfs (/dev/shm), buffered"),
+    ("sparse", "a sparse 1 GiB file on tmpfs (truncate, never written: reads hit holes)"),
+    ("disk", "1 GiB of random data on the disk (ext4 under /var/tmp), direct = true"),
+]
+FILE_ENGINES = ["uring", "threads"]
+FILE_CASES = [
+    ("randread-4k-qd1", "4K randread QD1"),
+    ("randread-4k-qd32", "4K randread QD32"),
+    ("randread-4k-qd128", "4K randread QD128"),
+    ("randwrite-4k-qd32", "4K randwrite QD32"),
+]
+# Issue 14's reference: SPDK's nvmf_tgt with an AIO bdev on a 1 GiB tmpfs file, target on
+# core 0 and spdk_nvme_perf on core 1, 4K randread, on this machine kind (IOPS). SPDK is not
+# installed here: these are the issue's figures, not measured in this run.
+SPDK_AIO_TMPFS = {
+    ("poll", "randread-4k-qd1"): 113288,
+    ("poll", "randread-4k-qd32"): 473778,
+    ("interrupt", "randread-4k-qd1"): 63672,
+    ("interrupt", "randread-4k-qd32"): 405445,
+}
+
+
+def file_report(raw_path, out_base):
+    records = read_records(raw_path)
+    meta = machine(
+        defaults={"BENCH_SECONDS": 10, "BENCH_REPEATS": 3, "BENCH_IDLE_SECONDS": 30},
+        smoke_below={"BENCH_SECONDS": 5, "BENCH_REPEATS": 3, "BENCH_IDLE_SECONDS": 10},
+    )
+    before = next((r for r in records if r["kind"] == "load" and "date" in r), None)
+    if before is not None:
+        for key in ("date", "git_commit", "git_dirty"):
+            meta[key] = before[key]
+    runs = {}
+    for r in records:
+        if r["kind"] != "run":
+            continue
+        storage, engine, case = r["case"].split("/", 2)
+        runs.setdefault(storage, {}).setdefault(engine, {}).setdefault(r["mode"], {}).setdefault(
+            case, []
+        ).append(r)
+    for storage in runs.values():
+        for engine in storage.values():
+            for mode, cases in engine.items():
+                for case in cases:
+                    cases[case] = summarize_run(cases[case])
+
+    def get(storage, engine, mode, case):
+        return runs.get(storage, {}).get(engine, {}).get(mode, {}).get(case, {}).get("iops")
+
+    ratios = []
+    for storage, _ in FILE_STORAGES:
+        for mode in MODES:
+            for case, _ in FILE_CASES:
+                uring = get(storage, "uring", mode, case)
+                if uring is None:
+                    continue
+                ref = SPDK_AIO_TMPFS.get((mode, case)) if storage != "disk" else None
+                ratios.append(
+                    {
+                        "storage": storage,
+                        "mode": mode,
+                        "case": case,
+                        "uring_over_threads": ratio(uring, get(storage, "threads", mode, case)),
+                        "spdk_aio_iops": ref,
+                        "uring_over_spdk_aio": uring["median"] / ref if ref else None,
+                        "interrupt_over_poll": ratio(
+                            get(storage, "uring", "interrupt", case),
+                            get(storage, "uring", "poll", case),
+                        )
+                        if mode == "interrupt"
+                        else None,
+                    }
+                )
+    idle = {}
+    for r in records:
+        if r["kind"] == "idle":
+            idle.setdefault(r["mode"], {})[r["namespace"]] = summarize_idle(r)
+    notes = None
+    if os.environ.get("BENCH_NOTES"):
+        with open(os.environ["BENCH_NOTES"]) as f:
+            notes = f.read()
+    result = {
+        "machine": meta,
+        "runs": runs,
+        "ratios": ratios,
+        "idle": idle,
+        "load": [r for r in records if r["kind"] == "load"],
+        "notes": notes,
+    }
+    write_result(out_base, result, file_markdown)
+
+
+def file_markdown(result):
+    m = result["machine"]
+    s = m["settings"]
+    title = "nvmf-tgt file namespaces"
+    if m["smoke"]:
+        title += " (SMOKE RUN: short durations, figures not meaningful)"
+    commit = (m["git_commit"] or "unknown")[:12] + (" (dirty)" if m["git_dirty"] else "")
+    out = [f"# {title}\n", "| | |\n|---|---|"]
+    for k, v in [
+        ("date", m["date"]),
+        ("host", m["hostname"]),
+        ("CPU", m["cpu_model"]),
+        ("cores", m["cores"]),
+        ("kernel", m["kernel"]),
+        ("commit", commit),
+        ("placement", m["placement"]),
+        ("client", "nvmf-perf " + (os.environ.get("BENCH_PERF_ARGS") or "(sleeps in epoll)")),
+        (
+            "durations",
+            f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats going round every "
+            f"storage, engine and mode; idle {s['BENCH_IDLE_SECONDS']} s with "
+            f"{os.environ.get('BENCH_IDLE_HOSTS', 16)} hosts",
+        ),
+    ]:
+        out.append(f"| {k} | {v} |")
+    out.append("")
+    out.append(
+        "Loopback NVMe/TCP, one `file` namespace, `max_queue_depth = 256`. Cells are the median "
+        "over the repeats with (min..max). Target CPU is the target process's utime+stime "
+        "over the run divided by the I/Os. Storages:\n"
+    )
+    for storage, desc in FILE_STORAGES:
+        if storage in result["runs"]:
+            out.append(f"- **{storage}**: {desc}")
+    out.append("")
+    out.append("## Ratios\n")
+    out.append(
+        "`uring / threads` compares the engines in the same run; `vs SPDK AIO` divides the "
+        "uring engine's median by issue 14's SPDK AIO bdev figure for a tmpfs file (not "
+        "measured here: SPDK is not installed on this machine, and it was measured with "
+        "spdk_nvme_perf as the client, not nvmf-perf).\n"
+    )
+    out.append("| storage | mode | workload | uring IOPS | uring / threads | SPDK AIO IOPS | vs SPDK AIO | interrupt / poll |")
+    out.append("|---|---|---|---|---|---|---|---|")
+    labels = dict(FILE_CASES)
+    for r in result["ratios"]:
+        uring = result["runs"][r["storage"]]["uring"][r["mode"]][r["case"]]["iops"]
+        out.append(
+            f"| {r['storage']} | {r['mode']} | {labels.get(r['case'], r['case'])} "
+            f"| {cell(uring)} | {fmt(r['uring_over_threads'], 2)} "
+            f"| {fmt(r['spdk_aio_iops'], 0)} | {fmt(r['uring_over_spdk_aio'], 2)} "
+            f"| {fmt(r['interrupt_over_poll'], 2)} |"
+        )
+    out.append("")
+    for storage, desc in FILE_STORAGES:
+        engines = result["runs"].get(storage)
+        if not engines:
+            continue
+        out.append(f"## {storage}: {desc}\n")
+        out.append("| engine | mode | workload | IOPS | avg us | p99 us | target CPU us/IO | perf CPU % |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for engine in FILE_ENGINES:
+            for mode in MODES:
+                cases = engines.get(engine, {}).get(mode, {})
+                for case, label in FILE_CASES:
+                    c = cases.get(case)
+                    if c is None:
+                        continue
+                    out.append(
+                        f"| {engine} | {mode} | {label} | {cell(c['iops'])} "
+                        f"| {cell(c['lat_avg_us'], 1)} | {cell(c['lat_p99_us'], 1)} "
+                        f"| {cell(c['target_cpu_us_per_io'], 2)} | {cell(c['perf_cpu_percent'])} |"
+                    )
+        out.append("")
+    if result["idle"]:
+        out.append("## Idle\n")
+        out.append(
+            "Target CPU while the hosts are connected and only send keep-alives, in % of one "
+            "core (utime+stime over the idle time; one clock tick is the resolution).\n"
+        )
+        out.append("| mode | namespace | connections | target CPU % | resolution % | reactor busy % |")
+        out.append("|---|---|---|---|---|---|")
+        for mode, nss in result["idle"].items():
+            for ns, r in nss.items():
+                out.append(
+                    f"| {mode} | {ns} | {r['connections']} | {fmt(r['target_cpu_percent'], 3)} "
+                    f"| {fmt(r['cpu_resolution_percent'], 3)} | {fmt(r['reactor_busy_percent'], 3)} |"
+                )
+        out.append("")
+    load_and_notes(out, result, "Machine load")
+    return "\n".join(out)
+
 
 def load_sample(when, seconds=1.0):
     """One line of JSON: the machine's busy CPU over `seconds` (in % of one core, steal apart)
@@ -930,6 +1117,8 @@ def main(argv):
         vfio_report(argv[2], argv[3])
     elif len(argv) == 4 and argv[1] == "rdma-guest-report":
         rdma_guest_report(argv[2], argv[3])
+    elif len(argv) == 4 and argv[1] == "file-report":
+        file_report(argv[2], argv[3])
     else:
         sys.stderr.write(__doc__)
         return 2

@@ -67,9 +67,18 @@ write_config() {
     null) backend='null = { size = "1GiB" }' ;;
     ram) backend='ram = { size = "1GiB" }' ;;
     file)
-      rm -f "$WORK/ns.img"
-      truncate -s 1G "$WORK/ns.img"
-      backend="file = { path = \"$WORK/ns.img\" }"
+      # NS_FILE names a file the caller made (and keeps); otherwise a fresh sparse 1 GiB
+      # file. NS_DIRECT and NS_ENGINE choose O_DIRECT and the engine (defaults: the
+      # declaration's).
+      local path=${NS_FILE:-$WORK/ns.img}
+      if [ -z "${NS_FILE:-}" ]; then
+        rm -f "$path"
+        truncate -s 1G "$path"
+      fi
+      backend="file = { path = \"$path\""
+      [ -z "${NS_DIRECT:-}" ] || backend+=", direct = $NS_DIRECT"
+      [ -z "${NS_ENGINE:-}" ] || backend+=", engine = \"$NS_ENGINE\""
+      backend+=" }"
       ;;
     *) die "unknown namespace kind $ns" ;;
   esac

@@ -13,7 +13,7 @@ NQN="nqn.2026-11.io.nvmf-tgt:harness-$MODE-$BACKEND"
 rm -rf "$OUT"; mkdir -p "$OUT"
 case "$BACKEND" in
   ram)  NS='ram = { size = "128MiB" }';;
-  file) truncate -s 128M "$OUT/ns.img"; NS="file = { path = \"$OUT/ns.img\", direct = true }";;
+  file) truncate -s 128M "$OUT/ns.img"; NS="file = { path = \"$OUT/ns.img\", direct = true, engine = \"uring\" }";;
   *) echo "unknown backend $BACKEND"; exit 2;;
 esac
 INTERRUPT=$([ "$MODE" = interrupt ] && echo true || echo false)
@@ -65,6 +65,10 @@ FAIL=""
 [ $GRC = 0 ] || FAIL="guest checks failed (exit $(cat "$OUT/rc" 2>/dev/null || echo none)); see $OUT/test.log and $OUT/console.log"
 [ $TRC = 0 ] || FAIL="${FAIL:+$FAIL; }target exited $TRC after SIGTERM; see $OUT/target.log"
 grep -q panicked "$OUT/target.log" && FAIL="${FAIL:+$FAIL; }target panicked"
+# The file case is meant for the io_uring engine: the target says which one serves.
+if [ "$BACKEND" = file ] && ! grep -q "file namespaces run on each reactor's io_uring" "$OUT/target.log"; then
+  FAIL="${FAIL:+$FAIL; }the file namespace was not served by io_uring (see $OUT/target.log)"
+fi
 if [ -z "$FAIL" ]; then
   echo "PASS linux-host $MODE $BACKEND (${WALL}s)"
 else
