@@ -192,6 +192,23 @@ def machine(defaults=None, smoke_below=None):
     }
 
 
+def date_by_run(meta, records):
+    """Dates a report by its run (the load sample taken before it), not by the report."""
+    before = next((r for r in records if r["kind"] == "load" and "date" in r), None)
+    if before is not None:
+        for key in ("date", "git_commit", "git_dirty"):
+            meta[key] = before[key]
+
+
+def read_notes():
+    """The markdown file BENCH_NOTES names, appended to a report; None when unset."""
+    path = os.environ.get("BENCH_NOTES")
+    if not path:
+        return None
+    with open(path) as f:
+        return f.read()
+
+
 def fmt(x, digits):
     return "-" if x is None else f"{x:,.{digits}f}"
 
@@ -517,11 +534,7 @@ def vfio_report(raw_path, out_base):
     meta["placement"] = (
         "target taskset -c 0 with core_mask 0x1; nvmf-perf --vfio-user --core 1"
     )
-    # The run's own date and commit (the sample before it), not the report's.
-    before = next((r for r in records if r["kind"] == "load" and "date" in r), None)
-    if before is not None:
-        for key in ("date", "git_commit", "git_dirty"):
-            meta[key] = before[key]
+    date_by_run(meta, records)
     modes = []
     for r in records:
         if r["kind"] == "run" and r["mode"] not in modes:
@@ -578,10 +591,7 @@ def vfio_report(raw_path, out_base):
                     },
                 }
     loads = [r for r in records if r["kind"] == "load"]
-    notes = None
-    if os.environ.get("BENCH_NOTES"):
-        with open(os.environ["BENCH_NOTES"]) as f:
-            notes = f.read()
+    notes = read_notes()
     result = {
         "machine": meta,
         "runs": runs,
@@ -702,10 +712,7 @@ def rdma_guest_report(raw_path, out_base):
     meta["placement"] = (
         "in the guest: target core_mask 0x1 (guest CPU 0); fio taskset -c 1 (guest CPU 1)"
     )
-    before = next((r for r in records if r["kind"] == "load" and "date" in r), None)
-    if before is not None:
-        for key in ("date", "git_commit", "git_dirty"):
-            meta[key] = before[key]
+    date_by_run(meta, records)
     guest = next((r for r in records if r["kind"] == "guest"), {})
     modes = []
     for r in records:
@@ -750,10 +757,7 @@ def rdma_guest_report(raw_path, out_base):
             get("poll", "randread-4k-qd32", "target_cpu_us_per_io"),
         ),
     }
-    notes = None
-    if os.environ.get("BENCH_NOTES"):
-        with open(os.environ["BENCH_NOTES"]) as f:
-            notes = f.read()
+    notes = read_notes()
     result = {
         "machine": meta,
         "guest": guest,
@@ -892,10 +896,7 @@ def file_report(raw_path, out_base):
         defaults={"BENCH_SECONDS": 10, "BENCH_REPEATS": 3, "BENCH_IDLE_SECONDS": 30},
         smoke_below={"BENCH_SECONDS": 5, "BENCH_REPEATS": 3, "BENCH_IDLE_SECONDS": 10},
     )
-    before = next((r for r in records if r["kind"] == "load" and "date" in r), None)
-    if before is not None:
-        for key in ("date", "git_commit", "git_dirty"):
-            meta[key] = before[key]
+    date_by_run(meta, records)
     runs = {}
     for r in records:
         if r["kind"] != "run":
@@ -941,10 +942,7 @@ def file_report(raw_path, out_base):
     for r in records:
         if r["kind"] == "idle":
             idle.setdefault(r["mode"], {})[r["namespace"]] = summarize_idle(r)
-    notes = None
-    if os.environ.get("BENCH_NOTES"):
-        with open(os.environ["BENCH_NOTES"]) as f:
-            notes = f.read()
+    notes = read_notes()
     result = {
         "machine": meta,
         "runs": runs,

@@ -73,39 +73,6 @@ fill() {
     || die "cannot write $1"
 }
 
-# run_idle MODE STORAGE ENGINE: BENCH_IDLE_HOSTS controllers connected, keep-alives only.
-run_idle() {
-  local mode=$1 storage=$2 engine=$3 settle=2 t0 t1 r0 r1 rc=0 conns i
-  use_storage "$storage" "$engine"
-  start_target "$mode" file
-  "$PERF" -r "$(perf_id)" --core 1 --json --idle --connections "$BENCH_IDLE_HOSTS" \
-    -t $((settle + BENCH_IDLE_SECONDS + 2)) >"$WORK/idle.json" 2>"$WORK/idle.err" &
-  PERF_PID=$!
-  for i in $(seq 100); do
-    read -r _ _ conns <<<"$(reactor_ns)"
-    [ "$conns" -ge $((2 * BENCH_IDLE_HOSTS)) ] && break
-    kill -0 "$PERF_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  [ "$conns" -ge $((2 * BENCH_IDLE_HOSTS)) ] \
-    || die "idle hosts did not connect ($conns of $((2 * BENCH_IDLE_HOSTS)) queues): $(cat "$WORK/idle.err")"
-  sleep "$settle"
-  r0=$(reactor_ns)
-  t0=$(cpu_ticks "$TGT_PID")
-  sleep "$BENCH_IDLE_SECONDS"
-  t1=$(cpu_ticks "$TGT_PID")
-  r1=$(reactor_ns)
-  wait "$PERF_PID" || rc=$?
-  PERF_PID=
-  [ "$rc" -eq 0 ] || { cat "$WORK/idle.err" >&2; die "idle hosts failed (exit $rc)"; }
-  read -r b0 i0 _ <<<"$r0"
-  read -r b1 i1 conns <<<"$r1"
-  printf '{"kind":"idle","mode":"%s","namespace":"file-%s-%s","seconds":%d,"clk_tck":%d,"target_ticks":%d,"reactor_busy_ns":%d,"reactor_idle_ns":%d,"connections":%d,"idle_host":%s}\n' \
-    "$mode" "$storage" "$engine" "$BENCH_IDLE_SECONDS" "$CLK_TCK" $((t1 - t0)) $((b1 - b0)) \
-    $((i1 - i0)) "$conns" "$(<"$WORK/idle.json")" >>"$RAW"
-  say "  idle $mode $storage $engine: $((t1 - t0)) ticks in $BENCH_IDLE_SECONDS s"
-  stop_target
-}
 
 remove_tmpfs_file() { rm -f ${TMPFS_FILE:+"$TMPFS_FILE"} ${SPARSE_FILE:+"$SPARSE_FILE"}; }
 trap 'remove_tmpfs_file; cleanup' EXIT
@@ -156,7 +123,13 @@ for rep in $(seq "$BENCH_REPEATS"); do
   done
 done
 for storage in $STORAGES; do
-  case "$storage: $ENGINES " in sparse:*) ;; *" uring "*) run_idle interrupt "$storage" uring ;; esac
+  case "$storage: $ENGINES " in
+    sparse:*) ;;
+    *" uring "*)
+      use_storage "$storage" uring
+      run_idle interrupt file "file-$storage-uring"
+      ;;
+  esac
 done
 python3 "$HELPER" load after >>"$RAW"
 

@@ -64,44 +64,6 @@ run_io() {
   stop_target
 }
 
-# run_idle MODE NAMESPACE: BENCH_IDLE_HOSTS controllers connected, keep-alives only.
-run_idle() {
-  local mode=$1 ns=$2 settle=2 t0 t1 r0 r1 rc=0 conns i
-  start_target "$mode" "$ns"
-  local host_seconds=$((settle + BENCH_IDLE_SECONDS + 2))
-  "$PERF" -r "$(perf_id)" --core 1 --json --idle --connections "$BENCH_IDLE_HOSTS" \
-    -t "$host_seconds" >"$WORK/idle.json" 2>"$WORK/idle.err" &
-  PERF_PID=$!
-  # Every controller has its admin and I/O queue connected, then the connect burst settles.
-  for i in $(seq 100); do
-    read -r _ _ conns <<<"$(reactor_ns)"
-    [ "$conns" -ge $((2 * BENCH_IDLE_HOSTS)) ] && break
-    kill -0 "$PERF_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  [ "$conns" -ge $((2 * BENCH_IDLE_HOSTS)) ] \
-    || die "idle hosts did not connect ($conns of $((2 * BENCH_IDLE_HOSTS)) queues): $(cat "$WORK/idle.err")"
-  sleep "$settle"
-  r0=$(reactor_ns)
-  t0=$(cpu_ticks "$TGT_PID")
-  sleep "$BENCH_IDLE_SECONDS"
-  t1=$(cpu_ticks "$TGT_PID")
-  r1=$(reactor_ns)
-  wait "$PERF_PID" || rc=$?
-  PERF_PID=
-  if [ "$rc" -ne 0 ]; then
-    cat "$WORK/idle.err" >&2
-    die "idle hosts failed (exit $rc) in $mode mode, $ns namespace"
-  fi
-  read -r b0 i0 _ <<<"$r0"
-  read -r b1 i1 conns <<<"$r1"
-  printf '{"kind":"idle","mode":"%s","namespace":"%s","seconds":%d,"clk_tck":%d,"target_ticks":%d,"reactor_busy_ns":%d,"reactor_idle_ns":%d,"connections":%d,"idle_host":%s}\n' \
-    "$mode" "$ns" "$BENCH_IDLE_SECONDS" "$CLK_TCK" $((t1 - t0)) $((b1 - b0)) $((i1 - i0)) \
-    "$conns" "$(<"$WORK/idle.json")" >>"$RAW"
-  say "  idle $mode $ns: $((t1 - t0)) ticks in $BENCH_IDLE_SECONDS s"
-  stop_target
-}
-
 trap cleanup EXIT
 trap 'say interrupted; exit 130' INT TERM
 
