@@ -8,6 +8,7 @@
     bench.py vfio-report RAW.jsonl OUT_BASE  the same for vfio-user.sh
     bench.py rdma-guest-report RAW.jsonl OUT_BASE  the same for rdma-guest.sh
     bench.py file-report RAW.jsonl OUT_BASE  the same for file.sh
+    bench.py spdk-file-report RAW.jsonl OUT_BASE  the same for spdk-file.sh
     bench.py load WHEN                  one "load" record: the machine's CPU over a second
 
 RAW.jsonl has one object per measurement, written by run.sh:
@@ -880,8 +881,8 @@ FILE_CASES = [
     ("randwrite-4k-qd32", "4K randwrite QD32"),
 ]
 # Issue 14's reference: SPDK's nvmf_tgt with an AIO bdev on a 1 GiB tmpfs file, target on
-# core 0 and spdk_nvme_perf on core 1, 4K randread, on this machine kind (IOPS). SPDK is not
-# installed here: these are the issue's figures, not measured in this run.
+# core 0 and spdk_nvme_perf on core 1, 4K randread, on this machine kind (IOPS): the issue's
+# figures, not measured in the run (spdk-file.sh measures SPDK side by side).
 SPDK_AIO_TMPFS = {
     ("poll", "randread-4k-qd1"): 113288,
     ("poll", "randread-4k-qd32"): 473778,
@@ -993,8 +994,8 @@ def file_markdown(result):
     out.append(
         "`uring / threads` compares the engines in the same run; `vs SPDK AIO` divides the "
         "uring engine's median by issue 14's SPDK AIO bdev figure for a tmpfs file (not "
-        "measured here: SPDK is not installed on this machine, and it was measured with "
-        "spdk_nvme_perf as the client, not nvmf-perf).\n"
+        "measured in this run, and measured with spdk_nvme_perf as the client, not "
+        "nvmf-perf; contrib/bench/spdk-file.sh runs both targets side by side with it).\n"
     )
     out.append("| storage | mode | workload | uring IOPS | uring / threads | SPDK AIO IOPS | vs SPDK AIO | interrupt / poll |")
     out.append("|---|---|---|---|---|---|---|---|")
@@ -1043,6 +1044,116 @@ def file_markdown(result):
                     f"| {fmt(r['cpu_resolution_percent'], 3)} | {fmt(r['reactor_busy_percent'], 3)} |"
                 )
         out.append("")
+    load_and_notes(out, result, "Machine load")
+    return "\n".join(out)
+
+
+def spdk_file_report(raw_path, out_base):
+    records = read_records(raw_path)
+    meta = machine(
+        defaults={"BENCH_SECONDS": 5, "BENCH_REPEATS": 3},
+        smoke_below={"BENCH_SECONDS": 5, "BENCH_REPEATS": 3},
+    )
+    meta["placement"] = "targets taskset -c 0 (SPDK -m 0x1); spdk_nvme_perf -c 0x2"
+    date_by_run(meta, records)
+    runs = [r for r in records if r["kind"] == "run"]
+    rows = []
+    for storage, desc in FILE_STORAGES:
+        for mode in MODES:
+            for qd in sorted({r["queue_depth"] for r in runs}):
+                cell_runs = {
+                    t: [
+                        r
+                        for r in runs
+                        if r["target"] == t
+                        and r["storage"] == storage
+                        and r["mode"] == mode
+                        and r["queue_depth"] == qd
+                    ]
+                    for t in ("spdk", "nvmf-tgt")
+                }
+                if not all(cell_runs.values()):
+                    continue
+
+                def fig(t, f):
+                    return spread([f(r) for r in cell_runs[t]])
+
+                def cpu_us_per_io(r):
+                    ios = r["iops"] * r["seconds"]
+                    return r["target_ticks"] / r["clk_tck"] * 1e6 / ios if ios > 0 else None
+
+                # Repeat n of one target against repeat n of the other: they ran minutes
+                # apart at most, so a slow spell of the machine mostly falls on both.
+                paired = {r["repeat"]: r["iops"] for r in cell_runs["spdk"]}
+                ratios = [
+                    r["iops"] / paired[r["repeat"]]
+                    for r in cell_runs["nvmf-tgt"]
+                    if paired.get(r["repeat"])
+                ]
+                rows.append(
+                    {
+                        "storage": storage,
+                        "mode": mode,
+                        "queue_depth": qd,
+                        "spdk_iops": fig("spdk", lambda r: r["iops"]),
+                        "nvmf_tgt_iops": fig("nvmf-tgt", lambda r: r["iops"]),
+                        "spdk_lat_avg_us": fig("spdk", lambda r: r["lat_avg_us"]),
+                        "nvmf_tgt_lat_avg_us": fig("nvmf-tgt", lambda r: r["lat_avg_us"]),
+                        "spdk_cpu_us_per_io": fig("spdk", cpu_us_per_io),
+                        "nvmf_tgt_cpu_us_per_io": fig("nvmf-tgt", cpu_us_per_io),
+                        "nvmf_tgt_over_spdk": spread(ratios),
+                    }
+                )
+    result = {
+        "machine": meta,
+        "rows": rows,
+        "load": [r for r in records if r["kind"] == "load"],
+        "notes": read_notes(),
+    }
+    write_result(out_base, result, spdk_file_markdown)
+
+
+def spdk_file_markdown(result):
+    m = result["machine"]
+    s = m["settings"]
+    title = "nvmf-tgt and SPDK: file namespaces, same client"
+    if m["smoke"]:
+        title += " (SMOKE RUN: short durations, figures not meaningful)"
+    commit = (m["git_commit"] or "unknown")[:12] + (" (dirty)" if m["git_dirty"] else "")
+    out = [f"# {title}\n", "| | |\n|---|---|"]
+    for k, v in [
+        ("date", m["date"]),
+        ("host", m["hostname"]),
+        ("CPU", m["cpu_model"]),
+        ("cores", m["cores"]),
+        ("kernel", m["kernel"]),
+        ("commit", commit),
+        ("placement", m["placement"]),
+        ("durations", f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats"),
+    ]:
+        out.append(f"| {k} | {v} |")
+    out.append("")
+    out.append(
+        "4K randread over loopback NVMe/TCP with SPDK's `spdk_nvme_perf` as the client for both "
+        "targets: nvmf-tgt with a `file` namespace (engine `uring`), SPDK's `nvmf_tgt` with an "
+        "AIO bdev (`bdev_aio_create`, 512-byte blocks) on the same 1 GiB tmpfs file; "
+        "`max_queue_depth` 256 on both; SPDK's interrupt mode is `--interrupt-mode`. Cells "
+        "are medians over the repeats with (min..max); the ratio is the median of repeat-by-"
+        "repeat ratios. Target CPU is the target process's utime+stime per I/O.\n"
+    )
+    out.append(
+        "| file | mode | QD | SPDK AIO IOPS | nvmf-tgt IOPS | nvmf-tgt / SPDK "
+        "| avg us SPDK / nvmf-tgt | target CPU us/IO SPDK / nvmf-tgt |"
+    )
+    out.append("|---|---|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        out.append(
+            f"| {r['storage']} | {r['mode']} | {r['queue_depth']} | {cell(r['spdk_iops'])} "
+            f"| {cell(r['nvmf_tgt_iops'])} | {cell(r['nvmf_tgt_over_spdk'], 2)} "
+            f"| {fmt(r['spdk_lat_avg_us']['median'], 1)} / {fmt(r['nvmf_tgt_lat_avg_us']['median'], 1)} "
+            f"| {fmt(r['spdk_cpu_us_per_io']['median'], 2)} / {fmt(r['nvmf_tgt_cpu_us_per_io']['median'], 2)} |"
+        )
+    out.append("")
     load_and_notes(out, result, "Machine load")
     return "\n".join(out)
 
@@ -1117,6 +1228,8 @@ def main(argv):
         rdma_guest_report(argv[2], argv[3])
     elif len(argv) == 4 and argv[1] == "file-report":
         file_report(argv[2], argv[3])
+    elif len(argv) == 4 and argv[1] == "spdk-file-report":
+        spdk_file_report(argv[2], argv[3])
     else:
         sys.stderr.write(__doc__)
         return 2
