@@ -9,8 +9,8 @@
 #
 # SPDK_DIR is a built SPDK tree (build/bin/nvmf_tgt and build/bin/spdk_nvme_perf; its
 # build/lib is put on LD_LIBRARY_PATH for shared builds). SPDK needs hugepages: as root the
-# script reserves 1 GiB of 2 MiB pages and mounts hugetlbfs on /dev/hugepages when there are
-# none. BENCH_SECONDS (5), BENCH_REPEATS (3), BENCH_RESULTS_DIR, BENCH_NAME as for run.sh;
+# script reserves 1 GiB of 2 MiB pages for the run (and mounts hugetlbfs on /dev/hugepages)
+# when there are none. BENCH_SECONDS (5), BENCH_REPEATS (3), BENCH_RESULTS_DIR, BENCH_NAME as for run.sh;
 # BENCH_STORAGES ("tmpfs sparse"). The targets run on CPU 0 (SPDK: -m 0x1), the client on
 # CPU 1 (-c 0x2); both targets get max_queue_depth 256.
 set -euo pipefail
@@ -47,6 +47,7 @@ hugepages() {
   if [ "${total:-0}" -lt 512 ]; then
     [ "$(id -u)" = 0 ] || die "SPDK needs hugepages: run as root or reserve 512 or more 2 MiB pages"
     echo 512 >/proc/sys/vm/nr_hugepages
+    RESERVED_HUGEPAGES=$total
   fi
   if ! grep -q hugetlbfs /proc/mounts; then
     [ "$(id -u)" = 0 ] || die "SPDK needs hugetlbfs mounted"
@@ -74,6 +75,7 @@ EOF
   taskset -c 0 "$SPDK_TGT" -m 0x1 -c "$WORK/spdk.json" "${flags[@]}" -r "$WORK/spdk.sock" \
     >"$WORK/target.log" 2>&1 &
   TGT_PID=$!
+  SPDK_PIDS+=("$TGT_PID")
   local i
   for i in $(seq 200); do
     kill -0 "$TGT_PID" 2>/dev/null || die "SPDK's nvmf_tgt exited during startup"
@@ -89,7 +91,11 @@ measure() {
   t0=$(cpu_ticks "$TGT_PID")
   taskset -c 1 "$SPDK_PERF" -q "$qd" -o 4096 -w randread -t "$BENCH_SECONDS" -c 0x2 \
     -r "trtype:tcp adrfam:IPv4 traddr:127.0.0.1 trsvcid:$PORT subnqn:$SUBNQN" \
-    >"$WORK/perf.out" 2>&1 || { cat "$WORK/perf.out" >&2; die "spdk_nvme_perf failed"; }
+    >"$WORK/perf.out" 2>&1 &
+  PERF_PID=$!
+  SPDK_PIDS+=("$PERF_PID")
+  wait "$PERF_PID" || { cat "$WORK/perf.out" >&2; die "spdk_nvme_perf failed"; }
+  PERF_PID=
   t1=$(cpu_ticks "$TGT_PID")
   # "Total : IOPS MiB/s average min max" (latencies in us)
   line=$(awk '/^Total/ {print $3, $4, $5}' "$WORK/perf.out")
@@ -103,7 +109,18 @@ measure() {
 
 TMPFS_FILE=
 SPARSE_FILE=
-remove_files() { rm -f ${TMPFS_FILE:+"$TMPFS_FILE"} ${SPARSE_FILE:+"$SPARSE_FILE"}; }
+SPDK_PIDS=()
+RESERVED_HUGEPAGES=
+# SPDK leaves a trace buffer in /dev/shm and DPDK runtime files per process.
+remove_files() {
+  local pid
+  rm -f ${TMPFS_FILE:+"$TMPFS_FILE"} ${SPARSE_FILE:+"$SPARSE_FILE"}
+  for pid in "${SPDK_PIDS[@]}"; do
+    rm -rf "/dev/shm/nvmf_trace.pid$pid" "/var/run/dpdk/spdk_pid$pid"
+  done
+  # Hugepages this script reserved go back.
+  [ -z "$RESERVED_HUGEPAGES" ] || echo "$RESERVED_HUGEPAGES" >/proc/sys/vm/nr_hugepages
+}
 trap 'remove_files; cleanup' EXIT
 trap 'say interrupted; exit 130' INT TERM
 
