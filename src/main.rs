@@ -83,13 +83,7 @@ enum Format {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    nvmf_tgt::daemon::logging::init("info");
     match Cli::parse().command {
         Command::Run { config, no_watch } => run(&config, !no_watch),
         Command::Check {

@@ -4,6 +4,7 @@
 mod apply;
 mod build;
 mod cli;
+pub mod logging;
 mod reload;
 mod status;
 mod systemd;
