@@ -210,6 +210,28 @@ def read_notes():
         return f.read()
 
 
+def report_head(m, title, extra_rows):
+    """A report's title (marked as a smoke run when its durations are short) and its table of
+    the machine: date, host, CPU, cores, kernel, commit and placement, then `extra_rows`."""
+    if m["smoke"]:
+        title += " (SMOKE RUN: short durations, figures not meaningful)"
+    commit = (m["git_commit"] or "unknown")[:12] + (" (dirty)" if m["git_dirty"] else "")
+    out = [f"# {title}\n", "| | |\n|---|---|"]
+    for k, v in [
+        ("date", m["date"]),
+        ("host", m["hostname"]),
+        ("CPU", m["cpu_model"]),
+        ("cores", m["cores"]),
+        ("kernel", m["kernel"]),
+        ("commit", commit),
+        ("placement", m["placement"]),
+        *extra_rows,
+    ]:
+        out.append(f"| {k} | {v} |")
+    out.append("")
+    return out
+
+
 def fmt(x, digits):
     return "-" if x is None else f"{x:,.{digits}f}"
 
@@ -303,34 +325,22 @@ def report(raw_path, out_base):
 def markdown(result):
     m = result["machine"]
     s = m["settings"]
-    out = []
-    title = "nvmf-tgt benchmark"
-    if m["smoke"]:
-        title += " (SMOKE RUN: short durations, figures not meaningful)"
-    out.append(f"# {title}\n")
-    commit = (m["git_commit"] or "unknown")[:12] + (" (dirty)" if m["git_dirty"] else "")
-    out.append("| | |\n|---|---|")
-    for k, v in [
-        ("date", m["date"]),
-        ("host", m["hostname"]),
-        ("CPU", m["cpu_model"]),
-        ("cores", m["cores"]),
-        ("kernel", m["kernel"]),
-        ("commit", commit),
-        ("placement", m["placement"]),
-        (
-            "client",
-            "nvmf-perf " + (os.environ.get("BENCH_PERF_ARGS") or "(sleeps in epoll)")
-            + " except the *epoll-client rows",
-        ),
-        (
-            "durations",
-            f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats; "
-            f"idle {s['BENCH_IDLE_SECONDS']} s with {s['BENCH_IDLE_HOSTS']} hosts",
-        ),
-    ]:
-        out.append(f"| {k} | {v} |")
-    out.append("")
+    out = report_head(
+        m,
+        "nvmf-tgt benchmark",
+        [
+            (
+                "client",
+                "nvmf-perf " + (os.environ.get("BENCH_PERF_ARGS") or "(sleeps in epoll)")
+                + " except the *epoll-client rows",
+            ),
+            (
+                "durations",
+                f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats; "
+                f"idle {s['BENCH_IDLE_SECONDS']} s with {s['BENCH_IDLE_HOSTS']} hosts",
+            ),
+        ],
+    )
     out.append(
         "Loopback NVMe/TCP, null namespace of 1 GiB, `max_queue_depth = 256`. Cells are the median over the repeats, "
         "with (min..max). Target CPU is utime+stime of the target process from "
@@ -606,23 +616,13 @@ def vfio_report(raw_path, out_base):
 def vfio_markdown(result):
     m = result["machine"]
     s = m["settings"]
-    title = "nvmf-tgt vfio-user benchmark"
-    if m["smoke"]:
-        title += " (SMOKE RUN: short durations, figures not meaningful)"
-    out = [f"# {title}\n", "| | |\n|---|---|"]
-    commit = (m["git_commit"] or "unknown")[:12] + (" (dirty)" if m["git_dirty"] else "")
-    for k, v in [
-        ("date", m["date"]),
-        ("host", m["hostname"]),
-        ("CPU", m["cpu_model"]),
-        ("cores", m["cores"]),
-        ("kernel", m["kernel"]),
-        ("commit", commit),
-        ("placement", m["placement"]),
-        ("durations", f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats"),
-    ]:
-        out.append(f"| {k} | {v} |")
-    out.append("")
+    out = report_head(
+        m,
+        "nvmf-tgt vfio-user benchmark",
+        [
+            ("durations", f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats"),
+        ],
+    )
     out.append(
         "No VM: nvmf-perf is the VMM, with a guest NVMe driver's queues in a memfd shared by "
         "DMA_MAP, MSI-X vectors as eventfds, one CQ head and one SQ tail doorbell write per "
@@ -958,29 +958,19 @@ def file_report(raw_path, out_base):
 def file_markdown(result):
     m = result["machine"]
     s = m["settings"]
-    title = "nvmf-tgt file namespaces"
-    if m["smoke"]:
-        title += " (SMOKE RUN: short durations, figures not meaningful)"
-    commit = (m["git_commit"] or "unknown")[:12] + (" (dirty)" if m["git_dirty"] else "")
-    out = [f"# {title}\n", "| | |\n|---|---|"]
-    for k, v in [
-        ("date", m["date"]),
-        ("host", m["hostname"]),
-        ("CPU", m["cpu_model"]),
-        ("cores", m["cores"]),
-        ("kernel", m["kernel"]),
-        ("commit", commit),
-        ("placement", m["placement"]),
-        ("client", "nvmf-perf " + (os.environ.get("BENCH_PERF_ARGS") or "(sleeps in epoll)")),
-        (
-            "durations",
-            f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats going round every "
-            f"storage, engine and mode; idle {s['BENCH_IDLE_SECONDS']} s with "
-            f"{os.environ.get('BENCH_IDLE_HOSTS', 16)} hosts",
-        ),
-    ]:
-        out.append(f"| {k} | {v} |")
-    out.append("")
+    out = report_head(
+        m,
+        "nvmf-tgt file namespaces",
+        [
+            ("client", "nvmf-perf " + (os.environ.get("BENCH_PERF_ARGS") or "(sleeps in epoll)")),
+            (
+                "durations",
+                f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats going round every "
+                f"storage, engine and mode; idle {s['BENCH_IDLE_SECONDS']} s with "
+                f"{os.environ.get('BENCH_IDLE_HOSTS', 16)} hosts",
+            ),
+        ],
+    )
     out.append(
         "Loopback NVMe/TCP, one `file` namespace, `max_queue_depth = 256`. Cells are the median "
         "over the repeats with (min..max). Target CPU is the target process's utime+stime "
@@ -1116,23 +1106,13 @@ def spdk_file_report(raw_path, out_base):
 def spdk_file_markdown(result):
     m = result["machine"]
     s = m["settings"]
-    title = "nvmf-tgt and SPDK: file namespaces, same client"
-    if m["smoke"]:
-        title += " (SMOKE RUN: short durations, figures not meaningful)"
-    commit = (m["git_commit"] or "unknown")[:12] + (" (dirty)" if m["git_dirty"] else "")
-    out = [f"# {title}\n", "| | |\n|---|---|"]
-    for k, v in [
-        ("date", m["date"]),
-        ("host", m["hostname"]),
-        ("CPU", m["cpu_model"]),
-        ("cores", m["cores"]),
-        ("kernel", m["kernel"]),
-        ("commit", commit),
-        ("placement", m["placement"]),
-        ("durations", f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats"),
-    ]:
-        out.append(f"| {k} | {v} |")
-    out.append("")
+    out = report_head(
+        m,
+        "nvmf-tgt and SPDK: file namespaces, same client",
+        [
+            ("durations", f"{s['BENCH_SECONDS']} s per run, {s['BENCH_REPEATS']} repeats"),
+        ],
+    )
     out.append(
         "4K randread over loopback NVMe/TCP with SPDK's `spdk_nvme_perf` as the client for both "
         "targets: nvmf-tgt with a `file` namespace (engine `uring`), SPDK's `nvmf_tgt` with an "
