@@ -37,7 +37,6 @@ pub struct Target {
     registry: Arc<Registry>,
 }
 
-/// Why the target did not stop cleanly.
 /// One line on what runs the `file` namespaces that ask for io_uring: the reactors' rings,
 /// or (the kernel refusing io_uring) the worker threads.
 fn log_file_engine(config: &Config) {
@@ -72,6 +71,7 @@ fn log_file_engine(config: &Config) {
     }
 }
 
+/// Why the target did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ShutdownError {
     #[error(

@@ -300,6 +300,23 @@ impl<'a> SubscriberCx<'a> {
     }
 }
 
+/// Hands a turn's completions one by one to `each` (a connection's queue pair) until one of
+/// them ends the connection; the flow of the last one handled. What follows a `Close` is
+/// dropped, as [`Subscriber::handle_io_done`] allows.
+pub fn each_io_done(
+    done: &mut dyn Iterator<Item = IoDone>,
+    mut each: impl FnMut(IoDone) -> Flow,
+) -> Flow {
+    let mut flow = Flow::Continue;
+    for io in done {
+        flow = each(io);
+        if flow == Flow::Close {
+            break;
+        }
+    }
+    flow
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

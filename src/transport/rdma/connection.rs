@@ -35,7 +35,7 @@ use crate::sys::verbs::{
     WcOpcode, WcStatus, WorkCompletion,
 };
 use crate::transport::context::{Flow, IoCx};
-use crate::transport::subscriber::{Polled, Readiness, Subscriber, SubscriberCx};
+use crate::transport::subscriber::{Polled, Readiness, Subscriber, SubscriberCx, each_io_done};
 
 /// Staging slots per queue at most: the data of this many commands moves at once, the
 /// others wait (each slot is `max_io_size` bytes of registered memory).
@@ -627,13 +627,7 @@ impl Subscriber for RdmaConnection {
         now: Instant,
     ) -> Flow {
         self.in_span(|conn| {
-            let mut flow = Flow::Continue;
-            for io in done {
-                flow = conn.qpair.handle_io_done(io, &mut cx.io, now);
-                if flow == Flow::Close {
-                    break;
-                }
-            }
+            let flow = each_io_done(done, |io| conn.qpair.handle_io_done(io, &mut cx.io, now));
             conn.settle(flow, &mut cx.io)
         })
     }

@@ -15,7 +15,7 @@ use super::send_queue::MAX_SLICES;
 use crate::backend::IoDone;
 use crate::controller::{Controller, ListenerAddr};
 use crate::transport::context::{Flow, IoCx};
-use crate::transport::subscriber::{Readiness, Subscriber, SubscriberCx};
+use crate::transport::subscriber::{Readiness, Subscriber, SubscriberCx, each_io_done};
 
 /// Bytes read per `read` call at least: large reads keep syscalls per command low.
 const READ_CHUNK: usize = 64 * 1024;
@@ -133,13 +133,7 @@ impl Subscriber for TcpConnection {
         now: Instant,
     ) -> Flow {
         self.in_span(|conn| {
-            let mut flow = Flow::Continue;
-            for io in done {
-                flow = conn.qpair.handle_io_done(io, &mut cx.io, now);
-                if flow == Flow::Close {
-                    break;
-                }
-            }
+            let flow = each_io_done(done, |io| conn.qpair.handle_io_done(io, &mut cx.io, now));
             conn.settle(flow, cx, now)
         })
     }
