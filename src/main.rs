@@ -69,10 +69,17 @@ struct TargetArgs {
 }
 
 impl TargetArgs {
+    /// `--socket`, or the one the declaration names, read even from an invalid file (saying
+    /// so on stderr when it had to guess).
     fn socket(&self) -> PathBuf {
-        self.socket.clone().unwrap_or_else(|| {
-            nvmf_tgt::daemon::control_socket_of(config::read_unchecked(&self.config).as_ref())
-        })
+        if let Some(socket) = &self.socket {
+            return socket.clone();
+        }
+        let (socket, note) = config::control_socket_leniently(&self.config);
+        if let Some(note) = note {
+            eprintln!("nvmf-tgt: {note}");
+        }
+        socket
     }
 }
 

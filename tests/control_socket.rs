@@ -513,3 +513,99 @@ fn plan_reads_the_file_itself_and_sends_it() {
         stderr(&out)
     );
 }
+
+/// `nvmf-tgt status` with `args`, its stdout and stderr.
+fn status_command(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).arg("status").args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr(&out),
+    )
+}
+
+#[test]
+fn status_prints_tables_of_namespaces_and_controllers_with_their_io() {
+    let target = TargetProcess::start(&common::TargetSpec::default());
+    let opts = nvmf_tgt::host::QueueOptions::admin(SUBNQN, common::HOSTNQN);
+    let mut admin = nvmf_tgt::host::HostQueue::connect(target.addr(), &opts).unwrap();
+    admin.enable_controller().unwrap();
+    let mut io =
+        nvmf_tgt::host::HostQueue::connect(target.addr(), &opts.io(1, admin.cntlid(), 32)).unwrap();
+    for lba in 0..3 {
+        io.write(1, lba * 8, vec![7; 4096], 512).unwrap();
+    }
+    io.read(1, 0, 8, 512).unwrap();
+
+    let socket = target.control_socket();
+    let (code, text, _) = status_command(&["--socket".as_ref(), socket.as_os_str()]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "subsystem {SUBNQN} (serial NVMFTGT00000001, model nvmf-tgt, any host)"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("  listeners: tcp 127.0.0.1:"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("NSID"))
+        .unwrap_or_else(|| panic!("no namespace table:\n{text}"));
+    let row: Vec<&str> = lines[header + 1].split_whitespace().collect();
+    // NSID, SIZE (2 words), BLOCK, BACKEND, READS, READ (2), WRITES, WRITTEN (2), FAILED.
+    assert_eq!(
+        row,
+        [
+            "1", "16.0", "MiB", "512", "ram", "1", "4.0", "KiB", "3", "12.0", "KiB", "0"
+        ],
+        "{text}"
+    );
+    let header = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("CNTLID"))
+        .unwrap_or_else(|| panic!("no controller table:\n{text}"));
+    let row: Vec<&str> = lines[header + 1].split_whitespace().collect();
+    assert_eq!(row[1], common::HOSTNQN, "{text}");
+    assert_eq!(
+        &row[3..],
+        ["1", "1", "4.0", "KiB", "3", "12.0", "KiB", "0"],
+        "{text}"
+    );
+    assert!(!text.contains('{'), "no raw JSON left: {text}");
+}
+
+#[test]
+fn status_finds_the_socket_of_a_file_being_edited() {
+    let target = TargetProcess::start(&common::TargetSpec::default());
+    let good = std::fs::read_to_string(&target.config_path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("target.toml");
+    let status_of = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        status_command(&["-c".as_ref(), file.as_os_str()])
+    };
+
+    // Valid TOML that breaks the rules: its control_socket is read all the same, silently.
+    let (code, text, err) = status_of(&good.replace("nsid = 1", "nsid = 1\nbogus = 1"));
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains(SUBNQN), "{text}");
+    assert_eq!(err, "");
+
+    // Not TOML at all: the line in [target] is found, and stderr says so.
+    let (code, text, err) = status_of(&format!("{good}\n[[subsystem\n"));
+    assert_eq!(code, Some(0), "{text}{err}");
+    assert!(text.contains(SUBNQN), "{text}");
+    assert!(
+        err.contains("is not valid TOML") && err.contains("using the control_socket of its line 4"),
+        "{err}"
+    );
+
+    // Nothing to go by: the default socket is tried, and stderr says why.
+    let (code, _, err) = status_of("[target\ncontrol_socket = 3\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("names no control_socket; trying the default"),
+        "{err}"
+    );
+}

@@ -182,6 +182,16 @@ fn sighup_applies_an_edit_when_not_watching() {
         status(&target)["declaration"]["last_attempt"]["trigger"],
         "signal"
     );
+    // One line says it all: trigger, result, generation, duration and the steps.
+    let log = common::without_colours(&target.log());
+    let line = log
+        .lines()
+        .find(|l| l.contains("reload by SIGHUP: applied, generation 2, "))
+        .unwrap_or_else(|| panic!("no reload line:\n{log}"));
+    assert!(
+        line.contains(" ms, 1 step (+ add namespace 5 to "),
+        "{line}"
+    );
 }
 
 #[test]
@@ -218,6 +228,14 @@ fn invalid_or_refused_edits_change_nothing_and_are_reported() {
     assert_eq!(generation(&target), 1);
     assert_eq!(namespaces_of(&target, B), [1]);
     assert!(target.log().contains("unknown key `bogus`"));
+    let log = common::without_colours(&target.log());
+    assert!(
+        log.lines().any(
+            |l| l.contains("reload by file change: invalid, generation 1, ")
+                && l.contains("is invalid (1 error); the running configuration stays")
+        ),
+        "{log}"
+    );
 
     // A restart-only change is refused whole: the namespace added alongside is not applied.
     let refused = good

@@ -13,7 +13,7 @@ mod schema;
 mod source;
 mod units;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize as _;
 use toml::de::DeTable;
@@ -101,11 +101,81 @@ pub fn locate(text: &str, pointer: &str) -> Option<(usize, usize)> {
     Some(source::line_col(text, at))
 }
 
-/// Parses a declaration without the rules, for commands that only need a setting from it
-/// (`status` finding the control socket).
-pub fn read_unchecked(path: &Path) -> Option<Config> {
-    let text = source::read(path).ok()?;
-    toml::from_str(&text).ok()
+/// Where the declaration at `path` puts the control socket, read leniently: the commands that
+/// talk to a running target need it most when the file is being edited and invalid. A file
+/// that is valid TOML gives `[target] control_socket` whatever else is wrong with it; one
+/// that is not is searched line by line for it in its `[target]` table. The note says what
+/// was done when the answer is not simply the declared socket (or the default, when none
+/// is declared).
+pub fn control_socket_leniently(path: &Path) -> (PathBuf, Option<String>) {
+    let default = || PathBuf::from(DEFAULT_CONTROL_SOCKET);
+    let text = match source::read(path) {
+        Ok(text) => text,
+        Err(err) => {
+            return (
+                default(),
+                Some(format!(
+                    "{err}; trying the default control socket {DEFAULT_CONTROL_SOCKET}"
+                )),
+            );
+        }
+    };
+    match toml::from_str::<toml::Table>(&text) {
+        Ok(table) => {
+            let declared = table
+                .get("target")
+                .and_then(|t| t.get("control_socket"))
+                .and_then(toml::Value::as_str);
+            (declared.map_or_else(default, PathBuf::from), None)
+        }
+        Err(err) => {
+            let why = err.message().trim_end().to_owned();
+            match control_socket_line(&text) {
+                Some((line, socket)) => (
+                    PathBuf::from(socket),
+                    Some(format!(
+                        "{} is not valid TOML ({why}); using the control_socket of its line {line}",
+                        path.display()
+                    )),
+                ),
+                None => (
+                    default(),
+                    Some(format!(
+                        "{} is not valid TOML ({why}) and names no control_socket; trying the default {DEFAULT_CONTROL_SOCKET}",
+                        path.display()
+                    )),
+                ),
+            }
+        }
+    }
+}
+
+/// The first `control_socket = "..."` line inside `[target]`, with its line number.
+fn control_socket_line(text: &str) -> Option<(usize, String)> {
+    let mut in_target = false;
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_target = line.trim_start_matches('[').trim_end_matches(']').trim() == "target";
+            continue;
+        }
+        if !in_target {
+            continue;
+        }
+        let Some(value) = line
+            .strip_prefix("control_socket")
+            .map(str::trim_start)
+            .and_then(|rest| rest.strip_prefix('='))
+        else {
+            continue;
+        };
+        let value = value.trim();
+        let quote = value.chars().next().filter(|q| *q == '"' || *q == '\'')?;
+        let rest = &value[1..];
+        let end = rest.find(quote)?;
+        return Some((number + 1, rest[..end].to_owned()));
+    }
+    None
 }
 
 #[derive(Debug, thiserror::Error)]

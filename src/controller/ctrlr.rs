@@ -11,6 +11,7 @@ use crate::nvme::log::{async_event_dw0, error_info, event_type, lid, notice};
 use crate::nvme::{CntlId, Cqe, Nqn, Nsid, Status};
 
 use super::TransportLimits;
+use super::iostat::IoStats;
 
 /// The bit of `AdminState::aen_masked` for Error status events, which have no Asynchronous
 /// Event Configuration bit (bit 30 is reserved there, so no configurable kind uses it).
@@ -178,6 +179,8 @@ pub struct Controller {
     live: AtomicBool,
     /// Volatile write cache enabled (Set Features 0x06); when off, writes are sent with FUA.
     pub(crate) write_cache: AtomicBool,
+    /// The I/O its queues did, over every namespace, for `status`.
+    stats: IoStats,
     /// Index qid - 1: the epoch of that I/O queue's current attachment, or `DETACHED`.
     io_queues: Box<[AtomicU32]>,
     /// The epoch the next attachment gets (never `DETACHED`).
@@ -241,6 +244,7 @@ impl Controller {
             enabled: AtomicBool::new(false),
             live: AtomicBool::new(true),
             write_cache: AtomicBool::new(true),
+            stats: IoStats::default(),
             io_queues: (0..io_count).map(|_| AtomicU32::new(DETACHED)).collect(),
             next_epoch: AtomicU32::new(1),
             sqfc_disabled: sqfc,
@@ -280,6 +284,11 @@ impl Controller {
 
     pub fn subsystem(&self) -> &Arc<Subsystem> {
         &self.subsys
+    }
+
+    /// The I/O its queues did, over every namespace.
+    pub fn stats(&self) -> &IoStats {
+        &self.stats
     }
 
     pub fn hostnqn(&self) -> &Nqn {

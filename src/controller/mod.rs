@@ -15,6 +15,7 @@ mod discovery;
 mod fabrics;
 mod features;
 mod io;
+mod iostat;
 mod namespace;
 mod pcie;
 mod registry;
@@ -25,6 +26,9 @@ mod tests;
 pub use ctrlr::{Controller, ControllerKind, InvalidDoorbell, QueueEpoch};
 pub use fabrics::RegisterEffect;
 pub use io::{IoOp, IoPlan, dsm_ranges};
+pub use iostat::{
+    ClassSnapshot, IoClass, IoStats, IoStatsSnapshot, set_reactors as set_iostat_reactors,
+};
 pub use namespace::{Namespace, NamespaceSpec};
 pub use pcie::{PcieParams, QueueRequest};
 pub use registry::{ConnectOutcome, Registry, RegistryError};

@@ -8,6 +8,7 @@ use crate::nvme::identify::NsDescriptor;
 use crate::nvme::identify::{CSI_NVM, IdentifyNamespace, NMIC_SHARED, NSATTR_WRITE_PROTECTED};
 
 use super::RegistryError;
+use super::iostat::IoStats;
 
 /// A namespace as declared in the configuration.
 #[derive(Clone, Debug)]
@@ -49,6 +50,8 @@ pub struct Namespace {
     uuid: [u8; 16],
     nguid: [u8; 16],
     eui64: [u8; 8],
+    /// What hosts have done with it, for `bdev_get_iostat` and `status`.
+    stats: IoStats,
 }
 
 impl Namespace {
@@ -90,7 +93,12 @@ impl Namespace {
             uuid,
             nguid,
             eui64,
+            stats: IoStats::default(),
         })
+    }
+
+    pub fn stats(&self) -> &IoStats {
+        &self.stats
     }
 
     pub fn nsid(&self) -> Nsid {

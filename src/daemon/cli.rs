@@ -75,11 +75,195 @@ pub fn render_status(status: &Value) -> String {
         "buffer pool: {} of {} buffers of {} bytes free in the shared pool, {} cached per reactor at most",
         pool["available"], pool["num_shared_buffers"], pool["io_unit_size"], pool["buf_cache_size"],
     );
-    let _ = writeln!(out, "subsystems:");
     for s in status["subsystems"].as_array().into_iter().flatten() {
-        let _ = writeln!(out, "  {}", serde_json::to_string(s).unwrap_or_default());
+        out.push_str(&render_subsystem(s));
     }
     out
+}
+
+/// One subsystem: its identity and who may connect, its listeners, then a table of its
+/// namespaces and one of its controllers, each with what it has done.
+fn render_subsystem(s: &Value) -> String {
+    use std::fmt::Write as _;
+    let text = |v: &Value| v.as_str().unwrap_or("?").to_owned();
+    let number = |v: &Value| v.as_u64().map_or_else(|| "?".to_owned(), |n| n.to_string());
+    let mut out = String::new();
+    let hosts = if s["allow_any_host"].as_bool() == Some(true) {
+        "any host".to_owned()
+    } else {
+        let list: Vec<String> = s["hosts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        match list.len() {
+            0 => "no host".to_owned(),
+            1 => format!("host {}", list[0]),
+            n => format!("{n} hosts: {}", list.join(", ")),
+        }
+    };
+    let _ = writeln!(
+        out,
+        "\nsubsystem {} (serial {}, model {}, {hosts})",
+        text(&s["nqn"]),
+        text(&s["serial"]),
+        text(&s["model"]),
+    );
+    let listeners: Vec<String> = s["listeners"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            let port = l["trsvcid"].as_str().filter(|p| !p.is_empty());
+            match port {
+                Some(port) => format!(
+                    "{} {}:{port}",
+                    text(&l["trtype"]).to_lowercase(),
+                    text(&l["traddr"])
+                ),
+                None => format!(
+                    "{} {}",
+                    text(&l["trtype"]).to_lowercase(),
+                    text(&l["traddr"])
+                ),
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "  listeners: {}",
+        if listeners.is_empty() {
+            "none".to_owned()
+        } else {
+            listeners.join(", ")
+        }
+    );
+    let io = |v: &Value| {
+        [
+            number(&v["read_ops"]),
+            bytes(v["read_bytes"].as_u64()),
+            number(&v["write_ops"]),
+            bytes(v["write_bytes"].as_u64()),
+            number(&v["failed"]),
+        ]
+    };
+    let namespaces: Vec<Vec<String>> = s["namespaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|ns| {
+            let size = ns["blocks"]
+                .as_u64()
+                .zip(ns["block_size"].as_u64())
+                .map(|(b, s)| b * s);
+            let backend = text(&ns["backend"]);
+            // "ram 67108864 bytes": the size has its own column.
+            let backend = backend
+                .strip_suffix(" bytes")
+                .and_then(|b| b.rsplit_once(' '))
+                .map_or(backend.clone(), |(kind, _)| kind.to_owned());
+            let mut row = vec![
+                number(&ns["nsid"]),
+                bytes(size),
+                number(&ns["block_size"]),
+                if ns["read_only"].as_bool() == Some(true) {
+                    format!("{backend} (read-only)")
+                } else {
+                    backend
+                },
+            ];
+            row.extend(io(&ns["io"]));
+            row
+        })
+        .collect();
+    if namespaces.is_empty() {
+        let _ = writeln!(out, "  no namespaces");
+    } else {
+        out.push_str(&table(
+            &[
+                "NSID", "SIZE", "BLOCK", "BACKEND", "READS", "READ", "WRITES", "WRITTEN", "FAILED",
+            ],
+            &namespaces,
+        ));
+    }
+    let controllers: Vec<Vec<String>> = s["controllers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let mut row = vec![
+                number(&c["cntlid"]),
+                text(&c["hostnqn"]),
+                format!("{}:{}", text(&c["traddr"]), text(&c["trsvcid"])),
+                number(&c["io_queues"]),
+            ];
+            row.extend(io(&c["io"]));
+            row
+        })
+        .collect();
+    if controllers.is_empty() {
+        let _ = writeln!(out, "  no controllers connected");
+    } else {
+        out.push_str(&table(
+            &[
+                "CNTLID",
+                "HOST",
+                "VIA",
+                "IO QUEUES",
+                "READS",
+                "READ",
+                "WRITES",
+                "WRITTEN",
+                "FAILED",
+            ],
+            &controllers,
+        ));
+    }
+    out
+}
+
+/// Rows under headers, each column as wide as its widest cell, indented two spaces.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        format!("  {}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(headers.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// Bytes in binary units: `0 B`, `4.0 KiB`, `64.0 MiB`.
+fn bytes(n: Option<u64>) -> String {
+    let Some(n) = n else {
+        return "?".to_owned();
+    };
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut unit = 0;
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = n as f64;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// `nvmf-tgt status`: asks the target at `socket` and prints its answer. Exit 0 on an

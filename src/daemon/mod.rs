@@ -6,11 +6,12 @@ mod build;
 mod cli;
 pub mod logging;
 mod reload;
+mod spdk_rpc;
 mod status;
 mod systemd;
 mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,14 +90,16 @@ impl Target {
         text: &str,
         watch: bool,
     ) -> anyhow::Result<Self> {
-        let built = build::build(config).context("cannot build the target")?;
-        log_file_engine(config);
         let cores = config
             .target
             .core_mask
             .cores()
             .map_err(|why| anyhow::anyhow!("core_mask: {why}"))?
             .to_vec();
+        // Each reactor gets a shard of its own in every namespace's and controller's counters.
+        crate::controller::set_iostat_reactors(cores.len());
+        let built = build::build(config).context("cannot build the target")?;
+        log_file_engine(config);
         let interrupt_mode = config.target.interrupt_mode;
         let busy_poll = Duration::from_micros(u64::from(config.target.busy_poll_us));
         let mut prepared = Vec::new();
@@ -144,7 +147,8 @@ impl Target {
             Arc::clone(&reloader),
             reactors
                 .iter()
-                .map(|r| (r.config.clone(), Arc::clone(r.stats())))
+                .zip(mailboxes.iter())
+                .map(|(r, mailbox)| (r.config.clone(), mailbox.clone()))
                 .collect(),
             buffers,
             Instant::now(),
@@ -248,15 +252,6 @@ pub fn serve(config: &Config, config_path: &Path, text: &str, watch: bool) -> an
         break;
     }
     Ok(target.shutdown()?)
-}
-
-/// Where the control socket of the target declared in `path` is, falling back to the
-/// default when the file cannot be read.
-pub fn control_socket_of(config: Option<&Config>) -> PathBuf {
-    config.map_or_else(
-        || PathBuf::from(crate::config::DEFAULT_CONTROL_SOCKET),
-        |c| c.target.control_socket.clone(),
-    )
 }
 
 #[cfg(test)]

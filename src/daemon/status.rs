@@ -8,9 +8,10 @@ use serde_json::{Value, json};
 
 use crate::config::{Config, MAX_FILE_BYTES};
 use crate::control::{Handler, RpcError};
-use crate::controller::Registry;
+use crate::controller::{IoClass, IoStatsSnapshot, Registry};
 use crate::daemon::reload::{Reloader, TextPlan, Trigger};
-use crate::reactor::{ReactorConfig, ReactorStats};
+use crate::daemon::spdk_rpc::{METHODS, ReactorView, SpdkRpc, bdev_name};
+use crate::reactor::{Mailbox, ReactorConfig, ReactorStats};
 use crate::transport::buffer_pool::SharedPool;
 
 /// What diagnostics call a declaration sent without a label.
@@ -25,7 +26,12 @@ pub struct StatusReport {
     reactors: Vec<(ReactorConfig, Arc<ReactorStats>)>,
     buffers: Arc<SharedPool>,
     started: Instant,
+    /// SPDK's methods, for SPDK's tools.
+    spdk: SpdkRpc,
 }
+
+/// The methods of our own, besides SPDK's.
+const OWN_METHODS: &[&str] = &["nvmf_tgt_status", "nvmf_tgt_reload", "nvmf_tgt_plan"];
 
 impl StatusReport {
     pub fn new(
@@ -33,18 +39,31 @@ impl StatusReport {
         config_path: PathBuf,
         registry: Arc<Registry>,
         reloader: Arc<Reloader>,
-        reactors: Vec<(ReactorConfig, Arc<ReactorStats>)>,
+        reactors: Vec<(ReactorConfig, Mailbox)>,
         buffers: Arc<SharedPool>,
         started: Instant,
     ) -> Self {
+        let spdk = SpdkRpc {
+            registry: Arc::clone(&registry),
+            reactors: reactors
+                .iter()
+                .map(|(config, mailbox)| ReactorView::new(config.clone(), mailbox.clone()))
+                .collect(),
+            transports: config.transport.clone(),
+            all_methods: OWN_METHODS.iter().chain(METHODS).copied().collect(),
+        };
         Self {
             config,
             config_path,
             registry,
             reloader,
-            reactors,
+            reactors: reactors
+                .into_iter()
+                .map(|(config, mailbox)| (config, Arc::clone(&mailbox.stats)))
+                .collect(),
             buffers,
             started,
+            spdk,
         }
     }
 
@@ -94,80 +113,6 @@ impl StatusReport {
             "subsystems": subsystems_json(&self.registry),
         })
     }
-
-    /// SPDK's `framework_get_reactors`, with SPDK's field names; ticks are nanoseconds.
-    fn framework_get_reactors(&self) -> Value {
-        let reactors: Vec<Value> = self
-            .reactors
-            .iter()
-            .map(|(cfg, stats)| {
-                let snap = stats.snapshot();
-                json!({
-                    "lcore": cfg.core.unwrap_or(cfg.index),
-                    "busy": snap.busy_ns,
-                    "idle": snap.idle_ns,
-                    "in_interrupt": cfg.interrupt_mode,
-                    "lw_threads": [],
-                })
-            })
-            .collect();
-        json!({"tick_rate": 1_000_000_000u64, "pid": std::process::id(), "reactors": reactors})
-    }
-}
-
-/// SPDK's `nvmf_get_subsystems`, with SPDK's field names.
-fn nvmf_get_subsystems(registry: &Registry) -> Value {
-    let listener = |l: &crate::controller::ListenerAddr| {
-        json!({
-            "trtype": l.transport_name(),
-            "adrfam": match l.adrfam() {
-                Some(crate::controller::AddressFamily::Ipv4) => "IPv4",
-                Some(crate::controller::AddressFamily::Ipv6) => "IPv6",
-                None => "",
-            },
-            "traddr": l.traddr(),
-            "trsvcid": l.trsvcid(),
-        })
-    };
-    let discovery = registry.discovery_subsystem();
-    let mut out = vec![json!({
-        "nqn": discovery.nqn(),
-        "subtype": "Discovery",
-        "listen_addresses": [],
-        "allow_any_host": true,
-        "hosts": [],
-    })];
-    for s in registry.subsystems() {
-        let access = s.access();
-        let namespaces: Vec<Value> = s
-            .namespaces()
-            .iter()
-            .map(|ns| {
-                json!({
-                    "nsid": ns.nsid(),
-                    "bdev_name": format!("{:?}", ns.backend()),
-                    "name": format!("{:?}", ns.backend()),
-                    "uuid": crate::config::HexId(ns.uuid()).to_string(),
-                    "nguid": ns.nguid().iter().map(|b| format!("{b:02X}")).collect::<String>(),
-                    "eui64": ns.eui64().iter().map(|b| format!("{b:02X}")).collect::<String>(),
-                })
-            })
-            .collect();
-        out.push(json!({
-            "nqn": s.nqn(),
-            "subtype": "NVMe",
-            "listen_addresses": access.listeners.iter().map(listener).collect::<Vec<_>>(),
-            "allow_any_host": access.allow_any_host,
-            "hosts": access.hosts.iter().map(|h| json!({"nqn": h})).collect::<Vec<_>>(),
-            "serial_number": s.serial(),
-            "model_number": s.model(),
-            "max_namespaces": s.max_namespaces(),
-            "min_cntlid": 1,
-            "max_cntlid": 0xFFEF,
-            "namespaces": namespaces,
-        }));
-    }
-    Value::Array(out)
 }
 
 /// Subsystems with their namespaces, listeners and connected controllers.
@@ -182,10 +127,12 @@ fn subsystems_json(registry: &Registry) -> Vec<Value> {
                 .map(|ns| {
                     json!({
                         "nsid": ns.nsid(),
+                        "bdev_name": bdev_name(s.nqn(), ns),
                         "block_size": ns.block_size(),
                         "blocks": ns.blocks(),
                         "read_only": ns.read_only(),
                         "backend": format!("{:?}", ns.backend()),
+                        "io": io_json(&ns.stats().snapshot()),
                     })
                 })
                 .collect();
@@ -200,7 +147,8 @@ fn subsystems_json(registry: &Registry) -> Vec<Value> {
                 .map(|c| {
                     json!({"cntlid": c.cntlid(), "hostnqn": c.hostnqn(), "enabled": c.is_enabled(),
                         "traddr": c.listener().traddr(), "trsvcid": c.listener().trsvcid(),
-                        "io_queues": c.connected_io_queues()})
+                        "io_queues": c.connected_io_queues(),
+                        "io": io_json(&c.stats().snapshot())})
                 })
                 .collect();
             let access = s.access();
@@ -218,19 +166,36 @@ fn subsystems_json(registry: &Registry) -> Vec<Value> {
         .collect()
 }
 
+/// What a namespace or a controller has done: operations and bytes by kind, failures.
+fn io_json(snap: &IoStatsSnapshot) -> Value {
+    let read = snap.class(IoClass::Read);
+    let write = snap.class(IoClass::Write);
+    let unmap = snap.class(IoClass::Unmap);
+    json!({
+        "read_ops": read.ops,
+        "read_bytes": read.bytes,
+        "write_ops": write.ops,
+        "write_bytes": write.bytes,
+        "unmap_ops": unmap.ops,
+        "unmap_bytes": unmap.bytes,
+        "failed": snap.failed,
+    })
+}
+
 /// The control-socket handler for a running target.
 pub fn handler(report: Arc<StatusReport>) -> Handler {
     Arc::new(move |method: &str, params: &Value| match method {
         "nvmf_tgt_status" => Ok(report.status()),
-        "framework_get_reactors" => Ok(report.framework_get_reactors()),
-        "nvmf_get_subsystems" => Ok(nvmf_get_subsystems(&report.registry)),
         "nvmf_tgt_reload" => report
             .reloader
             .request_and_wait(Trigger::Rpc)
             .and_then(|outcome| serde_json::to_value(outcome).ok())
             .ok_or_else(|| RpcError::internal("the reload worker is not running")),
         "nvmf_tgt_plan" => plan(&report.reloader, params),
-        other => Err(RpcError::method_not_found(other)),
+        other => report
+            .spdk
+            .call(other, params)
+            .unwrap_or_else(|| Err(RpcError::method_not_found(other))),
     })
 }
 

@@ -15,6 +15,10 @@ use mio::{Events, Interest, Poll};
 use tracing::{debug, info, warn};
 
 use super::mailbox::{Mailbox, ReactorMessage, least_loaded};
+use super::pollers::{
+    COMPLETIONS_ID, MAILBOX_ID, PollerInfo, PollerKind, ReactorReport, RunCount, URING_ID,
+    subscriber_poller_id, timer_poller_id,
+};
 use super::slab::{RESERVED_INDEX, Slab};
 use super::stats::ReactorStats;
 use super::timers::Timers;
@@ -23,7 +27,7 @@ use crate::controller::Controller;
 use crate::transport::buffer_pool::{BufferPool, CreditWaker, SharedPool};
 use crate::transport::context::{AsyncNotifier, Flow, IoCx};
 use crate::transport::subscriber::{
-    NewSubscriber, Polled, Readiness, Subscriber, SubscriberCx, SubscriberId,
+    NewSubscriber, Polled, QueuePairs, Readiness, Subscriber, SubscriberCx, SubscriberId,
 };
 
 /// The reactor's own descriptors are keys of the one id the slab never hands out; they carry
@@ -171,6 +175,10 @@ struct Hosted {
     is_connection: bool,
     /// In [`Running::pollers`].
     polled: bool,
+    /// Calls into it, and calls that found work.
+    count: RunCount,
+    /// Its deadlines that passed.
+    timer_count: RunCount,
 }
 
 struct Running {
@@ -197,6 +205,13 @@ struct Running {
     polling: Vec<SubscriberId>,
     next_peer: usize,
     shutting_down: Option<Instant>,
+    /// Turns that looked at the mailbox, the backend completions and the io_uring, and those
+    /// that found something there.
+    mailbox_count: RunCount,
+    completions_count: RunCount,
+    uring_count: RunCount,
+    /// The queue pairs of subscribers that closed.
+    closed_queues: QueuePairs,
 }
 
 impl Running {
@@ -224,6 +239,10 @@ impl Running {
             polling: Vec::new(),
             next_peer: 0,
             shutting_down: None,
+            mailbox_count: RunCount::default(),
+            completions_count: RunCount::default(),
+            uring_count: RunCount::default(),
+            closed_queues: QueuePairs::default(),
         }
     }
 
@@ -236,6 +255,7 @@ impl Running {
                 warn!(core, %err, "cannot pin reactor to its core");
             }
         }
+        self.mailbox.stats.set_thread_id(crate::sys::thread_id());
         info!(
             interrupt_mode = self.config.interrupt_mode,
             "reactor started"
@@ -271,8 +291,10 @@ impl Running {
                 self.mailbox.stats.begin_wait(before);
             }
             let polled = self.poll.poll(&mut events, timeout);
+            let after = Instant::now();
             if blocking {
-                self.mailbox.stats.end_wait();
+                // The sleep is idle time from the moment it ends, never missing from a reading.
+                self.mailbox.stats.end_wait(after - before);
             }
             if let Err(err) = polled {
                 if err.kind() != std::io::ErrorKind::Interrupted {
@@ -281,7 +303,6 @@ impl Running {
                 before = Instant::now();
                 continue;
             }
-            let after = Instant::now();
             if blocking {
                 self.mailbox.stats.add_wakeup();
             }
@@ -306,16 +327,17 @@ impl Running {
                 self.handle_timer(id, after);
             }
             work += self.pump_uring(after);
+            if !blocking {
+                self.mailbox.stats.add_idle(after - before);
+            }
             let end = if work > 0 {
                 let end = Instant::now();
-                self.mailbox.stats.add_idle(after - before);
                 self.mailbox.stats.add_busy(end - after);
                 self.mailbox.stats.add_events(work);
                 self.mailbox.stats.set_buffers(&self.pool.stats());
                 last_activity = Some(end);
                 end
             } else {
-                self.mailbox.stats.add_idle(after - before);
                 after
             };
             before = end;
@@ -370,6 +392,8 @@ impl Running {
                 timer_armed: None,
                 is_connection,
                 polled: false,
+                count: RunCount::default(),
+                timer_count: RunCount::default(),
             }
         });
         let Some(id) = inserted else {
@@ -402,6 +426,8 @@ impl Running {
         let Some(hosted) = self.hosted.get_mut(id) else {
             return;
         };
+        // Busy unless a poll finds nothing (see `call_pollers`).
+        hosted.count.ran(true);
         let io = IoCx::new(
             &self.completions,
             id.token(0),
@@ -467,6 +493,12 @@ impl Running {
                 found = polled.work;
                 polled.flow
             });
+            if found == 0 {
+                if let Some(hosted) = self.hosted.get_mut(id) {
+                    // The poll ran idle.
+                    hosted.count.busy = hosted.count.busy.saturating_sub(1);
+                }
+            }
             work += found;
         }
         self.polling = polling;
@@ -479,6 +511,7 @@ impl Running {
             return;
         };
         hosted.timer_armed = None;
+        hosted.timer_count.ran(true);
         self.call(id, now, |sub, cx| sub.handle_timer(cx, now));
     }
 
@@ -514,6 +547,7 @@ impl Running {
 
     fn handle_inbox(&mut self, now: Instant) -> u64 {
         let messages = self.mailbox.take_mail();
+        self.mailbox_count.ran(!messages.is_empty());
         if messages.is_empty() {
             return 0;
         }
@@ -534,6 +568,10 @@ impl Running {
                 ReactorMessage::CloseConnections(addr) => {
                     self.close_where(|sub| sub.accepted_on() == Some(&addr), "listener removed");
                 }
+                ReactorMessage::DescribePollers(reply) => {
+                    // Nobody waits any more if the reply does not fit: drop it.
+                    let _ = reply.try_send(self.report(now));
+                }
                 ReactorMessage::Shutdown => self.begin_shutdown(now),
             }
         }
@@ -552,7 +590,9 @@ impl Running {
     }
 
     fn handle_completions(&mut self, now: Instant) -> u64 {
-        if !self.completions.drain_into(&mut self.done) {
+        let found = self.completions.drain_into(&mut self.done);
+        self.completions_count.ran(found);
+        if !found {
             return 0;
         }
         self.route_done(now)
@@ -567,7 +607,9 @@ impl Running {
             let Some(uring) = self.uring.as_mut() else {
                 return 0;
             };
-            if uring.reap(&self.completions, &mut self.done) == 0 && self.done.is_empty() {
+            let idle = uring.reap(&self.completions, &mut self.done) == 0 && self.done.is_empty();
+            self.uring_count.ran(!idle);
+            if idle {
                 break;
             }
             work += self.route_done(now);
@@ -650,6 +692,7 @@ impl Running {
         )
         .with_uring(self.uring.as_mut());
         let mut cx = SubscriberCx::new(io, id, self.poll.registry(), &mut self.handed_off);
+        self.closed_queues.add(hosted.subscriber.queue_pairs());
         hosted.subscriber.close(&mut cx);
         let gone = cx.into_gone();
         self.pool
@@ -665,6 +708,71 @@ impl Running {
         self.broadcast_gone(gone);
         // A subscriber hands nothing off as it closes; drop anything it tried to.
         self.handed_off.clear();
+    }
+
+    /// What this reactor runs and serves, for `thread_get_pollers` and `nvmf_get_stats`.
+    fn report(&self, now: Instant) -> ReactorReport {
+        let mut queues = QueuePairs::default();
+        let mut in_flight = 0;
+        for (_, hosted) in self.hosted.iter() {
+            queues.add(hosted.subscriber.queue_pairs());
+            in_flight += hosted.subscriber.in_flight() as u64;
+        }
+        ReactorReport {
+            reactor: self.config.index,
+            pollers: self.describe_pollers(now),
+            queues,
+            closed: self.closed_queues,
+            in_flight,
+        }
+    }
+
+    /// What this reactor runs, for `thread_get_pollers`: its own sources, then each
+    /// subscriber, then each armed deadline.
+    fn describe_pollers(&self, now: Instant) -> Vec<PollerInfo> {
+        let source = |name: &str, id, count| PollerInfo {
+            name: name.to_owned(),
+            id,
+            kind: PollerKind::Active,
+            count,
+            due_in_ns: None,
+        };
+        let mut out = vec![
+            source("mailbox", MAILBOX_ID, self.mailbox_count),
+            source(
+                "backend_completions",
+                COMPLETIONS_ID,
+                self.completions_count,
+            ),
+        ];
+        if self.uring.is_some() {
+            out.push(source("io_uring", URING_ID, self.uring_count));
+        }
+        let mut timed = Vec::new();
+        for (id, hosted) in self.hosted.iter() {
+            let name = hosted.subscriber.describe();
+            if let Some(at) = hosted.timer_armed {
+                timed.push(PollerInfo {
+                    name: format!("{name} timer"),
+                    id: timer_poller_id(id.token(0)),
+                    kind: PollerKind::Timed,
+                    count: hosted.timer_count,
+                    due_in_ns: Some(
+                        u64::try_from(at.saturating_duration_since(now).as_nanos())
+                            .unwrap_or(u64::MAX),
+                    ),
+                });
+            }
+            out.push(PollerInfo {
+                name,
+                id: subscriber_poller_id(id.token(0)),
+                kind: PollerKind::Active,
+                count: hosted.count,
+                due_in_ns: None,
+            });
+        }
+        out.extend(timed);
+        out
     }
 
     /// Closes every subscriber `doomed` picks.

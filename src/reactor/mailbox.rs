@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tracing::warn;
 
+use super::pollers::PollerReply;
 use super::stats::ReactorStats;
 use crate::controller::{Controller, ListenerAddr};
 use crate::sys::EventFd;
@@ -24,6 +25,8 @@ pub enum ReactorMessage {
     RemoveListener(ListenerAddr),
     /// Close every connection accepted on this listener (its socket is gone).
     CloseConnections(ListenerAddr),
+    /// Send what the reactor runs (`thread_get_pollers`, `thread_get_stats`).
+    DescribePollers(PollerReply),
     /// Stop accepting, let in-flight commands finish, close everything and exit.
     Shutdown,
 }
@@ -36,6 +39,7 @@ impl core::fmt::Debug for ReactorMessage {
             Self::ControllerGone(ctrlr) => f.debug_tuple("ControllerGone").field(ctrlr).finish(),
             Self::RemoveListener(addr) => f.debug_tuple("RemoveListener").field(addr).finish(),
             Self::CloseConnections(addr) => f.debug_tuple("CloseConnections").field(addr).finish(),
+            Self::DescribePollers(_) => f.write_str("DescribePollers(..)"),
             Self::Shutdown => f.write_str("Shutdown"),
         }
     }

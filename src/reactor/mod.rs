@@ -17,6 +17,7 @@ pub mod stats;
 
 mod event_loop;
 mod mailbox;
+pub mod pollers;
 mod slab;
 mod timers;
 

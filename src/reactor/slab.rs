@@ -84,6 +84,17 @@ impl<T> Slab<T> {
         self.len == 0
     }
 
+    /// Every value with its id, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (SubscriberId, &T)> {
+        self.slots.iter().zip(0u32..).filter_map(|(slot, index)| {
+            let id = SubscriberId {
+                index,
+                generation: slot.generation,
+            };
+            Some((id, slot.value.as_ref()?))
+        })
+    }
+
     /// The ids of the values `pick` chooses.
     pub fn ids_where(&self, mut pick: impl FnMut(&T) -> bool) -> Vec<SubscriberId> {
         self.slots

@@ -25,11 +25,17 @@ pub struct ReactorStats {
     buffers_cached: AtomicU64,
     buffer_waiting: AtomicU64,
     buffer_waits: AtomicU64,
-    /// Reference point for `wait_start_ns`.
+    /// The reactor thread's kernel id, once it runs.
+    tid: AtomicU64,
+    /// Reference point for `wait_start_ns`, and when the reactor was made.
     base: Instant,
     /// When the current blocking wait began (ns after `base`), so a reactor asleep for an
     /// hour reports an hour of idle time before it wakes.
     wait_start_ns: AtomicU64,
+    /// Odd while a wait's end moves its time from `wait_start_ns` into `idle_ns`: a reading
+    /// taken across that move is taken again, so idle time never goes backwards (`spdk_top`
+    /// subtracts readings).
+    wait_seq: AtomicU64,
 }
 
 impl Default for ReactorStats {
@@ -44,8 +50,10 @@ impl Default for ReactorStats {
             buffers_cached: AtomicU64::new(0),
             buffer_waiting: AtomicU64::new(0),
             buffer_waits: AtomicU64::new(0),
+            tid: AtomicU64::new(0),
             base: Instant::now(),
             wait_start_ns: AtomicU64::new(NOT_WAITING),
+            wait_seq: AtomicU64::new(0),
         }
     }
 }
@@ -112,6 +120,21 @@ impl ReactorStats {
         self.buffer_waits.store(pool.waits, Ordering::Relaxed);
     }
 
+    /// Records the reactor thread's kernel id (called by that thread).
+    pub fn set_thread_id(&self, tid: u64) {
+        self.tid.store(tid, Ordering::Relaxed);
+    }
+
+    /// The reactor thread's kernel id; 0 before it runs.
+    pub fn thread_id(&self) -> u64 {
+        self.tid.load(Ordering::Relaxed)
+    }
+
+    /// How long ago the reactor was made.
+    pub fn age(&self) -> Duration {
+        self.base.elapsed()
+    }
+
     /// The reactor is about to block at `now`.
     pub fn begin_wait(&self, now: Instant) {
         self.wait_start_ns.store(
@@ -120,23 +143,41 @@ impl ReactorStats {
         );
     }
 
-    /// The blocking wait ended; its time is added with [`add_idle`](Self::add_idle).
-    pub fn end_wait(&self) {
+    /// The blocking wait ended; `idle` (the turn's time before it woke) becomes idle time.
+    pub fn end_wait(&self, idle: Duration) {
+        self.wait_seq.fetch_add(1, Ordering::AcqRel);
+        add(&self.idle_ns, nanos(idle));
         self.wait_start_ns.store(NOT_WAITING, Ordering::Relaxed);
+        self.wait_seq.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
         self.snapshot_at(Instant::now())
     }
 
+    /// Idle time so far, the wait in progress included, read consistently with its end.
+    fn idle_at(&self, now: Instant) -> u64 {
+        loop {
+            let seq = self.wait_seq.load(Ordering::Acquire);
+            if seq % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let waiting = match self.wait_start_ns.load(Ordering::Acquire) {
+                NOT_WAITING => 0,
+                start => nanos(now.saturating_duration_since(self.base)).saturating_sub(start),
+            };
+            let idle = self.idle_ns.load(Ordering::Acquire);
+            if self.wait_seq.load(Ordering::Acquire) == seq {
+                return idle + waiting;
+            }
+        }
+    }
+
     fn snapshot_at(&self, now: Instant) -> StatsSnapshot {
-        let waiting = match self.wait_start_ns.load(Ordering::Relaxed) {
-            NOT_WAITING => 0,
-            start => nanos(now.saturating_duration_since(self.base)).saturating_sub(start),
-        };
         StatsSnapshot {
             busy_ns: self.busy_ns.load(Ordering::Relaxed),
-            idle_ns: self.idle_ns.load(Ordering::Relaxed) + waiting,
+            idle_ns: self.idle_at(now),
             events: self.events.load(Ordering::Relaxed),
             wakeups: self.wakeups.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
@@ -184,7 +225,10 @@ mod tests {
             stats.snapshot_at(start + Duration::from_secs(5)).idle_ns,
             5_000_000_000
         );
-        stats.end_wait();
-        assert_eq!(stats.snapshot_at(start + Duration::from_secs(9)).idle_ns, 0);
+        stats.end_wait(Duration::from_secs(6));
+        assert_eq!(
+            stats.snapshot_at(start + Duration::from_secs(9)).idle_ns,
+            6_000_000_000
+        );
     }
 }

@@ -187,6 +187,55 @@ pub fn monotonic_usec() -> u64 {
         + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1000
 }
 
+/// The kernel's id of the calling thread (what `top -H` and `/proc/PID/task` show).
+pub fn thread_id() -> u64 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    u64::try_from(unsafe { libc::gettid() }).unwrap_or(0)
+}
+
+/// One CPU's time since boot in clock ticks (USER_HZ), as `/proc/stat` counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    pub user: u64,
+    pub system: u64,
+    /// Hard and soft interrupts together.
+    pub irq: u64,
+}
+
+/// The times of CPU `core` from `/proc/stat`.
+pub fn cpu_times(core: usize) -> Option<CpuTimes> {
+    parse_cpu_times(&std::fs::read_to_string("/proc/stat").ok()?, core)
+}
+
+fn parse_cpu_times(stat: &str, core: usize) -> Option<CpuTimes> {
+    let name = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(name.as_str()))?;
+    // cpuN user nice system idle iowait irq softirq steal guest guest_nice
+    let field = |i: usize| line.split_whitespace().nth(i)?.parse::<u64>().ok();
+    Some(CpuTimes {
+        user: field(1)?,
+        system: field(3)?,
+        irq: field(6)? + field(7)?,
+    })
+}
+
+/// The NUMA node of CPU `core`, from sysfs; `None` where the kernel does not say.
+pub fn numa_node(core: usize) -> Option<u32> {
+    std::fs::read_dir(format!("/sys/devices/system/cpu/cpu{core}"))
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("node")?
+                .parse()
+                .ok()
+        })
+}
+
 /// User plus system CPU time of process `pid`, from `/proc/PID/stat`.
 pub fn process_cpu_time(pid: u32) -> std::io::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -210,6 +259,21 @@ fn parse_stat_cpu(stat: &str) -> Option<Duration> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cpu_lines_give_user_system_and_both_interrupts() {
+        let stat = "cpu  10 0 20 30 0 0 0 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\ncpu1 11 12 13 14 15 16 17 0 0 0\nintr 5\n";
+        let cpu1 = super::parse_cpu_times(stat, 1).expect("cpu1");
+        assert_eq!((cpu1.user, cpu1.system, cpu1.irq), (11, 13, 33));
+        assert_eq!(super::parse_cpu_times(stat, 0).map(|t| t.irq), Some(13));
+        assert_eq!(super::parse_cpu_times(stat, 2), None);
+    }
+
+    #[test]
+    fn this_machine_has_a_cpu_zero_and_threads_have_ids() {
+        assert!(super::cpu_times(0).is_some());
+        assert!(super::thread_id() > 0);
+    }
+
     use super::*;
 
     #[test]

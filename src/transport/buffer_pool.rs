@@ -274,6 +274,11 @@ impl core::fmt::Debug for BufferPool {
 const MIN_STORAGE_BYTES: usize = 1 << 20;
 
 impl BufferPool {
+    /// The index of the reactor that owns this pool.
+    pub fn reactor(&self) -> usize {
+        self.reactor
+    }
+
     /// The pool of reactor `reactor`; `wake` rouses it when credits it waits for come back
     /// from another reactor.
     pub fn new(shared: Arc<SharedPool>, reactor: usize, wake: CreditWaker) -> Self {

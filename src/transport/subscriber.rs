@@ -30,6 +30,41 @@ use crate::transport::context::{Flow, IoCx};
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("poll tokens carry a 64-bit subscriber token: a 64-bit target is required");
 
+/// Queue pairs counted by kind, as SPDK's poll groups count them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueuePairs {
+    pub admin: u64,
+    pub io: u64,
+    /// Connected but not yet attached to a controller (no Connect yet).
+    pub unassociated: u64,
+}
+
+impl QueuePairs {
+    /// One queue with this queue id, or one not yet connected (`None`).
+    pub fn one(qid: Option<u16>) -> Self {
+        match qid {
+            Some(0) => Self {
+                admin: 1,
+                ..Self::default()
+            },
+            Some(_) => Self {
+                io: 1,
+                ..Self::default()
+            },
+            None => Self {
+                unassociated: 1,
+                ..Self::default()
+            },
+        }
+    }
+
+    pub fn add(&mut self, other: Self) {
+        self.admin += other.admin;
+        self.io += other.io;
+        self.unassociated += other.unassociated;
+    }
+}
+
 /// Which subscriber of a reactor: a slab index and the generation of that slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SubscriberId {
@@ -222,6 +257,27 @@ pub trait Subscriber {
     /// The address this subscriber listens on, if it is a listener.
     fn listening_on(&self) -> Option<&ListenerAddr> {
         None
+    }
+
+    /// What it is, for `thread_get_pollers`: a listener by its address, a connection by the
+    /// listener it came through and its controller.
+    fn describe(&self) -> String {
+        if let Some(addr) = self.listening_on() {
+            return format!("{addr} listener");
+        }
+        let mut name = match self.accepted_on() {
+            Some(addr) => format!("{addr} connection"),
+            None => "subscriber".to_owned(),
+        };
+        if let Some(ctrlr) = self.controller() {
+            name.push_str(&format!(" cntlid {}", ctrlr.cntlid()));
+        }
+        name
+    }
+
+    /// The queue pairs it serves, for `nvmf_get_stats`.
+    fn queue_pairs(&self) -> QueuePairs {
+        QueuePairs::default()
     }
 
     /// Commands that have not completed; shutdown waits for them (within its grace period).

@@ -39,6 +39,10 @@ pub(super) struct Command {
     /// Where a read, or the read half of a Compare, lands.
     pub read: DataBuf,
     pub read_len: usize,
+    /// The turn the backend request was submitted in (the start of its latency).
+    pub submitted: Option<Instant>,
+    /// Bytes a Deallocate covers, counted when its ranges are parsed.
+    pub unmap_bytes: u64,
 }
 
 /// Commands in flight, indexed by tag, and the deadlines of those waiting for host data.

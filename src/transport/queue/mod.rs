@@ -20,10 +20,10 @@ use tracing::{debug, trace, warn};
 
 use self::commands::{Command, CommandTable, Stage};
 use self::transfer::{Direction, io_request, transfer_direction, transfer_lens};
-use crate::backend::IoDone;
+use crate::backend::{IoDone, IoKind};
 use crate::controller::{
-    AdminOutcome, ConnectOutcome, Controller, ControllerKind, IoOp, ListenerAddr, QueueEpoch,
-    QueueRequest, Registry,
+    AdminOutcome, ConnectOutcome, Controller, ControllerKind, IoClass, IoOp, IoPlan, ListenerAddr,
+    QueueEpoch, QueueRequest, Registry,
 };
 use crate::nvme::opcode::{self, fctype};
 use crate::nvme::{Cqe, Sqe, Status};
@@ -431,6 +431,13 @@ impl QueueCore {
                 if plan.ns.backend().reads_zeroes() {
                     // The controller checked the range; nothing to read, no buffer to fill.
                     trace!(cid, "read of zeroes");
+                    let reactor = cx.pool.reactor();
+                    plan.ns
+                        .stats()
+                        .record(reactor, IoClass::Read, len, Duration::ZERO);
+                    ctrlr
+                        .stats()
+                        .record(reactor, IoClass::Read, len, Duration::ZERO);
                     let len = usize::try_from(len).unwrap_or(0);
                     out.complete_with_zeroes(cid, len, self.stamp(Cqe::new(cid, Status::SUCCESS)));
                     return Flow::Continue;
@@ -464,6 +471,8 @@ impl QueueCore {
             corrupt: false,
             read: DataBuf::empty(),
             read_len,
+            submitted: None,
+            unmap_bytes: 0,
         };
         if cx.pool.reserve(credits) {
             return self.proceed(cmd, credits, cx, out, now);
@@ -625,6 +634,10 @@ impl QueueCore {
             Err(status) => return self.fail(cmd, status, cx, out),
         };
         let backend = Arc::clone(plan.ns.backend());
+        if let IoKind::Deallocate(ranges) = &request.kind {
+            cmd.unmap_bytes = ranges.iter().map(|&(_, len)| len).sum();
+        }
+        cmd.submitted = Some(now);
         cmd.stage = Stage::Executing;
         let Some(tag) = self.commands.insert(cmd) else {
             self.respond(Cqe::new(cid, Status::INTERNAL_ERROR), out);
@@ -647,7 +660,6 @@ impl QueueCore {
         out: &mut impl Responder,
         now: Instant,
     ) -> Flow {
-        let _ = now;
         let Ok(tag) = u16::try_from(done.token) else {
             return Flow::Continue;
         };
@@ -662,6 +674,17 @@ impl QueueCore {
                 err.status()
             }
         };
+        if let Some(plan) = &cmd.plan {
+            let ctrlr = self.attachment.as_ref().map(|a| &*a.ctrlr);
+            account(
+                plan,
+                ctrlr,
+                &cmd,
+                status.is_success(),
+                cx.pool.reactor(),
+                now,
+            );
+        }
         let op = cmd.plan.as_ref().map(|p| &p.op);
         match op {
             Some(IoOp::Write { .. }) => cmd.data.put_bytes(done.buf),
@@ -753,6 +776,34 @@ impl QueueCore {
         ctrlr.handle_queue_gone(qid, epoch);
         (qid == 0).then_some(ctrlr)
     }
+}
+
+/// Counts a finished backend request in its namespace's figures and its controller's: a
+/// success by class, bytes and latency, a failure as one.
+fn account(
+    plan: &IoPlan,
+    ctrlr: Option<&Controller>,
+    cmd: &Command,
+    ok: bool,
+    reactor: usize,
+    now: Instant,
+) {
+    let all = std::iter::once(plan.ns.stats()).chain(ctrlr.map(Controller::stats));
+    if !ok {
+        all.for_each(|stats| stats.record_failure(reactor));
+        return;
+    }
+    let (class, bytes) = match plan.op {
+        IoOp::Read { len, .. } | IoOp::Compare { len, .. } => (IoClass::Read, len),
+        IoOp::Write { len, .. } => (IoClass::Write, len),
+        IoOp::Deallocate(_) => (IoClass::Unmap, cmd.unmap_bytes),
+        // SPDK counts neither flushes nor zeroing in its I/O figures.
+        _ => return,
+    };
+    let latency = cmd
+        .submitted
+        .map_or(Duration::ZERO, |at| now.saturating_duration_since(at));
+    all.for_each(|stats| stats.record(reactor, class, bytes, latency));
 }
 
 fn credits_for(cx: &IoCx<'_>, len: usize) -> u32 {

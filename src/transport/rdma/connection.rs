@@ -35,7 +35,9 @@ use crate::sys::verbs::{
     WcOpcode, WcStatus, WorkCompletion,
 };
 use crate::transport::context::{Flow, IoCx};
-use crate::transport::subscriber::{Polled, Readiness, Subscriber, SubscriberCx, each_io_done};
+use crate::transport::subscriber::{
+    Polled, QueuePairs, Readiness, Subscriber, SubscriberCx, each_io_done,
+};
 
 /// Staging slots per queue at most: the data of this many commands moves at once, the
 /// others wait (each slot is `max_io_size` bytes of registered memory).
@@ -661,6 +663,10 @@ impl Subscriber for RdmaConnection {
             conn.qpair.poll_async_events();
             conn.settle(Flow::Continue, &mut cx.io)
         })
+    }
+
+    fn queue_pairs(&self) -> QueuePairs {
+        QueuePairs::one(self.qpair.qid())
     }
 
     fn controller(&self) -> Option<&Arc<Controller>> {

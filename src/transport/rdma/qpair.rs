@@ -358,7 +358,7 @@ impl RdmaQpair {
         }
     }
 
-    #[cfg(test)]
+    /// The queue id once connected.
     pub fn qid(&self) -> Option<u16> {
         match self.phase {
             Phase::Ready => self.core.qid(),

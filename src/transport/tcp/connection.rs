@@ -15,7 +15,7 @@ use super::send_queue::MAX_SLICES;
 use crate::backend::IoDone;
 use crate::controller::{Controller, ListenerAddr};
 use crate::transport::context::{Flow, IoCx};
-use crate::transport::subscriber::{Readiness, Subscriber, SubscriberCx, each_io_done};
+use crate::transport::subscriber::{QueuePairs, Readiness, Subscriber, SubscriberCx, each_io_done};
 
 /// Bytes read per `read` call at least: large reads keep syscalls per command low.
 const READ_CHUNK: usize = 64 * 1024;
@@ -167,6 +167,18 @@ impl Subscriber for TcpConnection {
 
     fn accepted_on(&self) -> Option<&ListenerAddr> {
         Some(self.qpair.listener())
+    }
+
+    fn queue_pairs(&self) -> QueuePairs {
+        QueuePairs::one(self.qid())
+    }
+
+    fn describe(&self) -> String {
+        let mut name = format!("{} connection from {}", self.qpair.listener(), self.peer);
+        if let (Some(ctrlr), Some(qid)) = (self.qpair.controller(), self.qid()) {
+            name.push_str(&format!(" cntlid {} qid {qid}", ctrlr.cntlid()));
+        }
+        name
     }
 
     fn in_flight(&self) -> usize {

@@ -25,7 +25,7 @@ use super::server::{ClientConnection, ConnectionState, ServerError};
 use crate::backend::IoDone;
 use crate::controller::{ListenerAddr, PcieParams};
 use crate::transport::context::Flow;
-use crate::transport::subscriber::{Polled, Readiness, Subscriber, SubscriberCx};
+use crate::transport::subscriber::{Polled, QueuePairs, Readiness, Subscriber, SubscriberCx};
 
 /// The key of the listening socket.
 const LISTENER: u16 = 0;
@@ -319,6 +319,16 @@ impl Subscriber for VfioUserEndpoint {
 
     fn listening_on(&self) -> Option<&ListenerAddr> {
         Some(&self.addr)
+    }
+
+    fn queue_pairs(&self) -> QueuePairs {
+        self.client
+            .as_ref()
+            .map_or_else(QueuePairs::default, |c| QueuePairs {
+                admin: 1,
+                io: c.device.io_queues(),
+                unassociated: 0,
+            })
     }
 
     fn in_flight(&self) -> usize {

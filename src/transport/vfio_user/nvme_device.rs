@@ -438,6 +438,11 @@ impl NvmeDevice {
         &self.ctrlr
     }
 
+    /// I/O submission queues the guest has created.
+    pub fn io_queues(&self) -> u64 {
+        self.sqs.iter().skip(1).flatten().count() as u64
+    }
+
     /// Commands in flight on every queue.
     pub fn in_flight(&self) -> usize {
         self.sqs

@@ -1,0 +1,255 @@
+//! What each namespace (and each controller) has done: operations, bytes and latency of
+//! reads, writes and deallocations, and failures, as SPDK's `bdev_get_iostat` reports them.
+//!
+//! Every reactor writes its own shard (cache lines of its own) with plain loads and stores,
+//! as `ReactorStats` does, so counting costs no locked instruction and reactors serving the
+//! same namespace never contend; readers add the shards up. There is a shard per reactor the
+//! target starts with ([`set_reactors`]), and one more that reactors beyond them (a test, a
+//! core mask grown later) share with atomic read-modify-writes. Latency is given by the
+//! caller (no clock here): the queue core measures from the turn that submitted a command
+//! to the turn that completed it.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Reactors with a shard of their own in counters made from now on.
+static OWN_SHARDS: AtomicUsize = AtomicUsize::new(0);
+
+/// Says how many reactors the target runs, before it builds namespaces and controllers.
+pub fn set_reactors(count: usize) {
+    OWN_SHARDS.store(count, Ordering::Relaxed);
+}
+
+fn own_shards() -> usize {
+    match OWN_SHARDS.load(Ordering::Relaxed) {
+        0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+        n => n,
+    }
+}
+
+/// The kinds of I/O counted apart, in SPDK's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoClass {
+    /// Read and Compare (both read the medium), and reads answered with zeroes.
+    Read,
+    /// Write.
+    Write,
+    /// Dataset Management with Deallocate.
+    Unmap,
+}
+
+const CLASSES: usize = 3;
+
+impl IoClass {
+    fn index(self) -> usize {
+        match self {
+            Self::Read => 0,
+            Self::Write => 1,
+            Self::Unmap => 2,
+        }
+    }
+}
+
+/// One class's counters in one shard.
+#[derive(Debug)]
+struct ClassCounters {
+    ops: AtomicU64,
+    bytes: AtomicU64,
+    latency_ns: AtomicU64,
+    /// `u64::MAX` until the first operation.
+    min_latency_ns: AtomicU64,
+    max_latency_ns: AtomicU64,
+}
+
+impl Default for ClassCounters {
+    fn default() -> Self {
+        Self {
+            ops: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            latency_ns: AtomicU64::new(0),
+            min_latency_ns: AtomicU64::new(u64::MAX),
+            max_latency_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One reactor's counters, on cache lines no other reactor writes.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard {
+    classes: [ClassCounters; CLASSES],
+    failed: AtomicU64,
+}
+
+/// A namespace's or a controller's counters.
+#[derive(Debug)]
+pub struct IoStats {
+    /// One per reactor, then the shared one.
+    shards: Box<[Shard]>,
+}
+
+impl Default for IoStats {
+    fn default() -> Self {
+        Self::new(own_shards())
+    }
+}
+
+/// Adds to a counter: a plain load and store where one reactor owns it, an atomic add where
+/// several share it.
+fn bump(counter: &AtomicU64, n: u64, shared: bool) {
+    if shared {
+        counter.fetch_add(n, Ordering::Relaxed);
+    } else {
+        counter.store(
+            counter.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+fn lower(counter: &AtomicU64, v: u64, shared: bool) {
+    if shared {
+        counter.fetch_min(v, Ordering::Relaxed);
+    } else if v < counter.load(Ordering::Relaxed) {
+        counter.store(v, Ordering::Relaxed);
+    }
+}
+
+fn raise(counter: &AtomicU64, v: u64, shared: bool) {
+    if shared {
+        counter.fetch_max(v, Ordering::Relaxed);
+    } else if v > counter.load(Ordering::Relaxed) {
+        counter.store(v, Ordering::Relaxed);
+    }
+}
+
+impl IoStats {
+    /// Counters with a shard of its own for each of `reactors` reactors.
+    pub fn new(reactors: usize) -> Self {
+        Self {
+            shards: (0..=reactors).map(|_| Shard::default()).collect(),
+        }
+    }
+
+    /// The shard of `reactor`, and whether others write it too.
+    fn shard(&self, reactor: usize) -> (&Shard, bool) {
+        let shared = self.shards.len() - 1;
+        if reactor < shared {
+            (&self.shards[reactor], false)
+        } else {
+            (&self.shards[shared], true)
+        }
+    }
+
+    /// An operation of `class` moving `bytes` finished successfully after `latency`, on
+    /// reactor `reactor` (and only ever called from that reactor's thread).
+    pub fn record(&self, reactor: usize, class: IoClass, bytes: u64, latency: Duration) {
+        let (shard, shared) = self.shard(reactor);
+        let counters = &shard.classes[class.index()];
+        let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        bump(&counters.ops, 1, shared);
+        bump(&counters.bytes, bytes, shared);
+        bump(&counters.latency_ns, ns, shared);
+        lower(&counters.min_latency_ns, ns, shared);
+        raise(&counters.max_latency_ns, ns, shared);
+    }
+
+    /// An I/O command the backend failed.
+    pub fn record_failure(&self, reactor: usize) {
+        let (shard, shared) = self.shard(reactor);
+        bump(&shard.failed, 1, shared);
+    }
+
+    /// Commands of every class that finished, failed ones included, on reactor `reactor`
+    /// (with every reactor it shares a shard with).
+    pub fn completed_on(&self, reactor: usize) -> u64 {
+        let (shard, _) = self.shard(reactor);
+        shard
+            .classes
+            .iter()
+            .map(|c| c.ops.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + shard.failed.load(Ordering::Relaxed)
+    }
+
+    /// The shards added up.
+    pub fn snapshot(&self) -> IoStatsSnapshot {
+        let mut out = IoStatsSnapshot::default();
+        for shard in self.shards.iter() {
+            for (sum, counters) in out.classes.iter_mut().zip(&shard.classes) {
+                sum.ops += counters.ops.load(Ordering::Relaxed);
+                sum.bytes += counters.bytes.load(Ordering::Relaxed);
+                sum.latency_ns += counters.latency_ns.load(Ordering::Relaxed);
+                let min = counters.min_latency_ns.load(Ordering::Relaxed);
+                if min != u64::MAX {
+                    sum.min_latency_ns = Some(sum.min_latency_ns.map_or(min, |m| m.min(min)));
+                }
+                sum.max_latency_ns = sum
+                    .max_latency_ns
+                    .max(counters.max_latency_ns.load(Ordering::Relaxed));
+            }
+            out.failed += shard.failed.load(Ordering::Relaxed);
+        }
+        out
+    }
+}
+
+/// One class's figures, added up over the shards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClassSnapshot {
+    pub ops: u64,
+    pub bytes: u64,
+    /// The sum over all operations.
+    pub latency_ns: u64,
+    /// `None` before the first operation.
+    pub min_latency_ns: Option<u64>,
+    pub max_latency_ns: u64,
+}
+
+/// A namespace's figures at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IoStatsSnapshot {
+    classes: [ClassSnapshot; CLASSES],
+    pub failed: u64,
+}
+
+impl IoStatsSnapshot {
+    pub fn class(&self, class: IoClass) -> ClassSnapshot {
+        self.classes[class.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_add_up_and_keep_minimum_and_maximum() {
+        let stats = IoStats::new(2);
+        stats.record(0, IoClass::Read, 4096, Duration::from_micros(10));
+        stats.record(1, IoClass::Read, 8192, Duration::from_micros(30));
+        // Reactors 5 and 9 have no shard of their own: they share the last one.
+        stats.record(5, IoClass::Write, 512, Duration::from_micros(7));
+        stats.record(9, IoClass::Write, 512, Duration::from_micros(9));
+        stats.record_failure(1);
+        let snap = stats.snapshot();
+        let read = snap.class(IoClass::Read);
+        assert_eq!((read.ops, read.bytes, read.latency_ns), (2, 12288, 40_000));
+        assert_eq!(
+            (read.min_latency_ns, read.max_latency_ns),
+            (Some(10_000), 30_000)
+        );
+        let write = snap.class(IoClass::Write);
+        assert_eq!(
+            (write.ops, write.bytes, write.min_latency_ns),
+            (1, 512, Some(7_000))
+        );
+        assert_eq!(snap.class(IoClass::Unmap), ClassSnapshot::default());
+        assert_eq!(snap.failed, 1);
+    }
+
+    #[test]
+    fn a_shard_is_a_cache_line_of_its_own() {
+        assert!(std::mem::align_of::<Shard>() >= 128);
+    }
+}
