@@ -33,6 +33,26 @@ pub struct Config {
     /// NVM subsystems: what hosts connect to.
     #[serde(default)]
     pub subsystem: Vec<Subsystem>,
+    /// A Prometheus endpoint; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSection>,
+}
+
+/// The Prometheus endpoint: `GET /metrics` on `listen`, in the OpenMetrics text format.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// `ADDRESS:PORT` to serve on, an IP literal (`127.0.0.1:9464`, `[::1]:9464`). Anyone who
+    /// can reach it can read the figures (nothing can be changed through it).
+    #[schemars(length(min = 1))]
+    pub listen: String,
+}
+
+impl MetricsSection {
+    /// The address to bind, if `listen` is one.
+    pub fn addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.parse().ok()
+    }
 }
 
 /// Process-wide settings.

@@ -75,6 +75,7 @@ impl Rules<'_> {
 
     fn target(&mut self) {
         self.control_socket();
+        self.metrics();
         let mask = &self.config.target.core_mask;
         match mask.cores() {
             Err(why) => {
@@ -103,6 +104,45 @@ impl Rules<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// `[metrics] listen` is an address to bind, and no NVMe/TCP listener's.
+    fn metrics(&mut self) {
+        let Some(metrics) = &self.config.metrics else {
+            return;
+        };
+        let pointer = ptr!("metrics", "listen");
+        let Some(addr) = metrics.addr() else {
+            self.error(
+                pointer,
+                format!(
+                    "`listen` {:?} is not ADDRESS:PORT with an IP address (127.0.0.1:9464, [::1]:9464)",
+                    metrics.listen
+                ),
+            );
+            return;
+        };
+        let clash = self
+            .config
+            .subsystem
+            .iter()
+            .flat_map(|s| &s.listener)
+            .any(|l| {
+                l.transport == TransportKind::Tcp
+                    && l.port.unwrap_or(crate::config::DEFAULT_PORT) == addr.port()
+                    && l.address
+                        .as_deref()
+                        .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+                        .is_some_and(|ip| {
+                            ip == addr.ip() || ip.is_unspecified() || addr.ip().is_unspecified()
+                        })
+            });
+        if clash {
+            self.error(
+                pointer,
+                format!("`listen` {addr} is also an NVMe/TCP listener's address"),
+            );
         }
     }
 

@@ -50,6 +50,26 @@ impl IoClass {
     }
 }
 
+/// Latency buckets: bucket `i` holds operations of at most 2^i µs (1 µs up to 2^18 µs, about
+/// a quarter of a second); the last holds everything slower.
+pub const LATENCY_BUCKETS: usize = 20;
+
+/// The bucket of a latency.
+fn bucket(ns: u64) -> usize {
+    let us = ns.div_ceil(1000);
+    if us <= 1 {
+        return 0;
+    }
+    // ceil(log2(us)): the smallest i with 2^i >= us.
+    let i = (64 - (us - 1).leading_zeros()) as usize;
+    i.min(LATENCY_BUCKETS - 1)
+}
+
+/// The upper bound of bucket `i` in seconds; `None` for the last (no bound).
+pub fn bucket_bound_s(i: usize) -> Option<f64> {
+    (i + 1 < LATENCY_BUCKETS).then(|| f64::from(1u32 << i) * 1e-6)
+}
+
 /// One class's counters in one shard.
 #[derive(Debug)]
 struct ClassCounters {
@@ -59,6 +79,7 @@ struct ClassCounters {
     /// `u64::MAX` until the first operation.
     min_latency_ns: AtomicU64,
     max_latency_ns: AtomicU64,
+    buckets: [AtomicU64; LATENCY_BUCKETS],
 }
 
 impl Default for ClassCounters {
@@ -69,6 +90,7 @@ impl Default for ClassCounters {
             latency_ns: AtomicU64::new(0),
             min_latency_ns: AtomicU64::new(u64::MAX),
             max_latency_ns: AtomicU64::new(0),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -152,6 +174,7 @@ impl IoStats {
         bump(&counters.latency_ns, ns, shared);
         lower(&counters.min_latency_ns, ns, shared);
         raise(&counters.max_latency_ns, ns, shared);
+        bump(&counters.buckets[bucket(ns)], 1, shared);
     }
 
     /// An I/O command the backend failed.
@@ -187,6 +210,9 @@ impl IoStats {
                 sum.max_latency_ns = sum
                     .max_latency_ns
                     .max(counters.max_latency_ns.load(Ordering::Relaxed));
+                for (total, bucket) in sum.buckets.iter_mut().zip(&counters.buckets) {
+                    *total += bucket.load(Ordering::Relaxed);
+                }
             }
             out.failed += shard.failed.load(Ordering::Relaxed);
         }
@@ -204,6 +230,8 @@ pub struct ClassSnapshot {
     /// `None` before the first operation.
     pub min_latency_ns: Option<u64>,
     pub max_latency_ns: u64,
+    /// Operations per latency bucket (see [`LATENCY_BUCKETS`]), not cumulative.
+    pub buckets: [u64; LATENCY_BUCKETS],
 }
 
 /// A namespace's figures at one moment.
@@ -246,6 +274,23 @@ mod tests {
         );
         assert_eq!(snap.class(IoClass::Unmap), ClassSnapshot::default());
         assert_eq!(snap.failed, 1);
+    }
+
+    #[test]
+    fn latencies_fall_in_power_of_two_microsecond_buckets() {
+        assert_eq!(bucket(0), 0);
+        assert_eq!(bucket(1000), 0);
+        assert_eq!(bucket(1001), 1);
+        assert_eq!(bucket(2000), 1);
+        assert_eq!(bucket(3000), 2);
+        assert_eq!(bucket(1_000_000), 10);
+        assert_eq!(bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        assert_eq!(bucket_bound_s(0), Some(1e-6));
+        assert_eq!(bucket_bound_s(LATENCY_BUCKETS - 1), None);
+        let stats = IoStats::new(1);
+        stats.record(0, IoClass::Read, 1, Duration::from_micros(3));
+        stats.record(0, IoClass::Read, 1, Duration::from_micros(4));
+        assert_eq!(stats.snapshot().class(IoClass::Read).buckets[2], 2);
     }
 
     #[test]

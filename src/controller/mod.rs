@@ -27,7 +27,8 @@ pub use ctrlr::{Controller, ControllerKind, InvalidDoorbell, QueueEpoch};
 pub use fabrics::RegisterEffect;
 pub use io::{IoOp, IoPlan, dsm_ranges};
 pub use iostat::{
-    ClassSnapshot, IoClass, IoStats, IoStatsSnapshot, set_reactors as set_iostat_reactors,
+    ClassSnapshot, IoClass, IoStats, IoStatsSnapshot, LATENCY_BUCKETS, bucket_bound_s,
+    set_reactors as set_iostat_reactors,
 };
 pub use namespace::{Namespace, NamespaceSpec};
 pub use pcie::{PcieParams, QueueRequest};

@@ -10,6 +10,7 @@ use anyhow::{Context as _, anyhow};
 use tracing::{info, warn};
 
 use super::build;
+use super::metrics::{MetricsServer, MetricsSource};
 use crate::config::Config;
 use crate::controller::{Access, Controller, ListenerAddr, Namespace, Registry, Subsystem};
 use crate::nvme::Nsid;
@@ -27,6 +28,9 @@ pub struct Live {
     pub mailboxes: Arc<Vec<Mailbox>>,
     /// What the listeners a reload opens share with the others.
     pub transports: build::Transports,
+    /// The Prometheus endpoint, when one is declared, and what it reads.
+    pub metrics: Option<MetricsServer>,
+    pub metrics_source: MetricsSource,
 }
 
 #[derive(Default)]
@@ -35,6 +39,8 @@ struct Prepared {
     namespaces: HashMap<(String, u32), Arc<Namespace>>,
     listeners: HashMap<ListenerAddr, NewSubscriber>,
     access: HashMap<String, Access>,
+    /// The new metrics endpoint's socket, bound.
+    metrics: Option<std::net::TcpListener>,
 }
 
 impl Live {
@@ -83,6 +89,12 @@ impl Live {
                         listeners: build::subsystem_listeners(decl)?,
                     };
                     prepared.access.insert(nqn.clone(), access);
+                }
+                Step::SetMetrics { listen: Some(addr) } => {
+                    prepared.metrics = Some(
+                        MetricsServer::bind(*addr)
+                            .with_context(|| format!("cannot serve metrics on {addr}"))?,
+                    );
                 }
                 _ => {}
             }
@@ -153,6 +165,16 @@ impl Live {
                     }
                 }
                 Step::Rename { .. } => {}
+                Step::SetMetrics { .. } => {
+                    // The old endpoint stops before the new one starts serving.
+                    self.metrics = None;
+                    if let Some(listener) = prepared.metrics.take() {
+                        match MetricsServer::start(listener, Arc::clone(&self.metrics_source)) {
+                            Ok(server) => self.metrics = Some(server),
+                            Err(err) => warn!(%err, "cannot start the metrics endpoint"),
+                        }
+                    }
+                }
             }
         }
         if discovery_changed {

@@ -5,6 +5,7 @@ mod apply;
 mod build;
 mod cli;
 pub mod logging;
+mod metrics;
 mod reload;
 mod spdk_rpc;
 mod status;
@@ -124,6 +125,20 @@ impl Target {
             let mine = acceptors.take().unwrap_or_default();
             reactors.push(reactor.start(Arc::clone(&buffers), mine, Arc::clone(&mailboxes))?);
         }
+        let metrics_source = metrics::MetricsSource::default();
+        let metrics_server = match config.metrics.as_ref().map(|m| (m, m.addr())) {
+            Some((_, Some(addr))) => Some(
+                metrics::MetricsServer::bind(addr)
+                    .and_then(|listener| {
+                        metrics::MetricsServer::start(listener, Arc::clone(&metrics_source))
+                    })
+                    .with_context(|| format!("cannot serve metrics on {addr}"))?,
+            ),
+            Some((section, None)) => {
+                anyhow::bail!("metrics listen {:?} is no address", section.listen)
+            }
+            None => None,
+        };
         let reloader = Reloader::start(
             config_path,
             apply::Live {
@@ -132,6 +147,8 @@ impl Target {
                 listeners: listeners_open,
                 mailboxes: Arc::clone(&mailboxes),
                 transports: built.transports,
+                metrics: metrics_server,
+                metrics_source: Arc::clone(&metrics_source),
             },
             text,
         );
@@ -153,6 +170,8 @@ impl Target {
             buffers,
             Instant::now(),
         ));
+        // The endpoint reads the report; a scrape before this line gets 503.
+        let _ = metrics_source.set(Arc::downgrade(&report));
         let control = ControlServer::spawn(
             &config.target.control_socket,
             config.target.control_socket_group.as_deref(),

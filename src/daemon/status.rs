@@ -67,6 +67,26 @@ impl StatusReport {
         }
     }
 
+    pub(super) fn reactors(&self) -> &[(ReactorConfig, Arc<ReactorStats>)] {
+        &self.reactors
+    }
+
+    pub(super) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub(super) fn reloader(&self) -> &Reloader {
+        &self.reloader
+    }
+
+    /// The shared pool's size and the buffers no reactor holds.
+    pub(super) fn buffer_pool(&self) -> (u32, u32) {
+        (
+            self.buffers.limits().num_shared_buffers,
+            self.buffers.available(),
+        )
+    }
+
     /// The shared data buffer pool: its size and the buffers no reactor holds.
     fn buffer_pool_json(&self) -> Value {
         let limits = self.buffers.limits();

@@ -48,6 +48,9 @@ pub enum Step {
     },
     /// The target's name (status only).
     Rename { name: Option<String> },
+    /// Serve the Prometheus endpoint on `listen` (bound before the old one closes), or no
+    /// longer serve it.
+    SetMetrics { listen: Option<SocketAddr> },
 }
 
 /// A change this target cannot make while serving.
@@ -163,6 +166,16 @@ pub fn plan(live: &Config, new: &Config) -> Plan {
     if live.target.name != new.target.name {
         plan.steps.push(Step::Rename {
             name: new.target.name.clone(),
+        });
+    }
+    let metrics = |c: &Config| {
+        c.metrics
+            .as_ref()
+            .and_then(crate::config::MetricsSection::addr)
+    };
+    if metrics(live) != metrics(new) {
+        plan.steps.push(Step::SetMetrics {
+            listen: metrics(new),
         });
     }
     plan
@@ -367,6 +380,10 @@ impl fmt::Display for Step {
                 write!(f, "+ add namespace {nsid} to {nqn}{}", again(replaced))
             }
             Self::Rename { name } => write!(f, "~ target name = {name:?}"),
+            Self::SetMetrics { listen: Some(addr) } => {
+                write!(f, "~ serve metrics on {addr}")
+            }
+            Self::SetMetrics { listen: None } => write!(f, "- stop serving metrics"),
         }
     }
 }

@@ -203,3 +203,18 @@ fn process_wide_changes_need_a_restart() {
     let same = BASE.replace("core_mask = \"0x1\"", "core_mask = \"0\"");
     assert!(plan(&parse(BASE), &parse(&same)).is_empty());
 }
+
+#[test]
+fn the_metrics_endpoint_moves_and_closes_in_place() {
+    let on = |port: u16| format!("{BASE}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
+    assert_eq!(
+        steps(BASE, &on(9464)),
+        ["~ serve metrics on 127.0.0.1:9464"]
+    );
+    assert_eq!(
+        steps(&on(9464), &on(9465)),
+        ["~ serve metrics on 127.0.0.1:9465"]
+    );
+    assert_eq!(steps(&on(9464), BASE), ["- stop serving metrics"]);
+    assert!(steps(&on(9464), &on(9464)).is_empty());
+}
