@@ -106,22 +106,29 @@ fn verify_round_trips_and_catches_unwritten_data() {
         namespaces: "[[subsystem.namespace]]\nnsid = 1\nram = { size = \"4MiB\" }\n".into(),
         ..TargetSpec::default()
     });
-    // Never written: every read is caught, the run reports them and exits 1.
-    let out = perf(
-        target.port,
-        &[
-            "--count", "200", "-q", "8", "-w", "randread", "--verify", "--json",
-        ],
+    // Never written: nothing to check (fio's rule), and every such read is counted.
+    let report = perf_json(
+        &target,
+        &["--count", "200", "-q", "8", "-w", "randread", "--verify"],
     );
-    expect_failure(&out, "verify: 200 of 200 reads returned wrong data");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(report["verify_errors"], 200, "{report}");
+    assert_eq!(report["verify_errors"], 0, "{report}");
+    assert_eq!(report["unverified_reads"], 200, "{report}");
+
+    // Mixed on a fresh namespace: what this run wrote is checked, the rest counted; reads
+    // and writes are reported apart.
+    let report = perf_json(
+        &target,
+        &["--count", "2000", "-q", "8", "-w", "randrw", "--verify"],
+    );
+    assert_eq!(report["verify_errors"], 0, "{report}");
+    let unverified = report["unverified_reads"].as_u64().unwrap();
     assert!(
-        report["first_verify_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("no verify stamp")),
+        unverified > 0 && unverified < report["reads"].as_u64().unwrap(),
         "{report}"
     );
+    assert_eq!(report["read"]["ios"], report["reads"], "{report}");
+    assert_eq!(report["write"]["ios"], report["writes"], "{report}");
+    assert!(num(&report["read"], "iops") > 0.0 && num(&report["write"]["latency_us"], "p50") > 0.0);
 
     // Fill everything, overwrite at random, then read at random: all right.
     for args in [
@@ -152,6 +159,101 @@ fn verify_round_trips_and_catches_unwritten_data() {
         &["--count", "64", "-w", "read", "-o", "64k", "--verify"],
     );
     assert_eq!(report["verify_errors"], 0, "{report}");
+    assert_eq!(
+        report["unverified_reads"], 0,
+        "stamped by the runs before: {report}"
+    );
+}
+
+#[test]
+fn prefill_makes_every_read_checked_and_catches_a_block_the_target_lost() {
+    let target = TargetProcess::start(&TargetSpec {
+        namespaces: "[[subsystem.namespace]]\nnsid = 1\nram = { size = \"2MiB\" }\n".into(),
+        ..TargetSpec::default()
+    });
+    let report = perf_json(
+        &target,
+        &[
+            "-t",
+            "1",
+            "-q",
+            "8",
+            "-w",
+            "randrw",
+            "--verify",
+            "--prefill",
+        ],
+    );
+    assert_eq!(
+        report["prefilled"]["ios"], 512,
+        "2 MiB in 4 KiB units: {report}"
+    );
+    assert_eq!(report["verify_errors"], 0, "{report}");
+    assert_eq!(report["unverified_reads"], 0, "{report}");
+    assert!(report["reads"].as_u64().unwrap() > 0, "{report}");
+
+    // Another run's stamps are checked for their LBA: data moved elsewhere is caught. A
+    // write of unstamped data over block 0 (as a host that is not nvmf-perf would do) reads
+    // back as never stamped, and is counted rather than blamed.
+    let opts = nvmf_tgt::host::QueueOptions::admin(SUBNQN, HOSTNQN);
+    let mut admin = nvmf_tgt::host::HostQueue::connect(target.addr(), &opts).unwrap();
+    admin.enable_controller().unwrap();
+    let mut io =
+        nvmf_tgt::host::HostQueue::connect(target.addr(), &opts.io(1, admin.cntlid(), 8)).unwrap();
+    let block8 = io.read(1, 8, 8, 512).unwrap();
+    io.write(1, 16, block8, 512).unwrap();
+    io.write(1, 0, vec![0; 4096], 512).unwrap();
+    let out = perf(
+        target.port,
+        &["--count", "3", "-w", "read", "--verify", "--json"],
+    );
+    expect_failure(&out, "verify: 1 of 3 reads returned wrong data");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["unverified_reads"], 1, "{report}");
+    assert!(
+        report["first_verify_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("lba 16")),
+        "{report}"
+    );
+}
+
+#[test]
+fn controllers_and_a_fixed_rate() {
+    let target = null_target();
+    let report = perf_json(
+        &target,
+        &[
+            "-t",
+            "1",
+            "-q",
+            "4",
+            "--controllers",
+            "3",
+            "--connections",
+            "2",
+        ],
+    );
+    assert_eq!(report["controllers"], 3, "{report}");
+    let stats = nvmf_tgt::control::call(
+        &target.control_socket(),
+        "nvmf_get_stats",
+        serde_json::Value::Null,
+    )
+    .unwrap();
+    let group = &stats["poll_groups"][0];
+    assert_eq!(
+        group["admin_qpairs"], 3,
+        "three controllers connected: {stats}"
+    );
+    assert_eq!(group["io_qpairs"], 6, "two I/O queues each: {stats}");
+
+    // At 300 IOPS for 2 s: never more than the rate allows.
+    let report = perf_json(&target, &["-t", "2", "-q", "8", "--rate", "300"]);
+    let ios = report["ios"].as_u64().unwrap();
+    assert!(ios <= 2 * 300 + 1, "the rate is a ceiling: {report}");
+    assert!(ios >= 300, "and the load is there: {report}");
+    assert_eq!(report["rate"], 300);
 }
 
 #[test]
@@ -526,10 +628,28 @@ fn vfio_user_data_moves_right_through_prps() {
         assert_eq!(report["verify_errors"], 0, "{args:?}: {report}");
         assert_eq!(report["io_errors"], 0, "{args:?}: {report}");
     }
-    // Reads of blocks never written: every one is caught.
-    let (_fresh, socket) = vfio_user_target("ram = { size = \"4MiB\" }");
-    let out = vfio_perf(&socket, &["--count", "100", "-w", "randread", "--verify"]);
-    expect_failure(&out, "verify: 100 of 100 reads returned wrong data");
+    // Reads of blocks never written are counted, not checked; after --prefill every one is.
+    let (fresh, socket) = vfio_user_target("ram = { size = \"4MiB\" }");
+    let report = vfio_perf_json(
+        &fresh,
+        &socket,
+        &["--count", "100", "-w", "randread", "--verify"],
+    );
+    assert_eq!(report["unverified_reads"], 100, "{report}");
+    let report = vfio_perf_json(
+        &fresh,
+        &socket,
+        &["--count", "500", "-w", "randread", "--verify", "--prefill"],
+    );
+    assert_eq!(report["prefilled"]["ios"], 1024, "{report}");
+    assert_eq!(
+        (
+            report["unverified_reads"].as_u64(),
+            report["verify_errors"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{report}"
+    );
 }
 
 #[test]

@@ -74,9 +74,21 @@ struct Cli {
     hdr_digest: bool,
     #[arg(long)]
     data_digest: bool,
-    /// Write stamped blocks (LBA + generation) and check every read.
+    /// Write stamped blocks (LBA + generation) and check every read: a block this run wrote
+    /// must carry its generation, one an earlier run stamped its LBA; a block never stamped
+    /// is counted, not an error (fio's rule; --prefill stamps them all first).
     #[arg(long)]
     verify: bool,
+    /// With --verify: write every block of the namespace first (not measured), so every
+    /// read is checked.
+    #[arg(long, requires = "verify")]
+    prefill: bool,
+    /// Controllers to connect, each with --connections I/O queues (NVMe/TCP).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    controllers: u16,
+    /// Submit at most this many I/Os per second, to measure the cost of a fixed load.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
     /// Spin on the sockets instead of sleeping in epoll while waiting (vfio-user: polled
     /// completion queues, created without interrupts, spun on in guest memory).
     #[arg(long)]
@@ -227,6 +239,9 @@ fn config(cli: &Cli) -> anyhow::Result<PerfConfig> {
         connections: cli.connections,
         core: cli.core,
         verify: cli.verify,
+        prefill: cli.prefill,
+        controllers: cli.controllers,
+        rate: cli.rate,
         busy_poll: cli.busy_poll,
         shadow_doorbells: !cli.no_shadow_doorbells,
         timeout: Duration::from_secs(cli.timeout.max(1)),

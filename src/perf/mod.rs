@@ -86,6 +86,12 @@ pub struct PerfConfig {
     pub connections: u16,
     pub core: Option<usize>,
     pub verify: bool,
+    /// With `verify`: write every unit once before the measurement, so every read is checked.
+    pub prefill: bool,
+    /// Controllers to connect, each with `connections` I/O queues (NVMe/TCP).
+    pub controllers: u16,
+    /// Submit at most this many I/Os per second (a fixed load, to measure CPU per I/O).
+    pub rate: Option<u64>,
     /// Spin on the sockets instead of sleeping in epoll when nothing is ready.
     pub busy_poll: bool,
     /// vfio-user: use shadow doorbells (Doorbell Buffer Config) when the controller offers

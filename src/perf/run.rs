@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::io::{Done, Namespace, Queue, Session};
-use super::stats::{Report, Stats};
+use super::stats::{Prefill, Report, Stats};
 use super::verify::{self, Mismatch};
 use super::workload::{Op, Workload};
 use super::{Limit, PerfConfig, PerfError, Target, session, vfio_user};
@@ -50,6 +50,12 @@ pub fn run(cfg: &PerfConfig, progress: impl FnMut(&Progress)) -> Result<Report, 
             measure(cfg, &mut session, progress)
         }
         Target::VfioUser(target) => {
+            if cfg.controllers > 1 {
+                return Err(PerfError::Invalid(
+                    "a vfio-user socket serves one VMM, one controller: --controllers must be 1"
+                        .into(),
+                ));
+            }
             let mut session = vfio_user::Session::connect(cfg, target)?;
             measure(cfg, &mut session, progress)
         }
@@ -64,20 +70,41 @@ pub fn measure<S: Session>(
 ) -> Result<Report, PerfError> {
     let ns = session.namespace();
     let units = ns.blocks * ns.block_size as u64 / cfg.io_size as u64;
-    let mut driver = Driver {
-        cfg,
-        ns,
-        nlb: (cfg.io_size / ns.block_size) as u64,
-        workload: Workload::new(cfg.pattern, cfg.rwmixread, units, cfg.seed),
-        stats: Stats::new(),
-        verify: VerifyState {
-            next_generation: cfg.seed.rotate_left(32),
-            ..VerifyState::default()
-        },
-        firsts: Firsts::default(),
-        submitted: 0,
-        done: Vec::with_capacity(usize::from(cfg.queue_depth)),
+    let mut verify = VerifyState {
+        next_generation: cfg.seed.rotate_left(32),
+        ..VerifyState::default()
     };
+    let mut prefilled = None;
+    if cfg.prefill {
+        // Every unit once, in order, stamped; what it wrote is what the run verifies against.
+        let fill = PerfConfig {
+            pattern: super::Pattern::Write,
+            limit: Limit::Count(units),
+            verify: true,
+            rate: None,
+            ..cfg.clone()
+        };
+        let mut driver = Driver::new(&fill, ns, units, verify);
+        let start = Instant::now();
+        driver.drive(session, start, &mut |_: &Progress| {})?;
+        if driver.stats.io_errors > 0 {
+            return Err(PerfError::Invalid(format!(
+                "--prefill: {} writes failed, first: {}",
+                driver.stats.io_errors,
+                driver
+                    .firsts
+                    .io_error
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            )));
+        }
+        prefilled = Some(Prefill {
+            ios: driver.submitted,
+            elapsed_s: start.elapsed().as_secs_f64(),
+        });
+        verify = driver.verify;
+    }
+    let mut driver = Driver::new(cfg, ns, units, verify);
     let cpu_start = sys::own_cpu_time().unwrap_or_default();
     let start = Instant::now();
     driver.drive(session, start, &mut progress)?;
@@ -85,7 +112,9 @@ pub fn measure<S: Session>(
     let cpu = sys::own_cpu_time()
         .unwrap_or_default()
         .saturating_sub(cpu_start);
-    Ok(driver.report(session, elapsed, cpu))
+    let mut report = driver.report(session, elapsed, cpu);
+    report.prefilled = prefilled;
+    Ok(report)
 }
 
 struct Driver<'a> {
@@ -97,10 +126,47 @@ struct Driver<'a> {
     verify: VerifyState,
     firsts: Firsts,
     submitted: u64,
+    /// When the measurement started (`--rate` counts from it).
+    start: Instant,
     done: Vec<Done>,
 }
 
-impl Driver<'_> {
+impl<'a> Driver<'a> {
+    fn new(cfg: &'a PerfConfig, ns: Namespace, units: u64, verify: VerifyState) -> Self {
+        Driver {
+            cfg,
+            ns,
+            nlb: (cfg.io_size / ns.block_size) as u64,
+            workload: Workload::new(cfg.pattern, cfg.rwmixread, units, cfg.seed),
+            stats: Stats::new(),
+            verify,
+            firsts: Firsts::default(),
+            submitted: 0,
+            start: Instant::now(),
+            done: Vec::with_capacity(usize::from(cfg.queue_depth)),
+        }
+    }
+
+    /// I/Os `--rate` allows by `now` (all of them without it): one at the start, then the
+    /// rate's worth per second.
+    fn allowed(&self, now: Instant) -> u64 {
+        match self.cfg.rate {
+            None => u64::MAX,
+            Some(rate) => {
+                let secs = now.saturating_duration_since(self.start).as_secs_f64();
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let due = (secs * rate as f64) as u64;
+                due.saturating_add(1)
+            }
+        }
+    }
+
+    /// When `--rate` allows the next I/O.
+    fn next_allowed(&self) -> Option<Instant> {
+        let rate = self.cfg.rate?;
+        Some(self.start + Duration::from_secs_f64(self.submitted as f64 / rate as f64))
+    }
+
     fn drive<S: Session>(
         &mut self,
         session: &mut S,
@@ -111,6 +177,7 @@ impl Driver<'_> {
             Limit::Time(t) => Some(start + t),
             Limit::Count(_) => None,
         };
+        self.start = start;
         let mut last_progress = start;
         let mut next_tick = start + Duration::from_secs(1);
         let mut tick_ios = 0;
@@ -146,12 +213,22 @@ impl Driver<'_> {
                     during: "waiting for I/O completions",
                 });
             } else if !self.cfg.busy_poll {
-                let wait = end
+                let mut wait = end
                     .map_or(Duration::from_millis(100), |e| {
                         e.saturating_duration_since(now)
                     })
                     .clamp(Duration::from_micros(1), Duration::from_millis(100));
+                if let Some(next) = self.next_allowed() {
+                    wait = wait.min(
+                        next.saturating_duration_since(now)
+                            .max(Duration::from_micros(1)),
+                    );
+                }
                 session.wait(wait)?;
+            }
+            if self.cfg.rate.is_some() && outstanding == 0 {
+                // Waiting for the rate is not the target's silence.
+                last_progress = Instant::now();
             }
             if now >= next_tick {
                 let secs = now.duration_since(next_tick - Duration::from_secs(1));
@@ -175,7 +252,8 @@ impl Driver<'_> {
         let limit = match self.cfg.limit {
             Limit::Count(n) => n,
             Limit::Time(_) => u64::MAX,
-        };
+        }
+        .min(self.allowed(now));
         while self.submitted < limit {
             let Some(cid) = q.alloc() else { break };
             let verify = self.cfg.verify;
@@ -222,12 +300,20 @@ impl Driver<'_> {
                 );
                 if self.cfg.verify {
                     if is_read {
+                        // What this run wrote must read back with its generation. A
+                        // block it has not written may hold anything (fio's rule): one
+                        // without a stamp is counted, not an error; one stamped by an
+                        // earlier run must still carry its own LBA and pattern.
                         let expected = self.verify.written.get(&unit).copied();
-                        if let Err(m) =
-                            verify::check(&slot.buf, self.ns.block_size, slot.slba, expected)
-                        {
-                            self.stats.verify_errors += 1;
-                            self.firsts.mismatch.get_or_insert(m);
+                        match verify::check(&slot.buf, self.ns.block_size, slot.slba, expected) {
+                            Ok(()) => {}
+                            Err(Mismatch::NoStamp { .. }) if expected.is_none() => {
+                                self.stats.unverified_reads += 1;
+                            }
+                            Err(m) => {
+                                self.stats.verify_errors += 1;
+                                self.firsts.mismatch.get_or_insert(m);
+                            }
                         }
                     } else {
                         self.verify.written.insert(unit, slot.generation);
@@ -281,6 +367,12 @@ impl Driver<'_> {
             verify: cfg.verify,
             verify_errors: self.stats.verify_errors,
             first_verify_error: self.firsts.mismatch.map(|m| m.to_string()),
+            unverified_reads: self.stats.unverified_reads,
+            prefilled: None,
+            controllers: cfg.controllers,
+            rate: cfg.rate,
+            read: self.stats.by_op(secs).map(|(r, _)| r),
+            write: self.stats.by_op(secs).map(|(_, w)| w),
         }
     }
 }

@@ -22,6 +22,8 @@ const KEEP_ALIVE_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Session {
     pub admin: HostQueue,
+    /// The admin queues of the other controllers (`--controllers`).
+    pub more_admins: Vec<HostQueue>,
     pub ns: Namespace,
     pub queues: Vec<IoQueue>,
     cfg: PerfConfig,
@@ -68,19 +70,38 @@ impl Session {
             nsid: ns.nsid,
             in_capsule,
         };
-        let mut queues = Vec::with_capacity(usize::from(cfg.connections));
-        for qid in 1..=cfg.connections {
-            let mut io_opts = opts.io(qid, admin.cntlid(), cfg.queue_depth + 1);
-            io_opts.disable_sq_flow_control = true;
-            let host = HostQueue::connect(tcp.addr, &io_opts)
-                .map_err(|e| connect_error(cfg, tcp, "connecting an I/O queue", e))?;
-            queues.push(
-                IoQueue::from_host(host, params)
-                    .map_err(|source| PerfError::Queue { qid, source })?,
-            );
+        let mut queues =
+            Vec::with_capacity(usize::from(cfg.connections) * usize::from(cfg.controllers));
+        let mut more_admins = Vec::new();
+        for controller in 0..cfg.controllers {
+            // The first controller is the one set up above; each other one is brought up the
+            // same way (its own admin queue, enabled) before its I/O queues connect.
+            let cntlid = if controller == 0 {
+                admin.cntlid()
+            } else {
+                let mut other = HostQueue::connect(tcp.addr, &opts)
+                    .map_err(|e| connect_error(cfg, tcp, "connecting another controller", e))?;
+                other
+                    .enable_controller()
+                    .map_err(|e| host_error(cfg, "enabling another controller", e))?;
+                let cntlid = other.cntlid();
+                more_admins.push(other);
+                cntlid
+            };
+            for qid in 1..=cfg.connections {
+                let mut io_opts = opts.io(qid, cntlid, cfg.queue_depth + 1);
+                io_opts.disable_sq_flow_control = true;
+                let host = HostQueue::connect(tcp.addr, &io_opts)
+                    .map_err(|e| connect_error(cfg, tcp, "connecting an I/O queue", e))?;
+                queues.push(
+                    IoQueue::from_host(host, params)
+                        .map_err(|source| PerfError::Queue { qid, source })?,
+                );
+            }
         }
         Ok(Self {
             admin,
+            more_admins,
             ns,
             queues,
             cfg: cfg.clone(),
@@ -125,9 +146,11 @@ impl io::Session for Session {
     fn housekeeping(&mut self, now: Instant) -> Result<(), PerfError> {
         let next = *self.next_keep_alive.get_or_insert(now + KEEP_ALIVE_EVERY);
         if now >= next {
-            self.admin
-                .keep_alive()
-                .map_err(|e| host_error(&self.cfg, "keep alive", e))?;
+            for admin in std::iter::once(&mut self.admin).chain(&mut self.more_admins) {
+                admin
+                    .keep_alive()
+                    .map_err(|e| host_error(&self.cfg, "keep alive", e))?;
+            }
             self.next_keep_alive = Some(now + KEEP_ALIVE_EVERY);
         }
         Ok(())
