@@ -53,6 +53,26 @@ enum Command {
     Plan(TargetArgs),
     /// Ask a running target for its state.
     Status(TargetArgs),
+    /// Print a declaration made from SPDK's save_config JSON or nvmetcli's saved JSON, with
+    /// a comment for each thing it could not carry over.
+    ///
+    /// Exit status: 0 printed (valid; warnings on stderr), 1 the result is not valid (its
+    /// diagnostics on stderr), 2 the file cannot be read or is not such a configuration.
+    Import {
+        /// What wrote FILE.
+        #[arg(long, value_enum)]
+        from: ImportFrom,
+        /// The saved configuration (`-` for stdin).
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ImportFrom {
+    /// SPDK's `scripts/rpc.py save_config` (or `nvmf_tgt --json` input).
+    Spdk,
+    /// `nvmetcli save` (`/etc/nvmet/config.json`).
+    Nvmetcli,
 }
 
 /// How the commands that talk to a running target find it.
@@ -112,6 +132,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => {
             nvmf_tgt::daemon::print_plan(&args.socket(), &args.config, args.json)
         }
+        Command::Import { from, file } => import(from, &file),
         Command::Status(args) => nvmf_tgt::daemon::print_status(&args.socket(), args.json),
     }
 }
@@ -137,6 +158,50 @@ fn run(path: &std::path::Path, watch: bool) -> ExitCode {
             eprintln!("nvmf-tgt: {err:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn import(from: ImportFrom, path: &std::path::Path) -> ExitCode {
+    let text = if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(path)
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(err) => {
+            eprintln!("nvmf-tgt import: cannot read {}: {err}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let format = match from {
+        ImportFrom::Spdk => nvmf_tgt::import::Format::Spdk,
+        ImportFrom::Nvmetcli => nvmf_tgt::import::Format::Nvmetcli,
+    };
+    let declaration = match nvmf_tgt::import::import(format, &text) {
+        Ok(declaration) => declaration,
+        Err(err) => {
+            eprintln!("nvmf-tgt import: {}: {err}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    print!("{declaration}");
+    // What `check` would say of it on this machine, so a missing backing file shows now.
+    let (_, report) = config::check_text(
+        "<imported>",
+        declaration,
+        Purpose::Check,
+        &Environment::this_machine(),
+    );
+    let findings = report.render();
+    if !report.is_valid() || findings.lines().count() > 1 {
+        eprint!("{findings}");
+    }
+    if report.is_valid() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -6,8 +6,13 @@ use crate::nvme::DISCOVERY_NQN;
 pub const MAX_NQN_LEN: usize = 223;
 const UUID_PREFIX: &str = "nqn.2014-08.org.nvmexpress:uuid:";
 
-/// Checks an NQN's form: `nqn.yyyy-mm.reverse.domain:name` or the UUID form.
-pub fn validate(nqn: &str) -> Result<(), String> {
+/// What any name used as an NQN must be: at most 223 bytes, no spaces or control
+/// characters (the Connect data has room for no more, and nothing else can be typed into a
+/// host's `nvme connect -n`).
+pub fn validate_usable(nqn: &str) -> Result<(), String> {
+    if nqn.is_empty() {
+        return Err("is empty".into());
+    }
     if nqn.len() > MAX_NQN_LEN {
         return Err(format!(
             "is {} bytes; an NQN is at most {MAX_NQN_LEN}",
@@ -19,6 +24,12 @@ pub fn validate(nqn: &str) -> Result<(), String> {
             "contains {c:?}; an NQN has no spaces or control characters"
         ));
     }
+    Ok(())
+}
+
+/// Checks an NQN's form: `nqn.yyyy-mm.reverse.domain:name` or the UUID form.
+pub fn validate(nqn: &str) -> Result<(), String> {
+    validate_usable(nqn)?;
     if nqn == DISCOVERY_NQN {
         return Ok(());
     }

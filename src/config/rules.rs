@@ -419,7 +419,7 @@ impl Rules<'_> {
                     at("nqn"),
                     "the discovery NQN is served by the target itself and cannot name a subsystem",
                 );
-            } else if let Err(why) = nqn::validate(&sub.nqn) {
+            } else if let Err(why) = nqn::validate_usable(&sub.nqn) {
                 self.error(at("nqn"), format!("subsystem NQN {:?} {why}", sub.nqn));
             } else if let Some(first) = seen.insert(&sub.nqn, i) {
                 self.error(
@@ -429,6 +429,19 @@ impl Rules<'_> {
                         sub.nqn
                     ),
                 );
+            }
+            if sub.nqn != DISCOVERY_NQN && nqn::validate_usable(&sub.nqn).is_ok() {
+                if let Err(why) = nqn::validate(&sub.nqn) {
+                    // Linux's nvmet takes any directory name as a subsystem NQN and hosts
+                    // connect to it; such a setup is served, with the rule it breaks named.
+                    self.warning(
+                        at("nqn"),
+                        format!(
+                            "subsystem NQN {:?} {why} (NVMe Base 4.5, NVMe Qualified Names); hosts can connect to it, but it is not a valid NQN (an error under --strict)",
+                            sub.nqn
+                        ),
+                    );
+                }
             }
             self.identify_text(&at("serial"), "serial", &sub.serial, 20);
             self.identify_text(&at("model"), "model", &sub.model, 40);

@@ -175,10 +175,23 @@ fn listener_shapes() {
 
 #[test]
 fn nqn_syntax_and_uniqueness() {
+    // nvmet's configfs names (`testnqn`, `blktests-subsystem-1`) are served, with a warning.
+    assert_findings(
+        &with("nqn.2026-11.io.nvmf-tgt:a", "blktests-subsystem-1"),
+        &[
+            "8:7 warning: subsystem NQN \"blktests-subsystem-1\" must start with \"nqn.\" (NVMe Base 4.5, NVMe Qualified Names); hosts can connect to it, but it is not a valid NQN (an error under --strict)",
+        ],
+    );
+    assert_findings(
+        &with("nqn.2026-11.io.nvmf-tgt:a", "two words"),
+        &[
+            "8:7 error: subsystem NQN \"two words\" contains ' '; an NQN has no spaces or control characters",
+        ],
+    );
     assert_findings(
         &with("nvmf-tgt:a", "nvmf-tgt"),
         &[
-            "8:7 error: subsystem NQN \"nqn.2026-11.io.nvmf-tgt\" needs a colon after the reverse domain, as in \"nqn.2014-08.com.example:disk1\"",
+            "8:7 warning: subsystem NQN \"nqn.2026-11.io.nvmf-tgt\" needs a colon after the reverse domain, as in \"nqn.2014-08.com.example:disk1\" (NVMe Base 4.5, NVMe Qualified Names); hosts can connect to it, but it is not a valid NQN (an error under --strict)",
         ],
     );
     assert_findings(
@@ -573,7 +586,7 @@ fn unknown_keys_everywhere_with_suggestions() {
 #[test]
 fn schema_errors_do_not_hide_rule_errors() {
     let text = with("[transport.tcp]\n", "[transport.tcp]\nmax_queue_dept = 4\n")
-        .replace("nvmf-tgt:a", "nvmf-tgt");
+        .replace("nvmf-tgt:a", "nvmf-tgt:a b");
     let found = findings(&text);
     assert_eq!(found.len(), 2, "{found:?}");
     assert!(found[0].starts_with("6:1 error: unknown key `max_queue_dept`"));

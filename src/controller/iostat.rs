@@ -270,8 +270,11 @@ mod tests {
         let write = snap.class(IoClass::Write);
         assert_eq!(
             (write.ops, write.bytes, write.min_latency_ns),
-            (1, 512, Some(7_000))
+            (2, 1024, Some(7_000))
         );
+        assert_eq!(write.max_latency_ns, 9_000);
+        assert_eq!(stats.completed_on(5), 2);
+        assert_eq!(stats.completed_on(1), 2);
         assert_eq!(snap.class(IoClass::Unmap), ClassSnapshot::default());
         assert_eq!(snap.failed, 1);
     }
