@@ -10,6 +10,14 @@
 //! `ARCHITECTURE.md` at the top of the repository says what each module does, the path of a
 //! read and of a reload, and where a new transport plugs in.
 
+/// The version and the commit built: `0.1.0 (commit 1a2b3c4d5e6f)`.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("NVMF_TGT_COMMIT"),
+    ")"
+);
+
 pub mod backend;
 pub mod config;
 pub mod control;

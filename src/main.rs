@@ -11,7 +11,7 @@ const DEFAULT_CONFIG: &str = "/etc/nvmf/target.toml";
 #[derive(Parser)]
 #[command(
     name = "nvmf-tgt",
-    version,
+    version = nvmf_tgt::VERSION,
     about = "A declarative NVMe-over-Fabrics target"
 )]
 struct Cli {

@@ -160,3 +160,28 @@ fn schema_command_prints_the_committed_schema() {
         "#/$defs/Transports"
     );
 }
+
+#[test]
+fn version_names_the_commit() {
+    for bin in [
+        env!("CARGO_BIN_EXE_nvmf-tgt"),
+        env!("CARGO_BIN_EXE_nvmf-perf"),
+    ] {
+        let out = std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let commit = text
+            .trim_end()
+            .strip_suffix(')')
+            .and_then(|t| t.split_once(" (commit "))
+            .map(|(_, c)| c.to_owned())
+            .unwrap_or_else(|| panic!("no commit in {text:?}"));
+        assert!(
+            commit == "unknown"
+                || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+            "{text:?}"
+        );
+    }
+}

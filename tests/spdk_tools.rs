@@ -359,6 +359,7 @@ fn version_methods_and_transports_answer_like_spdk() {
         assert!(version["fields"][field].is_u64(), "{version}");
     }
     assert!(version["fields"]["suffix"].is_string());
+    assert!(version["fields"]["commit"].is_string(), "{version}");
 
     let methods = call(&target, "rpc_get_methods");
     let methods: Vec<&str> = methods

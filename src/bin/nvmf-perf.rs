@@ -19,7 +19,7 @@ const DEFAULT_HOSTNQN: &str =
 #[derive(Parser)]
 #[command(
     name = "nvmf-perf",
-    version,
+    version = nvmf_tgt::VERSION,
     about = "Drive I/O against an NVMe/TCP target or a vfio-user controller and measure it (like spdk_nvme_perf)"
 )]
 struct Cli {

@@ -341,6 +341,7 @@ fn spdk_get_version() -> Value {
             "minor": number(env!("CARGO_PKG_VERSION_MINOR")),
             "patch": number(env!("CARGO_PKG_VERSION_PATCH")),
             "suffix": env!("CARGO_PKG_VERSION_PRE"),
+            "commit": env!("NVMF_TGT_COMMIT"),
         },
     })
 }
