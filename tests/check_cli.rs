@@ -29,7 +29,7 @@ interrupt_mode = true
 max_queue_dept = 64
 
 [[subsystem]]
-nqn = "nqn.2026-11.io.nvmf-tgt"
+nqn = "nqn.2026-11.io.nvmf-tgt x"
 allow_any_host = true
 "#;
 
@@ -67,7 +67,7 @@ fn invalid_file_exits_one_with_every_problem() {
     );
     assert!(
         text.contains(&format!(
-            "{file}:8:7: error: subsystem NQN \"nqn.2026-11.io.nvmf-tgt\" needs a colon"
+            "{file}:8:7: error: subsystem NQN \"nqn.2026-11.io.nvmf-tgt x\" contains ' '"
         )),
         "{text}"
     );

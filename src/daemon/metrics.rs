@@ -216,19 +216,22 @@ struct Figures(Weak<StatusReport>);
 
 type Labels = Vec<(&'static str, String)>;
 
-/// One metric family: a descriptor and its labelled values.
-fn family<V: Copy>(
+/// One metric family of counters or gauges: a descriptor and its labelled values.
+fn family(
     encoder: &mut DescriptorEncoder<'_>,
+    kind: MetricType,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    kind: MetricType,
-    values: &[(Labels, V)],
-    encode: impl Fn(V, prometheus_client::encoding::MetricEncoder<'_>) -> Result<(), std::fmt::Error>,
+    values: &[(Labels, f64)],
 ) -> Result<(), std::fmt::Error> {
     let mut metric = encoder.encode_descriptor(name, help, unit, kind)?;
     for (labels, value) in values {
-        encode(*value, metric.encode_family(labels)?)?;
+        let sample = metric.encode_family(labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(*value).encode(sample)?,
+            _ => ConstGauge::new(*value).encode(sample)?,
+        }
     }
     Ok(())
 }
@@ -240,15 +243,7 @@ fn counters(
     unit: Option<&Unit>,
     values: &[(Labels, f64)],
 ) -> Result<(), std::fmt::Error> {
-    family(
-        encoder,
-        name,
-        help,
-        unit,
-        MetricType::Counter,
-        values,
-        |v, e| ConstCounter::new(v).encode(e),
-    )
+    family(encoder, MetricType::Counter, name, help, unit, values)
 }
 
 fn gauges(
@@ -258,15 +253,7 @@ fn gauges(
     unit: Option<&Unit>,
     values: &[(Labels, f64)],
 ) -> Result<(), std::fmt::Error> {
-    family(
-        encoder,
-        name,
-        help,
-        unit,
-        MetricType::Gauge,
-        values,
-        |v, e| ConstGauge::new(v).encode(e),
-    )
+    family(encoder, MetricType::Gauge, name, help, unit, values)
 }
 
 #[allow(clippy::cast_precision_loss)]
