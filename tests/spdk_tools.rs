@@ -310,6 +310,27 @@ fn io_shows_in_bdev_iostat_and_the_poll_groups() {
         .is_err()
     );
 
+    // Per channel: each reactor's own figures, the thread ids of thread_get_stats.
+    let per = call_with(
+        &target,
+        "bdev_get_iostat",
+        json!({"names": [name], "per_channel": true}),
+    );
+    assert_eq!(per["name"].as_str(), Some(name.as_str()), "{per}");
+    let channels = per["channels"].as_array().expect("channels");
+    assert_eq!(channels.len(), 1, "one reactor: {per}");
+    assert_eq!(channels[0]["thread_id"].as_u64(), Some(1));
+    assert_eq!(channels[0]["num_write_ops"].as_u64(), Some(10));
+    // The figures only grow: a reset is refused, not ignored.
+    assert!(
+        nvmf_tgt::control::call(
+            &target.control_socket(),
+            "bdev_get_iostat",
+            json!({"reset_mode": "all"})
+        )
+        .is_err()
+    );
+
     // nvmf_get_subsystems names the namespace's bdev the same way.
     let subsystems = call(&target, "nvmf_get_subsystems");
     assert_eq!(

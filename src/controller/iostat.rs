@@ -199,24 +199,48 @@ impl IoStats {
     pub fn snapshot(&self) -> IoStatsSnapshot {
         let mut out = IoStatsSnapshot::default();
         for shard in self.shards.iter() {
-            for (sum, counters) in out.classes.iter_mut().zip(&shard.classes) {
-                sum.ops += counters.ops.load(Ordering::Relaxed);
-                sum.bytes += counters.bytes.load(Ordering::Relaxed);
-                sum.latency_ns += counters.latency_ns.load(Ordering::Relaxed);
-                let min = counters.min_latency_ns.load(Ordering::Relaxed);
-                if min != u64::MAX {
-                    sum.min_latency_ns = Some(sum.min_latency_ns.map_or(min, |m| m.min(min)));
-                }
-                sum.max_latency_ns = sum
-                    .max_latency_ns
-                    .max(counters.max_latency_ns.load(Ordering::Relaxed));
-                for (total, bucket) in sum.buckets.iter_mut().zip(&counters.buckets) {
-                    *total += bucket.load(Ordering::Relaxed);
-                }
-            }
-            out.failed += shard.failed.load(Ordering::Relaxed);
+            out.add(shard);
         }
         out
+    }
+
+    /// Each reactor's own figures (SPDK's per-channel view): reactor `i` at index `i`; the
+    /// shard that reactors beyond the count share is left out when nothing was counted there.
+    pub fn per_reactor(&self) -> Vec<IoStatsSnapshot> {
+        let mut out: Vec<IoStatsSnapshot> = self
+            .shards
+            .iter()
+            .map(|shard| {
+                let mut snap = IoStatsSnapshot::default();
+                snap.add(shard);
+                snap
+            })
+            .collect();
+        if out.last() == Some(&IoStatsSnapshot::default()) {
+            out.pop();
+        }
+        out
+    }
+}
+
+impl IoStatsSnapshot {
+    fn add(&mut self, shard: &Shard) {
+        for (sum, counters) in self.classes.iter_mut().zip(&shard.classes) {
+            sum.ops += counters.ops.load(Ordering::Relaxed);
+            sum.bytes += counters.bytes.load(Ordering::Relaxed);
+            sum.latency_ns += counters.latency_ns.load(Ordering::Relaxed);
+            let min = counters.min_latency_ns.load(Ordering::Relaxed);
+            if min != u64::MAX {
+                sum.min_latency_ns = Some(sum.min_latency_ns.map_or(min, |m| m.min(min)));
+            }
+            sum.max_latency_ns = sum
+                .max_latency_ns
+                .max(counters.max_latency_ns.load(Ordering::Relaxed));
+            for (total, bucket) in sum.buckets.iter_mut().zip(&counters.buckets) {
+                *total += bucket.load(Ordering::Relaxed);
+            }
+        }
+        self.failed += shard.failed.load(Ordering::Relaxed);
     }
 }
 
@@ -275,6 +299,15 @@ mod tests {
         assert_eq!(write.max_latency_ns, 9_000);
         assert_eq!(stats.completed_on(5), 2);
         assert_eq!(stats.completed_on(1), 2);
+        let per = stats.per_reactor();
+        assert_eq!(per.len(), 3, "two reactors and the shared shard");
+        assert_eq!(per[1].class(IoClass::Read).bytes, 8192);
+        assert_eq!(per[2].class(IoClass::Write).ops, 2);
+        assert_eq!(
+            IoStats::new(2).per_reactor().len(),
+            2,
+            "an unused shared shard is left out"
+        );
         assert_eq!(snap.class(IoClass::Unmap), ClassSnapshot::default());
         assert_eq!(snap.failed, 1);
     }

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::config::Transports;
 use crate::control::RpcError;
-use crate::controller::{IoClass, Namespace, Registry};
+use crate::controller::{IoClass, IoStatsSnapshot, Namespace, Registry};
 use crate::reactor::pollers::{PollerInfo, PollerKind, ReactorReport};
 use crate::reactor::{Mailbox, ReactorConfig, ReactorMessage};
 use crate::sys::CpuTimes;
@@ -289,6 +289,15 @@ impl SpdkRpc {
 
     /// `bdev_get_iostat [{names} | {name}]`: each namespace's figures.
     fn bdev_get_iostat(&self, params: &Value) -> Result<Value, RpcError> {
+        if let Some(mode) = params
+            .get("reset_mode")
+            .and_then(Value::as_str)
+            .filter(|m| *m != "none")
+        {
+            return Err(RpcError::invalid_params(format!(
+                "reset_mode {mode:?} is not supported: the figures only grow (Prometheus reads them as counters); take differences of two readings"
+            )));
+        }
         let mut names: Option<Vec<&str>> = params
             .get("names")
             .and_then(Value::as_array)
@@ -308,14 +317,39 @@ impl SpdkRpc {
                 });
             }
         }
-        let bdevs: Vec<Value> = namespaces
+        let ticks = crate::sys::monotonic_usec().saturating_mul(1000);
+        let chosen = namespaces
             .iter()
-            .filter(|(name, _)| names.as_ref().is_none_or(|n| n.contains(&name.as_str())))
-            .map(|(name, ns)| iostat_json(name, ns))
-            .collect();
+            .filter(|(name, _)| names.as_ref().is_none_or(|n| n.contains(&name.as_str())));
+        if params.get("per_channel").and_then(Value::as_bool) == Some(true) {
+            // SPDK's channels are a bdev's per-thread figures: here, each reactor's shard.
+            let (Some([name]), Some((_, ns))) = (names.as_deref(), chosen.clone().next()) else {
+                return Err(RpcError::invalid_params(
+                    "per_channel needs exactly one bdev in names",
+                ));
+            };
+            let channels: Vec<Value> = ns
+                .stats()
+                .per_reactor()
+                .iter()
+                .zip(1u64..)
+                .map(|(snap, thread_id)| {
+                    let mut out = stats_json(snap);
+                    out.insert("thread_id".into(), thread_id.into());
+                    Value::Object(out)
+                })
+                .collect();
+            return Ok(json!({
+                "tick_rate": TICK_RATE,
+                "ticks": ticks,
+                "name": name,
+                "channels": channels,
+            }));
+        }
+        let bdevs: Vec<Value> = chosen.map(|(name, ns)| iostat_json(name, ns)).collect();
         Ok(json!({
             "tick_rate": TICK_RATE,
-            "ticks": crate::sys::monotonic_usec().saturating_mul(1000),
+            "ticks": ticks,
             "bdevs": bdevs,
         }))
     }
@@ -362,9 +396,15 @@ fn poller_json(p: &PollerInfo) -> Value {
 }
 
 fn iostat_json(name: &str, ns: &Namespace) -> Value {
-    let snap = ns.stats().snapshot();
     let mut out = serde_json::Map::new();
     out.insert("name".into(), name.into());
+    out.append(&mut stats_json(&ns.stats().snapshot()));
+    Value::Object(out)
+}
+
+/// `spdk_bdev_dump_io_stat_json`'s fields.
+fn stats_json(snap: &IoStatsSnapshot) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
     for (class, prefix, verb) in [
         (IoClass::Read, "read", "read"),
         (IoClass::Write, "write", "written"),
@@ -403,7 +443,7 @@ fn iostat_json(name: &str, ns: &Namespace) -> Value {
         errors.insert("failed".into(), snap.failed.into());
     }
     out.insert("io_error".into(), Value::Object(errors));
-    Value::Object(out)
+    out
 }
 
 /// SPDK's `nvmf_get_subsystems`, with SPDK's field names.
