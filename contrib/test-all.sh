@@ -1,6 +1,7 @@
 #!/bin/bash
 # Installs what the tests need and runs all of them: format, lints, unit and integration
-# tests against the real binary, the real Linux NVMe/TCP host in a qemu guest, the Linux
+# tests against the real binary, the Debian package installed into a Debian 12 root, the real
+# Linux NVMe/TCP host in a qemu guest, the Linux
 # nvme PCI driver in a QEMU guest on the target's vfio-user controller, and the Linux
 # nvme-rdma host against the target over soft-RoCE inside a qemu guest. Everything is built
 # with `--features rdma` (the default build, without RDMA, is linted too).
@@ -21,6 +22,9 @@ run "cargo clippy (default features: no RDMA)" cargo clippy --all-targets -- -D 
 run "cargo clippy" cargo clippy --all-targets --features rdma -- -D warnings
 run "cargo build --release" cargo build --release --features rdma
 run "cargo test" cargo test --features rdma
+# The Debian package (cargo-deb), installed into a fresh Debian 12 root, checking its
+# declaration, unit, man pages and completions.
+run "debian package" contrib/deb/test-package.sh
 # The in-tree fuzzers (queue pair, declaration) again, for longer: the debug build the stage
 # above made (no rebuild; overflow checks on), in parallel, NVMF_FUZZ_SECONDS each. A finding
 # fails the stage and prints the seed that replays it (NVMF_FUZZ_REPLAY=...).

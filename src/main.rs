@@ -65,6 +65,9 @@ enum Command {
         /// The saved configuration (`-` for stdin).
         file: PathBuf,
     },
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -133,6 +136,15 @@ fn main() -> ExitCode {
             nvmf_tgt::daemon::print_plan(&args.socket(), &args.config, args.json)
         }
         Command::Import { from, file } => import(from, &file),
+        Command::GenerateAssets { dir } => {
+            match nvmf_tgt::daemon::assets::write(<Cli as clap::CommandFactory>::command(), &dir) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("nvmf-tgt: cannot write into {}: {err}", dir.display());
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Status(args) => nvmf_tgt::daemon::print_status(&args.socket(), args.json),
     }
 }

@@ -3,7 +3,8 @@
 set -euo pipefail
 need=()
 # strace and prlimit (util-linux) are for cargo test: the flush at SIGTERM and the fd limit.
-for p in qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2 nvme-cli fio python3 strace util-linux; do
+# debootstrap builds the Debian 12 root the package test installs into (contrib/deb).
+for p in qemu-system-x86 linux-image-amd64 busybox-static cpio kmod iproute2 nvme-cli fio python3 strace util-linux debootstrap; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # Building at all: rdma-sys generates its bindings (bindgen, libclang) from the verbs and

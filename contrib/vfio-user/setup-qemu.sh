@@ -7,6 +7,10 @@ set -euo pipefail
 ROOT=${QEMU_CHROOT:-/var/tmp/nvmf-tgt-qemu-trixie}
 LOG=$ROOT.log
 NEW=$ROOT.new
+TAG=setup-qemu
+# debian_mirror, remove_tree, need_debootstrap, inside, fail
+# shellcheck source=contrib/lib/chroot.sh
+. "$(dirname "$(readlink -f "$0")")/../lib/chroot.sh"
 
 # "QEMU emulator version 11.1.3 (Debian ...)" -> 11.1; nothing when there is no usable QEMU.
 qemu_version() {
@@ -18,17 +22,6 @@ new_enough() {
   local major=${1%%.*} minor=${1#*.}
   [ -n "$1" ] && { [ "$major" -gt 10 ] || { [ "$major" -eq 10 ] && [ "$minor" -ge 1 ]; }; }
 }
-# Never delete a tree that still has something mounted in it (a bind of / would go with it).
-remove_tree() {
-  local dir=$1
-  [ -e "$dir" ] || return 0
-  if findmnt -rn -o TARGET | awk -v d="$dir" '$0 == d || index($0, d "/") == 1 { found = 1 } END { exit !found }'; then
-    echo "setup-qemu: $dir has mounts in it; unmount them first:" >&2
-    findmnt -rn -o TARGET | grep -F "$dir" >&2
-    exit 1
-  fi
-  rm -rf --one-file-system "$dir"
-}
 report() { echo "setup-qemu: $ROOT: $(chroot "$ROOT" /usr/bin/qemu-system-x86_64 --version | head -1)"; }
 
 if v=$(qemu_version "$ROOT") && new_enough "$v"; then
@@ -37,33 +30,13 @@ if v=$(qemu_version "$ROOT") && new_enough "$v"; then
 fi
 [ "$(id -u)" = 0 ] || { echo "setup-qemu: run as root (debootstrap and chroot)" >&2; exit 1; }
 
-# The mirror this machine's apt already uses (deb822 sources first, then sources.list).
-if [ -z "${MIRROR:-}" ]; then
-  MIRROR=$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/*.sources 2>/dev/null | tr ' ' '\n' | grep -v -m1 -e security -e '^$' || true)
-fi
-if [ -z "${MIRROR:-}" ]; then
-  MIRROR=$(awk '$1 == "deb" && $2 !~ /security/ { print $2; exit }' /etc/apt/sources.list 2>/dev/null || true)
-fi
-[ -n "${MIRROR:-}" ] || { echo "setup-qemu: no Debian mirror found in apt's sources; set MIRROR" >&2; exit 1; }
-
-if ! command -v debootstrap >/dev/null; then
-  echo "setup-qemu: installing debootstrap"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -qq debootstrap >/dev/null
-fi
+MIRROR=$(debian_mirror)
+need_debootstrap
 
 T0=$(date +%s)
 echo "setup-qemu: building $ROOT from $MIRROR (log: $LOG)"
 : > "$LOG"
 remove_tree "$NEW"
-fail() {
-  echo "setup-qemu: $1 failed; the last lines of $LOG:" >&2
-  tail -20 "$LOG" >&2
-  exit 1
-}
-# debootstrap and apt inside the chroot run in a private mount namespace: whatever they mount
-# (/proc, /sys) goes away with them, even when a timeout kills them.
-inside() { unshare --mount --propagation private -- "$@" >> "$LOG" 2>&1; }
 inside timeout 900 debootstrap --variant=minbase trixie "$NEW" "$MIRROR" || fail debootstrap
 echo "setup-qemu: debootstrap done in $(( $(date +%s) - T0 )) s"
 echo "deb $MIRROR trixie-backports main" > "$NEW/etc/apt/sources.list.d/trixie-backports.list"

@@ -111,6 +111,9 @@ struct Cli {
     /// only send Keep Alive until the time is up; measures a target's idle cost.
     #[arg(long, conflicts_with_all = ["count", "verify"])]
     idle: bool,
+    /// Write the man page and shell completions into DIR (for packaging) and exit.
+    #[arg(long, hide = true, value_name = "DIR")]
+    generate_assets: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +129,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = &cli.generate_assets {
+        nvmf_tgt::daemon::assets::write(<Cli as clap::CommandFactory>::command(), dir)
+            .with_context(|| format!("cannot write into {}", dir.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let cfg = config(cli)?;
     if cli.idle {
         let report = perf::idle(&cfg)?;

@@ -2,6 +2,7 @@
 //! declaration, serves until SIGTERM/SIGINT, then shuts down in order.
 
 mod apply;
+pub mod assets;
 mod build;
 mod cli;
 pub mod logging;
