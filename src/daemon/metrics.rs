@@ -236,26 +236,6 @@ fn family(
     Ok(())
 }
 
-fn counters(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    values: &[(Labels, f64)],
-) -> Result<(), std::fmt::Error> {
-    family(encoder, MetricType::Counter, name, help, unit, values)
-}
-
-fn gauges(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    unit: Option<&Unit>,
-    values: &[(Labels, f64)],
-) -> Result<(), std::fmt::Error> {
-    family(encoder, MetricType::Gauge, name, help, unit, values)
-}
-
 #[allow(clippy::cast_precision_loss)]
 fn f(n: u64) -> f64 {
     n as f64
@@ -306,79 +286,90 @@ fn encode_reactors(
         waiting.push((labels, f(u64::from(snap.buffers.waiting))));
     }
     let seconds = Unit::Seconds;
-    counters(
+    family(
         e,
+        MetricType::Counter,
         "reactor_busy",
         "Time reactors spent working",
         Some(&seconds),
         &busy,
     )?;
-    counters(
+    family(
         e,
+        MetricType::Counter,
         "reactor_idle",
         "Time reactors spent waiting for work (asleep in interrupt mode)",
         Some(&seconds),
         &idle,
     )?;
-    counters(
+    family(
         e,
+        MetricType::Counter,
         "reactor_wakeups",
         "Returns from a blocking wait (interrupt mode)",
         None,
         &wakeups,
     )?;
-    counters(
+    family(
         e,
+        MetricType::Counter,
         "reactor_events",
         "Units of work reactors handled",
         None,
         &events,
     )?;
-    gauges(
+    family(
         e,
+        MetricType::Gauge,
         "reactor_interrupt_mode",
         "1 when the reactor sleeps when idle, 0 when it polls",
         None,
         &interrupt,
     )?;
-    gauges(
+    family(
         e,
+        MetricType::Gauge,
         "reactor_connections",
         "Connections a reactor serves",
         None,
         &connections,
     )?;
-    gauges(
+    family(
         e,
+        MetricType::Gauge,
         "reactor_buffers_in_use",
         "Data buffers a reactor's commands hold",
         None,
         &in_use,
     )?;
-    gauges(
+    family(
         e,
+        MetricType::Gauge,
         "reactor_buffers_cached",
         "Data buffers a reactor keeps for its next commands",
         None,
         &cached,
     )?;
-    gauges(
+    family(
         e,
+        MetricType::Gauge,
         "reactor_buffer_waiters",
         "Commands waiting for data buffers",
         None,
         &waiting,
     )?;
     let pool = report.buffer_pool();
-    gauges(
+    family(
         e,
+        MetricType::Gauge,
         "buffer_pool_buffers",
         "Data buffers in the shared pool",
         None,
         &[(Vec::new(), f(u64::from(pool.0)))],
     )?;
-    gauges(
+    family(
         e,
+        MetricType::Gauge,
         "buffer_pool_available",
         "Data buffers no reactor holds",
         None,
@@ -409,23 +400,26 @@ fn encode_io(
             })
             .collect::<Vec<_>>()
     };
-    counters(
+    family(
         e,
+        MetricType::Counter,
         &format!("{prefix}_ops"),
         &format!("Commands {what} completed, by operation"),
         None,
         &by_class(|c| f(c.ops)),
     )?;
-    counters(
+    family(
         e,
+        MetricType::Counter,
         prefix,
         &format!("Data {what} moved, by operation"),
         Some(&Unit::Bytes),
         &by_class(|c| f(c.bytes)),
     )?;
     let failed: Vec<(Labels, f64)> = rows.iter().map(|(l, s)| (l.clone(), f(s.failed))).collect();
-    counters(
+    family(
         e,
+        MetricType::Counter,
         &format!("{prefix}_failed"),
         &format!("Commands {what} failed in the backend"),
         None,
@@ -479,8 +473,9 @@ fn encode_namespaces(
             rows.push((labels, ns.stats().snapshot()));
         }
     }
-    gauges(
+    family(
         e,
+        MetricType::Gauge,
         "namespace_size",
         "Namespace capacity",
         Some(&Unit::Bytes),
@@ -504,15 +499,17 @@ fn encode_controllers(
         let queues: usize = controllers.iter().map(|c| c.connected_io_queues()).sum();
         io_queues.push((vec![("subsystem", s.nqn().to_string())], f(queues as u64)));
     }
-    gauges(
+    family(
         e,
+        MetricType::Gauge,
         "subsystem_controllers",
         "Controllers connected to the subsystem",
         None,
         &count,
     )?;
-    gauges(
+    family(
         e,
+        MetricType::Gauge,
         "subsystem_io_queues",
         "I/O queues connected to the subsystem's controllers",
         None,
@@ -526,8 +523,9 @@ fn encode_reload(
 ) -> Result<(), std::fmt::Error> {
     let declaration = report.reloader().status();
     let generation = declaration["applied"]["generation"].as_u64().unwrap_or(0);
-    gauges(
+    family(
         e,
+        MetricType::Gauge,
         "reload_generation",
         "Generation of the declaration serving (1 at start, one more per applied reload)",
         None,
@@ -545,16 +543,18 @@ fn encode_reload(
                 )
             })
             .collect();
-        gauges(
+        family(
             e,
+            MetricType::Gauge,
             "reload_last_result",
             "1 for the result of the last reload attempt",
             None,
             &values,
         )?;
         let ms = last["duration_ms"].as_f64().unwrap_or(0.0);
-        gauges(
+        family(
             e,
+            MetricType::Gauge,
             "reload_last_duration",
             "How long the last reload attempt took",
             Some(&Unit::Seconds),

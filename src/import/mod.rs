@@ -210,6 +210,15 @@ fn render(draft: &Draft, format: Format) -> String {
     out
 }
 
+/// The top-level `subsystems` array both formats have, or what `file` (the format's name
+/// for its files) is not.
+fn subsystems<'a>(json: &'a Value, file: &str) -> Result<&'a [Value], ImportError> {
+    json.get("subsystems")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .ok_or_else(|| ImportError::Shape(format!("no \"subsystems\" array: this is not {file}")))
+}
+
 /// A string field, or `None`.
 fn text<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)

@@ -11,14 +11,7 @@ use super::{
 };
 
 pub(super) fn read(json: &Value) -> Result<Draft, ImportError> {
-    let subsystems = json
-        .get("subsystems")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
-            ImportError::Shape(
-                "no \"subsystems\" array: this is not a configuration nvmetcli saved".into(),
-            )
-        })?;
+    let subsystems = super::subsystems(json, "a configuration nvmetcli saved")?;
     let ports: &[Value] = json
         .get("ports")
         .and_then(Value::as_array)

@@ -22,14 +22,7 @@ struct Bdev {
 }
 
 pub(super) fn read(json: &Value) -> Result<Draft, ImportError> {
-    let subsystems = json
-        .get("subsystems")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
-            ImportError::Shape(
-                "no \"subsystems\" array: this is not the output of SPDK's save_config".into(),
-            )
-        })?;
+    let subsystems = super::subsystems(json, "the output of SPDK's save_config")?;
     let mut draft = Draft::default();
     let mut bdevs: HashMap<String, Bdev> = HashMap::new();
     let mut foreign_bdevs: HashMap<String, String> = HashMap::new();
